@@ -1,0 +1,228 @@
+"""HTTP/1.1 server protocol: parses requests with httptools and writes responses.
+
+Handlers receive a parsed `Request` and the `Connection`; they answer at once with `respond`, or
+later (after engine steps or upstream I/O) with `respond`, or stream with `start_stream` /
+`send` / `end_stream`. Requests that arrive pipelined behind an unfinished one wait their turn,
+so responses keep request order. Keep-alive is the default, as in HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # larger bodies get 413 without being read into memory
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    keep_alive: bool
+    too_large: bool = False  # body over MAX_BODY_BYTES; it was discarded unread
+
+
+Handler = Callable[[Request, "Connection"], None]
+
+
+@dataclass(slots=True)
+class Connection:
+    """One client connection; at most one response in progress at a time."""
+
+    transport: asyncio.Transport
+    on_done: Callable[[], None]  # the protocol's hook to start the next pipelined request
+    on_close: Callable[[], None] | None = None  # set by a handler to abort its work
+    closed: bool = False
+    busy: bool = False
+    streaming: bool = False
+    keep_alive: bool = True
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"application/json",
+        extra_headers: bytes = b"",
+    ) -> None:
+        if self.closed:
+            self._done()
+            return
+        conn = b"" if self.keep_alive else b"connection: close\r\n"
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
+            status,
+            _REASONS.get(status, b"Unknown"),
+            content_type,
+            len(body),
+            conn,
+            extra_headers,
+        )
+        self.transport.write(head + body)
+        self._done()
+
+    def start_stream(
+        self,
+        status: int = 200,
+        content_type: bytes = b"text/event-stream; charset=utf-8",
+        first: bytes = b"",
+    ) -> None:
+        self.streaming = True
+        if self.closed:
+            return
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ntransfer-encoding: chunked\r\n%s\r\n" % (
+            status,
+            _REASONS.get(status, b"Unknown"),
+            content_type,
+            b"" if self.keep_alive else b"connection: close\r\n",
+        )
+        self.transport.write(head + _chunk(first) if first else head)
+
+    def send(self, data: bytes) -> None:
+        if data and not self.closed:
+            self.transport.write(_chunk(data))
+
+    def end_stream(self, last: bytes = b"") -> None:
+        if not self.closed:
+            self.transport.write((_chunk(last) if last else b"") + b"0\r\n\r\n")
+        self.streaming = False
+        self._done()
+
+    def abort(self) -> None:
+        """Drop the connection without finishing the response (fault injection, errors)."""
+        self.transport.abort()
+
+    def _done(self) -> None:
+        self.busy = False
+        self.on_close = None
+        if not self.keep_alive and not self.closed:
+            self.transport.close()
+        self.on_done()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@dataclass(slots=True)
+class _Parsing:
+    url: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    body: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+class HttpProtocol(asyncio.Protocol):
+    """asyncio protocol for one connection; `handler` is called once per complete request."""
+
+    __slots__ = ("_conn", "_cur", "_dispatching", "_handler", "_parser", "_queue", "_too_large")
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Request] = deque()
+        self._cur = _Parsing()
+        self._too_large = False
+        self._conn: Connection | None = None
+        self._dispatching = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._conn = Connection(cast(asyncio.Transport, transport), self._response_done)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, b'{"error":"upgrade not supported"}')
+        except httptools.HttpParserError:
+            self._fail(400, b'{"error":"malformed HTTP request"}')
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        conn.closed = True
+        self._queue.clear()
+        cb, conn.on_close = conn.on_close, None
+        if cb is not None:
+            cb()
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._cur = _Parsing()
+        self._too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self._cur.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._cur.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        length = self._cur.headers.get("content-length", "0")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            self._too_large = True
+
+    def on_body(self, body: bytes) -> None:
+        cur = self._cur
+        cur.size += len(body)
+        if cur.size > MAX_BODY_BYTES:
+            self._too_large = True
+        if not self._too_large:
+            cur.body.append(body)
+
+    def on_message_complete(self) -> None:
+        cur = self._cur
+        parsed = httptools.parse_url(cur.url)
+        req = Request(
+            method=self._parser.get_method().decode(),
+            path=parsed.path.decode("latin-1"),
+            query=(parsed.query or b"").decode("latin-1"),
+            headers=cur.headers,
+            body=b"".join(cur.body),
+            keep_alive=self._parser.should_keep_alive(),
+        )
+        if self._too_large:
+            req.body = b""
+            req.too_large = True
+        self._queue.append(req)
+        self._next()
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._dispatching = True
+        try:
+            while self._queue and not conn.busy and not conn.closed:
+                req = self._queue.popleft()
+                conn.busy = True
+                conn.keep_alive = req.keep_alive
+                self._handler(req, conn)
+        finally:
+            self._dispatching = False
+
+    def _response_done(self) -> None:
+        # Answered later than dispatch: resume requests that were pipelined behind it.
+        if not self._dispatching and self._queue:
+            self._next()
+
+    def _fail(self, status: int, body: bytes) -> None:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.keep_alive = False
+            conn.respond(status, body)

@@ -1,0 +1,324 @@
+"""OpenAI/vLLM request parsing for the simulator: JSON bodies in, typed requests out.
+
+Pure functions over decoded JSON. Only the fields the simulator acts on are read; every other
+field is accepted and ignored, as vLLM does. Wrong types and missing fields raise `ApiError` with
+the status and wording vLLM uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from vfleet.sim import tokenizer
+from vfleet.sim.errors import ApiError, missing, validation_error, wrong_type
+
+Body = dict[str, Any]
+
+
+def parse_json(raw: bytes) -> Body:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise validation_error("json_invalid", (exc.pos,), "JSON decode error", {}) from exc
+    if not isinstance(body, dict):
+        raise validation_error("model_attributes_type", (), "Input should be an object", body)
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int | None  # None: up to max_model_len
+    n: int
+    stop: tuple[str, ...]
+    ignore_eos: bool
+    seed: int
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    model: str | None
+    prompts: tuple[list[int], ...]  # one entry per prompt of a batched completion
+    sampling: Sampling
+    chat: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    model: str | None
+    inputs: tuple[list[int], ...]
+    dimensions: int | None
+    base64: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    model: str | None
+    queries: tuple[str, ...]
+    documents: tuple[str, ...]
+    top_n: int  # rerank only; 0 means all
+    rerank: bool
+
+
+# -- field readers --------------------------------------------------------------------------
+
+
+def _model(body: Body) -> str | None:
+    m = body.get("model")
+    if m is None or isinstance(m, str):
+        return m or None
+    raise wrong_type(("model",), "string", m)
+
+
+def _int(body: Body, key: str, default: int | None, minimum: int) -> int | None:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if type(v) is not int:
+        raise wrong_type((key,), "integer", v)
+    if v < minimum:
+        raise validation_error(
+            "greater_than_equal", (key,), f"Input should be greater than or equal to {minimum}", v
+        )
+    return v
+
+
+def _bool(body: Body, key: str, default: bool) -> bool:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise wrong_type((key,), "boolean", v)
+    return v
+
+
+def _stop(body: Body) -> tuple[str, ...]:
+    v = body.get("stop")
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        return (v,) if v else ()
+    if isinstance(v, list) and all(isinstance(s, str) for s in v):
+        return tuple(s for s in v if s)
+    raise wrong_type(("stop",), "string", v)
+
+
+def _sampling(body: Body, default_max: int | None) -> Sampling:
+    max_tokens = _int(body, "max_completion_tokens", None, 1)
+    if max_tokens is None:
+        max_tokens = _int(body, "max_tokens", default_max, 1)
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise wrong_type(("stream_options",), "dictionary", opts)
+    stream = _bool(body, "stream", False)
+    seed = body.get("seed")
+    return Sampling(
+        max_tokens=max_tokens,
+        n=_int(body, "n", 1, 1) or 1,
+        stop=_stop(body),
+        ignore_eos=_bool(body, "ignore_eos", False),
+        seed=seed if type(seed) is int else 0,
+        stream=stream,
+        include_usage=stream and bool(opts.get("include_usage")),
+        continuous_usage=stream and bool(opts.get("continuous_usage_stats")),
+    )
+
+
+def _token_ids(v: Any, loc: tuple[Any, ...]) -> list[int]:
+    if not tokenizer.valid_ids(v):
+        raise wrong_type(loc, "integer", v)
+    return list(v)
+
+
+def _prompts(v: Any, key: str) -> tuple[list[int], ...]:
+    """str | list[str] | list[int] | list[list[int]] -> token ids per prompt."""
+    if isinstance(v, str):
+        return (tokenizer.encode(v),)
+    if isinstance(v, list) and v:
+        if all(isinstance(p, str) for p in v):
+            return tuple(tokenizer.encode(p) for p in v)
+        if all(type(p) is int for p in v):
+            return (_token_ids(v, (key,)),)
+        if all(isinstance(p, list) for p in v):
+            return tuple(_token_ids(p, (key, i)) for i, p in enumerate(v))
+    raise wrong_type((key,), "string", v)
+
+
+# -- chat rendering -------------------------------------------------------------------------
+
+
+def message_text(content: Any, loc: tuple[Any, ...]) -> str:
+    """The text of a message's `content`: a string, null, or a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for i, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise wrong_type((*loc, i), "dictionary", part)
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "\n".join(parts)
+    raise wrong_type(loc, "string", content)
+
+
+def render_chat(messages: Any, body: Body, add_generation_prompt: bool = True) -> str:
+    """ChatML rendering, as the Qwen family's chat template does."""
+    if not isinstance(messages, list):
+        if messages is None:
+            raise missing(("messages",), body)
+        raise wrong_type(("messages",), "list", messages)
+    out = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise wrong_type(("messages", i), "dictionary", msg)
+        role = msg.get("role")
+        if not isinstance(role, str):
+            raise missing(("messages", i, "role"), msg)
+        text = message_text(msg.get("content"), ("messages", i, "content"))
+        out.append(f"<|im_start|>{role}\n{text}<|im_end|>\n")
+    if add_generation_prompt:
+        out.append("<|im_start|>assistant\n")
+    return "".join(out)
+
+
+# -- request parsers ------------------------------------------------------------------------
+
+
+def parse_chat(body: Body) -> GenerateRequest:
+    prompt = tokenizer.encode(render_chat(body.get("messages"), body))
+    return GenerateRequest(_model(body), (prompt,), _sampling(body, None), chat=True)
+
+
+def parse_completion(body: Body) -> GenerateRequest:
+    if "prompt" not in body:
+        raise missing(("prompt",), body)
+    prompts = _prompts(body["prompt"], "prompt")
+    # The OpenAI completions API defaults max_tokens to 16, and vLLM follows it.
+    return GenerateRequest(_model(body), prompts, _sampling(body, 16), chat=False)
+
+
+def parse_embed(body: Body) -> EmbedRequest:
+    if "input" not in body:
+        if "messages" in body:
+            text = render_chat(body["messages"], body, add_generation_prompt=False)
+            inputs: tuple[list[int], ...] = (tokenizer.encode(text),)
+        else:
+            raise missing(("input",), body)
+    else:
+        inputs = _prompts(body["input"], "input")
+    fmt = body.get("encoding_format", "float") or "float"
+    if fmt not in ("float", "base64"):
+        raise ApiError(400, f"Unsupported encoding_format: {fmt!r}", param="encoding_format")
+    return EmbedRequest(_model(body), inputs, _int(body, "dimensions", None, 1), fmt == "base64")
+
+
+def _texts(v: Any, key: str) -> tuple[str, ...]:
+    if isinstance(v, str):
+        return (v,)
+    if isinstance(v, list) and all(isinstance(t, str) for t in v):
+        return tuple(v)
+    if isinstance(v, list):  # multimodal-style content parts: keep the text ones
+        return tuple(message_text([p] if isinstance(p, dict) else p, (key,)) for p in v)
+    raise wrong_type((key,), "string", v)
+
+
+_SCORE_FORMS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"),
+                ("text_1", "text_2"))  # fmt: skip
+
+
+def parse_score(body: Body) -> ScoreRequest:
+    for left, right in _SCORE_FORMS:
+        if left in body and right in body:
+            q, d = _texts(body[left], left), _texts(body[right], right)
+            if len(q) != 1 and len(q) != len(d):
+                raise ApiError(400, "Number of queries must be one or equal to number of documents")
+            return ScoreRequest(_model(body), q, d, 0, rerank=False)
+    raise missing(("queries",), body)
+
+
+def parse_rerank(body: Body) -> ScoreRequest:
+    if "query" not in body:
+        raise missing(("query",), body)
+    if "documents" not in body:
+        raise missing(("documents",), body)
+    query = body["query"]
+    if not isinstance(query, str):
+        raise wrong_type(("query",), "string", query)
+    docs = _texts(body["documents"], "documents")
+    return ScoreRequest(_model(body), (query,), docs, _int(body, "top_n", 0, 0) or 0, rerank=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeRequest:
+    model: str | None
+    tokens: list[int]
+    return_token_strs: bool
+
+
+def parse_tokenize(body: Body) -> TokenizeRequest:
+    if "messages" in body:
+        gen = _bool(body, "add_generation_prompt", True)
+        if gen and _bool(body, "continue_final_message", False):
+            raise ApiError(
+                400,
+                "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+            )
+        text = render_chat(body["messages"], body, add_generation_prompt=gen)
+    elif "prompt" in body:
+        text = body["prompt"]
+        if not isinstance(text, str):
+            raise wrong_type(("prompt",), "string", text)
+    else:
+        raise missing(("prompt",), body)
+    return TokenizeRequest(
+        _model(body), tokenizer.encode(text), _bool(body, "return_token_strs", False)
+    )
+
+
+def parse_detokenize(body: Body) -> tuple[str | None, list[int]]:
+    if "tokens" not in body:
+        raise missing(("tokens",), body)
+    tokens = body["tokens"]
+    if not isinstance(tokens, list):
+        raise wrong_type(("tokens",), "list", tokens)
+    return _model(body), _token_ids(tokens, ("tokens",))
+
+
+@dataclass(frozen=True, slots=True)
+class LoraLoad:
+    name: str
+    path: str
+
+
+def parse_lora_load(body: Body) -> LoraLoad:
+    for key in ("lora_name", "lora_path"):
+        if key not in body:
+            raise missing((key,), body)
+        if not isinstance(body[key], str):
+            raise wrong_type((key,), "string", body[key])
+    if not body["lora_name"] or not body["lora_path"]:
+        raise ApiError(
+            400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput"
+        )
+    return LoraLoad(body["lora_name"], body["lora_path"])
+
+
+def parse_lora_unload(body: Body) -> str:
+    if "lora_name" not in body:
+        raise missing(("lora_name",), body)
+    name = body["lora_name"]
+    if not isinstance(name, str):
+        raise wrong_type(("lora_name",), "string", name)
+    if not name:
+        raise ApiError(
+            400, "'lora_name' needs to be provided to unload a LoRA adapter.", "InvalidUserInput"
+        )
+    return name

@@ -1,0 +1,76 @@
+"""Starts a simulated engine: builds the engine from a `SimConfig` and serves it over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+
+import uvloop
+
+from vfleet.http.server import HttpProtocol
+from vfleet.sim.config import SimConfig
+from vfleet.sim.engine import Engine
+from vfleet.sim.kvevents import ZmqPublisher
+from vfleet.sim.metrics import EngineMetrics
+from vfleet.sim.scheduler import Scheduler
+from vfleet.sim.server import SimServer
+
+
+def build_engine(cfg: SimConfig, publisher: ZmqPublisher | None) -> Engine:
+    return Engine(
+        scheduler=Scheduler(cfg.scheduler, cfg.profile),
+        metrics=EngineMetrics(cfg.name, cfg.cache_info(), time.time(), cfg.max_loras),
+        time_scale=cfg.time_scale,
+        publisher=publisher,
+        wall_clock=time.time,
+    )
+
+
+async def serve(cfg: SimConfig) -> None:
+    """Run until SIGINT/SIGTERM; prints one `ready` line with the bound address."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if cfg.faults.startup_delay_s:
+        # vLLM opens its port only once the model is loaded; so do we.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), cfg.faults.startup_delay_s)
+        if stop.is_set():
+            return
+    publisher = ZmqPublisher(cfg.kv_events) if cfg.kv_events.active else None
+    engine = build_engine(cfg, publisher)
+    engine.start(loop)
+    sim = SimServer(cfg, engine)
+    server = await loop.create_server(
+        lambda: HttpProtocol(sim.handle), cfg.host, cfg.port, reuse_address=True, backlog=4096
+    )
+    port = server.sockets[0].getsockname()[1]
+    if cfg.faults.crash_after_s:
+        loop.call_later(cfg.faults.crash_after_s, _crash)
+    extra = f" kv-events {publisher.endpoint}" if publisher else ""
+    print(
+        f"vfleet sim: serving {cfg.name} ({cfg.task}, profile {cfg.profile.name}) "
+        f"ready on http://{cfg.host}:{port}{extra}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        if publisher is not None:
+            publisher.close()
+
+
+def _crash() -> None:
+    print("vfleet sim: crashing (fault injection)", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def run(cfg: SimConfig) -> None:
+    uvloop.run(serve(cfg))

@@ -1,0 +1,71 @@
+"""The simulator's settings, read once from the command line into one typed object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vfleet.sim.faults import FaultConfig
+from vfleet.sim.kvevents import KVEventsConfig
+from vfleet.sim.profiles import LatencyProfile
+from vfleet.sim.scheduler import SchedulerConfig
+
+TASKS = ("generate", "embed", "classify")
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    served_names: tuple[str, ...]  # the first is the primary name, as with --served-model-name
+    model_path: str  # reported as `root` in /v1/models
+    profile: LatencyProfile
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    task: str = "generate"  # generate | embed | classify (cross-encoder scores)
+    time_scale: float = 1.0  # wall seconds per modelled second
+    output_len_mean: int = 128  # mean natural generation length when EOS is not ignored
+    embedding_dim: int = 384
+    api_keys: tuple[str, ...] = ()
+    enable_server_load_tracking: bool = False
+    kv_events: KVEventsConfig = field(default_factory=KVEventsConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path) loaded at start
+    max_loras: int = 8
+    gpu_memory_utilization: float = 0.9  # reported in cache_config_info only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.served_names or not all(self.served_names):
+            raise ValueError("a served model name is required")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}")
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be > 0")
+        if self.output_len_mean < 1 or self.embedding_dim < 1:
+            raise ValueError("output_len_mean and embedding_dim must be >= 1")
+
+    @property
+    def name(self) -> str:
+        return self.served_names[0]
+
+    @property
+    def generates(self) -> bool:
+        return self.task == "generate"
+
+    def cache_info(self) -> dict[str, str]:
+        """Labels of vllm:cache_config_info, with the values vLLM would report."""
+        s = self.scheduler
+        tokens = s.num_gpu_blocks * s.block_size
+        return {
+            "block_size": str(s.block_size),
+            "cache_dtype": "auto",
+            "enable_prefix_caching": str(s.enable_prefix_caching),
+            "gpu_memory_utilization": str(self.gpu_memory_utilization),
+            "is_attention_free": "False",
+            "kv_cache_max_concurrency": str(tokens / s.max_model_len),
+            "kv_cache_size_tokens": str(tokens),
+            "num_cpu_blocks": "None",
+            "num_gpu_blocks": str(s.num_gpu_blocks),
+            "num_gpu_blocks_override": "None",
+            "prefix_caching_hash_algo": "sha256",
+            "sliding_window": "None",
+        }

@@ -1,0 +1,155 @@
+"""Runs the pure scheduler in wall time on an asyncio loop.
+
+The engine owns the step loop: it asks the scheduler for a step, waits the step's modelled
+duration (times `time_scale`), then hands the step's tokens to their owners and publishes its
+KV-cache events. With zero-cost steps (the `instant` profile) it runs a bounded burst of steps per
+loop turn so that many requests share one write per turn instead of one per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vfleet.sim.kvcache import KVEvent
+from vfleet.sim.metrics import EngineGauges, EngineMetrics
+from vfleet.sim.scheduler import Owner, Scheduler, Sequence, StepOutput
+
+BURST_STEPS = 64  # zero-duration steps run per loop turn before yielding to I/O
+
+
+class EventPublisher(Protocol):
+    def publish(self, ts: float, events: list[KVEvent]) -> None: ...
+
+
+@dataclass(slots=True)
+class Engine:
+    scheduler: Scheduler
+    metrics: EngineMetrics
+    time_scale: float = 1.0  # wall seconds per modelled second
+    publisher: EventPublisher | None = None
+    wall_clock: Callable[[], float] | None = None  # unix time, for KV-event timestamps
+    sleep_level: int = 0
+    sleeping: bool = False  # stepping paused by /sleep until /wake_up
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
+    _t0: float = field(default=0.0, init=False)
+    _busy_until: float = field(default=0.0, init=False)
+    _pending: bool = field(default=False, init=False)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be > 0")
+        self._loop = loop
+        self._t0 = loop.time()
+
+    def now(self) -> float:
+        """Modelled seconds since the engine started."""
+        assert self._loop is not None, "engine not started"
+        return (self._loop.time() - self._t0) / self.time_scale
+
+    def submit(self, seqs: Iterable[Sequence]) -> None:
+        for seq in seqs:
+            self.scheduler.add(seq)
+        self._kick()
+
+    def abort(self, seqs: Iterable[Sequence]) -> None:
+        for seq in seqs:
+            if self.scheduler.abort(seq):
+                self.metrics.observe_finished(seq)
+        self._publish(self.scheduler.pool.drain_events())
+
+    def gauges(self) -> EngineGauges:
+        s = self.scheduler
+        return EngineGauges(
+            running=len(s.running),
+            waiting=len(s.waiting),
+            kv_usage=s.pool.usage,
+            sleep_level=self.sleep_level,
+            running_loras=_loras(s.running),
+            waiting_loras=_loras(s.waiting),
+        )
+
+    def render_metrics(self) -> bytes:
+        s = self.scheduler
+        return self.metrics.render(self.gauges(), s.prefix_queries, s.prefix_hits)
+
+    def sleep(self, level: int, pause_only: bool = False) -> None:
+        """Stop stepping; levels 1 and 2 release KV memory, which drops the prefix cache.
+
+        Requests that arrive while asleep wait in the queue, as in vLLM."""
+        self.sleeping = True
+        self.sleep_level = 0 if pause_only else level
+        if level >= 1:
+            self.scheduler.reset_prefix_cache()
+            self._publish(self.scheduler.pool.drain_events())
+
+    def wake_up(self) -> None:
+        self.sleeping = False
+        self.sleep_level = 0
+        self._kick()
+
+    # -- the step loop ----------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if not self._pending and not self.sleeping and self.scheduler.has_work:
+            assert self._loop is not None, "engine not started"
+            self._pending = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        self._pending = False
+        owners: dict[int, Owner] = {}
+        for _ in range(BURST_STEPS):
+            if self.sleeping or not self.scheduler.has_work:
+                break
+            t = max(self.now(), self._busy_until)
+            out = self.scheduler.step(t)
+            if out.duration_s > 0:
+                self._busy_until = t + out.duration_s
+                self._pending = True
+                self._loop.call_later(out.duration_s * self.time_scale, self._finish_step, out)
+                break
+            self._deliver(out, owners)
+        else:
+            self._kick()
+        for owner in owners.values():
+            owner.flush()
+        if not self._pending:
+            self._kick()
+
+    def _finish_step(self, out: StepOutput) -> None:
+        self._pending = False
+        owners: dict[int, Owner] = {}
+        self._deliver(out, owners)
+        for owner in owners.values():
+            owner.flush()
+        self._kick()
+
+    def _deliver(self, out: StepOutput, owners: dict[int, Owner]) -> None:
+        self.metrics.observe_step(out)
+        for seq in out.sampled:
+            _notify(seq, owners)
+        for seq in out.finished:
+            if seq.max_tokens == 0:  # pooling: finished without sampling a token
+                _notify(seq, owners)
+        self._publish(out.events)
+
+    def _publish(self, events: list[KVEvent]) -> None:
+        if events and self.publisher is not None:
+            ts = self.wall_clock() if self.wall_clock is not None else self.now()
+            self.publisher.publish(ts, events)
+
+
+def _notify(seq: Sequence, owners: dict[int, Owner]) -> None:
+    owner = seq.tag
+    if owner is None:
+        return
+    owner.on_progress(seq)
+    owners[id(owner)] = owner
+
+
+def _loras(seqs: Iterable[Sequence]) -> tuple[str, ...]:
+    return tuple(sorted({s.lora_name for s in seqs if s.lora_name is not None}))

@@ -1,0 +1,56 @@
+"""Errors the simulator answers with, in vLLM 0.26's JSON shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self, status: int, message: str, type_: str = "BadRequestError", param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+
+    def body(self) -> bytes:
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.type,
+                    "param": self.param,
+                    "code": self.status,
+                }
+            }
+        )
+
+
+def not_found_model(name: str) -> ApiError:
+    return ApiError(404, f"The model `{name}` does not exist.", "NotFoundError", "model")
+
+
+def validation_error(kind: str, loc: tuple[Any, ...], msg: str, value: Any) -> ApiError:
+    """A request-body validation failure, worded like FastAPI's errors as vLLM relays them."""
+    detail = {"type": kind, "loc": ("body", *loc), "msg": msg, "input": value}
+    param = ".".join(str(p) for p in ("body", *loc))
+    return ApiError(400, f"1 validation error:\n  {detail!r}", "Bad Request", param)
+
+
+def missing(loc: tuple[Any, ...], body: Any) -> ApiError:
+    return validation_error("missing", loc, "Field required", body)
+
+
+def wrong_type(loc: tuple[Any, ...], expected: str, value: Any) -> ApiError:
+    return validation_error(f"{expected}_type", loc, f"Input should be a valid {expected}", value)
+
+
+UNAUTHORIZED = orjson.dumps({"error": "Unauthorized"})
+NOT_FOUND = orjson.dumps({"detail": "Not Found"})
+METHOD_NOT_ALLOWED = orjson.dumps({"detail": "Method Not Allowed"})

@@ -1,0 +1,559 @@
+"""The simulator's HTTP shell: vLLM's routes over the engine.
+
+Handlers parse with `api`, check the model and the API key, submit sequences to the `Engine` and
+answer through a job object that the engine tells about each step's progress. Everything a
+client can get wrong comes back in vLLM's error shapes; nothing raises out of a handler.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import os
+import sys
+import time
+import zlib
+from array import array
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+import orjson
+
+from vfleet.http.server import Connection, Request
+from vfleet.sim import api, responses, tokenizer
+from vfleet.sim.config import SimConfig
+from vfleet.sim.embed import embed, relevance
+from vfleet.sim.engine import Engine
+from vfleet.sim.errors import (
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    UNAUTHORIZED,
+    ApiError,
+    not_found_model,
+)
+from vfleet.sim.faults import Action, FaultState
+from vfleet.sim.scheduler import Finish, Sequence
+
+log = logging.getLogger("vfleet.sim")
+
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference")
+METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+TEXT_TYPE = b"text/plain; charset=utf-8"
+
+Handler = Callable[[Request, Connection], None]
+
+
+class SimServer:
+    """Routes and state of one simulated engine."""
+
+    def __init__(self, cfg: SimConfig, engine: Engine) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.faults = FaultState(cfg.faults, cfg.seed)
+        self.loras: dict[str, str] = dict(cfg.lora_modules)
+        self.fingerprint = responses.fingerprint(cfg.model_path)
+        self.server_load = 0
+        self.jobs: set[_Job] = set()
+        self.routes = self._routes()
+
+    def _routes(self) -> dict[str, dict[str, Handler]]:
+        r: dict[str, dict[str, Handler]] = {
+            "/health": {"GET": self._health},
+            "/ping": {"GET": self._health, "POST": self._health},
+            "/version": {"GET": self._version},
+            "/load": {"GET": self._load},
+            "/metrics": {"GET": self._metrics},
+            "/v1/models": {"GET": self._models},
+            "/tokenize": {"POST": self._tokenize},
+            "/detokenize": {"POST": self._detokenize},
+            "/v1/load_lora_adapter": {"POST": self._load_lora},
+            "/v1/unload_lora_adapter": {"POST": self._unload_lora},
+            "/sleep": {"POST": self._sleep},
+            "/wake_up": {"POST": self._wake_up},
+            "/is_sleeping": {"GET": self._is_sleeping},
+            "/sim/faults": {"GET": self._get_faults, "POST": self._set_faults},
+        }
+        # vLLM registers only the routes of the model's task; the others are plain 404s.
+        if self.cfg.generates:
+            r["/v1/completions"] = {"POST": self._completions}
+            r["/v1/chat/completions"] = {"POST": self._chat}
+        else:
+            for path in ("/score", "/v1/score"):
+                r[path] = {"POST": self._score}
+            for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+                r[path] = {"POST": self._rerank}
+            if self.cfg.task == "embed":
+                r["/v1/embeddings"] = {"POST": self._embeddings}
+        return r
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def handle(self, req: Request, conn: Connection) -> None:
+        methods = self.routes.get(req.path)
+        if methods is None:
+            conn.respond(404, NOT_FOUND)
+            return
+        handler = methods.get(req.method)
+        if handler is None:
+            conn.respond(405, METHOD_NOT_ALLOWED)
+            return
+        if (
+            self.cfg.api_keys
+            and req.path.startswith(GUARDED_PREFIXES)
+            and not self._authorized(req)
+        ):
+            conn.respond(401, UNAUTHORIZED)
+            return
+        if req.too_large:
+            conn.keep_alive = False
+            conn.respond(413, ApiError(413, "Request body too large", "BadRequestError").body())
+            return
+        try:
+            handler(req, conn)
+        except ApiError as exc:
+            conn.respond(exc.status, exc.body())
+        except Exception:
+            log.exception("handler for %s %s failed", req.method, req.path)
+            err = ApiError(500, "Internal server error", "InternalServerError")
+            conn.respond(500, err.body())
+
+    def _authorized(self, req: Request) -> bool:
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        got = token.strip().encode()
+        return any(hmac.compare_digest(got, k.encode()) for k in self.cfg.api_keys)
+
+    def resolve_model(self, name: str | None) -> str | None:
+        """The LoRA adapter a request's `model` names (None for the base model); 404 if neither."""
+        if name is None or name in self.cfg.served_names:
+            return None
+        if name in self.loras:
+            return name
+        raise not_found_model(name)
+
+    def _fault(self, conn: Connection) -> bool:
+        """Carry out the injected fault for this request; True when the request is consumed."""
+        action = self.faults.next_action()
+        if action is Action.SERVE:
+            return False
+        if action is Action.CRASH:
+            print("vfleet sim: crashing (fault injection)", file=sys.stderr, flush=True)
+            os._exit(1)
+        if action is Action.HANG:
+            return True
+        raise ApiError(500, "Internal server error", "InternalServerError")
+
+    # -- small routes -----------------------------------------------------------------------
+
+    def _health(self, req: Request, conn: Connection) -> None:
+        conn.respond(503 if self.faults.config.health_failing else 200, b"")
+
+    def _version(self, req: Request, conn: Connection) -> None:
+        conn.respond(200, orjson.dumps({"version": responses.VLLM_VERSION}))
+
+    def _load(self, req: Request, conn: Connection) -> None:
+        conn.respond(200, orjson.dumps({"server_load": self.server_load}))
+
+    def _metrics(self, req: Request, conn: Connection) -> None:
+        conn.respond(200, self.engine.render_metrics(), METRICS_TYPE)
+
+    def _models(self, req: Request, conn: Connection) -> None:
+        now = int(time.time())
+        cfg = self.cfg
+        max_len = cfg.scheduler.max_model_len
+        cards = [
+            responses.model_card(n, cfg.model_path, None, max_len, now) for n in cfg.served_names
+        ]
+        cards += [responses.model_card(n, p, cfg.name, None, now) for n, p in self.loras.items()]
+        conn.respond(200, orjson.dumps({"object": "list", "data": cards}))
+
+    def _tokenize(self, req: Request, conn: Connection) -> None:
+        tr = api.parse_tokenize(api.parse_json(req.body))
+        self.resolve_model(tr.model)
+        strs = [tokenizer.piece(t) for t in tr.tokens] if tr.return_token_strs else None
+        out = {
+            "count": len(tr.tokens),
+            "max_model_len": self.cfg.scheduler.max_model_len,
+            "tokens": tr.tokens,
+            "token_strs": strs,
+        }
+        conn.respond(200, orjson.dumps(out))
+
+    def _detokenize(self, req: Request, conn: Connection) -> None:
+        model, tokens = api.parse_detokenize(api.parse_json(req.body))
+        self.resolve_model(model)
+        conn.respond(200, orjson.dumps({"prompt": tokenizer.decode(tokens)}))
+
+    def _load_lora(self, req: Request, conn: Connection) -> None:
+        body = api.parse_json(req.body)
+        lora = api.parse_lora_load(body)
+        if lora.name in self.loras and body.get("load_inplace") is not True:
+            raise ApiError(
+                400,
+                f"The lora adapter '{lora.name}' has already been loaded. If you want to load "
+                "the adapter in place, set 'load_inplace' to True.",
+                "InvalidUserInput",
+            )
+        self.loras[lora.name] = lora.path
+        msg = f"Success: LoRA adapter '{lora.name}' added successfully."
+        conn.respond(200, msg.encode(), TEXT_TYPE)
+
+    def _unload_lora(self, req: Request, conn: Connection) -> None:
+        name = api.parse_lora_unload(api.parse_json(req.body))
+        if self.loras.pop(name, None) is None:
+            raise ApiError(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+        msg = f"Success: LoRA adapter '{name}' removed successfully."
+        conn.respond(200, msg.encode(), TEXT_TYPE)
+
+    def _sleep(self, req: Request, conn: Connection) -> None:
+        q = parse_qs(req.query)
+        level_s = q.get("level", ["1"])[0]
+        mode = q.get("mode", ["abort"])[0]
+        if level_s not in ("0", "1", "2"):
+            raise ApiError(400, f"Invalid sleep level: {level_s}", param="level")
+        if mode not in ("abort", "wait", "keep"):
+            raise ApiError(400, f"Invalid sleep mode: {mode}", param="mode")
+        if mode == "abort":
+            for job in list(self.jobs):
+                job.abort_all()
+        self.engine.sleep(max(int(level_s), 0), pause_only=level_s == "0")
+        conn.respond(200, b"")
+
+    def _wake_up(self, req: Request, conn: Connection) -> None:
+        self.engine.wake_up()
+        conn.respond(200, b"")
+
+    def _is_sleeping(self, req: Request, conn: Connection) -> None:
+        conn.respond(200, orjson.dumps({"is_sleeping": self.engine.sleeping}))
+
+    def _get_faults(self, req: Request, conn: Connection) -> None:
+        out = {**self.faults.config.as_dict(), "requests_seen": self.faults.requests}
+        conn.respond(200, orjson.dumps(out))
+
+    def _set_faults(self, req: Request, conn: Connection) -> None:
+        try:
+            self.faults.config = self.faults.config.updated(api.parse_json(req.body))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+        conn.respond(200, orjson.dumps(self.faults.config.as_dict()))
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _chat(self, req: Request, conn: Connection) -> None:
+        self._generate(req, conn, api.parse_chat(api.parse_json(req.body)))
+
+    def _completions(self, req: Request, conn: Connection) -> None:
+        self._generate(req, conn, api.parse_completion(api.parse_json(req.body)))
+
+    def _generate(self, req: Request, conn: Connection, g: api.GenerateRequest) -> None:
+        lora = self.resolve_model(g.model)
+        s = g.sampling
+        seqs: list[Sequence] = []
+        max_len = self.cfg.scheduler.max_model_len
+        now = self.engine.now()
+        for p_idx, prompt in enumerate(g.prompts):
+            if not prompt:
+                raise ApiError(400, "Prompt cannot be empty", param="prompt")
+            max_tokens = s.max_tokens if s.max_tokens is not None else max_len - len(prompt)
+            if max_tokens < 1 or len(prompt) + max_tokens > max_len:
+                raise ApiError(
+                    400,
+                    f"This model's maximum context length is {max_len} tokens. However, you "
+                    f"requested {max(max_tokens, 0)} output tokens and your prompt contains "
+                    f"{len(prompt)} input tokens, for a total of {len(prompt) + max(max_tokens, 0)}"
+                    " tokens. Please reduce the length of the input prompt or the number of "
+                    "requested output tokens.",
+                    param="input_tokens",
+                )
+            h = zlib.crc32(array("I", prompt[:64]).tobytes())
+            mean = self.cfg.output_len_mean
+            eos = None if s.ignore_eos else 1 + h % (2 * mean - 1) if mean > 1 else 1
+            for j in range(s.n):
+                seqs.append(
+                    Sequence(
+                        prompt=prompt,
+                        max_tokens=max_tokens,
+                        arrival=now,
+                        eos_after=eos,
+                        stop=tuple(x.encode() for x in s.stop),
+                        lora_name=lora,
+                        seed=h + s.seed + j,
+                        index=p_idx * s.n + j,
+                    )
+                )
+        if self._fault(conn):
+            return
+        self.engine.metrics.observe_params(s.n, seqs[0].max_tokens)
+        model = g.model or self.cfg.name
+        rid = req.headers.get("x-request-id") or os.urandom(8).hex()
+        job: _Job
+        if s.stream:
+            job = _StreamJob(self, conn, seqs, rid, model, g)
+        else:
+            job = _FullJob(self, conn, seqs, rid, model, g)
+        job.start()
+
+    # -- pooling ----------------------------------------------------------------------------
+
+    def _embeddings(self, req: Request, conn: Connection) -> None:
+        e = api.parse_embed(api.parse_json(req.body))
+        self.resolve_model(e.model)
+        dim = self.cfg.embedding_dim
+        if e.dimensions is not None and e.dimensions > dim:
+            raise ApiError(400, f"dimensions must be <= {dim} for this model", param="dimensions")
+        seqs = self._pooling_seqs(e.inputs)
+        if self._fault(conn):
+            return
+        rid = req.headers.get("x-request-id") or os.urandom(8).hex()
+
+        def answer(done: list[Sequence]) -> bytes:
+            vectors: list[object] = []
+            for seq in done:
+                vec = embed(tokenizer.decode(seq.prompt), dim)
+                if e.dimensions is not None:
+                    vec = _renormalise(vec[: e.dimensions])
+                vectors.append(
+                    base64.b64encode(array("f", vec).tobytes()).decode() if e.base64 else vec
+                )
+            tokens = sum(len(seq.prompt) for seq in done)
+            return responses.embeddings(rid, int(time.time()), self.cfg.name, vectors, tokens)
+
+        _PoolJob(self, conn, seqs, answer).start()
+
+    def _score(self, req: Request, conn: Connection) -> None:
+        self._scoring(req, conn, api.parse_score(api.parse_json(req.body)))
+
+    def _rerank(self, req: Request, conn: Connection) -> None:
+        self._scoring(req, conn, api.parse_rerank(api.parse_json(req.body)))
+
+    def _scoring(self, req: Request, conn: Connection, r: api.ScoreRequest) -> None:
+        self.resolve_model(r.model)
+        pairs = [(r.queries[0] if len(r.queries) == 1 else r.queries[i], d)
+                 for i, d in enumerate(r.documents)]  # fmt: skip
+        if not pairs:
+            raise ApiError(400, "At least one document is required", param="documents")
+        seqs = self._pooling_seqs(tuple(tokenizer.encode(q + "\n" + d) for q, d in pairs))
+        if self._fault(conn):
+            return
+        rid = req.headers.get("x-request-id") or os.urandom(8).hex()
+        dim = self.cfg.embedding_dim
+
+        def answer(done: list[Sequence]) -> bytes:
+            values = [relevance(q, d, dim) for q, d in pairs]
+            tokens = sum(len(seq.prompt) for seq in done)
+            if r.rerank:
+                return responses.rerank(rid, self.cfg.name, r.documents, values, r.top_n, tokens)
+            return responses.scores(rid, int(time.time()), self.cfg.name, values, tokens)
+
+        _PoolJob(self, conn, seqs, answer).start()
+
+    def _pooling_seqs(self, inputs: tuple[list[int], ...]) -> list[Sequence]:
+        max_len = self.cfg.scheduler.max_model_len
+        now = self.engine.now()
+        seqs = []
+        for i, tokens in enumerate(inputs):
+            if not tokens:
+                raise ApiError(400, "Input cannot be empty", param="input")
+            if len(tokens) > max_len:
+                raise ApiError(
+                    400,
+                    f"This model's maximum context length is {max_len} tokens. However, you "
+                    f"requested {len(tokens)} tokens in the input for embedding generation. "
+                    "Please reduce the length of the input.",
+                    param="input_tokens",
+                )
+            seqs.append(Sequence(prompt=tokens, max_tokens=0, arrival=now, index=i))
+        return seqs
+
+
+def _renormalise(vec: list[float]) -> list[float]:
+    norm = sum(v * v for v in vec) ** 0.5 or 1.0
+    return [v / norm for v in vec]
+
+
+# -- jobs: one per in-flight request, told of progress by the engine ---------------------------
+
+
+class _Job:
+    """Base of the in-flight request kinds; `finish()` answers once every sequence is done."""
+
+    __slots__ = ("conn", "done", "seqs", "srv")
+
+    def __init__(self, srv: SimServer, conn: Connection, seqs: list[Sequence]) -> None:
+        self.srv = srv
+        self.conn = conn
+        self.seqs = seqs
+        self.done = 0
+
+    def start(self) -> None:
+        for seq in self.seqs:
+            seq.tag = self
+        self.srv.jobs.add(self)
+        if self.srv.cfg.enable_server_load_tracking:
+            self.srv.server_load += 1
+        self.conn.on_close = self.cancel
+        self.begin()
+        self.srv.engine.submit(self.seqs)
+
+    def begin(self) -> None:
+        """Called before the sequences are submitted (streams send their headers here)."""
+
+    def on_progress(self, seq: Sequence) -> None:
+        if seq.finish is not None:
+            self.done += 1
+
+    def flush(self) -> None:
+        if self.done == len(self.seqs) and self in self.srv.jobs:
+            self._release()
+            self.finish()
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """The client went away: stop computing for it."""
+        self._release()
+        self.srv.engine.abort(self.seqs)
+
+    def abort_all(self) -> None:
+        """Sleep with mode=abort: end the request now with what it has."""
+        live = [seq for seq in self.seqs if seq.finish is None]
+        self.srv.engine.abort(live)
+        for seq in live:
+            self.on_progress(seq)
+        self.flush()
+
+    def _release(self) -> None:
+        if self in self.srv.jobs:
+            self.srv.jobs.discard(self)
+            if self.srv.cfg.enable_server_load_tracking:
+                self.srv.server_load -= 1
+
+
+def _visible(seq: Sequence) -> str:
+    return bytes(seq.out_bytes[: seq.safe_bytes()]).decode("utf-8", errors="replace")
+
+
+def _prompt_tokens(seqs: list[Sequence], n: int) -> int:
+    return sum(len(seq.prompt) for seq in seqs[::n])
+
+
+class _FullJob(_Job):
+    """A non-streamed completion or chat completion."""
+
+    __slots__ = ("g", "model", "rid")
+
+    def __init__(
+        self,
+        srv: SimServer,
+        conn: Connection,
+        seqs: list[Sequence],
+        rid: str,
+        model: str,
+        g: api.GenerateRequest,
+    ) -> None:
+        super().__init__(srv, conn, seqs)
+        self.rid, self.model, self.g = rid, model, g
+
+    def finish(self) -> None:
+        choices = [
+            responses.Choice(
+                s.index, _visible(s), s.finish.value if s.finish else "abort", s.stop_reason
+            )
+            for s in self.seqs
+        ]
+        use = responses.usage(
+            _prompt_tokens(self.seqs, self.g.sampling.n), sum(len(s.output) for s in self.seqs)
+        )
+        build = responses.chat_completion if self.g.chat else responses.completion
+        body = build(self.rid, int(time.time()), self.model, choices, use, self.srv.fingerprint)
+        self.conn.respond(200, body, extra_headers=b"x-request-id: %s\r\n" % self.rid.encode())
+
+
+class _StreamJob(_Job):
+    """A streamed completion: SSE chunks written once per engine burst."""
+
+    __slots__ = ("chunks", "enc", "g", "pending", "sent")
+
+    def __init__(
+        self,
+        srv: SimServer,
+        conn: Connection,
+        seqs: list[Sequence],
+        rid: str,
+        model: str,
+        g: api.GenerateRequest,
+    ) -> None:
+        super().__init__(srv, conn, seqs)
+        self.g = g
+        self.enc = responses.ChunkEncoder(g.chat, rid, int(time.time()), model)
+        self.sent = [-1] * len(seqs)  # bytes sent per choice; -1 before the first chunk
+        self.pending: list[bytes] = []
+        self.chunks = 0
+
+    def begin(self) -> None:
+        self.conn.start_stream()
+
+    def on_progress(self, seq: Sequence) -> None:
+        enc = self.enc
+        i = seq.index
+        start = self.sent[i]
+        if start < 0:
+            if self.g.chat:
+                self.pending.append(enc.role(i))
+            start = 0
+        safe = seq.safe_bytes()
+        text = bytes(seq.out_bytes[start:safe]).decode("utf-8", errors="replace")
+        self.sent[i] = max(start, safe)
+        if seq.finish is None:
+            if text:
+                self.pending.append(enc.delta(i, text))
+            return
+        self.done += 1
+        fp = None if self.g.sampling.include_usage else self.srv.fingerprint
+        self.pending.append(enc.final(i, text, seq.finish.value, seq.stop_reason, fp))
+
+    def flush(self) -> None:
+        if not self.pending or self not in self.srv.jobs:
+            return
+        data = b"".join(self.pending)
+        self.chunks += len(self.pending)
+        self.pending.clear()
+        limit = self.srv.faults.config.drop_stream_after_chunks
+        if limit and self.chunks >= limit:
+            self.conn.abort()
+            return
+        if self.done < len(self.seqs):
+            self.conn.send(data)
+            return
+        if self.g.sampling.include_usage:
+            prompt = _prompt_tokens(self.seqs, self.g.sampling.n)
+            completion = sum(len(s.output) for s in self.seqs)
+            data += self.enc.usage(prompt, completion, self.srv.fingerprint)
+        self._release()
+        self.conn.end_stream(data + responses.DONE)
+
+
+class _PoolJob(_Job):
+    """Embeddings, scores and reranks: prefill-only sequences, answered when all are done."""
+
+    __slots__ = ("answer",)
+
+    def __init__(
+        self,
+        srv: SimServer,
+        conn: Connection,
+        seqs: list[Sequence],
+        answer: Callable[[list[Sequence]], bytes],
+    ) -> None:
+        super().__init__(srv, conn, seqs)
+        self.answer = answer
+
+    def finish(self) -> None:
+        if any(s.finish is Finish.ABORT for s in self.seqs):
+            err = ApiError(500, "Request was aborted", "InternalServerError")
+            self.conn.respond(500, err.body())
+            return
+        self.conn.respond(200, self.answer(self.seqs))
