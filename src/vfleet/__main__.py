@@ -1,0 +1,5 @@
+"""`python -m vfleet` runs the CLI."""
+
+from vfleet.cli import main
+
+main()
