@@ -186,11 +186,16 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         cur = self._cur
-        parsed = httptools.parse_url(cur.url)
+        url = cur.url
+        if b"?" in url or not url.startswith(b"/"):
+            parsed = httptools.parse_url(url)
+            path, query = parsed.path.decode("latin-1"), (parsed.query or b"").decode("latin-1")
+        else:
+            path, query = url.decode("latin-1"), ""
         req = Request(
             method=self._parser.get_method().decode(),
-            path=parsed.path.decode("latin-1"),
-            query=(parsed.query or b"").decode("latin-1"),
+            path=path,
+            query=query,
             headers=cur.headers,
             body=b"".join(cur.body),
             keep_alive=self._parser.should_keep_alive(),

@@ -9,6 +9,7 @@ loop turn so that many requests share one write per turn instead of one per toke
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,6 +18,8 @@ from vfleet.sim.kvcache import KVEvent
 from vfleet.sim.metrics import EngineGauges, EngineMetrics
 from vfleet.sim.scheduler import Owner, Scheduler, Sequence, StepOutput
 
+log = logging.getLogger("vfleet.sim.engine")
+
 BURST_STEPS = 64  # zero-duration steps run per loop turn before yielding to I/O
 
 
@@ -24,7 +27,7 @@ class EventPublisher(Protocol):
     def publish(self, ts: float, events: list[KVEvent]) -> None: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class Engine:
     scheduler: Scheduler
     metrics: EngineMetrics
@@ -99,6 +102,38 @@ class Engine:
             self._loop.call_soon(self._run)
 
     def _run(self) -> None:
+        try:
+            self._steps()
+        except Exception:
+            self._crashed("engine step failed")
+
+    def _finish_step(self, out: StepOutput) -> None:
+        try:
+            self._pending = False
+            owners: dict[int, Owner] = {}
+            self._deliver(out, owners)
+            for owner in owners.values():
+                owner.flush()
+            self._kick()
+        except Exception:
+            self._crashed("delivering an engine step failed")
+
+    def _crashed(self, what: str) -> None:
+        """A bug in a step must not wedge the server: end every request, keep serving."""
+        log.exception("%s; aborting %d in-flight sequences", what, self._in_flight())
+        self._pending = False
+        s = self.scheduler
+        owners: dict[int, Owner] = {}
+        for seq in [*s.running, *s.waiting]:
+            if s.abort(seq):
+                _notify(seq, owners)
+        for owner in owners.values():
+            owner.flush()
+
+    def _in_flight(self) -> int:
+        return len(self.scheduler.running) + len(self.scheduler.waiting)
+
+    def _steps(self) -> None:
         assert self._loop is not None
         self._pending = False
         owners: dict[int, Owner] = {}
@@ -120,18 +155,11 @@ class Engine:
         if not self._pending:
             self._kick()
 
-    def _finish_step(self, out: StepOutput) -> None:
-        self._pending = False
-        owners: dict[int, Owner] = {}
-        self._deliver(out, owners)
-        for owner in owners.values():
-            owner.flush()
-        self._kick()
-
     def _deliver(self, out: StepOutput, owners: dict[int, Owner]) -> None:
         self.metrics.observe_step(out)
         for seq in out.sampled:
-            _notify(seq, owners)
+            if seq.wants_tokens or seq.finish is not None:
+                _notify(seq, owners)
         for seq in out.finished:
             if seq.max_tokens == 0:  # pooling: finished without sampling a token
                 _notify(seq, owners)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,7 +59,7 @@ class Block:
     hash: int | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class BlockPool:
     """`num_blocks` blocks of `block_size` tokens."""
 
@@ -66,8 +67,9 @@ class BlockPool:
     block_size: int
     enable_prefix_caching: bool = True
     blocks: list[Block] = field(init=False)
-    # Insertion order is LRU order: the first key is evicted first.
-    _free: dict[int, None] = field(init=False)
+    # Insertion order is LRU order: the first key is evicted first. An OrderedDict, because a
+    # plain dict scans past deleted slots to find its first key, which grows with every pop.
+    _free: OrderedDict[int, None] = field(init=False)
     _cached: dict[int, Block] = field(init=False)
     events: list[KVEvent] = field(init=False, default_factory=list)
 
@@ -75,7 +77,7 @@ class BlockPool:
         if self.num_blocks < 1 or self.block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
         self.blocks = [Block(i) for i in range(self.num_blocks)]
-        self._free = dict.fromkeys(range(self.num_blocks))
+        self._free = OrderedDict.fromkeys(range(self.num_blocks))
         self._cached = {}
 
     @property
@@ -120,8 +122,7 @@ class BlockPool:
         out: list[Block] = []
         free = self._free
         for _ in range(n):
-            bid = next(iter(free))
-            del free[bid]
+            bid, _ = free.popitem(last=False)
             blk = self.blocks[bid]
             if blk.hash is not None:
                 del self._cached[blk.hash]

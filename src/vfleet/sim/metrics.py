@@ -131,6 +131,17 @@ class EngineMetrics:
     max_loras: int = 0
     counters: dict[str, float] = field(default_factory=dict)
     hists: dict[str, Histogram] = field(init=False)
+    # The per-request histograms, bound once for the hot path.
+    _e2e: Histogram = field(init=False)
+    _queue: Histogram = field(init=False)
+    _inference: Histogram = field(init=False)
+    _prefill: Histogram = field(init=False)
+    _decode: Histogram = field(init=False)
+    _tpot: Histogram = field(init=False)
+    _prompt_len: Histogram = field(init=False)
+    _gen_len: Histogram = field(init=False)
+    _max_gen: Histogram = field(init=False)
+    _computed: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
         buckets = {
@@ -150,6 +161,17 @@ class EngineMetrics:
             for name, fam in FAMILIES.items()
             if fam.kind == "histogram"
         }
+        h = self.hists
+        self._e2e = h["e2e_request_latency_seconds"]
+        self._queue = h["request_queue_time_seconds"]
+        self._inference = h["request_inference_time_seconds"]
+        self._prefill = h["request_prefill_time_seconds"]
+        self._decode = h["request_decode_time_seconds"]
+        self._tpot = h["request_time_per_output_token_seconds"]
+        self._prompt_len = h["request_prompt_tokens"]
+        self._gen_len = h["request_generation_tokens"]
+        self._max_gen = h["request_max_num_generation_tokens"]
+        self._computed = h["request_prefill_kv_computed_tokens"]
 
     def inc(self, key: str, v: float = 1.0) -> None:
         self.counters[key] = self.counters.get(key, 0.0) + v
@@ -168,11 +190,14 @@ class EngineMetrics:
             self.inc("num_preemptions", out.num_preempted)
         if out.sampled:
             itl = h["inter_token_latency_seconds"]
-            for seq in out.sampled:
-                if len(seq.output) == 1:
+            bounds, counts, total = itl.bounds, itl.counts, 0.0
+            for seq in out.sampled:  # one sample per generated token: kept inline
+                if seq.n_out == 1:
                     self._first_token(seq)
                 else:
-                    itl.observe(seq.last_itl)
+                    counts[bisect_left(bounds, seq.last_itl)] += 1
+                    total += seq.last_itl
+            itl.total += total
             self.inc("generation_tokens", len(out.sampled))
         for seq in out.finished:
             self.observe_finished(seq)
@@ -189,24 +214,29 @@ class EngineMetrics:
     def observe_finished(self, seq: Sequence) -> None:
         assert seq.finish is not None
         self.inc("finished:" + seq.finish.value)
-        h = self.hists
         if seq.max_tokens == 0 and seq.finish.value != "abort":
             self._first_token(seq)
         end = seq.finished_at if seq.finished_at is not None else seq.arrival
         start = seq.scheduled_at if seq.scheduled_at is not None else end
         first = seq.first_token_at if seq.first_token_at is not None else end
-        gen = len(seq.output)
-        h["e2e_request_latency_seconds"].observe(end - seq.arrival)
-        h["request_queue_time_seconds"].observe(start - seq.arrival)
-        h["request_inference_time_seconds"].observe(end - start)
-        h["request_prefill_time_seconds"].observe(first - start)
-        h["request_decode_time_seconds"].observe(end - first)
+        gen = seq.n_out
+        plen = len(seq.prompt)
+        samples = [
+            (self._e2e, end - seq.arrival),
+            (self._queue, start - seq.arrival),
+            (self._inference, end - start),
+            (self._prefill, first - start),
+            (self._decode, end - first),
+            (self._prompt_len, plen),
+            (self._gen_len, gen),
+            (self._max_gen, seq.max_tokens),
+            (self._computed, plen - seq.cached_prompt_tokens),
+        ]
         if gen > 1:
-            h["request_time_per_output_token_seconds"].observe((end - first) / (gen - 1))
-        h["request_prompt_tokens"].observe(len(seq.prompt))
-        h["request_generation_tokens"].observe(gen)
-        h["request_max_num_generation_tokens"].observe(seq.max_tokens)
-        h["request_prefill_kv_computed_tokens"].observe(len(seq.prompt) - seq.cached_prompt_tokens)
+            samples.append((self._tpot, (end - first) / (gen - 1)))
+        for hist, v in samples:  # Histogram.observe, inlined: runs for every request
+            hist.counts[bisect_left(hist.bounds, v)] += 1
+            hist.total += v
 
     # -- exposition -------------------------------------------------------------------------
 

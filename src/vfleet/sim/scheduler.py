@@ -20,11 +20,31 @@ from vfleet.sim.kvcache import Block, BlockPool, KVEvent, block_hash
 from vfleet.sim.profiles import LatencyProfile
 
 # Output text comes from cycling this text's tokens, so generations are readable and repeatable.
+# Its length is a multiple of the tokenizer's piece size, so output token i is exactly bytes
+# [4i, 4i + 4) of the output text and text can be cut out of the cycle without decoding.
 FILLER_TEXT = (
     "The quick brown fox jumps over the lazy dog while the simulated engine keeps streaming "
-    "tokens at a steady pace, one step at a time, until the request is finished. "
+    "tokens at a steady pace, one step at a time, until the request is finished.  "
 )
+FILLER_BYTES = FILLER_TEXT.encode()
 FILLER_TOKENS: tuple[int, ...] = tuple(tokenizer.encode(FILLER_TEXT))
+assert len(FILLER_BYTES) == tokenizer.PIECE_BYTES * len(FILLER_TOKENS)
+
+
+def filler_bytes(seed: int, start: int, end: int) -> bytes:
+    """Bytes [start, end) of the output text of a sequence whose generation starts at `seed`."""
+    if end <= start:
+        return b""
+    size = len(FILLER_BYTES)
+    base = ((seed % len(FILLER_TOKENS)) * tokenizer.PIECE_BYTES + start) % size
+    laps = (base + end - start) // size + 1
+    return (FILLER_BYTES * laps)[base : base + end - start]
+
+
+def filler_tokens(seed: int, start: int, end: int) -> list[int]:
+    """Output token ids [start, end) of a sequence whose generation starts at `seed`."""
+    n = len(FILLER_TOKENS)
+    return [FILLER_TOKENS[(seed + i) % n] for i in range(start, end)]
 
 
 class Owner(Protocol):
@@ -64,7 +84,7 @@ class SchedulerConfig:
             )
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, repr=False)
 class Sequence:
     """One sequence being generated (a request with `n` > 1 becomes `n` sequences)."""
 
@@ -77,8 +97,9 @@ class Sequence:
     seed: int = 0  # picks where in FILLER_TOKENS the generation starts
     tag: Owner | None = None  # who to tell about progress; never called from here
     index: int = 0  # the owner's choice index for this sequence
-    output: list[int] = field(default_factory=list)
-    out_bytes: bytearray = field(default_factory=bytearray)
+    wants_tokens: bool = False  # owner is told of every token (streams), not only the finish
+    n_out: int = 0  # tokens generated; their ids and text follow from `seed`
+    n_sched: int = 0  # tokens scheduled for the step being built
     num_computed: int = 0  # tokens whose KV is computed
     blocks: list[Block] = field(default_factory=list)
     hashes: list[int] = field(default_factory=list)  # hashes of the full blocks of all tokens
@@ -93,23 +114,42 @@ class Sequence:
     last_token_at: float | None = None
     last_itl: float = 0.0  # seconds between the last two tokens
     finished_at: float | None = None
+    num_tokens: int = field(init=False)  # prompt + output, kept up to date on the hot path
+    out_limit: int = field(init=False)  # output length at which EOS, max_tokens or the context ends
+
+    def __post_init__(self) -> None:
+        self.num_tokens = len(self.prompt)
+        self.out_limit = self.max_tokens
 
     @property
-    def num_tokens(self) -> int:
-        return len(self.prompt) + len(self.output)
+    def output(self) -> list[int]:
+        """Generated token ids."""
+        return filler_tokens(self.seed, 0, self.n_out)
 
-    def token(self, i: int) -> int:
+    @property
+    def out_bytes(self) -> bytes:
+        """Generated text as UTF-8, stop strings included."""
+        return filler_bytes(self.seed, 0, self.n_out * tokenizer.PIECE_BYTES)
+
+    def text_bytes(self, start: int, end: int) -> bytes:
+        return filler_bytes(self.seed, start, end)
+
+    def all_tokens(self, start: int, end: int) -> list[int]:
+        """Token ids [start, end) of prompt followed by output."""
         p = len(self.prompt)
-        return self.prompt[i] if i < p else self.output[i - p]
+        if end <= p:
+            return self.prompt[start:end]
+        return self.prompt[start:] + filler_tokens(self.seed, max(0, start - p), end - p)
 
     def safe_bytes(self) -> int:
         """Output bytes that can be shown without revealing the start of a stop string."""
         if self.visible_bytes >= 0:
             return self.visible_bytes
+        n = self.n_out * tokenizer.PIECE_BYTES
         if not self.stop:
-            return len(self.out_bytes)
+            return n
         hold = max(len(s) for s in self.stop) - 1
-        return max(0, len(self.out_bytes) - hold)
+        return max(0, n - hold)
 
 
 @dataclass(slots=True)
@@ -123,7 +163,7 @@ class StepOutput:
     events: list[KVEvent]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class Scheduler:
     config: SchedulerConfig
     profile: LatencyProfile
@@ -149,6 +189,8 @@ class Scheduler:
             raise ValueError("a sequence needs at least one prompt token")
         if len(seq.prompt) + seq.max_tokens > self.config.max_model_len:
             raise ValueError("prompt plus max_tokens exceed max_model_len")
+        limit = min(seq.max_tokens, self.config.max_model_len - len(seq.prompt))
+        seq.out_limit = limit if seq.eos_after is None else min(limit, seq.eos_after)
         self._extend_hashes(seq)
         self.waiting.append(seq)
 
@@ -172,37 +214,41 @@ class Scheduler:
 
     def step(self, now: float) -> StepOutput:
         budget = self.config.max_num_batched_tokens
-        scheduled: list[tuple[Sequence, int]] = []
-        preempted = self._schedule_running(scheduled, budget)
-        budget -= sum(n for _, n in scheduled)
+        scheduled: list[Sequence] = []
+        preempted, budget = self._schedule_running(scheduled, budget)
         if not preempted:
             self._schedule_waiting(scheduled, budget, now)
         return self._execute(scheduled, preempted, now)
 
     # -- scheduling -------------------------------------------------------------------------
 
-    def _schedule_running(self, scheduled: list[tuple[Sequence, int]], budget: int) -> int:
+    def _schedule_running(self, scheduled: list[Sequence], budget: int) -> tuple[int, int]:
         preempted = 0
         running = self.running
         i = 0
+        bs = self.config.block_size
         while i < len(running) and budget > 0:
             seq = running[i]
-            n = min(seq.num_tokens - seq.num_computed, budget)
-            while not self._reserve(seq, seq.num_computed + n):
+            n = seq.num_tokens - seq.num_computed
+            if n > budget:
+                n = budget
+            # Fast path first: most decode steps fit in the blocks the sequence already holds.
+            while len(seq.blocks) * bs < seq.num_computed + n and not self._reserve(
+                seq, seq.num_computed + n
+            ):
                 victim = running.pop()
                 self._preempt(victim)
                 preempted += 1
                 if victim is seq:
                     break
             else:
-                scheduled.append((seq, n))
+                seq.n_sched = n
+                scheduled.append(seq)
                 budget -= n
                 i += 1
-        return preempted
+        return preempted, budget
 
-    def _schedule_waiting(
-        self, scheduled: list[tuple[Sequence, int]], budget: int, now: float
-    ) -> None:
+    def _schedule_waiting(self, scheduled: list[Sequence], budget: int, now: float) -> None:
         pool = self.pool
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
@@ -228,7 +274,8 @@ class Scheduler:
                 seq.cached_prompt_tokens = min(cached, len(seq.prompt))
                 self.prefix_queries += len(seq.prompt)
                 self.prefix_hits += seq.cached_prompt_tokens
-            scheduled.append((seq, n))
+            seq.n_sched = n
+            scheduled.append(seq)
             budget -= n
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
@@ -256,59 +303,62 @@ class Scheduler:
 
     # -- execution --------------------------------------------------------------------------
 
-    def _execute(
-        self, scheduled: list[tuple[Sequence, int]], preempted: int, now: float
-    ) -> StepOutput:
+    def _execute(self, scheduled: list[Sequence], preempted: int, now: float) -> StepOutput:
         total = prefill = context = 0
-        for seq, n in scheduled:
+        for seq in scheduled:
+            n = seq.n_sched
             total += n
             context += seq.num_computed + n
-            plen = len(seq.prompt)
-            if seq.num_computed < plen:
-                prefill += min(n, plen - seq.num_computed)
+            todo = len(seq.prompt) - seq.num_computed
+            if todo > 0:
+                prefill += n if n < todo else todo
         duration = self.profile.step_time(len(scheduled), prefill, context)
         done_at = now + duration
         sampled: list[Sequence] = []
         finished: list[Sequence] = []
-        for seq, n in scheduled:
-            seq.num_computed += n
-            self._cache_full_blocks(seq)
-            if seq.num_computed < seq.num_tokens:
+        bs = self.config.block_size
+        for seq in scheduled:
+            computed = seq.num_computed = seq.num_computed + seq.n_sched
+            if computed // bs > seq.num_cached_blocks:
+                self._cache_full_blocks(seq)
+            if computed < seq.num_tokens:
                 continue  # prompt still being prefilled in chunks
             if seq.max_tokens == 0:
                 self._finish(seq, Finish.STOP, done_at, finished)
                 continue
-            self._sample(seq, done_at)
+            # Sampling, inlined: this runs once per generated token.
+            seq.n_out += 1
+            seq.num_tokens += 1
+            last = seq.last_token_at
+            if last is not None:
+                seq.last_itl = done_at - last
+            else:
+                seq.first_token_at = done_at
+            seq.last_token_at = done_at
+            if seq.num_tokens % bs == 0:
+                self._extend_hashes(seq)
             sampled.append(seq)
-            reason = self._check_finish(seq)
-            if reason is not None:
-                self._finish(seq, reason, done_at, finished)
+            if seq.stop or seq.n_out >= seq.out_limit:
+                reason = self._check_finish(seq)
+                if reason is not None:
+                    self._finish(seq, reason, done_at, finished)
         if finished:
             self.running = [s for s in self.running if s.finish is None]
         return StepOutput(
             duration, total, prefill, sampled, finished, preempted, self.pool.drain_events()
         )
 
-    def _sample(self, seq: Sequence, t: float) -> None:
-        tok = FILLER_TOKENS[(seq.seed + len(seq.output)) % len(FILLER_TOKENS)]
-        seq.output.append(tok)
-        seq.out_bytes += tokenizer.decode_bytes((tok,))
-        if seq.first_token_at is None:
-            seq.first_token_at = t
-        elif seq.last_token_at is not None:
-            seq.last_itl = t - seq.last_token_at
-        seq.last_token_at = t
-        self._extend_hashes(seq)
-
     def _check_finish(self, seq: Sequence) -> Finish | None:
+        end = seq.n_out * tokenizer.PIECE_BYTES
         for s in seq.stop:
-            start = max(0, len(seq.out_bytes) - len(s) - tokenizer.PIECE_BYTES)
-            at = seq.out_bytes.find(s, start)
+            # Only the newest token can complete a match: search the window that ends with it.
+            start = max(0, end - len(s) - tokenizer.PIECE_BYTES)
+            at = seq.text_bytes(start, end).find(s)
             if at >= 0:
                 seq.stop_reason = s.decode("utf-8", errors="replace")
-                seq.visible_bytes = at
+                seq.visible_bytes = start + at
                 return Finish.STOP
-        n_out = len(seq.output)
+        n_out = seq.n_out
         if seq.eos_after is not None and n_out >= seq.eos_after:
             return Finish.STOP
         if n_out >= seq.max_tokens or seq.num_tokens >= self.config.max_model_len:
@@ -318,7 +368,7 @@ class Scheduler:
     def _finish(self, seq: Sequence, reason: Finish, t: float, out: list[Sequence]) -> None:
         seq.finish = reason
         if seq.visible_bytes < 0:
-            seq.visible_bytes = len(seq.out_bytes)
+            seq.visible_bytes = seq.n_out * tokenizer.PIECE_BYTES
         seq.finished_at = t
         if seq.first_token_at is None:
             seq.first_token_at = t
@@ -331,11 +381,11 @@ class Scheduler:
         full = seq.num_tokens // bs
         if len(hashes) >= full:
             return
-        all_tokens = seq.prompt + seq.output if seq.output else seq.prompt
-        while len(hashes) < full:
+        while len(hashes) < full:  # a preempted sequence may lag several blocks
             i = len(hashes)
             parent = hashes[-1] if hashes else None
-            hashes.append(block_hash(parent, all_tokens[i * bs : (i + 1) * bs], seq.lora_name))
+            tokens = seq.all_tokens(i * bs, (i + 1) * bs)
+            hashes.append(block_hash(parent, tokens, seq.lora_name))
 
     def _cache_full_blocks(self, seq: Sequence) -> None:
         if not self.pool.enable_prefix_caching:
@@ -344,14 +394,8 @@ class Scheduler:
         full = min(seq.num_computed // bs, len(seq.hashes))
         if seq.num_cached_blocks >= full:
             return
-        all_tokens = seq.prompt + seq.output
         for i in range(seq.num_cached_blocks, full):
             parent = seq.hashes[i - 1] if i else None
-            self.pool.cache(
-                seq.blocks[i],
-                seq.hashes[i],
-                parent,
-                all_tokens[i * bs : (i + 1) * bs],
-                seq.lora_name,
-            )
+            tokens = seq.all_tokens(i * bs, (i + 1) * bs)
+            self.pool.cache(seq.blocks[i], seq.hashes[i], parent, tokens, seq.lora_name)
         seq.num_cached_blocks = full

@@ -11,9 +11,9 @@ import base64
 import hmac
 import logging
 import os
+import random
 import sys
 import time
-import zlib
 from array import array
 from collections.abc import Callable
 from urllib.parse import parse_qs
@@ -251,6 +251,7 @@ class SimServer:
         lora = self.resolve_model(g.model)
         s = g.sampling
         seqs: list[Sequence] = []
+        stop = tuple(x.encode() for x in s.stop)
         max_len = self.cfg.scheduler.max_model_len
         now = self.engine.now()
         for p_idx, prompt in enumerate(g.prompts):
@@ -267,7 +268,8 @@ class SimServer:
                     "requested output tokens.",
                     param="input_tokens",
                 )
-            h = zlib.crc32(array("I", prompt[:64]).tobytes())
+            # Python hashes int tuples the same in every process (only str/bytes are salted).
+            h = hash(tuple(prompt[:64])) & 0xFFFFFFFF
             mean = self.cfg.output_len_mean
             eos = None if s.ignore_eos else 1 + h % (2 * mean - 1) if mean > 1 else 1
             for j in range(s.n):
@@ -277,17 +279,18 @@ class SimServer:
                         max_tokens=max_tokens,
                         arrival=now,
                         eos_after=eos,
-                        stop=tuple(x.encode() for x in s.stop),
+                        stop=stop,
                         lora_name=lora,
                         seed=h + s.seed + j,
                         index=p_idx * s.n + j,
+                        wants_tokens=s.stream,
                     )
                 )
         if self._fault(conn):
             return
         self.engine.metrics.observe_params(s.n, seqs[0].max_tokens)
         model = g.model or self.cfg.name
-        rid = req.headers.get("x-request-id") or os.urandom(8).hex()
+        rid = req.headers.get("x-request-id") or _request_id()
         job: _Job
         if s.stream:
             job = _StreamJob(self, conn, seqs, rid, model, g)
@@ -306,7 +309,7 @@ class SimServer:
         seqs = self._pooling_seqs(e.inputs)
         if self._fault(conn):
             return
-        rid = req.headers.get("x-request-id") or os.urandom(8).hex()
+        rid = req.headers.get("x-request-id") or _request_id()
 
         def answer(done: list[Sequence]) -> bytes:
             vectors: list[object] = []
@@ -337,7 +340,7 @@ class SimServer:
         seqs = self._pooling_seqs(tuple(tokenizer.encode(q + "\n" + d) for q, d in pairs))
         if self._fault(conn):
             return
-        rid = req.headers.get("x-request-id") or os.urandom(8).hex()
+        rid = req.headers.get("x-request-id") or _request_id()
         dim = self.cfg.embedding_dim
 
         def answer(done: list[Sequence]) -> bytes:
@@ -366,6 +369,11 @@ class SimServer:
                 )
             seqs.append(Sequence(prompt=tokens, max_tokens=0, arrival=now, index=i))
         return seqs
+
+
+def _request_id() -> str:
+    """16 hex digits, as vLLM's random_uuid(); no syscall, unlike os.urandom."""
+    return f"{random.getrandbits(64):016x}"
 
 
 def _renormalise(vec: list[float]) -> list[float]:
@@ -433,7 +441,7 @@ class _Job:
 
 
 def _visible(seq: Sequence) -> str:
-    return bytes(seq.out_bytes[: seq.safe_bytes()]).decode("utf-8", errors="replace")
+    return seq.text_bytes(0, seq.safe_bytes()).decode("utf-8", errors="replace")
 
 
 def _prompt_tokens(seqs: list[Sequence], n: int) -> int:
@@ -465,7 +473,7 @@ class _FullJob(_Job):
             for s in self.seqs
         ]
         use = responses.usage(
-            _prompt_tokens(self.seqs, self.g.sampling.n), sum(len(s.output) for s in self.seqs)
+            _prompt_tokens(self.seqs, self.g.sampling.n), sum(s.n_out for s in self.seqs)
         )
         build = responses.chat_completion if self.g.chat else responses.completion
         body = build(self.rid, int(time.time()), self.model, choices, use, self.srv.fingerprint)
@@ -505,7 +513,7 @@ class _StreamJob(_Job):
                 self.pending.append(enc.role(i))
             start = 0
         safe = seq.safe_bytes()
-        text = bytes(seq.out_bytes[start:safe]).decode("utf-8", errors="replace")
+        text = seq.text_bytes(start, safe).decode("utf-8", errors="replace")
         self.sent[i] = max(start, safe)
         if seq.finish is None:
             if text:
@@ -530,7 +538,7 @@ class _StreamJob(_Job):
             return
         if self.g.sampling.include_usage:
             prompt = _prompt_tokens(self.seqs, self.g.sampling.n)
-            completion = sum(len(s.output) for s in self.seqs)
+            completion = sum(s.n_out for s in self.seqs)
             data += self.enc.usage(prompt, completion, self.srv.fingerprint)
         self._release()
         self.conn.end_stream(data + responses.DONE)

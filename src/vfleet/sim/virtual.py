@@ -79,7 +79,7 @@ def _result(s: Sequence) -> RequestResult:
         ttft=first - s.arrival,
         e2e=s.finished_at - s.arrival,
         queue=scheduled - s.arrival,
-        output_tokens=len(s.output),
+        output_tokens=s.n_out,
         cached_prompt_tokens=s.cached_prompt_tokens,
         preemptions=s.preemptions,
         finish=s.finish.value,
