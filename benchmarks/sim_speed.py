@@ -52,7 +52,8 @@ class P(asyncio.Protocol):
 async def main():
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(P, "127.0.0.1", 0, backlog=4096)
-    print("ready on http://127.0.0.1:%d" % srv.sockets[0].getsockname()[1], file=sys.stderr, flush=True)
+    port = srv.sockets[0].getsockname()[1]
+    print("ready on http://127.0.0.1:%d" % port, file=sys.stderr, flush=True)
     await asyncio.Event().wait()
 uvloop.run(main())
 """
