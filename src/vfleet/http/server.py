@@ -55,14 +55,16 @@ class Connection:
         content_type: bytes = b"application/json",
         extra_headers: bytes = b"",
     ) -> None:
+        """Send a whole response; an empty `content_type` sends no content-type header."""
         if self.closed:
             self._done()
             return
         conn = b"" if self.keep_alive else b"connection: close\r\n"
-        head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
+        ctype = b"content-type: %s\r\n" % content_type if content_type else b""
+        head = b"HTTP/1.1 %d %s\r\n%scontent-length: %d\r\n%s%s\r\n" % (
             status,
             _REASONS.get(status, b"Unknown"),
-            content_type,
+            ctype,
             len(body),
             conn,
             extra_headers,
@@ -161,10 +163,6 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._cur = _Parsing()
-        self._too_large = False
-
     def on_url(self, url: bytes) -> None:
         self._cur.url += url
 
@@ -203,6 +201,8 @@ class HttpProtocol(asyncio.Protocol):
         if self._too_large:
             req.body = b""
             req.too_large = True
+        self._cur = _Parsing()  # ready for the next message on this connection
+        self._too_large = False
         self._queue.append(req)
         self._next()
 

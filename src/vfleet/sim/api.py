@@ -8,7 +8,7 @@ the status and wording vLLM uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -28,9 +28,9 @@ def parse_json(raw: bytes) -> Body:
     return body
 
 
-@dataclass(frozen=True, slots=True)
-class Sampling:
+class Sampling(NamedTuple):  # NamedTuple: immutable and cheap to build once per request
     max_tokens: int | None  # None: up to max_model_len
+    request_id: str | None  # the body's `request_id`, used for response ids
     n: int
     stop: tuple[str, ...]
     ignore_eos: bool
@@ -40,8 +40,7 @@ class Sampling:
     continuous_usage: bool
 
 
-@dataclass(frozen=True, slots=True)
-class GenerateRequest:
+class GenerateRequest(NamedTuple):
     model: str | None
     prompts: tuple[list[int], ...]  # one entry per prompt of a batched completion
     sampling: Sampling
@@ -75,16 +74,27 @@ def _model(body: Body) -> str | None:
     raise wrong_type(("model",), "string", m)
 
 
-def _int(body: Body, key: str, default: int | None, minimum: int) -> int | None:
+def _int(
+    body: Body, key: str, default: int | None, minimum: int, schema_bound: bool = False
+) -> int | None:
+    """An integer field, coerced as pydantic's lax mode does ("3" and 3.0 are 3).
+
+    `schema_bound`: the minimum is part of vLLM's request schema (a validation error), not a
+    sampling-parameter check."""
     v = body.get(key, default)
     if v is None:
         return default
     if type(v) is not int:
-        raise wrong_type((key,), "integer", v)
+        lax_str = isinstance(v, str) and v.strip().lstrip("+-").isdigit()
+        if not (lax_str or (isinstance(v, float) and v.is_integer())):
+            raise wrong_type((key,), "integer", v)
+        v = int(v)
     if v < minimum:
-        raise validation_error(
-            "greater_than_equal", (key,), f"Input should be greater than or equal to {minimum}", v
-        )
+        if schema_bound:
+            msg = f"Input should be greater than or equal to {minimum}"
+            raise validation_error("greater_than_equal", (key,), msg, v)
+        # vLLM checks ranges in SamplingParams, after validation: a plain BadRequestError.
+        raise ApiError(400, f"{key} must be at least {minimum}, got {v}.", param=key)
     return v
 
 
@@ -116,9 +126,19 @@ def _sampling(body: Body, default_max: int | None) -> Sampling:
     if not isinstance(opts, dict):
         raise wrong_type(("stream_options",), "dictionary", opts)
     stream = _bool(body, "stream", False)
+    if opts and not stream:
+        raise validation_error(
+            "value_error",
+            (),
+            "Value error, Stream options can only be defined when `stream=True`.",
+            body,
+            param="stream_options",
+        )
     seed = body.get("seed")
+    rid = body.get("request_id")
     return Sampling(
         max_tokens=max_tokens,
+        request_id=rid if isinstance(rid, str) and rid else None,
         n=_int(body, "n", 1, 1) or 1,
         stop=_stop(body),
         ignore_eos=_bool(body, "ignore_eos", False),
@@ -217,7 +237,9 @@ def parse_embed(body: Body) -> EmbedRequest:
     fmt = body.get("encoding_format", "float") or "float"
     if fmt not in ("float", "base64"):
         raise ApiError(400, f"Unsupported encoding_format: {fmt!r}", param="encoding_format")
-    return EmbedRequest(_model(body), inputs, _int(body, "dimensions", None, 1), fmt == "base64")
+    return EmbedRequest(
+        _model(body), inputs, _int(body, "dimensions", None, 1, schema_bound=True), fmt == "base64"
+    )
 
 
 def _texts(v: Any, key: str) -> tuple[str, ...]:
@@ -253,7 +275,9 @@ def parse_rerank(body: Body) -> ScoreRequest:
     if not isinstance(query, str):
         raise wrong_type(("query",), "string", query)
     docs = _texts(body["documents"], "documents")
-    return ScoreRequest(_model(body), (query,), docs, _int(body, "top_n", 0, 0) or 0, rerank=True)
+    return ScoreRequest(
+        _model(body), (query,), docs, _int(body, "top_n", 0, 0, schema_bound=True) or 0, rerank=True
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,11 +36,22 @@ def not_found_model(name: str) -> ApiError:
     return ApiError(404, f"The model `{name}` does not exist.", "NotFoundError", "model")
 
 
-def validation_error(kind: str, loc: tuple[Any, ...], msg: str, value: Any) -> ApiError:
-    """A request-body validation failure, worded like FastAPI's errors as vLLM relays them."""
+def validation_error(
+    kind: str, loc: tuple[Any, ...], msg: str, value: Any, param: str | None = None
+) -> ApiError:
+    """A request-body validation failure, worded like FastAPI's errors as vLLM relays them.
+
+    `param` is the dotted location unless a validator named the parameter itself."""
     detail = {"type": kind, "loc": ("body", *loc), "msg": msg, "input": value}
-    param = ".".join(str(p) for p in ("body", *loc))
+    if param is None:
+        param = ".".join(str(p) for p in ("body", *loc))
     return ApiError(400, f"1 validation error:\n  {detail!r}", "Bad Request", param)
+
+
+UNSUPPORTED_MEDIA = ApiError(
+    400, "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
+    "Bad Request",
+)  # fmt: skip
 
 
 def missing(loc: tuple[Any, ...], body: Any) -> ApiError:

@@ -206,10 +206,12 @@ class EngineMetrics:
         assert seq.first_token_at is not None
         self.hists["time_to_first_token_seconds"].observe(seq.first_token_at - seq.arrival)
         plen, cached = len(seq.prompt), seq.cached_prompt_tokens
-        self.inc("prompt_tokens", plen)
-        self.inc("prompt_tokens_cached", cached)
-        self.inc("source:local_cache_hit", cached)
-        self.inc("source:local_compute", plen - cached)
+        c = self.counters
+        get = c.get
+        c["prompt_tokens"] = get("prompt_tokens", 0.0) + plen
+        c["prompt_tokens_cached"] = get("prompt_tokens_cached", 0.0) + cached
+        c["source:local_cache_hit"] = get("source:local_cache_hit", 0.0) + cached
+        c["source:local_compute"] = get("source:local_compute", 0.0) + plen - cached
 
     def observe_finished(self, seq: Sequence) -> None:
         assert seq.finish is not None

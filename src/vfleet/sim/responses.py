@@ -140,6 +140,14 @@ def chat_completion(
     )
 
 
+def with_usage(chunk: bytes, prompt: int, completion: int) -> bytes:
+    """A stream chunk with `usage` added (stream_options.continuous_usage_stats)."""
+    use = {"prompt_tokens": prompt, "total_tokens": prompt + completion,
+           "completion_tokens": completion}  # fmt: skip
+    assert chunk.endswith(b"}\n\n")
+    return chunk[:-3] + b',"usage":' + orjson.dumps(use) + b"}\n\n"
+
+
 class ChunkEncoder:
     """SSE events of one streamed request, with the constant parts encoded once."""
 

@@ -29,6 +29,7 @@ from vfleet.sim.errors import (
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
     UNAUTHORIZED,
+    UNSUPPORTED_MEDIA,
     ApiError,
     not_found_model,
 )
@@ -42,6 +43,14 @@ METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 TEXT_TYPE = b"text/plain; charset=utf-8"
 
 Handler = Callable[[Request, Connection], None]
+
+# POST routes that take no JSON body, so vLLM's application/json check does not apply.
+NON_JSON_POSTS = frozenset({"/ping", "/sleep", "/wake_up", "/sim/faults"})
+
+
+def _is_json(req: Request) -> bool:
+    media = req.headers.get("content-type", "").split(";", 1)[0]
+    return media.strip().lower() == "application/json"
 
 
 class SimServer:
@@ -90,20 +99,22 @@ class SimServer:
     # -- dispatch ---------------------------------------------------------------------------
 
     def handle(self, req: Request, conn: Connection) -> None:
+        # vLLM's auth middleware runs before routing: unknown /v1 paths get 401 too.
+        guarded = self.cfg.api_keys and req.path.startswith(GUARDED_PREFIXES)
+        if guarded and not self._authorized(req):
+            conn.respond(401, UNAUTHORIZED)
+            return
         methods = self.routes.get(req.path)
         if methods is None:
             conn.respond(404, NOT_FOUND)
             return
         handler = methods.get(req.method)
         if handler is None:
-            conn.respond(405, METHOD_NOT_ALLOWED)
+            allow = ", ".join(sorted(methods)).encode()
+            conn.respond(405, METHOD_NOT_ALLOWED, extra_headers=b"allow: %s\r\n" % allow)
             return
-        if (
-            self.cfg.api_keys
-            and req.path.startswith(GUARDED_PREFIXES)
-            and not self._authorized(req)
-        ):
-            conn.respond(401, UNAUTHORIZED)
+        if req.method == "POST" and req.path not in NON_JSON_POSTS and not _is_json(req):
+            conn.respond(400, UNSUPPORTED_MEDIA.body())
             return
         if req.too_large:
             conn.keep_alive = False
@@ -122,7 +133,7 @@ class SimServer:
         scheme, _, token = req.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             return False
-        got = token.strip().encode()
+        got = token.encode()
         return any(hmac.compare_digest(got, k.encode()) for k in self.cfg.api_keys)
 
     def resolve_model(self, name: str | None) -> str | None:
@@ -148,7 +159,7 @@ class SimServer:
     # -- small routes -----------------------------------------------------------------------
 
     def _health(self, req: Request, conn: Connection) -> None:
-        conn.respond(503 if self.faults.config.health_failing else 200, b"")
+        conn.respond(503 if self.faults.config.health_failing else 200, b"", b"")
 
     def _version(self, req: Request, conn: Connection) -> None:
         conn.respond(200, orjson.dumps({"version": responses.VLLM_VERSION}))
@@ -208,7 +219,7 @@ class SimServer:
         conn.respond(200, msg.encode(), TEXT_TYPE)
 
     def _sleep(self, req: Request, conn: Connection) -> None:
-        q = parse_qs(req.query)
+        q = parse_qs(req.query, keep_blank_values=True)
         level_s = q.get("level", ["1"])[0]
         mode = q.get("mode", ["abort"])[0]
         if level_s not in ("0", "1", "2"):
@@ -219,11 +230,11 @@ class SimServer:
             for job in list(self.jobs):
                 job.abort_all()
         self.engine.sleep(max(int(level_s), 0), pause_only=level_s == "0")
-        conn.respond(200, b"")
+        conn.respond(200, b"", b"")
 
     def _wake_up(self, req: Request, conn: Connection) -> None:
         self.engine.wake_up()
-        conn.respond(200, b"")
+        conn.respond(200, b"", b"")
 
     def _is_sleeping(self, req: Request, conn: Connection) -> None:
         conn.respond(200, orjson.dumps({"is_sleeping": self.engine.sleeping}))
@@ -253,6 +264,13 @@ class SimServer:
         seqs: list[Sequence] = []
         stop = tuple(x.encode() for x in s.stop)
         max_len = self.cfg.scheduler.max_model_len
+        if s.max_tokens is not None and s.max_tokens > max_len:
+            raise ApiError(
+                400,
+                f"max_tokens={s.max_tokens} cannot be greater than max_model_len="
+                f"max_total_tokens={max_len}. Please request fewer output tokens.",
+                param="max_tokens",
+            )
         now = self.engine.now()
         for p_idx, prompt in enumerate(g.prompts):
             if not prompt:
@@ -289,8 +307,9 @@ class SimServer:
         if self._fault(conn):
             return
         self.engine.metrics.observe_params(s.n, seqs[0].max_tokens)
-        model = g.model or self.cfg.name
-        rid = req.headers.get("x-request-id") or _request_id()
+        # vLLM names the base model by its first served name, whatever alias was asked for.
+        model = lora or self.cfg.name
+        rid = req.headers.get("x-request-id") or s.request_id or _request_id()
         job: _Job
         if s.stream:
             job = _StreamJob(self, conn, seqs, rid, model, g)
@@ -477,13 +496,13 @@ class _FullJob(_Job):
         )
         build = responses.chat_completion if self.g.chat else responses.completion
         body = build(self.rid, int(time.time()), self.model, choices, use, self.srv.fingerprint)
-        self.conn.respond(200, body, extra_headers=b"x-request-id: %s\r\n" % self.rid.encode())
+        self.conn.respond(200, body)
 
 
 class _StreamJob(_Job):
     """A streamed completion: SSE chunks written once per engine burst."""
 
-    __slots__ = ("chunks", "enc", "g", "pending", "sent")
+    __slots__ = ("chunks", "enc", "g", "pending", "prompt_len", "sent", "started")
 
     def __init__(
         self,
@@ -497,31 +516,39 @@ class _StreamJob(_Job):
         super().__init__(srv, conn, seqs)
         self.g = g
         self.enc = responses.ChunkEncoder(g.chat, rid, int(time.time()), model)
-        self.sent = [-1] * len(seqs)  # bytes sent per choice; -1 before the first chunk
+        self.sent = [0] * len(seqs)  # output bytes sent per choice
         self.pending: list[bytes] = []
         self.chunks = 0
+        self.started = False  # chat: role chunks for every choice go out with the first output
+        self.prompt_len = len(seqs[0].prompt)
 
     def begin(self) -> None:
         self.conn.start_stream()
 
     def on_progress(self, seq: Sequence) -> None:
         enc = self.enc
+        if not self.started:
+            self.started = True
+            if self.g.chat:
+                for i in range(len(self.seqs)):
+                    self._add(enc.role(i), 0)
         i = seq.index
         start = self.sent[i]
-        if start < 0:
-            if self.g.chat:
-                self.pending.append(enc.role(i))
-            start = 0
         safe = seq.safe_bytes()
         text = seq.text_bytes(start, safe).decode("utf-8", errors="replace")
         self.sent[i] = max(start, safe)
         if seq.finish is None:
             if text:
-                self.pending.append(enc.delta(i, text))
+                self._add(enc.delta(i, text), seq.n_out)
             return
         self.done += 1
         fp = None if self.g.sampling.include_usage else self.srv.fingerprint
-        self.pending.append(enc.final(i, text, seq.finish.value, seq.stop_reason, fp))
+        self._add(enc.final(i, text, seq.finish.value, seq.stop_reason, fp), seq.n_out)
+
+    def _add(self, chunk: bytes, completion_tokens: int) -> None:
+        if self.g.sampling.continuous_usage:
+            chunk = responses.with_usage(chunk, self.prompt_len, completion_tokens)
+        self.pending.append(chunk)
 
     def flush(self) -> None:
         if not self.pending or self not in self.srv.jobs:
