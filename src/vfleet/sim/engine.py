@@ -59,7 +59,7 @@ class Engine:
 
     def abort(self, seqs: Iterable[Sequence]) -> None:
         for seq in seqs:
-            if self.scheduler.abort(seq):
+            if self.scheduler.abort(seq, self.now()):
                 self.metrics.observe_finished(seq)
         self._publish(self.scheduler.pool.drain_events())
 
@@ -125,7 +125,7 @@ class Engine:
         s = self.scheduler
         owners: dict[int, Owner] = {}
         for seq in [*s.running, *s.waiting]:
-            if s.abort(seq):
+            if s.abort(seq, self.now()):
                 _notify(seq, owners)
         for owner in owners.values():
             owner.flush()

@@ -8,6 +8,7 @@ two additions on the hot path. Values are in the simulator's modelled seconds.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,11 +35,15 @@ def fmt(v: float) -> str:
     """A sample value as Prometheus' Python client writes it (Go-style exponent for big values)."""
     if v == float("inf"):
         return "+Inf"
+    if v == float("-inf"):
+        return "-Inf"
+    if math.isnan(v):
+        return "NaN"
     s = repr(float(v))
     dot = s.find(".")
     if v > 0 and dot > 6 and "e" not in s:
-        digits = (s[1:dot] + s[dot + 1 :]).rstrip("0")
-        return f"{s[0]}.{digits}e+0{dot - 1}" if digits else f"{s[0]}.0e+0{dot - 1}"
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+0{dot - 1}"
     return s
 
 

@@ -194,8 +194,8 @@ class Scheduler:
         self._extend_hashes(seq)
         self.waiting.append(seq)
 
-    def abort(self, seq: Sequence) -> bool:
-        """Drop a sequence that has not finished; True if it was still queued or running."""
+    def abort(self, seq: Sequence, now: float) -> bool:
+        """Drop an unfinished sequence at time `now`; True if it was queued or running."""
         if seq.finish is not None:
             return False
         if seq in self.running:
@@ -206,6 +206,7 @@ class Scheduler:
             return False
         self._free(seq)
         seq.finish = Finish.ABORT
+        seq.finished_at = now
         seq.visible_bytes = seq.safe_bytes()
         return True
 
