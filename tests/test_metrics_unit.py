@@ -17,8 +17,12 @@ from vfleet.sim.metrics import (
     EngineGauges,
     EngineMetrics,
     Histogram,
+    buckets_125,
     fmt,
 )
+
+# vLLM 0.26's token-count buckets for max_model_len 4096, as in the capture.
+TOKEN_BUCKETS_4096 = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 from vfleet.sim.profiles import custom_profile
 from vfleet.sim.scheduler import Scheduler, SchedulerConfig, Sequence, StepOutput
 
@@ -27,8 +31,9 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 GAUGES = EngineGauges(running=3, waiting=2, kv_usage=0.25, sleep_level=0)
 
 
-def metrics() -> EngineMetrics:
-    return EngineMetrics("demo", {"block_size": "16", "num_gpu_blocks": "64"}, 1700000000.0)
+def metrics(max_loras: int = 4) -> EngineMetrics:
+    info = {"block_size": "16", "num_gpu_blocks": "64"}
+    return EngineMetrics("demo", info, 1700000000.0, max_loras=max_loras)
 
 
 def parse(
@@ -128,6 +133,22 @@ def test_fmt_writes_values_like_the_prometheus_client(v: float, text: str) -> No
 
 
 # -- exposition ---------------------------------------------------------------------------------
+
+
+def test_lora_info_is_exported_only_with_lora_enabled() -> None:
+    with_lora, _ = parse(metrics(max_loras=4).render(GAUGES, 0, 0))
+    without, _ = parse(metrics(max_loras=0).render(GAUGES, 0, 0))
+    assert with_lora["vllm:lora_requests_info"] == "gauge"
+    assert "vllm:lora_requests_info" not in without
+    assert set(with_lora) - set(without) == {"vllm:lora_requests_info"}
+
+
+def test_token_buckets_follow_max_model_len() -> None:
+    assert buckets_125(4096) == TOKEN_BUCKETS_4096
+    assert buckets_125(512) == (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
+    assert buckets_125(1) == (1.0,)
+    m = EngineMetrics("demo", {}, 0.0, max_model_len=512)
+    assert m.hists["request_prompt_tokens"].bounds == buckets_125(512)
 
 
 def test_render_lists_every_family_with_its_type() -> None:

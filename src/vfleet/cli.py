@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import click
+import zmq
 
 from vfleet import __version__
 from vfleet.sim.config import TASKS, SimConfig
@@ -67,6 +68,9 @@ def _lora_modules(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--enable-server-load-tracking", is_flag=True)
 @click.option("--kv-events-config", default=None, help="JSON, as vLLM's --kv-events-config.")
 @click.option("--lora-modules", multiple=True, help="NAME=PATH adapters loaded at start.")
+@click.option(
+    "--enable-lora", is_flag=True, help="Export LoRA metrics (implied by --lora-modules)."
+)
 @click.option("--max-loras", type=int, default=8, show_default=True)
 @click.option("--output-len-mean", type=int, default=128, show_default=True,
               help="Mean generation length when EOS is not ignored.")  # fmt: skip
@@ -103,6 +107,7 @@ def sim(
     enable_server_load_tracking: bool,
     kv_events_config: str | None,
     lora_modules: tuple[str, ...],
+    enable_lora: bool,
     max_loras: int,
     output_len_mean: int,
     embedding_dim: int,
@@ -159,6 +164,7 @@ def sim(
                 startup_delay_s=startup_delay,
             ),
             lora_modules=_lora_modules(lora_modules),
+            enable_lora=enable_lora or bool(lora_modules),
             max_loras=max_loras,
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
@@ -167,5 +173,7 @@ def sim(
         raise click.ClickException(str(exc)) from exc
     try:
         run(cfg)
-    except OSError as exc:  # port in use, bad host, KV-event endpoint taken
+    except OSError as exc:  # port in use, bad host
         raise click.ClickException(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
+    except zmq.ZMQError as exc:  # KV-event endpoints: taken, or an unknown transport
+        raise click.ClickException(f"cannot open KV-event endpoints: {exc}") from exc

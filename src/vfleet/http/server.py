@@ -100,8 +100,12 @@ class Connection:
         self._done()
 
     def abort(self) -> None:
-        """Drop the connection without finishing the response (fault injection, errors)."""
+        """Drop the connection now, discarding unsent data."""
         self.transport.abort()
+
+    def close(self) -> None:
+        """Close after sending what is buffered, leaving the response unfinished."""
+        self.transport.close()
 
     def _done(self) -> None:
         self.busy = False

@@ -24,7 +24,13 @@ from vfleet.sim.server import SimServer
 def build_engine(cfg: SimConfig, publisher: ZmqPublisher | None) -> Engine:
     return Engine(
         scheduler=Scheduler(cfg.scheduler, cfg.profile),
-        metrics=EngineMetrics(cfg.name, cfg.cache_info(), time.time(), cfg.max_loras),
+        metrics=EngineMetrics(
+            cfg.name,
+            cfg.cache_info(),
+            time.time(),
+            max_model_len=cfg.scheduler.max_model_len,
+            max_loras=cfg.max_loras if cfg.enable_lora else 0,
+        ),
         time_scale=cfg.time_scale,
         publisher=publisher,
         wall_clock=time.time,

@@ -29,6 +29,7 @@ class SimConfig:
     kv_events: KVEventsConfig = field(default_factory=KVEventsConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path) loaded at start
+    enable_lora: bool = False  # as vLLM's --enable-lora: exports vllm:lora_requests_info
     max_loras: int = 8
     gpu_memory_utilization: float = 0.9  # reported in cache_config_info only
     seed: int = 0

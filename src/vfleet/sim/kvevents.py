@@ -37,6 +37,19 @@ class KVEventsConfig:
     max_queue_size: int = 100000
     topic: str = ""
 
+    def __post_init__(self) -> None:
+        types = {"enable_kv_cache_events": bool, "buffer_steps": int, "hwm": int,
+                 "max_queue_size": int, "endpoint": str, "topic": str}  # fmt: skip
+        for key, kind in types.items():
+            value = getattr(self, key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"--kv-events-config: {key} must be {kind.__name__}")
+        for key in ("buffer_steps", "hwm", "max_queue_size"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"--kv-events-config: {key} must be >= 0")
+        if self.replay_endpoint is not None and not isinstance(self.replay_endpoint, str):
+            raise ValueError("--kv-events-config: replay_endpoint must be str")
+
     @classmethod
     def parse(cls, text: str) -> KVEventsConfig:
         try:

@@ -15,7 +15,20 @@ from dataclasses import dataclass, field
 
 from vfleet.sim.scheduler import Sequence, StepOutput
 
-TOKEN_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
+
+def buckets_125(max_value: int) -> tuple[float, ...]:
+    """1, 2, 5, 10, 20, 50, ... up to `max_value`: vLLM's token-count buckets."""
+    out: list[float] = []
+    exp = 0
+    while True:
+        for m in (1, 2, 5):
+            v = m * 10**exp
+            if v > max_value:
+                return tuple(out)
+            out.append(float(v))
+        exp += 1
+
+
 ITERATION_BUCKETS = (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
                      8192.0, 16384.0)  # fmt: skip
 N_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0)
@@ -133,7 +146,8 @@ class EngineMetrics:
     model_name: str
     cache_info: dict[str, str]
     created: float  # unix time of the `_created` samples
-    max_loras: int = 0
+    max_model_len: int = 4096  # token-count histograms get buckets up to this
+    max_loras: int = 0  # 0: LoRA disabled, and vllm:lora_requests_info is not exported
     counters: dict[str, float] = field(default_factory=dict)
     hists: dict[str, Histogram] = field(init=False)
     # The per-request histograms, bound once for the hot path.
@@ -149,17 +163,18 @@ class EngineMetrics:
     _computed: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
+        tokens = buckets_125(self.max_model_len)
         buckets = {
-            "request_prompt_tokens": TOKEN_BUCKETS,
-            "request_generation_tokens": TOKEN_BUCKETS,
+            "request_prompt_tokens": tokens,
+            "request_generation_tokens": tokens,
             "iteration_tokens_total": ITERATION_BUCKETS,
-            "request_max_num_generation_tokens": TOKEN_BUCKETS,
+            "request_max_num_generation_tokens": tokens,
             "request_params_n": N_BUCKETS,
-            "request_params_max_tokens": TOKEN_BUCKETS,
+            "request_params_max_tokens": tokens,
             "time_to_first_token_seconds": TTFT_BUCKETS,
             "inter_token_latency_seconds": ITL_BUCKETS,
             "request_time_per_output_token_seconds": ITL_BUCKETS,
-            "request_prefill_kv_computed_tokens": TOKEN_BUCKETS,
+            "request_prefill_kv_computed_tokens": tokens,
         }
         self.hists = {
             name: Histogram(buckets.get(name, LATENCY_BUCKETS))
@@ -255,6 +270,8 @@ class EngineMetrics:
     def _lines(self, g: EngineGauges) -> Iterator[str]:
         base = {"engine": "0", "model_name": self.model_name}
         for name, fam in FAMILIES.items():
+            if name == "lora_requests_info" and not self.max_loras:
+                continue
             samples = list(self._samples(name, g))
             if fam.kind == "counter":
                 yield from _family(f"{name}_total", "counter", fam.help, base, samples)

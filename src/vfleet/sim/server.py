@@ -553,13 +553,18 @@ class _StreamJob(_Job):
     def flush(self) -> None:
         if not self.pending or self not in self.srv.jobs:
             return
+        limit = self.srv.faults.config.drop_stream_after_chunks
+        if limit and self.chunks + len(self.pending) >= limit:
+            # Fault injection: deliver exactly `limit` events, then cut the connection.
+            self.conn.send(b"".join(self.pending[: limit - self.chunks]))
+            self.pending.clear()
+            self._release()
+            self.srv.engine.abort(self.seqs)
+            self.conn.close()
+            return
         data = b"".join(self.pending)
         self.chunks += len(self.pending)
         self.pending.clear()
-        limit = self.srv.faults.config.drop_stream_after_chunks
-        if limit and self.chunks >= limit:
-            self.conn.abort()
-            return
         if self.done < len(self.seqs):
             self.conn.send(data)
             return
