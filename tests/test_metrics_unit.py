@@ -21,11 +21,11 @@ from vfleet.sim.metrics import (
     fmt,
 )
 
-# vLLM 0.26's token-count buckets for max_model_len 4096, as in the capture.
-TOKEN_BUCKETS_4096 = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 from vfleet.sim.profiles import custom_profile
 from vfleet.sim.scheduler import Scheduler, SchedulerConfig, Sequence, StepOutput
 
+# vLLM 0.26's token-count buckets for max_model_len 4096, as in the capture.
+TOKEN_BUCKETS_4096 = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 GAUGES = EngineGauges(running=3, waiting=2, kv_usage=0.25, sleep_level=0)
