@@ -20,7 +20,6 @@ from vfleet.sim.metrics import (
     buckets_125,
     fmt,
 )
-
 from vfleet.sim.profiles import custom_profile
 from vfleet.sim.scheduler import Scheduler, SchedulerConfig, Sequence, StepOutput
 
