@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, from nothing: a fresh venv with pinned dependencies, then
-# ruff (format + lint), mypy --strict and the whole pytest suite.
+# ruff (format + lint), mypy --strict and the whole pytest suite, twice: against the installed
+# package (hot-path modules compiled with mypyc, as users get it) and against the plain-Python
+# sources in src/ (as an editable install runs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VFLEET_TEST_VENV:-.venv-test}"
-rm -rf "$VENV"
+rm -rf "$VENV" build
 python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip==25.3
-"$VENV/bin/python" -m pip install --quiet -e '.[dev]'
-"$VENV/bin/ruff" format --check src tests benchmarks
-"$VENV/bin/ruff" check src tests benchmarks
+"$VENV/bin/python" -m pip install --quiet '.[dev]'
+"$VENV/bin/ruff" format --check src tests benchmarks setup.py
+"$VENV/bin/ruff" check src tests benchmarks setup.py
 "$VENV/bin/mypy" src
+"$VENV/bin/python" -c 'import vfleet.sim.scheduler as m; print("installed scheduler:", m.__file__)'
 "$VENV/bin/pytest" "$@"
+PYTHONPATH=src "$VENV/bin/pytest" "$@"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
 
@@ -27,7 +27,13 @@ class Request:
     method: str
     path: str
     query: str
-    headers: dict[str, str]  # lower-case names
+    headers: dict[bytes, bytes]  # lower-case names, raw values
+
+    def header(self, name: bytes, default: str = "") -> str:
+        """One header's value as text (`name` in lower case)."""
+        value = self.headers.get(name)
+        return default if value is None else value.decode("latin-1")
+
     body: bytes
     keep_alive: bool
     too_large: bool = False  # body over MAX_BODY_BYTES; it was discarded unread
@@ -119,24 +125,26 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-@dataclass(slots=True)
-class _Parsing:
-    url: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    body: list[bytes] = field(default_factory=list)
-    size: int = 0
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
 
 class HttpProtocol(asyncio.Protocol):
-    """asyncio protocol for one connection; `handler` is called once per complete request."""
+    """asyncio protocol for one connection; `handler` is called once per complete request.
 
-    __slots__ = ("_conn", "_cur", "_dispatching", "_handler", "_parser", "_queue", "_too_large")
+    Parsing state lives in flat attributes (not a per-message object) and headers stay bytes:
+    this is the per-request hot path of the simulator and the router."""
+
+    __slots__ = ("_body", "_conn", "_dispatching", "_handler", "_headers", "_parser", "_queue",
+                 "_size", "_too_large", "_url")  # fmt: skip
 
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()
-        self._cur = _Parsing()
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self._size = 0
         self._too_large = False
         self._conn: Connection | None = None
         self._dispatching = False
@@ -168,44 +176,41 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
-        self._cur.url += url
+        self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._cur.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        length = self._cur.headers.get("content-length", "0")
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            self._too_large = True
+        self._headers[name.lower()] = value
 
     def on_body(self, body: bytes) -> None:
-        cur = self._cur
-        cur.size += len(body)
-        if cur.size > MAX_BODY_BYTES:
+        self._size += len(body)
+        if self._size > MAX_BODY_BYTES:
             self._too_large = True
         if not self._too_large:
-            cur.body.append(body)
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
-        cur = self._cur
-        url = cur.url
+        url = self._url
         if b"?" in url or not url.startswith(b"/"):
             parsed = httptools.parse_url(url)
             path, query = parsed.path.decode("latin-1"), (parsed.query or b"").decode("latin-1")
         else:
             path, query = url.decode("latin-1"), ""
+        method = self._parser.get_method()
+        body = self._body
         req = Request(
-            method=self._parser.get_method().decode(),
-            path=path,
-            query=query,
-            headers=cur.headers,
-            body=b"".join(cur.body),
-            keep_alive=self._parser.should_keep_alive(),
+            _METHODS.get(method) or method.decode("latin-1"),
+            path,
+            query,
+            self._headers,
+            b"" if self._too_large else body[0] if len(body) == 1 else b"".join(body),
+            self._parser.should_keep_alive(),
+            self._too_large,
         )
-        if self._too_large:
-            req.body = b""
-            req.too_large = True
-        self._cur = _Parsing()  # ready for the next message on this connection
+        # Ready for the next message on this connection.
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._size = 0
         self._too_large = False
         self._queue.append(req)
         self._next()

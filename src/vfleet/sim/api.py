@@ -297,9 +297,10 @@ def parse_tokenize(body: Body) -> TokenizeRequest:
             )
         text = render_chat(body["messages"], body, add_generation_prompt=gen)
     elif "prompt" in body:
-        text = body["prompt"]
-        if not isinstance(text, str):
-            raise wrong_type(("prompt",), "string", text)
+        prompt = body["prompt"]
+        if not isinstance(prompt, str):
+            raise wrong_type(("prompt",), "string", prompt)
+        text = prompt
     else:
         raise missing(("prompt",), body)
     return TokenizeRequest(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from vfleet.sim.server import SimServer
 
 def build_engine(cfg: SimConfig, publisher: ZmqPublisher | None) -> Engine:
     return Engine(
-        scheduler=Scheduler(cfg.scheduler, cfg.profile),
+        scheduler=Scheduler(cfg.scheduler, cfg.profile, record_events=publisher is not None),
         metrics=EngineMetrics(
             cfg.name,
             cfg.cache_info(),
@@ -53,6 +54,9 @@ async def serve(cfg: SimConfig) -> None:
     engine = build_engine(cfg, publisher)
     engine.start(loop)
     sim = SimServer(cfg, engine)
+    # The KV block table and other start-up objects live as long as the process: keep them out
+    # of the cyclic collector's scans, which otherwise walk them again and again under load.
+    gc.freeze()
     server = await loop.create_server(
         lambda: HttpProtocol(sim.handle), cfg.host, cfg.port, reuse_address=True, backlog=4096
     )

@@ -157,11 +157,10 @@ class Engine:
 
     def _deliver(self, out: StepOutput, owners: dict[int, Owner]) -> None:
         self.metrics.observe_step(out)
-        for seq in out.sampled:
-            if seq.wants_tokens or seq.finish is not None:
-                _notify(seq, owners)
+        for seq in out.streamed:
+            _notify(seq, owners)
         for seq in out.finished:
-            if seq.max_tokens == 0:  # pooling: finished without sampling a token
+            if not seq.wants_tokens:  # streamed ones were told above
                 _notify(seq, owners)
         self._publish(out.events)
 

@@ -66,6 +66,7 @@ class BlockPool:
     num_blocks: int
     block_size: int
     enable_prefix_caching: bool = True
+    record_events: bool = True  # off when nobody publishes KV events: saves building them
     blocks: list[Block] = field(init=False)
     # Insertion order is LRU order: the first key is evicted first. An OrderedDict, because a
     # plain dict scans past deleted slots to find its first key, which grows with every pop.
@@ -126,7 +127,8 @@ class BlockPool:
             blk = self.blocks[bid]
             if blk.hash is not None:
                 del self._cached[blk.hash]
-                self.events.append(BlockRemoved((blk.hash,)))
+                if self.record_events:
+                    self.events.append(BlockRemoved((blk.hash,)))
                 blk.hash = None
             blk.ref_cnt = 1
             out.append(blk)
@@ -149,7 +151,8 @@ class BlockPool:
             return
         blk.hash = h
         self._cached[h] = blk
-        self.events.append(BlockStored((h,), parent, tuple(tokens), self.block_size, lora_name))
+        if self.record_events:
+            self.events.append(BlockStored((h,), parent, tuple(tokens), self.block_size, lora_name))
 
     def release(self, blocks: Sequence[Block]) -> None:
         """Drop one reference on each block; freed blocks join the LRU tail.
@@ -171,7 +174,7 @@ class BlockPool:
             blk.hash = None
         had = bool(self._cached)
         self._cached.clear()
-        if had:
+        if had and self.record_events:
             self.events.append(AllBlocksCleared())
         return True
 

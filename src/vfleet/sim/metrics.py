@@ -161,6 +161,8 @@ class EngineMetrics:
     _gen_len: Histogram = field(init=False)
     _max_gen: Histogram = field(init=False)
     _computed: Histogram = field(init=False)
+    _params_n: Histogram = field(init=False)
+    _params_max: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
         tokens = buckets_125(self.max_model_len)
@@ -192,6 +194,8 @@ class EngineMetrics:
         self._gen_len = h["request_generation_tokens"]
         self._max_gen = h["request_max_num_generation_tokens"]
         self._computed = h["request_prefill_kv_computed_tokens"]
+        self._params_n = h["request_params_n"]
+        self._params_max = h["request_params_max_tokens"]
 
     def inc(self, key: str, v: float = 1.0) -> None:
         self.counters[key] = self.counters.get(key, 0.0) + v
@@ -199,8 +203,8 @@ class EngineMetrics:
     # -- recording --------------------------------------------------------------------------
 
     def observe_params(self, n: int, max_tokens: int) -> None:
-        self.hists["request_params_n"].observe(n)
-        self.hists["request_params_max_tokens"].observe(max_tokens)
+        self._params_n.observe(n)
+        self._params_max.observe(max_tokens)
 
     def observe_step(self, out: StepOutput) -> None:
         h = self.hists
@@ -208,16 +212,15 @@ class EngineMetrics:
             h["iteration_tokens_total"].observe(out.num_scheduled_tokens)
         if out.num_preempted:
             self.inc("num_preemptions", out.num_preempted)
+        for seq in out.first_tokens:
+            self._first_token(seq)
+        itl = h["inter_token_latency_seconds"]
+        if out.itl_common_count:
+            itl.counts[bisect_left(itl.bounds, out.itl_common)] += out.itl_common_count
+            itl.total += out.itl_common * out.itl_common_count
+        for v in out.itl_other:
+            itl.observe(v)
         if out.sampled:
-            itl = h["inter_token_latency_seconds"]
-            bounds, counts, total = itl.bounds, itl.counts, 0.0
-            for seq in out.sampled:  # one sample per generated token: kept inline
-                if seq.n_out == 1:
-                    self._first_token(seq)
-                else:
-                    counts[bisect_left(bounds, seq.last_itl)] += 1
-                    total += seq.last_itl
-            itl.total += total
             self.inc("generation_tokens", len(out.sampled))
         for seq in out.finished:
             self.observe_finished(seq)
@@ -243,7 +246,9 @@ class EngineMetrics:
         first = seq.first_token_at if seq.first_token_at is not None else end
         gen = seq.n_out
         plen = len(seq.prompt)
-        samples = [
+        b = bisect_left
+        # Histogram.observe, inlined: this runs for every request.
+        for hist, v in (
             (self._e2e, end - seq.arrival),
             (self._queue, start - seq.arrival),
             (self._inference, end - start),
@@ -253,12 +258,11 @@ class EngineMetrics:
             (self._gen_len, gen),
             (self._max_gen, seq.max_tokens),
             (self._computed, plen - seq.cached_prompt_tokens),
-        ]
-        if gen > 1:
-            samples.append((self._tpot, (end - first) / (gen - 1)))
-        for hist, v in samples:  # Histogram.observe, inlined: runs for every request
-            hist.counts[bisect_left(hist.bounds, v)] += 1
+        ):
+            hist.counts[b(hist.bounds, v)] += 1
             hist.total += v
+        if gen > 1:
+            self._tpot.observe((end - first) / (gen - 1))
 
     # -- exposition -------------------------------------------------------------------------
 

@@ -44,7 +44,13 @@ def filler_bytes(seed: int, start: int, end: int) -> bytes:
 def filler_tokens(seed: int, start: int, end: int) -> list[int]:
     """Output token ids [start, end) of a sequence whose generation starts at `seed`."""
     n = len(FILLER_TOKENS)
+    first = (seed + start) % n
+    if end - start <= n:  # the common case, a block or less: one C-level slice
+        return list(_FILLER_TWICE[first : first + end - start])
     return [FILLER_TOKENS[(seed + i) % n] for i in range(start, end)]
+
+
+_FILLER_TWICE = FILLER_TOKENS * 2
 
 
 class Owner(Protocol):
@@ -161,12 +167,22 @@ class StepOutput:
     finished: list[Sequence]
     num_preempted: int
     events: list[KVEvent]
+    # Per-token facts gathered while sampling, so that metrics and the engine need not walk
+    # `sampled` again: sequences that got their first token, sequences whose owners want
+    # every token, and inter-token latencies (most equal `itl_common`: sequences also sampled
+    # in the previous step; the rest are listed).
+    first_tokens: list[Sequence] = field(default_factory=list)
+    streamed: list[Sequence] = field(default_factory=list)
+    itl_common: float = 0.0
+    itl_common_count: int = 0
+    itl_other: list[float] = field(default_factory=list)
 
 
 @dataclass(slots=True, repr=False)
 class Scheduler:
     config: SchedulerConfig
     profile: LatencyProfile
+    record_events: bool = True  # keep KV-cache events for a publisher
     pool: BlockPool = field(init=False)
     waiting: deque[Sequence] = field(init=False, default_factory=deque)
     running: list[Sequence] = field(init=False, default_factory=list)
@@ -174,10 +190,12 @@ class Scheduler:
     prefix_queries: int = 0
     prefix_hits: int = 0
     preemptions_total: int = 0
+    _prev_done_at: float = -1.0  # when the previous step's tokens came out
 
     def __post_init__(self) -> None:
+        cfg = self.config
         self.pool = BlockPool(
-            self.config.num_gpu_blocks, self.config.block_size, self.config.enable_prefix_caching
+            cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching, self.record_events
         )
 
     @property
@@ -218,8 +236,8 @@ class Scheduler:
         scheduled: list[Sequence] = []
         preempted, budget = self._schedule_running(scheduled, budget)
         if not preempted:
-            self._schedule_waiting(scheduled, budget, now)
-        return self._execute(scheduled, preempted, now)
+            budget = self._schedule_waiting(scheduled, budget, now)
+        return self._execute(scheduled, preempted, self.config.max_num_batched_tokens - budget, now)
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -249,7 +267,7 @@ class Scheduler:
                 i += 1
         return preempted, budget
 
-    def _schedule_waiting(self, scheduled: list[Sequence], budget: int, now: float) -> None:
+    def _schedule_waiting(self, scheduled: list[Sequence], budget: int, now: float) -> int:
         pool = self.pool
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
@@ -278,6 +296,7 @@ class Scheduler:
             seq.n_sched = n
             scheduled.append(seq)
             budget -= n
+        return budget
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
         """Make `seq` hold enough blocks for `num_tokens` tokens."""
@@ -304,19 +323,27 @@ class Scheduler:
 
     # -- execution --------------------------------------------------------------------------
 
-    def _execute(self, scheduled: list[Sequence], preempted: int, now: float) -> StepOutput:
-        total = prefill = context = 0
+    def _execute(
+        self, scheduled: list[Sequence], preempted: int, total: int, now: float
+    ) -> StepOutput:
+        prefill = 0
+        context = total
         for seq in scheduled:
-            n = seq.n_sched
-            total += n
-            context += seq.num_computed + n
-            todo = len(seq.prompt) - seq.num_computed
+            computed = seq.num_computed
+            context += computed
+            todo = len(seq.prompt) - computed
             if todo > 0:
+                n = seq.n_sched
                 prefill += n if n < todo else todo
         duration = self.profile.step_time(len(scheduled), prefill, context)
         done_at = now + duration
+        prev = self._prev_done_at
         sampled: list[Sequence] = []
         finished: list[Sequence] = []
+        firsts: list[Sequence] = []
+        streamed: list[Sequence] = []
+        itl_other: list[float] = []
+        itl_common_count = 0
         bs = self.config.block_size
         for seq in scheduled:
             computed = seq.num_computed = seq.num_computed + seq.n_sched
@@ -331,22 +358,42 @@ class Scheduler:
             seq.n_out += 1
             seq.num_tokens += 1
             last = seq.last_token_at
-            if last is not None:
-                seq.last_itl = done_at - last
-            else:
+            if last is None:
                 seq.first_token_at = done_at
+                firsts.append(seq)
+            else:
+                seq.last_itl = done_at - last
+                if last == prev:
+                    itl_common_count += 1
+                else:
+                    itl_other.append(done_at - last)
             seq.last_token_at = done_at
             if seq.num_tokens % bs == 0:
                 self._extend_hashes(seq)
             sampled.append(seq)
+            if seq.wants_tokens:
+                streamed.append(seq)
             if seq.stop or seq.n_out >= seq.out_limit:
                 reason = self._check_finish(seq)
                 if reason is not None:
                     self._finish(seq, reason, done_at, finished)
         if finished:
             self.running = [s for s in self.running if s.finish is None]
+        if scheduled:
+            self._prev_done_at = done_at
         return StepOutput(
-            duration, total, prefill, sampled, finished, preempted, self.pool.drain_events()
+            duration,
+            total,
+            prefill,
+            sampled,
+            finished,
+            preempted,
+            self.pool.drain_events(),
+            firsts,
+            streamed,
+            done_at - prev,
+            itl_common_count,
+            itl_other,
         )
 
     def _check_finish(self, seq: Sequence) -> Finish | None:
@@ -395,8 +442,9 @@ class Scheduler:
         full = min(seq.num_computed // bs, len(seq.hashes))
         if seq.num_cached_blocks >= full:
             return
+        pool = self.pool
         for i in range(seq.num_cached_blocks, full):
             parent = seq.hashes[i - 1] if i else None
-            tokens = seq.all_tokens(i * bs, (i + 1) * bs)
-            self.pool.cache(seq.blocks[i], seq.hashes[i], parent, tokens, seq.lora_name)
+            tokens = seq.all_tokens(i * bs, (i + 1) * bs) if pool.record_events else ()
+            pool.cache(seq.blocks[i], seq.hashes[i], parent, tokens, seq.lora_name)
         seq.num_cached_blocks = full

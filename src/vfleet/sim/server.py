@@ -16,6 +16,7 @@ import sys
 import time
 from array import array
 from collections.abc import Callable
+from itertools import count
 from urllib.parse import parse_qs
 
 import orjson
@@ -49,7 +50,9 @@ NON_JSON_POSTS = frozenset({"/ping", "/sleep", "/wake_up", "/sim/faults"})
 
 
 def _is_json(req: Request) -> bool:
-    media = req.headers.get("content-type", "").split(";", 1)[0]
+    if req.headers.get(b"content-type") == b"application/json":
+        return True
+    media = req.header(b"content-type").split(";", 1)[0]
     return media.strip().lower() == "application/json"
 
 
@@ -65,6 +68,12 @@ class SimServer:
         self.server_load = 0
         self.jobs: set[_Job] = set()
         self.routes = self._routes()
+        self._rid_prefix = f"{random.getrandbits(32):08x}"
+        self._rid_count = count()
+
+    def new_request_id(self) -> str:
+        """16 hex digits, like vLLM's random_uuid(): a random per-process half and a counter."""
+        return f"{self._rid_prefix}{next(self._rid_count) & 0xFFFFFFFF:08x}"
 
     def _routes(self) -> dict[str, dict[str, Handler]]:
         r: dict[str, dict[str, Handler]] = {
@@ -130,7 +139,7 @@ class SimServer:
             conn.respond(500, err.body())
 
     def _authorized(self, req: Request) -> bool:
-        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        scheme, _, token = req.header(b"authorization").partition(" ")
         if scheme.lower() != "bearer":
             return False
         got = token.encode()
@@ -262,7 +271,7 @@ class SimServer:
         lora = self.resolve_model(g.model)
         s = g.sampling
         seqs: list[Sequence] = []
-        stop = tuple(x.encode() for x in s.stop)
+        stop = tuple([x.encode() for x in s.stop]) if s.stop else ()
         max_len = self.cfg.scheduler.max_model_len
         if s.max_tokens is not None and s.max_tokens > max_len:
             raise ApiError(
@@ -286,8 +295,9 @@ class SimServer:
                     "requested output tokens.",
                     param="input_tokens",
                 )
-            # Python hashes int tuples the same in every process (only str/bytes are salted).
-            h = hash(tuple(prompt[:64])) & 0xFFFFFFFF
+            # Picks where in the filler text the output starts. Python hashes int tuples the
+            # same in every process (only str/bytes hashes are salted).
+            h = hash((len(prompt), prompt[0], prompt[len(prompt) // 2], prompt[-1])) & 0xFFFFFFFF
             mean = self.cfg.output_len_mean
             eos = None if s.ignore_eos else 1 + h % (2 * mean - 1) if mean > 1 else 1
             for j in range(s.n):
@@ -309,7 +319,7 @@ class SimServer:
         self.engine.metrics.observe_params(s.n, seqs[0].max_tokens)
         # vLLM names the base model by its first served name, whatever alias was asked for.
         model = lora or self.cfg.name
-        rid = req.headers.get("x-request-id") or s.request_id or _request_id()
+        rid = req.header(b"x-request-id") or s.request_id or self.new_request_id()
         job: _Job
         if s.stream:
             job = _StreamJob(self, conn, seqs, rid, model, g)
@@ -328,7 +338,7 @@ class SimServer:
         seqs = self._pooling_seqs(e.inputs)
         if self._fault(conn):
             return
-        rid = req.headers.get("x-request-id") or _request_id()
+        rid = req.header(b"x-request-id") or self.new_request_id()
 
         def answer(done: list[Sequence]) -> bytes:
             vectors: list[object] = []
@@ -359,7 +369,7 @@ class SimServer:
         seqs = self._pooling_seqs(tuple(tokenizer.encode(q + "\n" + d) for q, d in pairs))
         if self._fault(conn):
             return
-        rid = req.headers.get("x-request-id") or _request_id()
+        rid = req.header(b"x-request-id") or self.new_request_id()
         dim = self.cfg.embedding_dim
 
         def answer(done: list[Sequence]) -> bytes:
@@ -388,11 +398,6 @@ class SimServer:
                 )
             seqs.append(Sequence(prompt=tokens, max_tokens=0, arrival=now, index=i))
         return seqs
-
-
-def _request_id() -> str:
-    """16 hex digits, as vLLM's random_uuid(); no syscall, unlike os.urandom."""
-    return f"{random.getrandbits(64):016x}"
 
 
 def _renormalise(vec: list[float]) -> list[float]:
@@ -457,6 +462,10 @@ class _Job:
             self.srv.jobs.discard(self)
             if self.srv.cfg.enable_server_load_tracking:
                 self.srv.server_load -= 1
+            # Break the job <-> sequence cycle so both are freed by reference counting,
+            # without waiting for (and paying for) the cyclic garbage collector.
+            for seq in self.seqs:
+                seq.tag = None
 
 
 def _visible(seq: Sequence) -> str:

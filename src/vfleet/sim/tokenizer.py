@@ -22,12 +22,11 @@ def encode(text: str) -> list[int]:
     pad = -len(data) % PIECE_BYTES
     if pad:
         data += b"\x00" * pad
+    if not _BIG_ENDIAN:
+        return memoryview(data).cast("I").tolist()
     ids = array("I")
     ids.frombytes(data)
-    if ids.itemsize != PIECE_BYTES:  # pragma: no cover - every CPython target has 4-byte "I"
-        raise RuntimeError("unsigned int is not 4 bytes on this platform")
-    if _BIG_ENDIAN:
-        ids.byteswap()
+    ids.byteswap()
     return ids.tolist()
 
 
