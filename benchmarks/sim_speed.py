@@ -8,8 +8,10 @@ core, in the same run:
 Reports requests/s for small non-streaming completions and streamed chunks/s for streamed chat
 completions, and the ratio sim / reference.
 
-Usage: python benchmarks/sim_speed.py [--duration 10] [--connections 64]
-Needs `wrk` (Debian: apt-get install wrk).
+Usage: python benchmarks/sim_speed.py [--duration 10] [--connections 64] [--reps 3]
+Run it with the interpreter of an installed vfleet (`pip install .` compiles the hot path with
+mypyc when a C compiler exists; the report says which build it measured). Needs `wrk`
+(Debian: apt-get install wrk).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,45 +139,75 @@ def wrk(url: str, path: str, body: dict[str, object], seconds: int, conns: int) 
     return float(m.group(1))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    ap.add_argument("--connections", type=int, default=64)
-    args = ap.parse_args()
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk not found: apt-get install wrk")
+def build_kind() -> str:
+    import vfleet.sim.scheduler as sched
+
+    return "mypyc-compiled" if sched.__file__.endswith(".so") else "plain Python"
+
+
+def measure_sim(args: argparse.Namespace) -> tuple[float, float, bytes, bytes]:
     sim, sim_url = start([*pin(0), sys.executable, "-m", "vfleet", "sim", "--model", "demo",
                           "--port", "0", "--profile", "instant"])  # fmt: skip
     try:
         small = fetch(sim_url, "/v1/completions", COMPLETION)
         streamed = fetch(sim_url, "/v1/chat/completions", CHAT_STREAM)
         assert streamed.count(b"data: ") == STREAM_TOKENS + 2, "role + tokens + [DONE] expected"
-        sim_rps = wrk(sim_url, "/v1/completions", COMPLETION, args.duration, args.connections)
-        sim_srps = wrk(
-            sim_url, "/v1/chat/completions", CHAT_STREAM, args.duration, args.connections
-        )
+        rps = wrk(sim_url, "/v1/completions", COMPLETION, args.duration, args.connections)
+        srps = wrk(sim_url, "/v1/chat/completions", CHAT_STREAM, args.duration, args.connections)
     finally:
         stop(sim)
-    results = {}
+    return rps, srps, small, streamed
+
+
+def measure_reference(args: argparse.Namespace, small: bytes, streamed: bytes) -> list[float]:
+    out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, raw in (("small", small), ("stream", streamed)):
+        for name, raw, path, body in (
+            ("small", small, "/v1/completions", COMPLETION),
+            ("stream", streamed, "/v1/chat/completions", CHAT_STREAM),
+        ):
             body_file = Path(tmp, name)
             body_file.write_bytes(raw)
             ref, ref_url = start([*pin(0), sys.executable, "-c", TRIVIAL, "x", str(body_file)])
             try:
-                path = "/v1/completions" if name == "small" else "/v1/chat/completions"
-                body = COMPLETION if name == "small" else CHAT_STREAM
-                results[name] = wrk(ref_url, path, body, args.duration, args.connections)
+                out.append(wrk(ref_url, path, body, args.duration, args.connections))
             finally:
                 stop(ref)
-    print(f"wrk -t1 -c{args.connections} -d{args.duration}s; servers pinned to one core each")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (medians)")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk not found: apt-get install wrk")
+    sim_small, sim_stream, ref_small, ref_stream = [], [], [], []
+    for _ in range(args.reps):
+        rps, srps, small, streamed = measure_sim(args)
+        ref = measure_reference(args, small, streamed)
+        sim_small.append(rps)
+        sim_stream.append(srps)
+        ref_small.append(ref[0])
+        ref_stream.append(ref[1])
+    med = statistics.median
     print(
-        f"non-streaming completions (max_tokens 8): sim {sim_rps:,.0f} req/s, "
-        f"reference {results['small']:,.0f} req/s, ratio {sim_rps / results['small']:.2f}"
+        f"vfleet sim ({build_kind()}), {args.reps} interleaved reps, medians; "
+        f"wrk -t1 -c{args.connections} -d{args.duration}s; servers pinned to one core each"
     )
-    print(f"streamed chat ({STREAM_TOKENS} tokens): sim {sim_srps * STREAM_TOKENS:,.0f} chunks/s "
-          f"({sim_srps:,.0f} req/s), reference {results['stream'] * STREAM_TOKENS:,.0f} chunks/s, "
-          f"ratio {sim_srps / results['stream']:.2f}")  # fmt: skip
+    print(
+        f"non-streaming completions (max_tokens 8): sim {med(sim_small):,.0f} req/s "
+        f"(reps {', '.join(f'{v:,.0f}' for v in sim_small)}), reference {med(ref_small):,.0f} "
+        f"req/s, ratio {med(sim_small) / med(ref_small):.2f}"
+    )
+    print(
+        f"streamed chat ({STREAM_TOKENS} tokens): sim {med(sim_stream) * STREAM_TOKENS:,.0f} "
+        f"chunks/s ({med(sim_stream):,.0f} req/s), reference "
+        f"{med(ref_stream) * STREAM_TOKENS:,.0f} chunks/s, "
+        f"ratio {med(sim_stream) / med(ref_stream):.2f}"
+    )
 
 
 if __name__ == "__main__":
