@@ -7,22 +7,41 @@ the status and wording vLLM uses.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
 
 from vfleet.sim import tokenizer
-from vfleet.sim.errors import ApiError, missing, validation_error, wrong_type
+from vfleet.sim.errors import ApiError, invalid, missing, validation_error, wrong_type
 
 Body = dict[str, Any]
+
+
+class _Repr(str):
+    """A string that reprs as itself: an exception object inside a validation message."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def parse_json(raw: bytes) -> Body:
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise validation_error("json_invalid", (exc.pos,), "JSON decode error", {}) from exc
+    except orjson.JSONDecodeError:
+        # Rare path: let the standard library, which FastAPI uses, word the error (or accept
+        # what orjson refuses, such as NaN).
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            pos = exc.pos if isinstance(exc, json.JSONDecodeError) else 0
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise validation_error(
+                "json_invalid", (pos,), "JSON decode error", {}, ctx={"error": msg}
+            ) from exc
     if not isinstance(body, dict):
         raise validation_error("model_attributes_type", (), "Input should be an object", body)
     return body
@@ -45,6 +64,7 @@ class GenerateRequest(NamedTuple):
     prompts: tuple[list[int], ...]  # one entry per prompt of a batched completion
     sampling: Sampling
     chat: bool
+    prompts_are_text: bool  # tokenized here (not given as token ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +114,7 @@ def _int(
             msg = f"Input should be greater than or equal to {minimum}"
             raise validation_error("greater_than_equal", (key,), msg, v)
         # vLLM checks ranges in SamplingParams, after validation: a plain BadRequestError.
-        raise ApiError(400, f"{key} must be at least {minimum}, got {v}.", param=key)
+        raise invalid(f"{key} must be at least {minimum}, got {v}.", key, v)
     return v
 
 
@@ -127,12 +147,14 @@ def _sampling(body: Body, default_max: int | None) -> Sampling:
         raise wrong_type(("stream_options",), "dictionary", opts)
     stream = _bool(body, "stream", False)
     if opts and not stream:
+        why = "Stream options can only be defined when `stream=True`."
         raise validation_error(
             "value_error",
             (),
-            "Value error, Stream options can only be defined when `stream=True`.",
+            f"Value error, {why} (parameter=stream_options)",
             body,
             param="stream_options",
+            ctx={"error": _Repr(f"VLLMValidationError({why!r})")},
         )
     seed = body.get("seed")
     rid = body.get("request_id")
@@ -214,15 +236,17 @@ def render_chat(messages: Any, body: Body, add_generation_prompt: bool = True) -
 
 def parse_chat(body: Body) -> GenerateRequest:
     prompt = tokenizer.encode(render_chat(body.get("messages"), body))
-    return GenerateRequest(_model(body), (prompt,), _sampling(body, None), chat=True)
+    return GenerateRequest(_model(body), (prompt,), _sampling(body, None), True, True)
 
 
 def parse_completion(body: Body) -> GenerateRequest:
     if "prompt" not in body:
         raise missing(("prompt",), body)
-    prompts = _prompts(body["prompt"], "prompt")
+    raw = body["prompt"]
+    prompts = _prompts(raw, "prompt")
+    text = isinstance(raw, str) or (isinstance(raw, list) and isinstance(raw[0], str))
     # The OpenAI completions API defaults max_tokens to 16, and vLLM follows it.
-    return GenerateRequest(_model(body), prompts, _sampling(body, 16), chat=False)
+    return GenerateRequest(_model(body), prompts, _sampling(body, 16), False, text)
 
 
 def parse_embed(body: Body) -> EmbedRequest:

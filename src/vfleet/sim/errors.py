@@ -32,17 +32,30 @@ class ApiError(Exception):
         )
 
 
+def invalid(message: str, parameter: str, value: Any = None) -> ApiError:
+    """vLLM's VLLMValidationError: a 400 whose message names the parameter (and value)."""
+    extras = [f"parameter={parameter}"] + ([] if value is None else [f"value={value}"])
+    return ApiError(400, f"{message} ({', '.join(extras)})", "BadRequestError", parameter)
+
+
 def not_found_model(name: str) -> ApiError:
     return ApiError(404, f"The model `{name}` does not exist.", "NotFoundError", "model")
 
 
 def validation_error(
-    kind: str, loc: tuple[Any, ...], msg: str, value: Any, param: str | None = None
+    kind: str,
+    loc: tuple[Any, ...],
+    msg: str,
+    value: Any,
+    param: str | None = None,
+    ctx: dict[str, Any] | None = None,
 ) -> ApiError:
     """A request-body validation failure, worded like FastAPI's errors as vLLM relays them.
 
     `param` is the dotted location unless a validator named the parameter itself."""
     detail = {"type": kind, "loc": ("body", *loc), "msg": msg, "input": value}
+    if ctx is not None:
+        detail["ctx"] = ctx
     if param is None:
         param = ".".join(str(p) for p in ("body", *loc))
     return ApiError(400, f"1 validation error:\n  {detail!r}", "Bad Request", param)

@@ -32,6 +32,7 @@ from vfleet.sim.errors import (
     UNAUTHORIZED,
     UNSUPPORTED_MEDIA,
     ApiError,
+    invalid,
     not_found_model,
 )
 from vfleet.sim.faults import Action, FaultState
@@ -274,11 +275,11 @@ class SimServer:
         stop = tuple([x.encode() for x in s.stop]) if s.stop else ()
         max_len = self.cfg.scheduler.max_model_len
         if s.max_tokens is not None and s.max_tokens > max_len:
-            raise ApiError(
-                400,
+            raise invalid(
                 f"max_tokens={s.max_tokens} cannot be greater than max_model_len="
                 f"max_total_tokens={max_len}. Please request fewer output tokens.",
-                param="max_tokens",
+                "max_tokens",
+                s.max_tokens,
             )
         now = self.engine.now()
         for p_idx, prompt in enumerate(g.prompts):
@@ -286,15 +287,7 @@ class SimServer:
                 raise ApiError(400, "Prompt cannot be empty", param="prompt")
             max_tokens = s.max_tokens if s.max_tokens is not None else max_len - len(prompt)
             if max_tokens < 1 or len(prompt) + max_tokens > max_len:
-                raise ApiError(
-                    400,
-                    f"This model's maximum context length is {max_len} tokens. However, you "
-                    f"requested {max(max_tokens, 0)} output tokens and your prompt contains "
-                    f"{len(prompt)} input tokens, for a total of {len(prompt) + max(max_tokens, 0)}"
-                    " tokens. Please reduce the length of the input prompt or the number of "
-                    "requested output tokens.",
-                    param="input_tokens",
-                )
+                raise _too_long(len(prompt), max(max_tokens, 1), max_len, g.prompts_are_text)
             # Picks where in the filler text the output starts. Python hashes int tuples the
             # same in every process (only str/bytes hashes are salted).
             h = hash((len(prompt), prompt[0], prompt[len(prompt) // 2], prompt[-1])) & 0xFFFFFFFF
@@ -398,6 +391,22 @@ class SimServer:
                 )
             seqs.append(Sequence(prompt=tokens, max_tokens=0, arrival=now, index=i))
         return seqs
+
+
+def _too_long(prompt_len: int, max_tokens: int, max_len: int, text: bool) -> ApiError:
+    """vLLM's context-length error. vLLM tokenizes text prompts only up to one token past the
+    room left, so for them it reports "at least" that many tokens."""
+    room = max_len - max_tokens
+    count = min(prompt_len, room + 1) if text else prompt_len
+    at_least = "at least " if count == room + 1 else ""
+    return invalid(
+        f"This model's maximum context length is {max_len} tokens. However, you requested "
+        f"{max_tokens} output tokens and your prompt contains {at_least}{count} input tokens, "
+        f"for a total of {at_least}{count + max_tokens} tokens. Please reduce the length of "
+        "the input prompt or the number of requested output tokens.",
+        "input_tokens",
+        count,
+    )
 
 
 def _renormalise(vec: list[float]) -> list[float]:
