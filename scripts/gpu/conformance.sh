@@ -30,7 +30,7 @@ vllm serve "$EMB" --runner pooling --served-model-name bert-rand --host 127.0.0.
 pids+=($!)
 wait_healthy http://127.0.0.1:8001 400
 
-python3 -m vfleet sim --model "$GEN" --served-model-name qwen3-rand --port 8100 \
+python3 -m vfleet sim --model "$GEN" --served-model-name qwen3-rand --port 8100 --profile small \
   --max-model-len 512 --api-key sk-test > "$OUT/sim-generate.log" 2>&1 &
 pids+=($!)
 python3 -m vfleet sim --model "$EMB" --served-model-name bert-rand --task embed --port 8101 \
@@ -45,3 +45,7 @@ python3 "$HERE/conformance.py" --vllm http://127.0.0.1:8000 --sim http://127.0.0
   | tee "$OUT/conformance.txt"
 python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())" \
   > "$OUT/vllm-metrics.txt"
+
+# Latency calibration: the same streamed load on vLLM and on the simulator's `small` profile.
+python3 "$HERE/latency_compare.py" --model qwen3-rand --api-key sk-test \
+  http://127.0.0.1:8000 http://127.0.0.1:8100 | tee "$OUT/latency.txt"
