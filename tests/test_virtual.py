@@ -174,3 +174,12 @@ def test_prefix_sharing_raises_cached_prompt_tokens() -> None:
     assert [r.cached_prompt_tokens for r in shared.requests] == [0] + [512] * 19
     mean = [sum(r.ttft for r in x.requests[1:]) / 19 for x in (shared, unique)]
     assert mean[0] < mean[1]
+
+
+def test_request_overhead_delays_the_first_token_but_is_not_queue_time() -> None:
+    prof = custom_profile(0.01, 0.0, 0.0, 0.0, request_overhead_s=0.5)
+    res = simulate(SchedulerConfig(), prof, [Arrival(1.0, [1] * 8, 4)])
+    [r] = res.requests
+    assert r.ttft == pytest.approx(0.5 + 0.01)
+    assert r.e2e == pytest.approx(0.5 + 4 * 0.01)
+    assert r.queue == 0.0

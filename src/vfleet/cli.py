@@ -25,7 +25,13 @@ def _profile(name: str, costs: tuple[float | None, ...]) -> LatencyProfile:
     if all(c is None for c in costs):
         return PROFILES[name]
     base = PROFILES[name]
-    defaults = (base.step_base_s, base.per_seq_s, base.prefill_token_s, base.context_token_s)
+    defaults = (
+        base.step_base_s,
+        base.per_seq_s,
+        base.prefill_token_s,
+        base.context_token_s,
+        base.request_overhead_s,
+    )
     vals = [d if c is None else c for c, d in zip(costs, defaults, strict=True)]
     return custom_profile(*vals)
 
@@ -54,6 +60,12 @@ def _lora_modules(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 @click.option("--prefill-token-us", type=float, default=None, help="Override: us per prompt token.")
 @click.option(
     "--context-token-ns", type=float, default=None, help="Override: ns per context token."
+)
+@click.option(
+    "--request-overhead-ms",
+    type=float,
+    default=None,
+    help="Override: ms from arrival until a request can be scheduled.",
 )
 @click.option("--time-scale", type=float, default=1.0, show_default=True,
               help="Wall seconds per modelled second (0.1 runs 10x faster).")  # fmt: skip
@@ -95,6 +107,7 @@ def sim(
     per_seq_ms: float | None,
     prefill_token_us: float | None,
     context_token_ns: float | None,
+    request_overhead_ms: float | None,
     time_scale: float,
     max_model_len: int,
     max_num_seqs: int,
@@ -128,6 +141,7 @@ def sim(
         None if per_seq_ms is None else per_seq_ms * 1e-3,
         None if prefill_token_us is None else prefill_token_us * 1e-6,
         None if context_token_ns is None else context_token_ns * 1e-9,
+        None if request_overhead_ms is None else request_overhead_ms * 1e-3,
     )
     keys = api_key or ((os.environ["VLLM_API_KEY"],) if os.environ.get("VLLM_API_KEY") else ())
     try:

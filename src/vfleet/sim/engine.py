@@ -16,7 +16,7 @@ from typing import Protocol
 
 from vfleet.sim.kvcache import KVEvent
 from vfleet.sim.metrics import EngineGauges, EngineMetrics
-from vfleet.sim.scheduler import Owner, Scheduler, Sequence, StepOutput
+from vfleet.sim.scheduler import Finish, Owner, Scheduler, Sequence, StepOutput
 
 log = logging.getLogger("vfleet.sim.engine")
 
@@ -52,14 +52,31 @@ class Engine:
         assert self._loop is not None, "engine not started"
         return (self._loop.time() - self._t0) / self.time_scale
 
-    def submit(self, seqs: Iterable[Sequence]) -> None:
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue sequences, after the profile's request overhead (the API server's share)."""
+        delay = self.scheduler.profile.request_overhead_s
+        if delay > 0:
+            assert self._loop is not None, "engine not started"
+            self._loop.call_later(delay * self.time_scale, self._admit, seqs)
+        else:
+            self._admit(seqs)
+
+    def _admit(self, seqs: list[Sequence]) -> None:
+        now = self.now()
         for seq in seqs:
-            self.scheduler.add(seq)
+            if seq.finish is None:  # not aborted while still on its way in
+                self.scheduler.add(seq, now)
         self._kick()
 
     def abort(self, seqs: Iterable[Sequence]) -> None:
+        now = self.now()
         for seq in seqs:
-            if self.scheduler.abort(seq, self.now()):
+            if self.scheduler.abort(seq, now):
+                self.metrics.observe_finished(seq)
+            elif seq.finish is None:  # aborted before it reached the scheduler
+                seq.finish = Finish.ABORT
+                seq.finished_at = now
+                seq.visible_bytes = 0
                 self.metrics.observe_finished(seq)
         self._publish(self.scheduler.pool.drain_events())
 

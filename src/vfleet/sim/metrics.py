@@ -250,7 +250,7 @@ class EngineMetrics:
         # Histogram.observe, inlined: this runs for every request.
         for hist, v in (
             (self._e2e, end - seq.arrival),
-            (self._queue, start - seq.arrival),
+            (self._queue, start - (seq.arrival if seq.queued_at is None else seq.queued_at)),
             (self._inference, end - start),
             (self._prefill, first - start),
             (self._decode, end - first),

@@ -20,6 +20,9 @@ class LatencyProfile:
     prefill_token_s: float  # seconds per uncached prompt token computed
     context_token_s: float  # seconds per context token attended by the step's sequences
     description: str = ""
+    # Seconds from a request's arrival until the engine can schedule it: vLLM's API server
+    # parses, renders and tokenizes, then hands the request to the engine process.
+    request_overhead_s: float = 0.0
 
     def step_time(self, num_seqs: int, prefill_tokens: int, context_tokens: int) -> float:
         if num_seqs == 0:
@@ -45,12 +48,13 @@ PROFILES: dict[str, LatencyProfile] = {
         ),
         LatencyProfile(
             "small",
-            0.002,
-            2e-5,
-            4e-6,
-            1e-9,
-            "A ~0.4B model on one H100/H200: ~2 ms decode steps, ~25k output tok/s at batch 64 "
-            "(matches vLLM 0.26 with a 0.35B Qwen3 on an H200).",
+            0.0011,
+            1e-5,
+            1e-5,
+            5e-9,
+            "A ~0.4B model on one H200, fitted to vLLM 0.26 serving a 0.35B Qwen3 there: "
+            "~1.2 ms decode steps alone, ~1.9 ms at batch 64, ~10 ms time to first token.",
+            request_overhead_s=0.006,
         ),
         LatencyProfile(
             "llama-8b-h100",
@@ -60,15 +64,27 @@ PROFILES: dict[str, LatencyProfile] = {
             2e-8,
             "An 8B dense model in bf16 on one H100: ~7 ms decode steps at small batch, ~14k "
             "prefill tok/s, decode slowing with batch size and context length.",
+            request_overhead_s=0.006,
         ),
     )
 }
 
 
 def custom_profile(
-    step_base_s: float, per_seq_s: float, prefill_token_s: float, context_token_s: float
+    step_base_s: float,
+    per_seq_s: float,
+    prefill_token_s: float,
+    context_token_s: float,
+    request_overhead_s: float = 0.0,
 ) -> LatencyProfile:
-    for v in (step_base_s, per_seq_s, prefill_token_s, context_token_s):
+    for v in (step_base_s, per_seq_s, prefill_token_s, context_token_s, request_overhead_s):
         if v < 0:
             raise ValueError("profile costs must be >= 0")
-    return LatencyProfile("custom", step_base_s, per_seq_s, prefill_token_s, context_token_s)
+    return LatencyProfile(
+        "custom",
+        step_base_s,
+        per_seq_s,
+        prefill_token_s,
+        context_token_s,
+        request_overhead_s=request_overhead_s,
+    )

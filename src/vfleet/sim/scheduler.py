@@ -115,6 +115,7 @@ class Sequence:
     visible_bytes: int = -1  # output bytes a client may see; -1 while unfinished
     cached_prompt_tokens: int = 0
     preemptions: int = 0
+    queued_at: float | None = None  # when the engine queued it (after the API server's work)
     scheduled_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -202,11 +203,13 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: Sequence, now: float | None = None) -> None:
+        """Queue `seq` at `now` (default: its arrival, when no API-server delay is modelled)."""
         if len(seq.prompt) < 1:
             raise ValueError("a sequence needs at least one prompt token")
         if len(seq.prompt) + seq.max_tokens > self.config.max_model_len:
             raise ValueError("prompt plus max_tokens exceed max_model_len")
+        seq.queued_at = seq.arrival if now is None else now
         limit = min(seq.max_tokens, self.config.max_model_len - len(seq.prompt))
         seq.out_limit = limit if seq.eos_after is None else min(limit, seq.eos_after)
         self._extend_hashes(seq)

@@ -49,19 +49,20 @@ class RunResult:
 def simulate(
     config: SchedulerConfig, profile: LatencyProfile, arrivals: Iterable[Arrival]
 ) -> RunResult:
-    sched = Scheduler(config, profile)
+    sched = Scheduler(config, profile, record_events=False)
+    overhead = profile.request_overhead_s  # arrival -> schedulable, as in the live engine
     pending = sorted(arrivals, key=lambda a: a.at)
     seqs: list[Sequence] = []
-    t = pending[0].at if pending else 0.0
-    start = t
+    start = pending[0].at if pending else 0.0
+    t = start + overhead if pending else 0.0
     i = steps = 0
     while i < len(pending) or sched.has_work:
-        if not sched.has_work and pending[i].at > t:
-            t = pending[i].at  # idle engine: jump to the next arrival
-        while i < len(pending) and pending[i].at <= t:
+        if not sched.has_work and pending[i].at + overhead > t:
+            t = pending[i].at + overhead  # idle engine: jump to the next admission
+        while i < len(pending) and pending[i].at + overhead <= t:
             a = pending[i]
             seq = Sequence(a.prompt, a.max_tokens, a.at, None if a.ignore_eos else a.max_tokens)
-            sched.add(seq)
+            sched.add(seq, a.at + overhead)
             seqs.append(seq)
             i += 1
         out = sched.step(t)
@@ -74,11 +75,12 @@ def _result(s: Sequence) -> RequestResult:
     assert s.finish is not None and s.finished_at is not None
     first = s.first_token_at if s.first_token_at is not None else s.finished_at
     scheduled = s.scheduled_at if s.scheduled_at is not None else s.arrival
+    queued = s.queued_at if s.queued_at is not None else s.arrival
     return RequestResult(
         arrival=s.arrival,
         ttft=first - s.arrival,
         e2e=s.finished_at - s.arrival,
-        queue=scheduled - s.arrival,
+        queue=scheduled - queued,
         output_tokens=s.n_out,
         cached_prompt_tokens=s.cached_prompt_tokens,
         preemptions=s.preemptions,
