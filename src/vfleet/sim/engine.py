@@ -21,6 +21,7 @@ from vfleet.sim.scheduler import Finish, Owner, Scheduler, Sequence, StepOutput
 log = logging.getLogger("vfleet.sim.engine")
 
 BURST_STEPS = 64  # zero-duration steps run per loop turn before yielding to I/O
+CATCH_UP_S = 0.005  # modelled seconds of lag a busy engine may make up on its next step
 
 
 class EventPublisher(Protocol):
@@ -157,12 +158,17 @@ class Engine:
         for _ in range(BURST_STEPS):
             if self.sleeping or not self.scheduler.has_work:
                 break
-            t = max(self.now(), self._busy_until)
+            now, busy = self.now(), self._busy_until
+            # Back-to-back steps start where the last one ended, even when this process's own
+            # work made us a little late: the schedule is absolute (call_at), so Python time
+            # is absorbed instead of being added to every modelled step.
+            t = busy if 0.0 <= now - busy <= CATCH_UP_S else max(now, busy)
             out = self.scheduler.step(t)
             if out.duration_s > 0:
                 self._busy_until = t + out.duration_s
                 self._pending = True
-                self._loop.call_later(out.duration_s * self.time_scale, self._finish_step, out)
+                when = self._t0 + self._busy_until * self.time_scale
+                self._loop.call_at(when, self._finish_step, out)
                 break
             self._deliver(out, owners)
         else:
