@@ -19,13 +19,16 @@ from vfleet.sim.errors import ApiError, invalid, missing, validation_error, wron
 Body = dict[str, Any]
 
 
-class _Repr(str):
-    """A string that reprs as itself: an exception object inside a validation message."""
+class _Repr:
+    """Text that reprs as itself: an exception object shown inside a validation message."""
 
-    __slots__ = ()
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
     def __repr__(self) -> str:
-        return str(self)
+        return self.text
 
 
 def parse_json(raw: bytes) -> Body:
