@@ -58,6 +58,21 @@ def _read(resp: http.client.HTTPResponse) -> Response:
     return Response(resp.status, headers, body)
 
 
+def request(
+    url: str, method: str, path: str, body: object = None, timeout: float = 10.0
+) -> tuple[int, bytes]:
+    """One request on a fresh connection: (status, body bytes)."""
+    host, port = _address(url)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        headers = JSON_HEADERS if body is not None else {}
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
 class Conn:
     """One persistent HTTP/1.1 connection (keep-alive)."""
 

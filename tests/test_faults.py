@@ -16,23 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import SimProcess, start_sim
+from httpclient import request
 
 COMPLETION = {"prompt": "Hello, fault injection.", "max_tokens": 4, "ignore_eos": True}
 SimFactory = Callable[..., SimProcess]
-
-
-def request(
-    url: str, method: str, path: str, body: object = None, timeout: float = 10.0
-) -> tuple[int, bytes]:
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout)
-    try:
-        headers = {"content-type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def complete(url: str, timeout: float = 10.0) -> tuple[int, bytes]:

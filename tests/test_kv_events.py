@@ -6,14 +6,12 @@ As in vLLM, an endpoint without `*` is connected to, so each test binds its own 
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgpack
 import pytest
@@ -21,6 +19,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from conftest import DATA, SimProcess, start_sim
+from httpclient import request
 
 SAMPLE = json.loads((DATA / "kv_events_sample.json").read_text())
 END_SEQ = b"\xff" * 8
@@ -80,18 +79,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def request(url: str, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=10)
-    try:
-        headers = {"content-type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def complete(url: str, prompt: str, max_tokens: int = 3) -> dict[str, Any]:

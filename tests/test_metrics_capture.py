@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import DATA, SimProcess, start_sim
+from httpclient import request
 
 CAPTURE = (DATA / "metrics_qwen3_after_load.txt").read_text()
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
@@ -88,19 +89,6 @@ def test_parser_reads_the_capture() -> None:
 
 
 # -- HTTP ------------------------------------------------------------------------------------
-
-
-def request(url: str, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=10)
-    try:
-        headers = {"content-type": "application/json"} if body is not None else {}
-        data = json.dumps(body) if body is not None else None
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def sse_events(raw: bytes) -> list[dict[str, object]]:
