@@ -51,7 +51,6 @@ class Connection:
     on_close: Callable[[], None] | None = None  # set by a handler to abort its work
     closed: bool = False
     busy: bool = False
-    streaming: bool = False
     keep_alive: bool = True
 
     def respond(
@@ -84,7 +83,6 @@ class Connection:
         content_type: bytes = b"text/event-stream; charset=utf-8",
         first: bytes = b"",
     ) -> None:
-        self.streaming = True
         if self.closed:
             return
         head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ntransfer-encoding: chunked\r\n%s\r\n" % (
@@ -102,12 +100,7 @@ class Connection:
     def end_stream(self, last: bytes = b"") -> None:
         if not self.closed:
             self.transport.write((_chunk(last) if last else b"") + b"0\r\n\r\n")
-        self.streaming = False
         self._done()
-
-    def abort(self) -> None:
-        """Drop the connection now, discarding unsent data."""
-        self.transport.abort()
 
     def close(self) -> None:
         """Close after sending what is buffered, leaving the response unfinished."""

@@ -207,11 +207,6 @@ class ChunkEncoder:
             orjson.dumps(fp),
         )
 
-    @staticmethod
-    def error(status: int, message: str, type_: str) -> bytes:
-        err = {"error": {"message": message, "type": type_, "param": None, "code": status}}
-        return b"data: " + orjson.dumps(err) + b"\n\n"
-
 
 def embeddings(rid: str, created: int, model: str, vectors: list[Any], prompt_tokens: int) -> bytes:
     return orjson.dumps(
