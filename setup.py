@@ -20,6 +20,7 @@ COMPILED = [
     "src/vfleet/sim/api.py",
     "src/vfleet/sim/engine.py",
     "src/vfleet/sim/errors.py",
+    "src/vfleet/sim/jobs.py",
     "src/vfleet/sim/kvcache.py",
     "src/vfleet/sim/metrics.py",
     "src/vfleet/sim/profiles.py",

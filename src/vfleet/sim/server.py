@@ -36,7 +36,8 @@ from vfleet.sim.errors import (
     not_found_model,
 )
 from vfleet.sim.faults import Action, FaultState
-from vfleet.sim.scheduler import Finish, Sequence
+from vfleet.sim.jobs import FullJob, Job, PoolJob, StreamJob
+from vfleet.sim.scheduler import Sequence
 
 log = logging.getLogger("vfleet.sim")
 
@@ -67,7 +68,7 @@ class SimServer:
         self.loras: dict[str, str] = dict(cfg.lora_modules)
         self.fingerprint = responses.fingerprint(cfg.model_path)
         self.server_load = 0
-        self.jobs: set[_Job] = set()
+        self.jobs: set[Job] = set()
         self.routes = self._routes()
         self._rid_prefix = f"{random.getrandbits(32):08x}"
         self._rid_count = count()
@@ -313,11 +314,11 @@ class SimServer:
         # vLLM names the base model by its first served name, whatever alias was asked for.
         model = lora or self.cfg.name
         rid = req.header(b"x-request-id") or s.request_id or self.new_request_id()
-        job: _Job
+        job: Job
         if s.stream:
-            job = _StreamJob(self, conn, seqs, rid, model, g)
+            job = StreamJob(self, conn, seqs, rid, model, g)
         else:
-            job = _FullJob(self, conn, seqs, rid, model, g)
+            job = FullJob(self, conn, seqs, rid, model, g)
         job.start()
 
     # -- pooling ----------------------------------------------------------------------------
@@ -345,7 +346,7 @@ class SimServer:
             tokens = sum(len(seq.prompt) for seq in done)
             return responses.embeddings(rid, int(time.time()), self.cfg.name, vectors, tokens)
 
-        _PoolJob(self, conn, seqs, answer).start()
+        PoolJob(self, conn, seqs, answer).start()
 
     def _score(self, req: Request, conn: Connection) -> None:
         self._scoring(req, conn, api.parse_score(api.parse_json(req.body)))
@@ -372,7 +373,7 @@ class SimServer:
                 return responses.rerank(rid, self.cfg.name, r.documents, values, r.top_n, tokens)
             return responses.scores(rid, int(time.time()), self.cfg.name, values, tokens)
 
-        _PoolJob(self, conn, seqs, answer).start()
+        PoolJob(self, conn, seqs, answer).start()
 
     def _pooling_seqs(self, inputs: tuple[list[int], ...]) -> list[Sequence]:
         max_len = self.cfg.scheduler.max_model_len
@@ -412,206 +413,3 @@ def _too_long(prompt_len: int, max_tokens: int, max_len: int, text: bool) -> Api
 def _renormalise(vec: list[float]) -> list[float]:
     norm = sum(v * v for v in vec) ** 0.5 or 1.0
     return [v / norm for v in vec]
-
-
-# -- jobs: one per in-flight request, told of progress by the engine ---------------------------
-
-
-class _Job:
-    """Base of the in-flight request kinds; `finish()` answers once every sequence is done."""
-
-    __slots__ = ("conn", "done", "seqs", "srv")
-
-    def __init__(self, srv: SimServer, conn: Connection, seqs: list[Sequence]) -> None:
-        self.srv = srv
-        self.conn = conn
-        self.seqs = seqs
-        self.done = 0
-
-    def start(self) -> None:
-        for seq in self.seqs:
-            seq.tag = self
-        self.srv.jobs.add(self)
-        if self.srv.cfg.enable_server_load_tracking:
-            self.srv.server_load += 1
-        self.conn.on_close = self.cancel
-        self.begin()
-        self.srv.engine.submit(self.seqs)
-
-    def begin(self) -> None:
-        """Called before the sequences are submitted (streams send their headers here)."""
-
-    def on_progress(self, seq: Sequence) -> None:
-        if seq.finish is not None:
-            self.done += 1
-
-    def flush(self) -> None:
-        if self.done == len(self.seqs) and self in self.srv.jobs:
-            self._release()
-            self.finish()
-
-    def finish(self) -> None:
-        raise NotImplementedError
-
-    def cancel(self) -> None:
-        """The client went away: stop computing for it."""
-        self._release()
-        self.srv.engine.abort(self.seqs)
-
-    def abort_all(self) -> None:
-        """Sleep with mode=abort: end the request now with what it has."""
-        live = [seq for seq in self.seqs if seq.finish is None]
-        self.srv.engine.abort(live)
-        for seq in live:
-            self.on_progress(seq)
-        self.flush()
-
-    def _release(self) -> None:
-        if self in self.srv.jobs:
-            self.srv.jobs.discard(self)
-            if self.srv.cfg.enable_server_load_tracking:
-                self.srv.server_load -= 1
-            # Break the job <-> sequence cycle so both are freed by reference counting,
-            # without waiting for (and paying for) the cyclic garbage collector.
-            for seq in self.seqs:
-                seq.tag = None
-
-
-def _visible(seq: Sequence) -> str:
-    return seq.text_bytes(0, seq.safe_bytes()).decode("utf-8", errors="replace")
-
-
-def _prompt_tokens(seqs: list[Sequence], n: int) -> int:
-    return sum(len(seq.prompt) for seq in seqs[::n])
-
-
-class _FullJob(_Job):
-    """A non-streamed completion or chat completion."""
-
-    __slots__ = ("g", "model", "rid")
-
-    def __init__(
-        self,
-        srv: SimServer,
-        conn: Connection,
-        seqs: list[Sequence],
-        rid: str,
-        model: str,
-        g: api.GenerateRequest,
-    ) -> None:
-        super().__init__(srv, conn, seqs)
-        self.rid, self.model, self.g = rid, model, g
-
-    def finish(self) -> None:
-        choices = [
-            responses.Choice(
-                s.index, _visible(s), s.finish.value if s.finish else "abort", s.stop_reason
-            )
-            for s in self.seqs
-        ]
-        use = responses.usage(
-            _prompt_tokens(self.seqs, self.g.sampling.n), sum(s.n_out for s in self.seqs)
-        )
-        build = responses.chat_completion if self.g.chat else responses.completion
-        body = build(self.rid, int(time.time()), self.model, choices, use, self.srv.fingerprint)
-        self.conn.respond(200, body)
-
-
-class _StreamJob(_Job):
-    """A streamed completion: SSE chunks written once per engine burst."""
-
-    __slots__ = ("chunks", "enc", "g", "pending", "prompt_len", "sent", "started")
-
-    def __init__(
-        self,
-        srv: SimServer,
-        conn: Connection,
-        seqs: list[Sequence],
-        rid: str,
-        model: str,
-        g: api.GenerateRequest,
-    ) -> None:
-        super().__init__(srv, conn, seqs)
-        self.g = g
-        self.enc = responses.ChunkEncoder(g.chat, rid, int(time.time()), model)
-        self.sent = [0] * len(seqs)  # output bytes sent per choice
-        self.pending: list[bytes] = []
-        self.chunks = 0
-        self.started = False  # chat: role chunks for every choice go out with the first output
-        self.prompt_len = len(seqs[0].prompt)
-
-    def begin(self) -> None:
-        self.conn.start_stream()
-
-    def on_progress(self, seq: Sequence) -> None:
-        enc = self.enc
-        if not self.started:
-            self.started = True
-            if self.g.chat:
-                for i in range(len(self.seqs)):
-                    self._add(enc.role(i), 0)
-        i = seq.index
-        start = self.sent[i]
-        safe = seq.safe_bytes()
-        text = seq.text_bytes(start, safe).decode("utf-8", errors="replace")
-        self.sent[i] = max(start, safe)
-        if seq.finish is None:
-            if text:
-                self._add(enc.delta(i, text), seq.n_out)
-            return
-        self.done += 1
-        fp = None if self.g.sampling.include_usage else self.srv.fingerprint
-        self._add(enc.final(i, text, seq.finish.value, seq.stop_reason, fp), seq.n_out)
-
-    def _add(self, chunk: bytes, completion_tokens: int) -> None:
-        if self.g.sampling.continuous_usage:
-            chunk = responses.with_usage(chunk, self.prompt_len, completion_tokens)
-        self.pending.append(chunk)
-
-    def flush(self) -> None:
-        if not self.pending or self not in self.srv.jobs:
-            return
-        limit = self.srv.faults.config.drop_stream_after_chunks
-        if limit and self.chunks + len(self.pending) >= limit:
-            # Fault injection: deliver exactly `limit` events, then cut the connection.
-            self.conn.send(b"".join(self.pending[: limit - self.chunks]))
-            self.pending.clear()
-            self._release()
-            self.srv.engine.abort(self.seqs)
-            self.conn.close()
-            return
-        data = b"".join(self.pending)
-        self.chunks += len(self.pending)
-        self.pending.clear()
-        if self.done < len(self.seqs):
-            self.conn.send(data)
-            return
-        if self.g.sampling.include_usage:
-            prompt = _prompt_tokens(self.seqs, self.g.sampling.n)
-            completion = sum(s.n_out for s in self.seqs)
-            data += self.enc.usage(prompt, completion, self.srv.fingerprint)
-        self._release()
-        self.conn.end_stream(data + responses.DONE)
-
-
-class _PoolJob(_Job):
-    """Embeddings, scores and reranks: prefill-only sequences, answered when all are done."""
-
-    __slots__ = ("answer",)
-
-    def __init__(
-        self,
-        srv: SimServer,
-        conn: Connection,
-        seqs: list[Sequence],
-        answer: Callable[[list[Sequence]], bytes],
-    ) -> None:
-        super().__init__(srv, conn, seqs)
-        self.answer = answer
-
-    def finish(self) -> None:
-        if any(s.finish is Finish.ABORT for s in self.seqs):
-            err = ApiError(500, "Request was aborted", "InternalServerError")
-            self.conn.respond(500, err.body())
-            return
-        self.conn.respond(200, self.answer(self.seqs))
