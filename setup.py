@@ -17,6 +17,7 @@ from setuptools import setup
 
 COMPILED = [
     "src/vfleet/http/server.py",
+    "src/vfleet/prom.py",
     "src/vfleet/sim/api.py",
     "src/vfleet/sim/engine.py",
     "src/vfleet/sim/errors.py",

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vfleet.prom import Histogram, fmt
 from vfleet.sim.metrics import (
     FAMILIES,
     FINISH_REASONS,
@@ -16,9 +17,7 @@ from vfleet.sim.metrics import (
     TTFT_BUCKETS,
     EngineGauges,
     EngineMetrics,
-    Histogram,
     buckets_125,
-    fmt,
 )
 from vfleet.sim.profiles import custom_profile
 from vfleet.sim.scheduler import Scheduler, SchedulerConfig, Sequence, StepOutput

@@ -8,11 +8,11 @@ two additions on the hot path. Values are in the simulator's modelled seconds.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from vfleet.prom import Histogram, fmt, labels
 from vfleet.sim.scheduler import Sequence, StepOutput
 
 
@@ -42,40 +42,6 @@ LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
 PROMPT_SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
 SLEEP_STATES = ("awake", "weights_offloaded", "discard_all")
-
-
-def fmt(v: float) -> str:
-    """A sample value as Prometheus' Python client writes it (Go-style exponent for big values)."""
-    if v == float("inf"):
-        return "+Inf"
-    if v == float("-inf"):
-        return "-Inf"
-    if math.isnan(v):
-        return "NaN"
-    s = repr(float(v))
-    dot = s.find(".")
-    if v > 0 and dot > 6 and "e" not in s:
-        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
-        return f"{mantissa}e+0{dot - 1}"
-    return s
-
-
-@dataclass(slots=True)
-class Histogram:
-    bounds: tuple[float, ...]
-    counts: list[int] = field(init=False)
-    total: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * (len(self.bounds) + 1)
-
-    def observe(self, v: float) -> None:
-        self.counts[bisect_left(self.bounds, v)] += 1
-        self.total += v
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,19 +297,10 @@ class EngineMetrics:
         acc = 0
         for le, n in zip((*h.bounds, float("inf")), h.counts, strict=True):
             acc += n
-            yield f"vllm:{name}_bucket{_labels({**base, 'le': fmt(le)})} {fmt(acc)}\n"
-        lbl = _labels(base)
+            yield f"vllm:{name}_bucket{labels({**base, 'le': fmt(le)})} {fmt(acc)}\n"
+        lbl = labels(base)
         yield f"vllm:{name}_count{lbl} {fmt(acc)}\nvllm:{name}_sum{lbl} {fmt(h.total)}\n"
         yield from _family(f"{name}_created", "gauge", fam.help, base, [({}, self.created)])
-
-
-def _labels(labels: dict[str, str]) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-    return "{" + inner + "}"
-
-
-def _escape(v: str) -> str:
-    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def _family(
@@ -355,4 +312,4 @@ def _family(
 ) -> Iterator[str]:
     yield f"# HELP vllm:{name} {help_}\n# TYPE vllm:{name} {kind}\n"
     for extra, v in samples:
-        yield f"vllm:{name}{_labels({**base, **extra})} {fmt(v)}\n"
+        yield f"vllm:{name}{labels({**base, **extra})} {fmt(v)}\n"
