@@ -18,6 +18,12 @@ from setuptools import setup
 COMPILED = [
     "src/vfleet/http/server.py",
     "src/vfleet/prom.py",
+    "src/vfleet/router/endpoints.py",
+    "src/vfleet/router/metrics.py",
+    "src/vfleet/router/policies.py",
+    "src/vfleet/router/proxy.py",
+    "src/vfleet/router/state.py",
+    "src/vfleet/router/upstream.py",
     "src/vfleet/sim/api.py",
     "src/vfleet/sim/engine.py",
     "src/vfleet/sim/errors.py",

@@ -191,3 +191,94 @@ def sim(
         raise click.ClickException(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
     except zmq.ZMQError as exc:  # KV-event endpoints: taken, or an unknown transport
         raise click.ClickException(f"cannot open KV-event endpoints: {exc}") from exc
+
+
+def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=flag)
+        out[key] = value
+    return out
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file with any of the settings below (flags win).")  # fmt: skip
+@click.option("--backend", multiple=True, help="Engine URL, optionally =MODEL[,MODEL].")
+@click.option("--endpoints-file", default=None, help="Endpoint list, re-read when it changes.")
+@click.option("--policy", default=None, help="round_robin, least_load, session or prefix.")
+@click.option("--model-policy", multiple=True, help="MODEL=POLICY for one model.")
+@click.option("--alias", multiple=True, help="ALIAS=MODEL: another name for a served model.")
+@click.option("--api-key", multiple=True, help="Key clients must send (env VFLEET_API_KEYS).")
+@click.option("--backend-api-key", default=None, help="Key the router sends to engines.")
+@click.option("--host", default=None, help="Default 127.0.0.1.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Default 8000.")
+@click.option("--workers", type=int, default=None, help="Processes on one port (SO_REUSEPORT).")
+@click.option("--max-body-mb", type=float, default=None, help="Larger bodies get 413 (32).")
+@click.option("--connect-timeout", type=float, default=None, help="Seconds (5).")
+@click.option("--first-byte-timeout", type=float, default=None, help="Seconds (600).")
+@click.option("--idle-timeout", type=float, default=None, help="Seconds between chunks (300).")
+@click.option("--attempts", type=int, default=None, help="Endpoints tried per request (3).")
+@click.option("--health-interval", type=float, default=None, help="Seconds between probes (2).")
+def router(
+    config_file: str | None,
+    backend: tuple[str, ...],
+    endpoints_file: str | None,
+    policy: str | None,
+    model_policy: tuple[str, ...],
+    alias: tuple[str, ...],
+    api_key: tuple[str, ...],
+    backend_api_key: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    max_body_mb: float | None,
+    connect_timeout: float | None,
+    first_byte_timeout: float | None,
+    idle_timeout: float | None,
+    attempts: int | None,
+    health_interval: float | None,
+) -> None:
+    """Run the OpenAI-compatible router in front of engines."""
+    from vfleet.router.app import run
+    from vfleet.router.config import (
+        RouterConfig,
+        env_api_keys,
+        load_config_file,
+        parse_backend,
+    )
+
+    try:
+        settings = load_config_file(config_file) if config_file else {}
+        flags: dict[str, object] = {
+            "backends": tuple(parse_backend(b) for b in backend) or None,
+            "endpoints_file": endpoints_file,
+            "policy": policy,
+            "model_policies": _pairs(model_policy, "--model-policy") or None,
+            "aliases": _pairs(alias, "--alias") or None,
+            "api_keys": api_key or env_api_keys() or None,
+            "backend_api_key": backend_api_key,
+            "host": host,
+            "port": port,
+            "workers": workers,
+            "max_body_bytes": None if max_body_mb is None else int(max_body_mb * 2**20),
+            "connect_timeout_s": connect_timeout,
+            "first_byte_timeout_s": first_byte_timeout,
+            "idle_timeout_s": idle_timeout,
+            "attempts": attempts,
+            "health_interval_s": health_interval,
+        }
+        settings.update({k: v for k, v in flags.items() if v is not None})
+        cfg = RouterConfig(**settings)
+        if not cfg.backends and not cfg.endpoints_file:
+            raise ValueError("no engines: give --backend URL, --endpoints-file or a --config")
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        run(cfg)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+        ) from exc

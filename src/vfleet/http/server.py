@@ -51,6 +51,7 @@ class Connection:
     on_close: Callable[[], None] | None = None  # set by a handler to abort its work
     closed: bool = False
     busy: bool = False
+    chunked: bool = False  # the response in progress uses chunked framing
     keep_alive: bool = True
 
     def respond(
@@ -93,6 +94,34 @@ class Connection:
         )
         self.transport.write(head + _chunk(first) if first else head)
 
+    def start_response(self, status: int, headers: bytes, length: int | None) -> None:
+        """Head of a body that follows in pieces (`write`, then `finish`): framed by
+        content-length when `length` is known, else chunked. `headers` are complete lines."""
+        self.chunked = length is None
+        if self.closed:
+            return
+        framing = (
+            b"transfer-encoding: chunked\r\n"
+            if length is None
+            else b"content-length: %d\r\n" % length
+        )
+        conn = b"" if self.keep_alive else b"connection: close\r\n"
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\n%s%s%s\r\n"
+            % (status, _REASONS.get(status, b"Unknown"), headers, framing, conn)
+        )
+
+    def write(self, data: bytes) -> None:
+        if data and not self.closed:
+            self.transport.write(_chunk(data) if self.chunked else data)
+
+    def finish(self, last: bytes = b"") -> None:
+        if self.chunked:
+            self.end_stream(last)
+        else:
+            self.write(last)
+            self._done()
+
     def send(self, data: bytes) -> None:
         if data and not self.closed:
             self.transport.write(_chunk(data))
@@ -127,11 +156,23 @@ class HttpProtocol(asyncio.Protocol):
     Parsing state lives in flat attributes (not a per-message object) and headers stay bytes:
     this is the per-request hot path of the simulator and the router."""
 
-    __slots__ = ("_body", "_conn", "_dispatching", "_handler", "_headers", "_parser", "_queue",
-                 "_size", "_too_large", "_url")  # fmt: skip
+    __slots__ = (
+        "_body",
+        "_conn",
+        "_dispatching",
+        "_handler",
+        "_headers",
+        "_max_body",
+        "_parser",
+        "_queue",
+        "_size",
+        "_too_large",
+        "_url",
+    )  # fmt: skip
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, max_body: int = MAX_BODY_BYTES) -> None:
         self._handler = handler
+        self._max_body = max_body
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()
         self._url = b""
@@ -176,7 +217,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
-        if self._size > MAX_BODY_BYTES:
+        if self._size > self._max_body:
             self._too_large = True
         if not self._too_large:
             self._body.append(body)

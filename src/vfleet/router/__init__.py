@@ -1,0 +1,1 @@
+"""The vfleet router: one OpenAI-compatible endpoint in front of many engines."""

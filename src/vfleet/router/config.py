@@ -1,0 +1,103 @@
+"""The router's settings: flags and an optional YAML file, read once into one typed object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vfleet.router.policies import POLICY_NAMES
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    url: str  # http://host:port
+    models: tuple[str, ...] = ()  # empty: learn them from the engine's /v1/models
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    backends: tuple[BackendSpec, ...] = ()
+    endpoints_file: str | None = None  # JSON/YAML list re-read when it changes (supervisor feed)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    policy: str = "least_load"
+    model_policies: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    api_keys: tuple[str, ...] = ()
+    backend_api_key: str | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+    connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 600.0
+    idle_timeout_s: float = 300.0
+    attempts: int = 3
+    health_interval_s: float = 2.0
+    health_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in (self.policy, *self.model_policies.values()):
+            if name not in POLICY_NAMES:
+                raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
+        for b in self.backends:
+            if not b.url.startswith("http://") or ":" not in b.url.removeprefix("http://"):
+                raise ValueError(f"backend {b.url!r} must look like http://HOST:PORT")
+        if self.workers < 1 or self.attempts < 1:
+            raise ValueError("workers and attempts must be >= 1")
+
+
+def parse_backend(text: str) -> BackendSpec:
+    """`http://host:port` or `http://host:port=model1,model2`."""
+    url, _, models = text.partition("=")
+    return BackendSpec(url.rstrip("/"), tuple(m for m in models.split(",") if m))
+
+
+def load_endpoints_file(path: str) -> list[BackendSpec]:
+    raw = yaml.safe_load(Path(path).read_text())
+    items = raw.get("endpoints", []) if isinstance(raw, dict) else raw
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a list of endpoints")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            out.append(parse_backend(item))
+        elif isinstance(item, dict) and isinstance(item.get("url"), str):
+            out.append(BackendSpec(item["url"].rstrip("/"), tuple(item.get("models") or ())))
+        else:
+            raise ValueError(f"{path}: endpoint {i} needs a url")
+    return out
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Keys of a router YAML file, checked against RouterConfig's fields."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    known = set(RouterConfig.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {', '.join(unknown)}")
+    if "backends" in raw:
+        raw["backends"] = tuple(
+            parse_backend(b)
+            if isinstance(b, str)
+            else BackendSpec(b["url"], tuple(b.get("models", ())))
+            for b in raw["backends"]
+        )
+    for key in ("api_keys",):
+        if key in raw:
+            raw[key] = tuple(raw[key])
+    return raw
+
+
+def env_api_keys() -> tuple[str, ...]:
+    keys = os.environ.get("VFLEET_API_KEYS", "")
+    return tuple(k for k in keys.split(",") if k)

@@ -1,0 +1,125 @@
+"""The engines the router knows, what they serve, and whether they are up.
+
+Owns each endpoint's mutable runtime state (health, the router's in-flight count, scraped engine
+load, breaker backoff) and turns it into the immutable `EndpointState` snapshots policies read.
+Health decisions are pure functions of probe results and the clock value passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vfleet.router.state import EndpointState
+
+MAX_BACKOFF_S = 30.0
+
+
+def backoff_s(failures: int, base_s: float) -> float:
+    """Seconds before an ejected endpoint is probed again: doubling, capped."""
+    return min(MAX_BACKOFF_S, base_s * float(2 ** max(0, failures - 1)))
+
+
+@dataclass(slots=True)
+class Endpoint:
+    url: str
+    static_models: tuple[str, ...] = ()  # configured; empty means "whatever /v1/models says"
+    cards: list[dict[str, Any]] = field(default_factory=list)  # from its /v1/models
+    healthy: bool = False
+    inflight: int = 0
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+    failures: int = 0  # consecutive
+    next_probe_at: float = 0.0
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.static_models or tuple(str(c.get("id")) for c in self.cards)
+
+    def snapshot(self) -> EndpointState:
+        return EndpointState(
+            self.url, self.healthy, self.inflight, self.running, self.waiting, self.kv_usage
+        )
+
+    def mark_up(self, now: float, interval_s: float) -> None:
+        self.healthy = True
+        self.failures = 0
+        self.next_probe_at = now + interval_s
+
+    def mark_down(self, now: float, interval_s: float) -> None:
+        """Eject until the next probe, backing off while it keeps failing (circuit breaker)."""
+        self.healthy = False
+        self.failures += 1
+        self.next_probe_at = now + backoff_s(self.failures, interval_s)
+
+
+@dataclass(slots=True)
+class Registry:
+    """Endpoints by URL, and which serve a model (aliases resolved here)."""
+
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> served model name
+
+    def set_endpoints(self, wanted: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        """Make the endpoint set equal `wanted` ((url, static models)), keeping known state."""
+        new: dict[str, Endpoint] = {}
+        for url, models in wanted:
+            ep = self.endpoints.get(url) or Endpoint(url)
+            ep.static_models = models
+            new[url] = ep
+        self.endpoints = new
+
+    def resolve(self, model: str) -> str:
+        return self.aliases.get(model, model)
+
+    def serving(self, model: str) -> list[Endpoint]:
+        return [ep for ep in self.endpoints.values() if model in ep.models]
+
+    def model_names(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for ep in self.endpoints.values():
+            for m in ep.models:
+                seen[m] = None
+        return list(seen)
+
+    def model_cards(self, created: int) -> list[dict[str, Any]]:
+        """/v1/models across endpoints, one card per id (LoRA adapters included), then aliases."""
+        cards: dict[str, dict[str, Any]] = {}
+        for ep in self.endpoints.values():
+            for card in ep.cards:
+                cards.setdefault(str(card.get("id")), card)
+            for m in ep.static_models:
+                cards.setdefault(m, _card(m, created))
+        for alias, target in self.aliases.items():
+            if target in cards and alias not in cards:
+                cards[alias] = {**cards[target], "id": alias}
+        return list(cards.values())
+
+
+def _card(model: str, created: int) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": created, "owned_by": "vfleet",
+            "root": model, "parent": None}  # fmt: skip
+
+
+def parse_load(metrics_text: str) -> tuple[int, int, float]:
+    """(running, waiting, kv usage) from an engine's /metrics, summed over its engines."""
+    running = waiting = 0
+    kv = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name, _, rest = line.partition("{")
+        value = rest.rpartition(" ")[2] if rest else line.rpartition(" ")[2]
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        if name == "vllm:num_requests_running":
+            running += int(v)
+        elif name == "vllm:num_requests_waiting":
+            waiting += int(v)
+        elif name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
+            kv = max(kv, v)
+    return running, waiting, kv

@@ -1,0 +1,62 @@
+"""The router's own Prometheus metrics (`vfleet_router_*`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from vfleet.prom import Histogram, fmt, labels
+from vfleet.router.endpoints import Registry
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0)  # fmt: skip
+
+
+@dataclass(slots=True)
+class RouterMetrics:
+    requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)  # model, url, status
+    retries: Counter[str] = field(default_factory=Counter)  # model
+    rejected: Counter[str] = field(default_factory=Counter)  # reason
+    ttft: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    duration: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+
+    def render(self, registry: Registry) -> bytes:
+        out = [
+            "# HELP vfleet_router_requests_total Requests answered, by model, endpoint, status.\n",
+            "# TYPE vfleet_router_requests_total counter\n",
+        ]
+        for (model, url, status), n in sorted(self.requests.items()):
+            lbl = labels({"model": model, "endpoint": url, "status": str(status)})
+            out.append(f"vfleet_router_requests_total{lbl} {fmt(n)}\n")
+        out += ["# HELP vfleet_router_retries_total Requests retried on another endpoint.\n",
+                "# TYPE vfleet_router_retries_total counter\n"]  # fmt: skip
+        for model, n in sorted(self.retries.items()):
+            out.append(f"vfleet_router_retries_total{labels({'model': model})} {fmt(n)}\n")
+        out += ["# HELP vfleet_router_rejected_total Requests refused by the router, by reason.\n",
+                "# TYPE vfleet_router_rejected_total counter\n"]  # fmt: skip
+        for reason, n in sorted(self.rejected.items()):
+            out.append(f"vfleet_router_rejected_total{labels({'reason': reason})} {fmt(n)}\n")
+        out += ["# HELP vfleet_router_endpoint_healthy 1 when the endpoint passes health probes.\n",
+                "# TYPE vfleet_router_endpoint_healthy gauge\n"]  # fmt: skip
+        eps = sorted(registry.endpoints.values(), key=lambda e: e.url)
+        for ep in eps:
+            out.append(f"vfleet_router_endpoint_healthy{labels({'endpoint': ep.url})} "
+                       f"{fmt(float(ep.healthy))}\n")  # fmt: skip
+        out += ["# HELP vfleet_router_endpoint_inflight Requests in flight to the endpoint.\n",
+                "# TYPE vfleet_router_endpoint_inflight gauge\n"]  # fmt: skip
+        for ep in eps:
+            out.append(f"vfleet_router_endpoint_inflight{labels({'endpoint': ep.url})} "
+                       f"{fmt(ep.inflight)}\n")  # fmt: skip
+        for name, hist, what in (
+            ("time_to_first_byte_seconds", self.ttft, "Router-seen time to the first body byte."),
+            ("request_duration_seconds", self.duration, "Router-seen request duration."),
+        ):
+            out += [f"# HELP vfleet_router_{name} {what}\n",
+                    f"# TYPE vfleet_router_{name} histogram\n"]  # fmt: skip
+            acc = 0
+            for le, n in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
+                acc += n
+                out.append(f'vfleet_router_{name}_bucket{{le="{fmt(le)}"}} {fmt(acc)}\n')
+            out.append(f"vfleet_router_{name}_count {fmt(acc)}\n")
+            out.append(f"vfleet_router_{name}_sum {fmt(hist.total)}\n")
+        return "".join(out).encode()

@@ -1,0 +1,295 @@
+"""The router's request path: pick an engine for each request and relay the answer.
+
+Only the fields routing needs are read from a body (model, user, the prompt for prefix routing);
+the body goes upstream as it came (unless an alias must be rewritten), and the engine's response
+body is relayed as it arrives, chunk by chunk, never parsed. A request that fails before any byte
+of its answer is retried on another endpoint; a stream that breaks later ends with an SSE error
+event; a client that leaves aborts the upstream request. In-flight counts are released on every
+path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from vfleet.http.server import Connection, Request
+from vfleet.router.endpoints import Endpoint, Registry
+from vfleet.router.metrics import RouterMetrics
+from vfleet.router.policies import Policy, prefix_hashes
+from vfleet.router.state import RouteKey
+from vfleet.router.upstream import UpstreamError, UpstreamPool
+
+# Routes relayed to an engine; vLLM's, plus the un-prefixed forms production-stack users call.
+PROXIED = frozenset({
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/rerank",
+    "/v2/rerank", "/v1/score", "/score", "/pooling", "/classify", "/tokenize", "/detokenize",
+    "/v1/responses", "/completions", "/chat/completions", "/embeddings",
+})  # fmt: skip
+ALIASED_PATHS = {"/completions": "/v1/completions", "/chat/completions": "/v1/chat/completions",
+                 "/embeddings": "/v1/embeddings"}  # fmt: skip
+DROP_REQUEST_HEADERS = frozenset({
+    b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding",
+    b"authorization", b"te", b"upgrade",
+})  # fmt: skip
+_FORM_MODEL = re.compile(rb'name="model"\r\n\r\n([^\r\n]+)')
+
+
+def error_body(status: int, message: str, type_: str, param: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": status}}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    connect_s: float = 5.0  # seconds to open a connection to an engine
+    first_byte_s: float = 600.0  # seconds until the engine's response head (long prefills)
+    idle_s: float = 300.0  # seconds of silence allowed between body chunks
+    attempts: int = 3  # endpoints tried for a request that fails before any byte
+
+
+@dataclass(slots=True)
+class Router:
+    registry: Registry
+    pool: UpstreamPool
+    policy_for: Callable[[str], Policy]
+    metrics: RouterMetrics = field(default_factory=RouterMetrics)
+    limits: Limits = field(default_factory=Limits)
+    api_keys: tuple[bytes, ...] = ()
+    backend_auth: bytes = b""  # an Authorization header line for engines, when they need one
+
+    def handle(self, req: Request, conn: Connection) -> None:
+        path = req.path
+        if path == "/health":
+            conn.respond(200, b'{"status":"ok"}')
+            return
+        if path == "/metrics":
+            conn.respond(200, self.metrics.render(self.registry), b"text/plain; version=0.0.4")
+            return
+        if self.api_keys and not self._authorized(req):
+            self.metrics.rejected["auth"] += 1
+            conn.respond(401, error_body(401, "Invalid API key.", "authentication_error"))
+            return
+        if path == "/ready":
+            self._ready(conn)
+        elif path in ("/v1/models", "/models"):
+            cards = self.registry.model_cards(int(time.time()))
+            conn.respond(200, orjson.dumps({"object": "list", "data": cards}))
+        elif req.too_large:
+            self.metrics.rejected["too_large"] += 1
+            conn.keep_alive = False
+            conn.respond(413, error_body(413, "Request body too large.", "invalid_request_error"))
+        elif req.method == "POST" and (path in PROXIED or path.startswith("/v1/audio/")):
+            self._forward(req, conn)
+        else:
+            conn.respond(404, error_body(404, f"Unknown route {req.method} {path}.",
+                                         "invalid_request_error"))  # fmt: skip
+
+    def _authorized(self, req: Request) -> bool:
+        scheme, _, token = req.headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return any(hmac.compare_digest(token, key) for key in self.api_keys)
+
+    def _ready(self, conn: Connection) -> None:
+        models = self.registry.model_names()
+        down = [m for m in models if not any(ep.healthy for ep in self.registry.serving(m))]
+        ok = bool(models) and not down
+        body = orjson.dumps({"ready": ok, "models": models, "unavailable": down})
+        conn.respond(200 if ok else 503, body)
+
+    # -- forwarding -------------------------------------------------------------------------
+
+    def _forward(self, req: Request, conn: Connection) -> None:
+        body = req.body
+        fields: dict[str, Any] = {}
+        if req.path.startswith("/v1/audio/"):
+            m = _FORM_MODEL.search(body)
+            model = m.group(1).decode(errors="replace").strip() if m else None
+        else:
+            try:
+                parsed = orjson.loads(body) if body else {}
+            except orjson.JSONDecodeError:
+                conn.respond(400, error_body(400, "Request body is not valid JSON.",
+                                             "invalid_request_error"))  # fmt: skip
+                return
+            if not isinstance(parsed, dict):
+                conn.respond(400, error_body(400, "Request body must be a JSON object.",
+                                             "invalid_request_error"))  # fmt: skip
+                return
+            fields = parsed
+            raw_model = fields.get("model")
+            model = raw_model if isinstance(raw_model, str) and raw_model else None
+        if model is None:
+            names = self.registry.model_names()
+            if len(names) != 1:
+                conn.respond(400, error_body(400, "The request names no model.",
+                                             "invalid_request_error", "model"))  # fmt: skip
+                return
+            model = names[0]
+        target = self.registry.resolve(model)
+        if target != model and fields:
+            body = orjson.dumps({**fields, "model": target})
+        endpoints = self.registry.serving(target)
+        if not endpoints:
+            conn.respond(404, error_body(404, f"The model `{model}` does not exist.",
+                                         "NotFoundError", "model"))  # fmt: skip
+            return
+        key = RouteKey(target, _session(req, fields), _prefix(fields))
+        path = ALIASED_PATHS.get(req.path, req.path)
+        head = self._request_head(req, path, len(body))
+        _Forward(self, conn, target, key, head + body, time.monotonic()).start()
+
+    def _request_head(self, req: Request, path: str, length: int) -> bytes:
+        target = (path + ("?" + req.query if req.query else "")).encode()
+        lines = [b"%s %s HTTP/1.1\r\nhost: vfleet-router\r\n" % (req.method.encode(), target)]
+        for name, value in req.headers.items():
+            if name not in DROP_REQUEST_HEADERS:
+                lines.append(b"%s: %s\r\n" % (name, value))
+        if self.backend_auth:
+            lines.append(self.backend_auth)
+        elif not self.api_keys and b"authorization" in req.headers:
+            lines.append(b"authorization: %s\r\n" % req.headers[b"authorization"])
+        lines.append(b"content-length: %d\r\n\r\n" % length)
+        return b"".join(lines)
+
+    def choose(self, key: RouteKey, exclude: set[str]) -> Endpoint | None:
+        eps = [ep for ep in self.registry.serving(key.model) if ep.url not in exclude]
+        picked = self.policy_for(key.model).choose([ep.snapshot() for ep in eps], key)
+        if picked is None:
+            return None
+        return self.registry.endpoints.get(picked.url)
+
+
+def _session(req: Request, fields: dict[str, Any]) -> str | None:
+    header = req.headers.get(b"x-session-id") or req.headers.get(b"x-user-id")
+    if header:
+        return header.decode(errors="replace")
+    user = fields.get("user")
+    return user if isinstance(user, str) and user else None
+
+
+def _prefix(fields: dict[str, Any]) -> tuple[int, ...]:
+    messages = fields.get("messages")
+    if isinstance(messages, list):
+        text = "".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+    else:
+        prompt = fields.get("prompt")
+        text = prompt if isinstance(prompt, str) else ""
+    return prefix_hashes(text) if text else ()
+
+
+class _Forward:
+    """One client request on its way through the router (an upstream `Sink`)."""
+
+    __slots__ = ("conn", "data", "ep", "key", "model", "router", "sse", "started", "t0", "tried",
+                 "upstream")  # fmt: skip
+
+    def __init__(self, router: Router, conn: Connection, model: str, key: RouteKey, data: bytes,
+                 t0: float) -> None:  # fmt: skip
+        self.router = router
+        self.conn = conn
+        self.model = model
+        self.key = key
+        self.data = data
+        self.t0 = t0
+        self.tried: set[str] = set()
+        self.ep: Endpoint | None = None
+        self.upstream: Any = None
+        self.started = False  # response head sent to the client
+        self.sse = False
+
+    def start(self) -> None:
+        router = self.router
+        ep = router.choose(self.key, self.tried)
+        if ep is None:
+            router.metrics.rejected["no_endpoint"] += 1
+            self._refuse(
+                503, f"No healthy endpoint serves model `{self.model}`.", "ServiceUnavailable"
+            )
+            return
+        self.ep = ep
+        self.tried.add(ep.url)
+        ep.inflight += 1
+        self.conn.on_close = self._client_left
+        limits = router.limits
+        router.pool.send(ep.url, self.data, self, limits.first_byte_s, limits.idle_s, self._attach)
+
+    def _attach(self, upstream: Any) -> None:
+        self.upstream = upstream
+
+    # -- Sink -------------------------------------------------------------------------------
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool,
+                length: int | None) -> None:  # fmt: skip
+        self.started = True
+        lines = []
+        for name, value in headers:
+            if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
+                self.sse = True
+            lines.append(b"%s: %s\r\n" % (name, value))
+        self._count(status)
+        self.conn.start_response(status, b"".join(lines), None if chunked else length)
+
+    def on_body(self, data: bytes) -> None:
+        if self.t0 > 0:
+            self.router.metrics.ttft.observe(time.monotonic() - self.t0)
+            self.t0 = -self.t0  # observed once; keep the start for the duration
+        self.conn.write(data)
+
+    def on_end(self) -> None:
+        self._release()
+        self.router.metrics.duration.observe(time.monotonic() - abs(self.t0))
+        self.conn.finish()
+
+    def on_error(self, err: UpstreamError) -> None:
+        router = self.router
+        if self.ep is not None and err.kind == "connect":
+            # Eject at once: no more requests until a probe finds it healthy again.
+            self.ep.mark_down(time.monotonic(), 1.0)
+        self._release()
+        if not err.started and not self.started:
+            if len(self.tried) < router.limits.attempts and not self.conn.closed:
+                router.metrics.retries[self.model] += 1
+                self.start()
+                return
+            status, kind = (504, "timeout") if err.kind == "timeout" else (502, "BadGateway")
+            self._count(status)
+            self._refuse(
+                status, f"Upstream {err.kind} from the engines serving `{self.model}`.", kind
+            )
+            return
+        if self.sse and self.conn.chunked:
+            event = error_body(502, f"The engine stream broke ({err.kind}).", "BadGateway")
+            self.conn.finish(b"data: " + event + b"\n\ndata: [DONE]\n\n")
+        else:
+            self.conn.close()  # a truncated body can only be signalled by closing
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _client_left(self) -> None:
+        if self.upstream is not None:
+            self.upstream.abort()  # the engine sees the disconnect and aborts the request
+        self._release()
+
+    def _release(self) -> None:
+        if self.ep is not None:
+            self.ep.inflight -= 1
+            self.ep = None
+        self.upstream = None
+        self.conn.on_close = None
+
+    def _count(self, status: int) -> None:
+        url = self.ep.url if self.ep is not None else "-"
+        self.router.metrics.requests[(self.model, url, status)] += 1
+
+    def _refuse(self, status: int, message: str, type_: str) -> None:
+        self.conn.on_close = None
+        self.conn.respond(status, error_body(status, message, type_))
