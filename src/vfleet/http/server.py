@@ -51,6 +51,7 @@ class Connection:
     on_close: Callable[[], None] | None = None  # set by a handler to abort its work
     closed: bool = False
     busy: bool = False
+    pending_head: bytes = b""  # a response head not yet written (see start_response)
     chunked: bool = False  # the response in progress uses chunked framing
     keep_alive: bool = True
 
@@ -106,14 +107,23 @@ class Connection:
             else b"content-length: %d\r\n" % length
         )
         conn = b"" if self.keep_alive else b"connection: close\r\n"
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\n%s%s%s\r\n"
-            % (status, _REASONS.get(status, b"Unknown"), headers, framing, conn)
+        # Held back and sent with the first body bytes: one write (one syscall) for both.
+        self.pending_head = b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (
+            status,
+            _REASONS.get(status, b"Unknown"),
+            headers,
+            framing,
+            conn,
         )
 
     def write(self, data: bytes) -> None:
-        if data and not self.closed:
-            self.transport.write(_chunk(data) if self.chunked else data)
+        if self.closed:
+            return
+        out = _chunk(data) if self.chunked and data else data
+        if self.pending_head:
+            out, self.pending_head = self.pending_head + out, b""
+        if out:
+            self.transport.write(out)
 
     def finish(self, last: bytes = b"") -> None:
         if self.chunked:
@@ -128,7 +138,8 @@ class Connection:
 
     def end_stream(self, last: bytes = b"") -> None:
         if not self.closed:
-            self.transport.write((_chunk(last) if last else b"") + b"0\r\n\r\n")
+            head, self.pending_head = self.pending_head, b""
+            self.transport.write(head + (_chunk(last) if last else b"") + b"0\r\n\r\n")
         self._done()
 
     def close(self) -> None:

@@ -142,7 +142,12 @@ class Router:
             conn.respond(404, error_body(404, f"The model `{model}` does not exist.",
                                          "NotFoundError", "model"))  # fmt: skip
             return
-        key = RouteKey(target, _session(req, fields), _prefix(fields))
+        policy = self.policy_for(target).name
+        key = RouteKey(
+            target,
+            _session(req, fields) if policy == "session" else None,
+            _prefix(fields) if policy == "prefix" else (),
+        )
         path = ALIASED_PATHS.get(req.path, req.path)
         head = self._request_head(req, path, len(body))
         _Forward(self, conn, target, key, head + body, time.monotonic()).start()

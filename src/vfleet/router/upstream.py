@@ -32,6 +32,9 @@ HOP_BY_HOP = frozenset(
 )
 
 
+SWEEP_S = 0.1  # how often deadlines are checked; timeouts fire up to this late
+
+
 class UpstreamError(Exception):
     """The engine failed this request; `started` when part of the response had arrived."""
 
@@ -56,8 +59,8 @@ class Sink(Protocol):
 class _Upstream(asyncio.Protocol):
     """One connection to an engine; one request at a time."""
 
-    __slots__ = ("_headers", "_idle_timer", "_parser", "_pool", "_started", "_timer", "key",
-                 "sink", "timeouts", "transport")  # fmt: skip
+    __slots__ = ("_headers", "_parser", "_pool", "_started", "deadline", "key", "sink",
+                 "timeouts", "transport")  # fmt: skip
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
         self._pool = pool
@@ -67,8 +70,7 @@ class _Upstream(asyncio.Protocol):
         self.sink: Sink | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._started = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time by which the next byte must arrive; 0 = none
         self.timeouts = (0.0, 0.0)  # first byte, idle gap
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,15 +82,15 @@ class _Upstream(asyncio.Protocol):
         self._headers = []
         self._started = False
         self.timeouts = (first_byte_s, idle_s)
-        self._parser = httptools.HttpResponseParser(self)
-        loop = self._pool.loop
-        self._timer = loop.call_later(first_byte_s, self._timeout) if first_byte_s > 0 else None
+        # A deadline, not a timer per request: the pool's sweeper checks deadlines every tick.
+        self.deadline = self._pool.loop.time() + first_byte_s if first_byte_s > 0 else 0.0
+        self._pool.active.add(self)
         self.transport.write(data)
 
     def abort(self) -> None:
         """The client went away: drop this connection so the engine aborts the request."""
         self.sink = None
-        self._cancel_timers()
+        self._pool.active.discard(self)
         if self.transport is not None:
             self.transport.abort()
 
@@ -105,9 +107,6 @@ class _Upstream(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._started = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         sink = self.sink
         if sink is None:
             return
@@ -131,7 +130,7 @@ class _Upstream(asyncio.Protocol):
             self.sink.on_body(body)
 
     def on_message_complete(self) -> None:
-        self._cancel_timers()
+        self._pool.active.discard(self)
         sink, self.sink = self.sink, None
         keep = self._parser.should_keep_alive()
         if sink is not None:
@@ -145,33 +144,24 @@ class _Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._pool.forget(self)
+        self._pool.active.discard(self)
         if self.sink is not None:
             self._fail("reset")
 
-    def _timeout(self) -> None:
+    def timeout(self) -> None:
         self._fail("timeout")
         if self.transport is not None:
             self.transport.abort()
 
     def _fail(self, kind: str) -> None:
-        self._cancel_timers()
+        self._pool.active.discard(self)
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.on_error(UpstreamError(kind, self.key, self._started))
 
     def _arm_idle(self) -> None:
         idle = self.timeouts[1]
-        if idle <= 0:
-            return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = self._pool.loop.call_later(idle, self._timeout)
-
-    def _cancel_timers(self) -> None:
-        for t in (self._timer, self._idle_timer):
-            if t is not None:
-                t.cancel()
-        self._timer = self._idle_timer = None
+        self.deadline = self._pool.loop.time() + idle if idle > 0 else 0.0
 
 
 class UpstreamPool:
@@ -182,6 +172,16 @@ class UpstreamPool:
         self.connect_s = connect_s
         self.max_idle = max_idle
         self._idle: dict[str, deque[_Upstream]] = {}
+        self.active: set[_Upstream] = set()  # connections with a request in flight
+        self._sweeper = loop.call_later(SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        """Time out requests whose engine went quiet past their deadline."""
+        now = self.loop.time()
+        late = [up for up in self.active if 0.0 < up.deadline <= now]
+        for up in late:
+            up.timeout()
+        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
     def send(self, url: str, data: bytes, sink: Sink, first_byte_s: float, idle_s: float,
              on_conn: Callable[[_Upstream], None]) -> None:  # fmt: skip
@@ -228,6 +228,7 @@ class UpstreamPool:
             idle.remove(up)
 
     def close(self) -> None:
+        self._sweeper.cancel()
         for idle in self._idle.values():
             for up in idle:
                 if up.transport is not None:
