@@ -112,3 +112,48 @@ def embed_sim() -> Iterator[SimProcess]:
                    "--embedding-dim", "64")  # fmt: skip
     yield sp
     sp.stop()
+
+
+def start_router(
+    *args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None
+) -> SimProcess:
+    """Start `vfleet router --port 0 ARGS` and wait for its (first) ready line (bounded)."""
+    cmd = [sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1", "--port", "0", *args]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    # The router logs (endpoint up/down) before its ready line; readline returns on each line.
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        log.append(line)
+        m = READY.search(line)
+        if m:
+            threading.Thread(target=_drain, args=(proc, log), daemon=True).start()
+            return SimProcess(proc, f"http://{m.group(1)}:{m.group(2)}", log)
+    proc.kill()
+    proc.wait(timeout=10)
+    proc.stderr.close()
+    raise AssertionError(f"vfleet router did not become ready: {''.join(log)}")
+
+
+@pytest.fixture
+def router_factory() -> Iterator[Callable[..., SimProcess]]:
+    started: list[SimProcess] = []
+
+    def make(*args: str, **kw: object) -> SimProcess:
+        rp = start_router(*args, **kw)  # type: ignore[arg-type]
+        started.append(rp)
+        return rp
+
+    yield make
+    for rp in started:
+        rp.stop()

@@ -43,7 +43,8 @@ class RouterConfig:
             if name not in POLICY_NAMES:
                 raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
         for b in self.backends:
-            if not b.url.startswith("http://") or ":" not in b.url.removeprefix("http://"):
+            host, _, port = b.url.removeprefix("http://").partition(":")
+            if not b.url.startswith("http://") or not host or not port.isdigit():
                 raise ValueError(f"backend {b.url!r} must look like http://HOST:PORT")
         if self.workers < 1 or self.attempts < 1:
             raise ValueError("workers and attempts must be >= 1")

@@ -36,7 +36,7 @@ ALIASED_PATHS = {"/completions": "/v1/completions", "/chat/completions": "/v1/ch
                  "/embeddings": "/v1/embeddings"}  # fmt: skip
 DROP_REQUEST_HEADERS = frozenset({
     b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding",
-    b"authorization", b"te", b"upgrade",
+    b"authorization", b"te", b"upgrade", b"expect",
 })  # fmt: skip
 _FORM_MODEL = re.compile(rb'name="model"\r\n\r\n([^\r\n]+)')
 
@@ -73,13 +73,14 @@ class Router:
         if path == "/metrics":
             conn.respond(200, self.metrics.render(self.registry), b"text/plain; version=0.0.4")
             return
+        if path == "/ready":  # open, like /health: readiness probes carry no key
+            self._ready(conn)
+            return
         if self.api_keys and not self._authorized(req):
             self.metrics.rejected["auth"] += 1
             conn.respond(401, error_body(401, "Invalid API key.", "authentication_error"))
             return
-        if path == "/ready":
-            self._ready(conn)
-        elif path in ("/v1/models", "/models"):
+        if path in ("/v1/models", "/models"):
             cards = self.registry.model_cards(int(time.time()))
             conn.respond(200, orjson.dumps({"object": "list", "data": cards}))
         elif req.too_large:
@@ -194,8 +195,8 @@ def _prefix(fields: dict[str, Any]) -> tuple[int, ...]:
 class _Forward:
     """One client request on its way through the router (an upstream `Sink`)."""
 
-    __slots__ = ("conn", "data", "ep", "key", "model", "router", "sse", "started", "t0", "tried",
-                 "upstream")  # fmt: skip
+    __slots__ = ("conn", "data", "ep", "gone", "key", "model", "reset_retried", "router", "sse",
+                 "started", "t0", "tried", "upstream")  # fmt: skip
 
     def __init__(self, router: Router, conn: Connection, model: str, key: RouteKey, data: bytes,
                  t0: float) -> None:  # fmt: skip
@@ -210,10 +211,12 @@ class _Forward:
         self.upstream: Any = None
         self.started = False  # response head sent to the client
         self.sse = False
+        self.gone = False  # the client disconnected
+        self.reset_retried = False
 
-    def start(self) -> None:
+    def start(self, same: Endpoint | None = None) -> None:
         router = self.router
-        ep = router.choose(self.key, self.tried)
+        ep = same or router.choose(self.key, self.tried)
         if ep is None:
             router.metrics.rejected["no_endpoint"] += 1
             self._refuse(
@@ -228,6 +231,9 @@ class _Forward:
         router.pool.send(ep.url, self.data, self, limits.first_byte_s, limits.idle_s, self._attach)
 
     def _attach(self, upstream: Any) -> None:
+        if self.gone:
+            upstream.abort()
+            return
         self.upstream = upstream
 
     # -- Sink -------------------------------------------------------------------------------
@@ -256,12 +262,23 @@ class _Forward:
 
     def on_error(self, err: UpstreamError) -> None:
         router = self.router
-        if self.ep is not None and err.kind == "connect":
+        ep = self.ep
+        if ep is not None and err.kind == "connect":
             # Eject at once: no more requests until a probe finds it healthy again.
-            self.ep.mark_down(time.monotonic(), 1.0)
+            ep.mark_down(time.monotonic(), 1.0)
         self._release()
+        if self.gone:
+            return
         if not err.started and not self.started:
-            if len(self.tried) < router.limits.attempts and not self.conn.closed:
+            if err.kind == "reset" and not self.reset_retried and ep is not None and ep.healthy:
+                # Most often a pooled keep-alive connection the engine had just closed:
+                # the same engine, on a fresh connection, once.
+                self.reset_retried = True
+                router.metrics.retries[self.model] += 1
+                self.start(same=ep)
+                return
+            untried = router.choose(self.key, self.tried) is not None
+            if untried and len(self.tried) < router.limits.attempts:
                 router.metrics.retries[self.model] += 1
                 self.start()
                 return
@@ -280,6 +297,7 @@ class _Forward:
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _client_left(self) -> None:
+        self.gone = True
         if self.upstream is not None:
             self.upstream.abort()  # the engine sees the disconnect and aborts the request
         self._release()
@@ -296,5 +314,7 @@ class _Forward:
         self.router.metrics.requests[(self.model, url, status)] += 1
 
     def _refuse(self, status: int, message: str, type_: str) -> None:
+        if status == 503:
+            self.router.metrics.requests[(self.model, "-", status)] += 1
         self.conn.on_close = None
         self.conn.respond(status, error_body(status, message, type_))

@@ -59,8 +59,8 @@ class Sink(Protocol):
 class _Upstream(asyncio.Protocol):
     """One connection to an engine; one request at a time."""
 
-    __slots__ = ("_headers", "_parser", "_pool", "_started", "deadline", "key", "sink",
-                 "timeouts", "transport")  # fmt: skip
+    __slots__ = ("_headers", "_interim", "_parser", "_pool", "_started", "deadline", "key",
+                 "sink", "timeouts", "transport")  # fmt: skip
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
         self._pool = pool
@@ -70,6 +70,7 @@ class _Upstream(asyncio.Protocol):
         self.sink: Sink | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._started = False
+        self._interim = False  # parsing a 1xx response, which is not the answer
         self.deadline = 0.0  # loop time by which the next byte must arrive; 0 = none
         self.timeouts = (0.0, 0.0)  # first byte, idle gap
 
@@ -106,6 +107,12 @@ class _Upstream(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim response (100 Continue, 103 Early Hints): the answer follows.
+            self._interim = True
+            self._headers = []
+            return
         self._started = True
         sink = self.sink
         if sink is None:
@@ -122,14 +129,17 @@ class _Upstream(asyncio.Protocol):
             if low not in HOP_BY_HOP:
                 kept.append((name, value))
         self._arm_idle()
-        sink.on_head(self._parser.get_status_code(), kept, chunked, length)
+        sink.on_head(status, kept, chunked, length)
 
     def on_body(self, body: bytes) -> None:
         self._arm_idle()
-        if self.sink is not None:
+        if self.sink is not None and not self._interim:
             self.sink.on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._pool.active.discard(self)
         sink, self.sink = self.sink, None
         keep = self._parser.should_keep_alive()
@@ -213,6 +223,8 @@ class UpstreamPool:
             return
         up = task.result()
         on_conn(up)
+        if up.transport is None or up.transport.is_closing():
+            return  # the client left while this connection was opening
         up.send(data, sink, first_byte_s, idle_s)
 
     def release(self, up: _Upstream) -> None:
