@@ -22,6 +22,7 @@ COMPILED = [
     "src/vfleet/router/metrics.py",
     "src/vfleet/router/policies.py",
     "src/vfleet/router/proxy.py",
+    "src/vfleet/router/ratelimit.py",
     "src/vfleet/router/state.py",
     "src/vfleet/router/upstream.py",
     "src/vfleet/sim/api.py",

@@ -744,3 +744,33 @@ def test_cli_errors_are_one_line(args: tuple[str, ...], needle: str) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
     assert needle in lines[0], lines
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(
+    sim_factory: Callable[..., SimProcess], router_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    sim = sim_factory("--model", "demo", "--profile", "instant")
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# clients\nkey-a\n\nkey-b\n")
+    router = router_factory("--backend", sim.url, "--api-key-file", str(keys),
+                            "--rate-limit", "60")  # fmt: skip
+    body = json.dumps({"model": "demo", "prompt": "x", "max_tokens": 1}).encode()
+
+    def post(key: str) -> tuple[int, dict[str, str]]:
+        conn = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
+        try:
+            conn.request("POST", "/v1/completions", body=body, headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {key}"})  # fmt: skip
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+
+    statuses = [post("key-a")[0] for _ in range(6)]  # burst of 6 for 60/minute
+    status, headers = post("key-a")
+    assert statuses == [200] * 6
+    assert status == 429
+    assert int(headers["retry-after"]) >= 1
+    assert post("key-b")[0] == 200  # another key, another bucket
+    assert post("nope")[0] == 401

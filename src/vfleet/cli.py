@@ -212,7 +212,9 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--model-policy", multiple=True, help="MODEL=POLICY for one model.")
 @click.option("--alias", multiple=True, help="ALIAS=MODEL: another name for a served model.")
 @click.option("--api-key", multiple=True, help="Key clients must send (env VFLEET_API_KEYS).")
+@click.option("--api-key-file", default=None, help="File of client keys, one per line.")
 @click.option("--backend-api-key", default=None, help="Key the router sends to engines.")
+@click.option("--rate-limit", type=float, default=None, help="Requests per key per minute.")
 @click.option("--host", default=None, help="Default 127.0.0.1.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Default 8000.")
 @click.option("--workers", type=int, default=None, help="Processes on one port (SO_REUSEPORT).")
@@ -230,7 +232,9 @@ def router(
     model_policy: tuple[str, ...],
     alias: tuple[str, ...],
     api_key: tuple[str, ...],
+    api_key_file: str | None,
     backend_api_key: str | None,
+    rate_limit: float | None,
     host: str | None,
     port: int | None,
     workers: int | None,
@@ -248,6 +252,7 @@ def router(
         env_api_keys,
         load_config_file,
         parse_backend,
+        read_key_file,
     )
 
     try:
@@ -258,8 +263,11 @@ def router(
             "policy": policy,
             "model_policies": _pairs(model_policy, "--model-policy") or None,
             "aliases": _pairs(alias, "--alias") or None,
-            "api_keys": api_key or env_api_keys() or None,
+            "api_keys": (api_key + (read_key_file(api_key_file) if api_key_file else ()))
+            or env_api_keys()
+            or None,
             "backend_api_key": backend_api_key,
+            "rate_limit_per_minute": rate_limit,
             "host": host,
             "port": port,
             "workers": workers,

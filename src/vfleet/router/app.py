@@ -26,6 +26,7 @@ from vfleet.router.endpoints import Registry
 from vfleet.router.policies import Policy, make_policy
 from vfleet.router.probe import probe_due
 from vfleet.router.proxy import Limits, Router
+from vfleet.router.ratelimit import RateLimiter
 from vfleet.router.upstream import UpstreamPool
 
 log = logging.getLogger("vfleet.router")
@@ -54,6 +55,7 @@ def build_router(cfg: RouterConfig, pool: UpstreamPool) -> Router:
         ),
         api_keys=tuple(k.encode() for k in cfg.api_keys),
         backend_auth=auth,
+        rate_limit=RateLimiter(cfg.rate_limit_per_minute) if cfg.rate_limit_per_minute else None,
     )
 
 

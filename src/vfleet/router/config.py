@@ -30,6 +30,7 @@ class RouterConfig:
     aliases: dict[str, str] = field(default_factory=dict)
     api_keys: tuple[str, ...] = ()
     backend_api_key: str | None = None
+    rate_limit_per_minute: float = 0.0  # requests per API key per minute; 0 = no limit
     max_body_bytes: int = 32 * 1024 * 1024
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 600.0
@@ -97,6 +98,18 @@ def load_config_file(path: str) -> dict[str, Any]:
         if key in raw:
             raw[key] = tuple(raw[key])
     return raw
+
+
+def read_key_file(path: str) -> tuple[str, ...]:
+    """API keys, one per line; blank lines and # comments ignored."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from exc
+    keys = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    if not keys:
+        raise ValueError(f"{path}: no API keys in the file")
+    return keys
 
 
 def env_api_keys() -> tuple[str, ...]:

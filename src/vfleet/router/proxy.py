@@ -11,6 +11,7 @@ path.
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from vfleet.http.server import Connection, Request
 from vfleet.router.endpoints import Endpoint, Registry
 from vfleet.router.metrics import RouterMetrics
 from vfleet.router.policies import Policy, prefix_hashes
+from vfleet.router.ratelimit import RateLimiter
 from vfleet.router.state import RouteKey
 from vfleet.router.upstream import UpstreamError, UpstreamPool
 
@@ -64,6 +66,7 @@ class Router:
     limits: Limits = field(default_factory=Limits)
     api_keys: tuple[bytes, ...] = ()
     backend_auth: bytes = b""  # an Authorization header line for engines, when they need one
+    rate_limit: RateLimiter | None = None  # per API key (one shared bucket without keys)
 
     def handle(self, req: Request, conn: Connection) -> None:
         path = req.path
@@ -88,6 +91,8 @@ class Router:
             conn.keep_alive = False
             conn.respond(413, error_body(413, "Request body too large.", "invalid_request_error"))
         elif req.method == "POST" and (path in PROXIED or path.startswith("/v1/audio/")):
+            if self.rate_limit is not None and not self._admit(req, conn):
+                return
             self._forward(req, conn)
         else:
             conn.respond(404, error_body(404, f"Unknown route {req.method} {path}.",
@@ -98,6 +103,18 @@ class Router:
         if scheme.lower() != b"bearer":
             return False
         return any(hmac.compare_digest(token, key) for key in self.api_keys)
+
+    def _admit(self, req: Request, conn: Connection) -> bool:
+        assert self.rate_limit is not None
+        key = req.headers.get(b"authorization", b"") if self.api_keys else b""
+        wait = self.rate_limit.take(key, time.monotonic())
+        if wait <= 0.0:
+            return True
+        self.metrics.rejected["rate_limit"] += 1
+        retry = b"retry-after: %d\r\n" % max(1, math.ceil(wait))
+        body = error_body(429, "Rate limit reached for this API key.", "rate_limit_exceeded")
+        conn.respond(429, body, extra_headers=retry)
+        return False
 
     def _ready(self, conn: Connection) -> None:
         models = self.registry.model_names()
