@@ -774,3 +774,68 @@ def test_rate_limit_per_key_answers_429_with_retry_after(
     assert int(headers["retry-after"]) >= 1
     assert post("key-b")[0] == 200  # another key, another bucket
     assert post("nope")[0] == 401
+
+
+def test_endpoints_url_feed_and_per_model_timeouts(
+    sim_factory: Callable[..., SimProcess], router_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    good = sim_factory("--model", "demo", "--profile", "instant")
+    slow = sim_factory("--model", "slow", "--profile", "instant", "--hang-rate", "1.0")
+    feed = json.dumps([good.url, {"url": slow.url, "models": ["slow"]}]).encode()
+
+    class Feed(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(feed)))
+            self.end_headers()
+            self.wfile.write(feed)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Feed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "router.yaml"
+    config.write_text(
+        f"endpoints_url: http://127.0.0.1:{server.server_address[1]}/endpoints\n"
+        "health_interval_s: 0.2\n"
+        "model_timeouts:\n  slow: {first_byte_timeout_s: 0.3, attempts: 1}\n"
+    )
+    try:
+        router = router_factory("--config", str(config))
+        c = Client(router.url)
+        assert wait_for(lambda: {m["id"] for m in c.get("/v1/models").json()["data"]}
+                        == {"demo", "slow"}, timeout_s=5)  # fmt: skip
+        ok = c.post("/v1/completions", {"model": "demo", "prompt": "x", "max_tokens": 1})
+        assert ok.status == 200
+        start = time.monotonic()
+        late = c.post("/v1/completions", {"model": "slow", "prompt": "x", "max_tokens": 1})
+        assert late.status == 504
+        assert time.monotonic() - start < 3.0  # the model's 0.3 s, not the default 600 s
+        assert late.json()["error"]["code"] == 504
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_oversized_headers_get_431_and_streams_feed_the_gap_histogram(
+    sim_factory: Callable[..., SimProcess], router_factory: Callable[..., Any]
+) -> None:
+    sim = sim_factory("--model", "demo", "--profile", "small")  # tokens a step apart
+    router = router_factory("--backend", sim.url)
+    with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 70000 + b"\r\n\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            part = sock.recv(4096)
+            if not part:
+                break
+            reply += part
+    assert reply.startswith(b"HTTP/1.1 431")
+    c = Client(router.url)
+    body = {"model": "demo", "prompt": "x", "max_tokens": 6, "ignore_eos": True, "stream": True}
+    assert c.sse("/v1/completions", body).done_last
+    text = c.get("/metrics").body.decode()
+    count = metric_value(text, "vfleet_router_inter_chunk_latency_seconds_count")
+    assert count >= 1

@@ -208,6 +208,7 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
               help="YAML file with any of the settings below (flags win).")  # fmt: skip
 @click.option("--backend", multiple=True, help="Engine URL, optionally =MODEL[,MODEL].")
 @click.option("--endpoints-file", default=None, help="Endpoint list, re-read when it changes.")
+@click.option("--endpoints-url", default=None, help="HTTP feed of endpoints (JSON), polled.")
 @click.option("--policy", default=None, help="round_robin, least_load, session or prefix.")
 @click.option("--model-policy", multiple=True, help="MODEL=POLICY for one model.")
 @click.option("--alias", multiple=True, help="ALIAS=MODEL: another name for a served model.")
@@ -228,6 +229,7 @@ def router(
     config_file: str | None,
     backend: tuple[str, ...],
     endpoints_file: str | None,
+    endpoints_url: str | None,
     policy: str | None,
     model_policy: tuple[str, ...],
     alias: tuple[str, ...],
@@ -260,6 +262,7 @@ def router(
         flags: dict[str, object] = {
             "backends": tuple(parse_backend(b) for b in backend) or None,
             "endpoints_file": endpoints_file,
+            "endpoints_url": endpoints_url,
             "policy": policy,
             "model_policies": _pairs(model_policy, "--model-policy") or None,
             "aliases": _pairs(alias, "--alias") or None,
@@ -280,8 +283,10 @@ def router(
         }
         settings.update({k: v for k, v in flags.items() if v is not None})
         cfg = RouterConfig(**settings)
-        if not cfg.backends and not cfg.endpoints_file:
-            raise ValueError("no engines: give --backend URL, --endpoints-file or a --config")
+        if not cfg.backends and not cfg.endpoints_file and not cfg.endpoints_url:
+            raise ValueError(
+                "no engines: give --backend URL, --endpoints-file, --endpoints-url or a --config"
+            )
     except (ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:

@@ -18,6 +18,7 @@ from typing import cast
 import httptools
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # larger bodies get 413 without being read into memory
+MAX_HEADER_BYTES = 64 * 1024  # larger request heads get 431 and the connection closed
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -154,6 +155,14 @@ class Connection:
         self.on_done()
 
 
+def _error(status: int, message: str) -> bytes:
+    """An OpenAI-shaped error for failures found before any handler runs."""
+    return b'{"error":{"message":"%s","type":"invalid_request_error","param":null,"code":%d}}' % (
+        message.encode(),
+        status,
+    )
+
+
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -172,6 +181,7 @@ class HttpProtocol(asyncio.Protocol):
         "_conn",
         "_dispatching",
         "_handler",
+        "_head_size",
         "_headers",
         "_max_body",
         "_parser",
@@ -190,6 +200,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._size = 0
+        self._head_size = 0
         self._too_large = False
         self._conn: Connection | None = None
         self._dispatching = False
@@ -204,9 +215,12 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, b'{"error":"upgrade not supported"}')
+            self._fail(400, _error(400, "Protocol upgrades are not supported."))
         except httptools.HttpParserError:
-            self._fail(400, b'{"error":"malformed HTTP request"}')
+            if self._head_size > MAX_HEADER_BYTES:
+                self._fail(431, _error(431, "Request headers too large."))
+            else:
+                self._fail(400, _error(400, "Malformed HTTP request."))
 
     def connection_lost(self, exc: Exception | None) -> None:
         conn = self._conn
@@ -224,6 +238,9 @@ class HttpProtocol(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value)
+        if self._head_size > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("headers too large")  # _head_size says which
         self._headers[name.lower()] = value
 
     def on_body(self, body: bytes) -> None:
@@ -256,6 +273,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = {}
         self._body = []
         self._size = 0
+        self._head_size = 0
         self._too_large = False
         self._queue.append(req)
         self._next()

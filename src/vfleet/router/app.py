@@ -18,13 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import uvloop
 
 from vfleet.http.server import HttpProtocol
-from vfleet.router.config import RouterConfig, load_endpoints_file
+from vfleet.router.config import RouterConfig, load_endpoints_file, parse_endpoints
 from vfleet.router.endpoints import Registry
 from vfleet.router.policies import Policy, make_policy
-from vfleet.router.probe import probe_due
+from vfleet.router.probe import http_get, probe_due
 from vfleet.router.proxy import Limits, Router
 from vfleet.router.ratelimit import RateLimiter
 from vfleet.router.upstream import UpstreamPool
@@ -56,21 +57,37 @@ def build_router(cfg: RouterConfig, pool: UpstreamPool) -> Router:
         api_keys=tuple(k.encode() for k in cfg.api_keys),
         backend_auth=auth,
         rate_limit=RateLimiter(cfg.rate_limit_per_minute) if cfg.rate_limit_per_minute else None,
+        model_limits={
+            model: Limits(
+                over.get("connect_timeout_s", cfg.connect_timeout_s),
+                over.get("first_byte_timeout_s", cfg.first_byte_timeout_s),
+                over.get("idle_timeout_s", cfg.idle_timeout_s),
+                int(over.get("attempts", cfg.attempts)),
+            )
+            for model, over in cfg.model_timeouts.items()
+        },
     )
 
 
 async def _probe_loop(cfg: RouterConfig, router: Router) -> None:
     """Keep endpoint health and load current; re-read the endpoints file when it changes."""
     mtime = 0.0
+    static = [(b.url, b.models) for b in cfg.backends]
     while True:
         if cfg.endpoints_file:
             with contextlib.suppress(OSError, ValueError):
                 m = Path(cfg.endpoints_file).stat().st_mtime
                 if m != mtime:
                     listed = load_endpoints_file(cfg.endpoints_file)
-                    static = [(b.url, b.models) for b in cfg.backends]
                     router.registry.set_endpoints(static + [(b.url, b.models) for b in listed])
                     mtime = m
+        if cfg.endpoints_url:
+            with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
+                base, _, path = cfg.endpoints_url.removeprefix("http://").partition("/")
+                status, body = await http_get("http://" + base, "/" + path, cfg.health_timeout_s)
+                if status == 200:
+                    listed = parse_endpoints(orjson.loads(body), cfg.endpoints_url)
+                    router.registry.set_endpoints(static + [(b.url, b.models) for b in listed])
         try:
             await probe_due(router.registry, time.monotonic(), cfg.health_interval_s,
                             cfg.health_timeout_s, router.backend_auth)  # fmt: skip

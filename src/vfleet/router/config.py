@@ -36,6 +36,9 @@ class RouterConfig:
     first_byte_timeout_s: float = 600.0
     idle_timeout_s: float = 300.0
     attempts: int = 3
+    # Per-model overrides of connect_timeout_s, first_byte_timeout_s, idle_timeout_s, attempts.
+    model_timeouts: dict[str, dict[str, float]] = field(default_factory=dict)
+    endpoints_url: str | None = None  # an HTTP feed of endpoints (JSON list), polled
     health_interval_s: float = 2.0
     health_timeout_s: float = 2.0
 
@@ -49,6 +52,11 @@ class RouterConfig:
                 raise ValueError(f"backend {b.url!r} must look like http://HOST:PORT")
         if self.workers < 1 or self.attempts < 1:
             raise ValueError("workers and attempts must be >= 1")
+        allowed = {"connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s", "attempts"}
+        for model, over in self.model_timeouts.items():
+            bad = sorted(set(over) - allowed)
+            if bad:
+                raise ValueError(f"model_timeouts.{model}: unknown keys {', '.join(bad)}")
 
 
 def parse_backend(text: str) -> BackendSpec:
@@ -58,7 +66,11 @@ def parse_backend(text: str) -> BackendSpec:
 
 
 def load_endpoints_file(path: str) -> list[BackendSpec]:
-    raw = yaml.safe_load(Path(path).read_text())
+    return parse_endpoints(yaml.safe_load(Path(path).read_text()), path)
+
+
+def parse_endpoints(raw: Any, path: str) -> list[BackendSpec]:
+    """A list of URLs or {url, models} maps (optionally under `endpoints`)."""
     items = raw.get("endpoints", []) if isinstance(raw, dict) else raw
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a list of endpoints")

@@ -19,6 +19,7 @@ class RouterMetrics:
     rejected: Counter[str] = field(default_factory=Counter)  # reason
     ttft: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     duration: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    itl: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
 
     def render(self, registry: Registry) -> bytes:
         out = [
@@ -50,6 +51,7 @@ class RouterMetrics:
         for name, hist, what in (
             ("time_to_first_byte_seconds", self.ttft, "Router-seen time to the first body byte."),
             ("request_duration_seconds", self.duration, "Router-seen request duration."),
+            ("inter_chunk_latency_seconds", self.itl, "Router-seen gaps between streamed chunks."),
         ):
             out += [f"# HELP vfleet_router_{name} {what}\n",
                     f"# TYPE vfleet_router_{name} histogram\n"]  # fmt: skip

@@ -64,6 +64,7 @@ class Router:
     policy_for: Callable[[str], Policy]
     metrics: RouterMetrics = field(default_factory=RouterMetrics)
     limits: Limits = field(default_factory=Limits)
+    model_limits: dict[str, Limits] = field(default_factory=dict)  # per-model overrides
     api_keys: tuple[bytes, ...] = ()
     backend_auth: bytes = b""  # an Authorization header line for engines, when they need one
     rate_limit: RateLimiter | None = None  # per API key (one shared bucket without keys)
@@ -212,8 +213,8 @@ def _prefix(fields: dict[str, Any]) -> tuple[int, ...]:
 class _Forward:
     """One client request on its way through the router (an upstream `Sink`)."""
 
-    __slots__ = ("conn", "data", "ep", "gone", "key", "model", "reset_retried", "router", "sse",
-                 "started", "t0", "tried", "upstream")  # fmt: skip
+    __slots__ = ("conn", "data", "ep", "gone", "key", "last", "model", "reset_retried", "router",
+                 "sse", "started", "t0", "tried", "upstream")  # fmt: skip
 
     def __init__(self, router: Router, conn: Connection, model: str, key: RouteKey, data: bytes,
                  t0: float) -> None:  # fmt: skip
@@ -230,6 +231,7 @@ class _Forward:
         self.sse = False
         self.gone = False  # the client disconnected
         self.reset_retried = False
+        self.last = t0  # when the last body chunk was relayed
 
     def start(self, same: Endpoint | None = None) -> None:
         router = self.router
@@ -244,7 +246,7 @@ class _Forward:
         self.tried.add(ep.url)
         ep.inflight += 1
         self.conn.on_close = self._client_left
-        limits = router.limits
+        limits = router.model_limits.get(self.model, router.limits)
         router.pool.send(ep.url, self.data, self, limits.first_byte_s, limits.idle_s, self._attach)
 
     def _attach(self, upstream: Any) -> None:
@@ -267,9 +269,13 @@ class _Forward:
         self.conn.start_response(status, b"".join(lines), None if chunked else length)
 
     def on_body(self, data: bytes) -> None:
+        now = time.monotonic()
         if self.t0 > 0:
-            self.router.metrics.ttft.observe(time.monotonic() - self.t0)
+            self.router.metrics.ttft.observe(now - self.t0)
             self.t0 = -self.t0  # observed once; keep the start for the duration
+        elif self.sse:
+            self.router.metrics.itl.observe(now - self.last)
+        self.last = now
         self.conn.write(data)
 
     def on_end(self) -> None:
@@ -295,7 +301,8 @@ class _Forward:
                 self.start(same=ep)
                 return
             untried = router.choose(self.key, self.tried) is not None
-            if untried and len(self.tried) < router.limits.attempts:
+            attempts = router.model_limits.get(self.model, router.limits).attempts
+            if untried and len(self.tried) < attempts:
                 router.metrics.retries[self.model] += 1
                 self.start()
                 return
