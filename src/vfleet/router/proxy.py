@@ -300,7 +300,9 @@ class _Forward:
                 router.metrics.retries[self.model] += 1
                 self.start(same=ep)
                 return
-            untried = router.choose(self.key, self.tried) is not None
+            untried = any(
+                e.healthy and e.url not in self.tried for e in router.registry.serving(self.model)
+            )
             attempts = router.model_limits.get(self.model, router.limits).attempts
             if untried and len(self.tried) < attempts:
                 router.metrics.retries[self.model] += 1
