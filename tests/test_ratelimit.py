@@ -47,3 +47,12 @@ def test_never_more_than_burst_plus_rate_times_elapsed(
         if rl.take(b"k", now) == 0.0:
             allowed += 1
     assert allowed <= rl.burst + per_minute / 60.0 * now + 1e-9
+
+
+def test_costly_requests_take_more_and_a_cost_over_the_burst_still_passes_once_full() -> None:
+    rl = RateLimiter(per_minute=600, burst=100)  # ten tokens a second
+    assert rl.take(b"k", 0.0, cost=60) == 0.0
+    assert rl.take(b"k", 0.0, cost=60) == pytest.approx(2.0)  # 40 left, 20 short
+    assert rl.take(b"k", 2.0, cost=60) == 0.0
+    assert rl.take(b"k", 100.0, cost=10_000) == 0.0  # charged as the whole burst
+    assert rl.take(b"k", 100.0, cost=1) > 0

@@ -839,3 +839,19 @@ def test_oversized_headers_get_431_and_streams_feed_the_gap_histogram(
     text = c.get("/metrics").body.decode()
     count = metric_value(text, "vfleet_router_inter_chunk_latency_seconds_count")
     assert count >= 1
+
+
+def test_token_limit_counts_prompt_and_max_tokens(
+    sim_factory: Callable[..., SimProcess], router_factory: Callable[..., Any]
+) -> None:
+    sim = sim_factory("--model", "demo", "--profile", "instant")
+    router = router_factory("--backend", sim.url, "--api-key", "k", "--token-limit", "100")
+    c = Client(router.url)
+    auth = {"Authorization": "Bearer k"}
+    small = {"model": "demo", "prompt": "x" * 40, "max_tokens": 20}  # 10 + 20 = 30 tokens
+    codes = [c.post("/v1/completions", small, headers=auth).status for _ in range(4)]
+    assert codes == [200, 200, 200, 429]  # 90 of the minute's 100 spent, 30 more do not fit
+    resp = c.post("/v1/completions", small, headers=auth)
+    assert resp.status == 429
+    assert resp.json()["error"]["type"] == "rate_limit_exceeded"
+    assert "retry-after" in resp.headers

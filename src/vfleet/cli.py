@@ -216,6 +216,8 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--api-key-file", default=None, help="File of client keys, one per line.")
 @click.option("--backend-api-key", default=None, help="Key the router sends to engines.")
 @click.option("--rate-limit", type=float, default=None, help="Requests per key per minute.")
+@click.option("--token-limit", type=float, default=None,
+              help="Estimated tokens per key per minute.")  # fmt: skip
 @click.option("--host", default=None, help="Default 127.0.0.1.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Default 8000.")
 @click.option("--workers", type=int, default=None, help="Processes on one port (SO_REUSEPORT).")
@@ -237,6 +239,7 @@ def router(
     api_key_file: str | None,
     backend_api_key: str | None,
     rate_limit: float | None,
+    token_limit: float | None,
     host: str | None,
     port: int | None,
     workers: int | None,
@@ -271,6 +274,7 @@ def router(
             or None,
             "backend_api_key": backend_api_key,
             "rate_limit_per_minute": rate_limit,
+            "token_limit_per_minute": token_limit,
             "host": host,
             "port": port,
             "workers": workers,

@@ -31,6 +31,7 @@ class RouterConfig:
     api_keys: tuple[str, ...] = ()
     backend_api_key: str | None = None
     rate_limit_per_minute: float = 0.0  # requests per API key per minute; 0 = no limit
+    token_limit_per_minute: float = 0.0  # estimated tokens per API key per minute; 0 = none
     max_body_bytes: int = 32 * 1024 * 1024
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 600.0

@@ -67,7 +67,8 @@ class Router:
     model_limits: dict[str, Limits] = field(default_factory=dict)  # per-model overrides
     api_keys: tuple[bytes, ...] = ()
     backend_auth: bytes = b""  # an Authorization header line for engines, when they need one
-    rate_limit: RateLimiter | None = None  # per API key (one shared bucket without keys)
+    rate_limit: RateLimiter | None = None  # requests per API key (one shared bucket without keys)
+    token_limit: RateLimiter | None = None  # tokens per API key, estimated before forwarding
 
     def handle(self, req: Request, conn: Connection) -> None:
         path = req.path
@@ -92,7 +93,9 @@ class Router:
             conn.keep_alive = False
             conn.respond(413, error_body(413, "Request body too large.", "invalid_request_error"))
         elif req.method == "POST" and (path in PROXIED or path.startswith("/v1/audio/")):
-            if self.rate_limit is not None and not self._admit(req, conn):
+            if self.rate_limit is not None and not self._admit(
+                req, conn, self.rate_limit, 1.0, "request"
+            ):
                 return
             self._forward(req, conn)
         else:
@@ -105,15 +108,17 @@ class Router:
             return False
         return any(hmac.compare_digest(token, key) for key in self.api_keys)
 
-    def _admit(self, req: Request, conn: Connection) -> bool:
-        assert self.rate_limit is not None
+    def _admit(
+        self, req: Request, conn: Connection, limiter: RateLimiter, cost: float, what: str
+    ) -> bool:
         key = req.headers.get(b"authorization", b"") if self.api_keys else b""
-        wait = self.rate_limit.take(key, time.monotonic())
+        wait = limiter.take(key, time.monotonic(), cost)
         if wait <= 0.0:
             return True
-        self.metrics.rejected["rate_limit"] += 1
+        self.metrics.rejected[f"{what}_limit"] += 1
         retry = b"retry-after: %d\r\n" % max(1, math.ceil(wait))
-        body = error_body(429, "Rate limit reached for this API key.", "rate_limit_exceeded")
+        body = error_body(429, f"{what.capitalize()} rate limit reached for this API key.",
+                          "rate_limit_exceeded")  # fmt: skip
         conn.respond(429, body, extra_headers=retry)
         return False
 
@@ -153,6 +158,10 @@ class Router:
                                              "invalid_request_error", "model"))  # fmt: skip
                 return
             model = names[0]
+        if self.token_limit is not None and not self._admit(
+            req, conn, self.token_limit, _estimated_tokens(fields), "token"
+        ):
+            return
         target = self.registry.resolve(model)
         if target != model and fields:
             body = orjson.dumps({**fields, "model": target})
@@ -190,6 +199,18 @@ class Router:
         if picked is None:
             return None
         return self.registry.endpoints.get(picked.url)
+
+
+def _estimated_tokens(fields: dict[str, Any]) -> float:
+    """A request's token cost, charged before it runs: its prompt (about four characters a
+    token) plus the output it asks for at most."""
+    prompt = fields.get("prompt", fields.get("input", ""))
+    messages = fields.get("messages")
+    if isinstance(messages, list):
+        prompt = [m.get("content", "") for m in messages if isinstance(m, dict)]
+    chars = len(prompt) if isinstance(prompt, str) else len(str(prompt))
+    out = fields.get("max_completion_tokens") or fields.get("max_tokens") or 0
+    return math.ceil(chars / 4) + (out if isinstance(out, int) else 0)
 
 
 def _session(req: Request, fields: dict[str, Any]) -> str | None:

@@ -26,15 +26,18 @@ class RateLimiter:
         if self.burst <= 0:
             self.burst = max(1.0, self.per_minute / 10)
 
-    def take(self, key: bytes, now: float) -> float:
-        """0.0 when the request may go; else the seconds until it could (for Retry-After)."""
+    def take(self, key: bytes, now: float, cost: float = 1.0) -> float:
+        """0.0 when a request costing `cost` may go (then charged); else the seconds until it
+        could (for Retry-After). A cost above the burst is charged as the burst, so any single
+        request can pass once the bucket is full."""
         rate = self.per_minute / 60.0
+        cost = min(cost, self.burst)
         b = self.buckets.get(key)
         if b is None:
             b = self.buckets[key] = Bucket(self.burst, now)
         b.tokens = min(self.burst, b.tokens + (now - b.updated) * rate)
         b.updated = now
-        if b.tokens >= 1.0:
-            b.tokens -= 1.0
+        if b.tokens >= cost:
+            b.tokens -= cost
             return 0.0
-        return (1.0 - b.tokens) / rate
+        return (cost - b.tokens) / rate
