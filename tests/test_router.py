@@ -855,3 +855,21 @@ def test_token_limit_counts_prompt_and_max_tokens(
     assert resp.status == 429
     assert resp.json()["error"]["type"] == "rate_limit_exceeded"
     assert "retry-after" in resp.headers
+
+
+def test_malformed_http_gets_an_openai_shaped_400_and_the_router_keeps_serving(
+    sim_a: SimProcess, router_factory: Callable[..., Any]
+) -> None:
+    router = router_factory("--backend", sim_a.url)
+    with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
+        sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
+            part = sock.recv(4096)
+            if not part:
+                break
+            reply += part
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["error"]["code"] == 400
+    assert Client(router.url).get("/health").status == 200
