@@ -45,9 +45,11 @@ class SimProcess:
         return self.proc.wait(timeout=timeout_s)
 
 
-def start_sim(*args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None) -> SimProcess:
-    """Start `vfleet sim --port 0 ARGS` and wait for its ready line (bounded)."""
-    cmd = [sys.executable, "-m", "vfleet", "sim", "--host", "127.0.0.1", "--port", "0", *args]
+def start_vfleet(
+    command: str, *args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None
+) -> SimProcess:
+    """Start `vfleet COMMAND --port 0 ARGS` and wait for its ready line (bounded)."""
+    cmd = [sys.executable, "-m", "vfleet", command, "--host", "127.0.0.1", "--port", "0", *args]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
@@ -58,6 +60,7 @@ def start_sim(*args: str, timeout_s: float = 20.0, env: dict[str, str] | None = 
     assert proc.stderr is not None
     log: list[str] = []
     deadline = time.monotonic() + timeout_s
+    # Log lines may come before the ready line (the router's endpoint up/down notes).
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         if not line:
@@ -71,7 +74,17 @@ def start_sim(*args: str, timeout_s: float = 20.0, env: dict[str, str] | None = 
     proc.kill()
     proc.wait(timeout=10)
     proc.stderr.close()
-    raise AssertionError(f"vfleet sim did not become ready: {''.join(log)}")
+    raise AssertionError(f"vfleet {command} did not become ready: {''.join(log)}")
+
+
+def start_sim(*args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None) -> SimProcess:
+    return start_vfleet("sim", *args, timeout_s=timeout_s, env=env)
+
+
+def start_router(
+    *args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None
+) -> SimProcess:
+    return start_vfleet("router", *args, timeout_s=timeout_s, env=env)
 
 
 def _drain(proc: subprocess.Popen[str], log: list[str]) -> None:
@@ -83,18 +96,23 @@ def _drain(proc: subprocess.Popen[str], log: list[str]) -> None:
         pass
 
 
-@pytest.fixture
-def sim_factory() -> Iterator[Callable[..., SimProcess]]:
+def _started_by(command: str) -> Iterator[Callable[..., SimProcess]]:
+    """A factory fixture body: start `vfleet COMMAND` processes, stop them all afterwards."""
     started: list[SimProcess] = []
 
     def make(*args: str, **kw: object) -> SimProcess:
-        sp = start_sim(*args, **kw)  # type: ignore[arg-type]
+        sp = start_vfleet(command, *args, **kw)  # type: ignore[arg-type]
         started.append(sp)
         return sp
 
     yield make
     for sp in started:
         sp.stop()
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Callable[..., SimProcess]]:
+    yield from _started_by("sim")
 
 
 @pytest.fixture(scope="module")
@@ -114,46 +132,6 @@ def embed_sim() -> Iterator[SimProcess]:
     sp.stop()
 
 
-def start_router(
-    *args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None
-) -> SimProcess:
-    """Start `vfleet router --port 0 ARGS` and wait for its (first) ready line (bounded)."""
-    cmd = [sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1", "--port", "0", *args]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.stderr is not None
-    log: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    # The router logs (endpoint up/down) before its ready line; readline returns on each line.
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        log.append(line)
-        m = READY.search(line)
-        if m:
-            threading.Thread(target=_drain, args=(proc, log), daemon=True).start()
-            return SimProcess(proc, f"http://{m.group(1)}:{m.group(2)}", log)
-    proc.kill()
-    proc.wait(timeout=10)
-    proc.stderr.close()
-    raise AssertionError(f"vfleet router did not become ready: {''.join(log)}")
-
-
 @pytest.fixture
 def router_factory() -> Iterator[Callable[..., SimProcess]]:
-    started: list[SimProcess] = []
-
-    def make(*args: str, **kw: object) -> SimProcess:
-        rp = start_router(*args, **kw)  # type: ignore[arg-type]
-        started.append(rp)
-        return rp
-
-    yield make
-    for rp in started:
-        rp.stop()
+    yield from _started_by("router")
