@@ -140,11 +140,12 @@ class Engine:
         """A bug in a step must not wedge the server: end every request, keep serving."""
         log.exception("%s; aborting %d in-flight sequences", what, self._in_flight())
         self._pending = False
-        s = self.scheduler
+        live = [*self.scheduler.running, *self.scheduler.waiting]
+        # The same abort path as a client disconnect: metrics and KV events stay consistent.
+        self.abort(live)
         owners: dict[int, Owner] = {}
-        for seq in [*s.running, *s.waiting]:
-            if s.abort(seq, self.now()):
-                _notify(seq, owners)
+        for seq in live:
+            _notify(seq, owners)
         for owner in owners.values():
             owner.flush()
 
