@@ -1,0 +1,1 @@
+"""How engines are launched: vLLM command lines and the simulator's."""

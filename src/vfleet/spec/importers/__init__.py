@@ -1,0 +1,1 @@
+"""Importers: other tools' values files onto the fleet spec's models."""

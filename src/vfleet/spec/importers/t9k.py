@@ -1,0 +1,175 @@
+"""T9k vLLM app values onto the fleet spec.
+
+The weights come from a PVC (`server.model.volume.existingClaim` + `subPath`) or are fetched by a
+DataCube (`datacube.source`: huggingface, git or s3) into that volume. Autoscaling follows
+Knative: minReplicas empty is 1, 0 scales to zero; maxReplicas empty or 0 is unbounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vfleet.spec.draft import Draft
+from vfleet.spec.importers.common import env_list, mapping, put_args, slug
+
+SERVER = {
+    "image",
+    "resources",
+    "model",
+    "autoScaling",
+    "app",
+    "env",
+    "extraVolumeMounts",
+    "extraVolume",
+    "extraVolumes",
+    "securityContext",
+    "nodeSelector",
+}
+SERVER_K8S = {"extraVolumeMounts", "extraVolume", "extraVolumes", "securityContext", "nodeSelector"}
+
+
+def detect(doc: Any) -> bool:
+    if not isinstance(doc, dict):
+        return False
+    server = doc.get("server")
+    model = server.get("model") if isinstance(server, dict) else None
+    return "datacube" in doc or (isinstance(model, dict) and "deployName" in model)
+
+
+def build(draft: Draft, values: dict[str, Any]) -> None:
+    kube: dict[str, Any] = {}
+    draft.unknown((), values, {"server", "datacube", "initializer"}, kube)
+    if "initializer" in values:
+        kube["initializer"] = values["initializer"]
+    server = mapping(draft, values.get("server"), ("server",))
+    server_k8s = {k: server[k] for k in SERVER_K8S if k in server}
+    draft.unknown(("server",), server, SERVER, server_k8s)
+    at: tuple[Any, ...] = ("models", 0)
+    model = mapping(draft, server.get("model"), ("server", "model"))
+    name = str(model.get("deployName") or "")
+    if not name:
+        raise draft.doc.error(("server", "model", "deployName"), "the model needs a deployName")
+    draft.put((*at, "name"), slug(name), ("server", "model", "deployName"))
+    draft.put((*at, "servedNames"), [name], ("server", "model", "deployName"))
+    _image(draft, mapping(draft, server.get("image"), ("server", "image")), at)
+    _resources(draft, mapping(draft, server.get("resources"), ("server", "resources")), at)
+    volume = mapping(draft, model.get("volume"), ("server", "model", "volume"))
+    _source(draft, mapping(draft, values.get("datacube"), ("datacube",)), volume, at)
+    _autoscaling(draft, mapping(draft, server.get("autoScaling"), ("server", "autoScaling")), at)
+    app = mapping(draft, server.get("app"), ("server", "app"))
+    if app.get("extraArgs"):
+        put_args(draft, at, app["extraArgs"], ("server", "app", "extraArgs"))
+    if server.get("env"):
+        draft.put(
+            (*at, "env"), env_list(draft, server["env"], ("server", "env")), ("server", "env")
+        )
+    if server_k8s:
+        kube["server"] = server_k8s
+    if kube:
+        draft.put((*at, "kubernetes"), kube)
+
+
+def _image(draft: Draft, image: dict[str, Any], at: tuple[Any, ...]) -> None:
+    if not image.get("repository"):
+        return
+    ref = "/".join(str(p) for p in (image.get("registry"), image["repository"]) if p)
+    draft.put(
+        (*at, "image"), f"{ref}:{image.get('tag') or 'latest'}", ("server", "image", "repository")
+    )
+
+
+def _resources(draft: Draft, res: dict[str, Any], at: tuple[Any, ...]) -> None:
+    for part in ("limits", "requests"):
+        src = ("server", "resources", part)
+        block = mapping(draft, res.get(part), src)
+        if block.get("nvidia.com/gpu") is not None:
+            draft.put((*at, "gpu"), block["nvidia.com/gpu"], (*src, "nvidia.com/gpu"))
+        for key in ("cpu", "memory"):
+            if block.get(key) is not None:
+                draft.put((*at, key), str(block[key]), (*src, key))
+
+
+def _source(
+    draft: Draft, cube: dict[str, Any], volume: dict[str, Any], at: tuple[Any, ...]
+) -> None:
+    vsrc = ("server", "model", "volume")
+    kind = cube.get("source") or ""
+    storage: dict[str, Any] = {}
+    for key, native in (
+        ("size", "size"),
+        ("storageClass", "storageClass"),
+        ("accessModes", "accessModes"),
+        ("existingClaim", "existingClaim"),
+        ("subPath", "subPath"),
+    ):
+        if volume.get(key) not in (None, "", []):
+            storage[native] = volume[key]
+            draft.origins[(*at, "storage", native)] = (*vsrc, key)
+    if storage:
+        draft.put((*at, "storage"), storage)
+    if not kind:
+        claim = volume.get("existingClaim")
+        if not claim:
+            raise draft.doc.error(
+                vsrc, "no model source: set server.model.volume.existingClaim or datacube.source"
+            )
+        pvc = {"kind": "pvc", "id": str(claim), "path": str(volume.get("subPath") or "")}
+        draft.put((*at, "source"), pvc, (*vsrc, "existingClaim"))
+        return
+    csrc: tuple[Any, ...] = ("datacube",)
+    env = {e["name"]: e.get("value") for e in env_list(draft, cube.get("env"), (*csrc, "env"))}
+    source: dict[str, Any]
+    if kind == "huggingface":
+        hf = mapping(draft, cube.get("huggingface"), (*csrc, "huggingface"))
+        source = {"kind": "hf", "id": str(hf.get("id") or "")}
+        files = str(hf.get("files") or "").split()
+        if files:
+            source["include"] = files
+        if hf.get("existingSecret"):
+            source["secret"] = hf["existingSecret"]
+        if env.get("HF_ENDPOINT"):
+            source["endpoint"] = env["HF_ENDPOINT"]
+        draft.put((*at, "source"), source, (*csrc, "huggingface", "id"))
+    elif kind == "git":
+        git = mapping(draft, cube.get("git"), (*csrc, "git"))
+        source = {"kind": "git", "id": str(git.get("url") or "")}
+        if git.get("ref"):
+            source["revision"] = str(git["ref"])
+        if git.get("existingSecret"):
+            source["secret"] = git["existingSecret"]
+        draft.put((*at, "source"), source, (*csrc, "git", "url"))
+    elif kind == "s3":
+        s3 = mapping(draft, cube.get("s3"), (*csrc, "s3"))
+        source = {"kind": "s3", "id": str(s3.get("url") or "").removeprefix("s3://")}
+        if s3.get("existingSecret"):
+            source["secret"] = s3["existingSecret"]
+        draft.put((*at, "source"), source, (*csrc, "s3", "url"))
+    else:
+        raise draft.doc.error(
+            (*csrc, "source"),
+            f"unknown DataCube source {kind!r}; use huggingface, git, s3 or leave it empty",
+        )
+
+
+def _autoscaling(draft: Draft, auto: dict[str, Any], at: tuple[Any, ...]) -> None:
+    src = ("server", "autoScaling")
+    lo = auto.get("minReplicas")
+    hi = auto.get("maxReplicas")
+    lo = 1 if lo in (None, "") else lo
+    hi = None if hi in (None, "", 0) else hi
+    if hi is not None and hi == lo and isinstance(lo, int) and lo > 0:
+        draft.put((*at, "replicas"), lo, (*src, "minReplicas"))
+        return
+    if not auto:
+        return
+    spec: dict[str, Any] = {"minReplicas": lo}
+    if hi is not None:
+        spec["maxReplicas"] = hi
+    notes = mapping(draft, auto.get("annotations"), (*src, "annotations"))
+    metric = notes.get("autoscaling.knative.dev/metric")
+    if metric in ("concurrency", "rps"):
+        spec["metric"] = "concurrency"
+    if notes.get("autoscaling.knative.dev/target") is not None:
+        spec["target"] = float(notes["autoscaling.knative.dev/target"])
+    draft.put((*at, "autoscaling"), spec, src)
+    draft.put((*at, "replicas"), max(lo, 1) if isinstance(lo, int) else 1, src)

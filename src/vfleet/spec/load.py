@@ -1,0 +1,193 @@
+"""Turning spec files into a validated `Fleet`: format detection, import, validation.
+
+Any accepted format (native, vllm-stack, TKE, T9k values, Kubernetes manifests) goes through
+the same path; errors name the user's file, line and field; notices and warnings come back
+alongside the fleet, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from vfleet.spec import models
+from vfleet.spec.draft import Draft
+from vfleet.spec.importers import manifests, t9k, tke, vllm_stack
+from vfleet.spec.importers.common import put_args, slug
+from vfleet.spec.models import Fleet
+from vfleet.spec.source import Document, SpecError, dotted, parse, read
+
+VALUES_FORMATS = (("vllm-stack", vllm_stack), ("tke", tke), ("t9k", t9k))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    fleet: Fleet
+    notes: list[str] = field(default_factory=list)
+
+
+def load(files: Sequence[str | Path]) -> Loaded:
+    """Read one or more files into one fleet: the first names it; later files add models and
+    Kubernetes objects (e.g. a PersistentVolume next to a values file)."""
+    if not files:
+        raise SpecError("-", "no spec file given")
+    drafts = [draft_of(read(f)) for f in files]
+    with_models = [d for d in drafts if d.data.get("models")]
+    if not with_models:
+        kinds = sorted({str(o.get("kind")) for d in drafts for o in _objects(d)})
+        what = f", only Kubernetes objects ({', '.join(kinds)})" if kinds else ""
+        raise SpecError(
+            str(files[0]),
+            f"no models here{what}; a fleet needs at least one model "
+            "(give object files together with a fleet: -f fleet.yaml -f objects.yaml)",
+        )
+    base = with_models[0]
+    notes = [n for d in drafts for n in d.notes]
+    for extra in drafts:
+        if extra is not base:
+            _merge(base, extra)
+    return Loaded(validate(base), notes)
+
+
+def _objects(draft: Draft) -> list[Any]:
+    return list((draft.data.get("kubernetes") or {}).get("extraObjects") or [])
+
+
+def draft_of(doc: Document) -> Draft:
+    draft = Draft(doc)
+    docs = doc.docs
+    if not docs:
+        raise SpecError(doc.file, "the file is empty")
+    first = docs[0]
+    if len(docs) > 1 or (
+        isinstance(first, dict)
+        and "kind" in first
+        and "apiVersion" in first
+        and first.get("kind") != "Fleet"
+    ):
+        if manifests.detect(docs):
+            draft.data["importedFrom"] = "kubernetes-manifests"
+            manifests.build(draft, docs)
+            _default_name(draft)
+            return draft
+        raise SpecError(doc.file, "several YAML documents, but not all are Kubernetes objects")
+    if not isinstance(first, dict):
+        raise SpecError(
+            doc.file,
+            f"expected a mapping at the top level, got {type(first).__name__}",
+            doc.line(()),
+        )
+    if "models" in first or first.get("kind") == "Fleet":
+        _native(draft, first)
+    elif tke.looks_flattened(first):
+        # Pasted from a web page that dropped the indentation; the chart's key tree restores it.
+        draft = Draft(parse(tke.renest(doc.text), doc.file))
+        draft.note((), "TKE values without indentation; read them by the chart's key tree")
+        draft.data["importedFrom"] = "tke"
+        tke.build(draft, draft.doc.docs[0])
+    else:
+        for name, module in VALUES_FORMATS:
+            if module.detect(first):
+                draft.data["importedFrom"] = name
+                module.build(draft, first)
+                break
+        else:
+            keys = ", ".join(sorted(map(str, first))[:8])
+            raise doc.error(
+                (),
+                f"not a format vfleet knows (top-level keys: {keys}); expected "
+                "a fleet (models:), vllm-stack values (servingEngineSpec:), TKE "
+                "values (model:, server:) or T9k values (server.model.deployName)",
+            )
+    _default_name(draft)
+    return draft
+
+
+def _native(draft: Draft, doc: dict[str, Any]) -> None:
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
+    if doc.get("apiVersion") not in (None, "vfleet/v1"):
+        draft.note(
+            ("apiVersion",),
+            f"apiVersion {doc['apiVersion']!r}; vfleet reads vfleet/v1",
+            warning=True,
+        )
+    draft.data.update(body)
+    items = body.get("models")
+    if not isinstance(items, list):
+        return
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        vllm = item.get("vllm")
+        if isinstance(vllm, dict) and isinstance(vllm.get("extraArgs"), list):
+            args = vllm.pop("extraArgs")
+            put_args(draft, ("models", i), args, ("models", i, "vllm", "extraArgs"))
+
+
+def _default_name(draft: Draft) -> None:
+    if "name" not in draft.data:
+        draft.data["name"] = slug(Path(draft.doc.file).stem) or "fleet"
+
+
+def _merge(base: Draft, extra: Draft) -> None:
+    offset = len(base.data.get("models") or [])
+    for i, model in enumerate(extra.data.get("models") or []):
+        base.data.setdefault("models", []).append(model)
+        for path, src in extra.origins.items():
+            if path[:2] == ("models", i):
+                base.origins[("models", offset + i, *path[2:])] = src
+    objects = (extra.data.get("kubernetes") or {}).get("extraObjects") or []
+    if objects:
+        kube = base.data.setdefault("kubernetes", {})
+        kube["extraObjects"] = list(kube.get("extraObjects") or []) + list(objects)
+
+
+def validate(draft: Draft) -> Fleet:
+    try:
+        return Fleet.model_validate(draft.data)
+    except ValidationError as exc:
+        raise _first_error(draft, exc) from None
+
+
+def _first_error(draft: Draft, exc: ValidationError) -> SpecError:
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(err["loc"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key" + _allowed(loc)
+    elif err["type"] == "missing":
+        message = "required, but missing"
+    imported = draft.data.get("importedFrom")
+    src = draft.origin(loc) if imported else loc
+    if src is None:
+        src = ()
+    line = draft.doc.line(src)
+    at = dotted(src) if src else dotted(loc)
+    if imported and src != loc:
+        at = f"{at} (fleet field {dotted(loc)})" if at else f"fleet field {dotted(loc)}"
+    return SpecError(draft.doc.file, message, line, at)
+
+
+def _allowed(loc: tuple[Any, ...]) -> str:
+    """The keys that are allowed where an unknown key was found."""
+    model: Any = Fleet
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        info = fields.get(part)
+        if info is None:
+            break
+        kinds = [a for a in getattr(info.annotation, "__args__", ()) if a is not type(None)]
+        for candidate in [info.annotation, *kinds]:
+            inner = getattr(candidate, "__args__", ())
+            for c in (candidate, *inner):
+                if isinstance(c, type) and issubclass(c, models.Spec):
+                    model = c
+                    break
+    names = sorted(f.alias or n for n, f in model.model_fields.items())
+    return f" (allowed here: {', '.join(names)})"

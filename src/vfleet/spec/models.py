@@ -1,0 +1,312 @@
+"""The fleet spec: the typed models every input format is normalised into.
+
+One module owns them. The native YAML format is these models written out (camelCase keys, as in
+Helm values); the importers for vllm-stack, TKE and T9k values produce the same models, so the
+local supervisor and the Kubernetes renderer only ever see a `Fleet`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+ENGINES = ("vllm", "sim")
+TASKS = ("auto", "generate", "embed", "classify", "score", "reward")
+# How a served name hints at a pooling model when no task is given. vLLM itself decides from the
+# model's architecture (--runner auto); the simulator and reports only have the name.
+_POOLING_HINTS = (
+    ("rerank", "score"),
+    ("embed", "embed"),
+    ("bge-", "embed"),
+    ("e5-", "embed"),
+    ("gte-", "embed"),
+    ("m3e", "embed"),
+    ("bce-", "embed"),
+)
+POLICIES = ("round_robin", "least_load", "session", "prefix")
+SOURCE_KINDS = ("hf", "modelscope", "local", "pvc", "s3", "git", "https")
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")  # usable as a Kubernetes name part
+
+
+class Spec(BaseModel):
+    """camelCase in files, snake_case in code; unknown keys are errors, never ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Source(Spec):
+    """Where the weights come from."""
+
+    kind: Literal["hf", "modelscope", "local", "pvc", "s3", "git", "https"]
+    # hf/modelscope: org/name; local: a path; pvc: the claim name; s3: bucket/prefix;
+    # git: the repository URL; https: the URL of a file list.
+    id: str
+    path: str = ""  # pvc: the sub-path of the model inside the claim
+    revision: str | None = None  # branch, tag or commit
+    endpoint: str | None = None  # a mirror (HF_ENDPOINT) or an S3-compatible endpoint
+    include: tuple[str, ...] = ()  # only these files (globs)
+    secret: str | None = None  # Kubernetes Secret holding the token or credentials
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_uri(cls, value: Any) -> Any:
+        return parse_source_uri(value) if isinstance(value, str) else value
+
+    @field_validator("id")
+    @classmethod
+    def _nonempty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the model source is empty")
+        return value
+
+    @property
+    def uri(self) -> str:
+        """The source as one string, the form `vfleet download` takes."""
+        if self.kind == "local":
+            return self.id
+        if self.kind == "pvc":
+            return f"pvc://{self.id}/{self.path}".rstrip("/")
+        if self.kind in ("git", "https"):
+            return self.id if self.kind == "https" else f"git+{self.id}"
+        return f"{self.kind}://{self.id}"
+
+
+def parse_source_uri(text: str) -> dict[str, Any]:
+    """`hf://org/name@rev`, `modelscope://…`, `s3://…`, `git+https://…`, `pvc://claim/sub/path`,
+    `https://…`, a path (`/…`, `./…`, `~/…`) or a bare `org/name` (Hugging Face)."""
+    text = text.strip()
+    for scheme in ("hf", "modelscope", "s3"):
+        if text.startswith(f"{scheme}://"):
+            ident, _, rev = text.removeprefix(f"{scheme}://").partition("@")
+            out: dict[str, Any] = {"kind": scheme, "id": ident}
+            if rev:
+                out["revision"] = rev
+            return out
+    if text.startswith("git+"):
+        return {"kind": "git", "id": text.removeprefix("git+")}
+    if text.startswith("pvc://"):
+        claim, _, path = text.removeprefix("pvc://").partition("/")
+        return {"kind": "pvc", "id": claim, "path": path}
+    if text.startswith(("https://", "http://")):
+        return {"kind": "https", "id": text}
+    if text.startswith(("/", "./", "../", "~")) or text in (".", ".."):
+        return {"kind": "local", "id": text}
+    return {"kind": "hf", "id": text}
+
+
+class Storage(Spec):
+    """The volume that holds the weights on Kubernetes (downloads land here)."""
+
+    size: str | None = None  # e.g. 50Gi
+    storage_class: str | None = None
+    access_modes: tuple[str, ...] = ("ReadWriteOnce",)
+    match_labels: dict[str, str] = Field(default_factory=dict)  # bind to a labelled PV
+    existing_claim: str | None = None
+    sub_path: str = ""
+
+
+class Autoscaling(Spec):
+    """T9k's semantics: min 0 scales to zero; max None (or 0 in imported files) is unbounded."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int | None = Field(None, ge=1)
+    metric: Literal["concurrency", "waiting", "kv_cache"] = "concurrency"
+    target: float = Field(32.0, gt=0)  # per replica, in the metric's unit
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"maxReplicas ({self.max_replicas}) is below minReplicas ({self.min_replicas})"
+            )
+        return self
+
+
+class Lora(Spec):
+    enabled: bool = False
+    max_loras: int | None = Field(None, ge=1)
+    max_lora_rank: int | None = Field(None, ge=1)
+    modules: dict[str, str] = Field(default_factory=dict)  # name -> adapter path or HF id
+
+
+class ToolCalling(Spec):
+    enabled: bool = False
+    parser: str | None = None  # --tool-call-parser, e.g. hermes, mistral, llama3_json
+
+
+class EngineSettings(Spec):
+    """vLLM settings with a typed field; anything else goes in extraArgs as vLLM flags."""
+
+    max_model_len: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    quantization: str | None = None
+    dtype: str | None = None
+    enable_prefix_caching: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    enforce_eager: bool = False
+    trust_remote_code: bool = False
+    chat_template: str | None = None
+    lora: Lora = Field(default_factory=Lora)
+    tool_calling: ToolCalling = Field(default_factory=ToolCalling)
+    extra_args: tuple[str, ...] = ()
+
+
+class SimSettings(Spec):
+    """Knobs of the vfleet simulator when a model runs with `engine: sim`."""
+
+    profile: str = "small"
+    time_scale: float = Field(1.0, gt=0)
+    extra_args: tuple[str, ...] = ()  # more `vfleet sim` flags
+
+
+class EnvVar(Spec):
+    name: str
+    value: str | None = None
+    value_from: dict[str, Any] | None = None  # Kubernetes only (secret and field refs)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        # YAML turns `value: 0` into an int; an environment only holds strings.
+        return value if value is None or isinstance(value, str) else str(value)
+
+
+GpuRequest = Annotated[float, Field(ge=0)]
+
+
+class Model(Spec):
+    name: str
+    served_names: tuple[str, ...] = ()  # names clients use; default: (name,)
+    source: Source
+    task: Literal["auto", "generate", "embed", "classify", "score", "reward"] = "auto"
+    engine: Literal["vllm", "sim"] | None = None  # default: the fleet's engine
+    image: str | None = None  # container image on Kubernetes
+    replicas: int = Field(1, ge=0)
+    autoscaling: Autoscaling | None = None
+    gpu: GpuRequest = 1.0  # whole GPUs (1, 2, 8) or a share of one (0.2)
+    cpu: str | None = None  # Kubernetes quantity, e.g. "6" or "500m"
+    memory: str | None = None  # e.g. "16Gi"
+    vllm: EngineSettings = Field(default_factory=EngineSettings)
+    sim: SimSettings = Field(default_factory=SimSettings)
+    env: tuple[EnvVar, ...] = ()
+    storage: Storage | None = None
+    startup_timeout_s: float = Field(900.0, gt=0)  # vLLM cold starts take minutes
+    kubernetes: dict[str, Any] = Field(default_factory=dict)  # kept for the chart as given
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid model name: use lower-case letters, digits and '-' "
+                "(it names processes, logs and Kubernetes objects); put the name clients use "
+                "in servedNames"
+            )
+        return value
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu_text(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, str) and value.strip() else value
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(
+                f"a GPU request above 1 must be a whole number of GPUs (got {value:g}); "
+                "shares are for one GPU, e.g. 0.25"
+            )
+        if 0 < value < 1 and abs(value * 100 - round(value * 100)) > 1e-9:
+            raise ValueError(f"a GPU share must be a multiple of 0.01 (got {value:g})")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Model:
+        if not self.served_names:
+            object.__setattr__(self, "served_names", (self.name,))
+        return self
+
+    @property
+    def gpus_needed(self) -> int:
+        """Devices one replica spans: tensor x pipeline parallel, at least its request."""
+        parallel = self.vllm.tensor_parallel_size * self.vllm.pipeline_parallel_size
+        return max(parallel, int(self.gpu)) if self.gpu >= 1 or parallel > 1 else 0
+
+    @property
+    def gpu_share_pct(self) -> int:
+        """A fractional request as whole percent of one device (0 when whole GPUs)."""
+        return round(self.gpu * 100) if 0 < self.gpu < 1 and self.gpus_needed <= 1 else 0
+
+    @property
+    def effective_task(self) -> str:
+        """The task, or for `auto` a guess from the names (vLLM decides from the weights)."""
+        if self.task != "auto":
+            return self.task
+        text = " ".join((*self.served_names, self.source.id, self.source.path)).lower()
+        return next((task for hint, task in _POOLING_HINTS if hint in text), "generate")
+
+    @property
+    def pooling(self) -> bool:
+        return self.effective_task != "generate"
+
+
+class RouterSpec(Spec):
+    host: str = "127.0.0.1"  # where `vfleet up` listens; the chart listens on all addresses
+    port: int = Field(8000, ge=0, le=65535)
+    policy: Literal["round_robin", "least_load", "session", "prefix"] = "least_load"
+    model_policies: dict[str, Literal["round_robin", "least_load", "session", "prefix"]] = Field(
+        default_factory=dict
+    )
+    api_keys: tuple[str, ...] = ()
+    rate_limit_per_minute: float = Field(0.0, ge=0)  # requests per key; 0: no limit
+    token_limit_per_minute: float = Field(0.0, ge=0)  # estimated tokens per key; 0: no limit
+    replicas: int = Field(1, ge=0)  # Kubernetes
+    kubernetes: dict[str, Any] = Field(default_factory=dict)
+
+
+class Fleet(Spec):
+    name: str = "fleet"
+    engine: Literal["vllm", "sim"] = "vllm"  # default for models that do not name one
+    models: tuple[Model, ...] = Field(min_length=1)
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    kubernetes: dict[str, Any] = Field(default_factory=dict)  # fleet-wide chart values
+    imported_from: str | None = None  # the detected input format, for reports
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid fleet name (lower-case, digits, '-')")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> Fleet:
+        seen: dict[str, str] = {}
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model names must be unique: {', '.join(dup)} repeats")
+        for m in self.models:
+            for served in m.served_names:
+                if served in seen and seen[served] != m.name:
+                    raise ValueError(
+                        f"served name {served!r} is used by both {seen[served]} and {m.name}"
+                    )
+                seen[served] = m.name
+        unknown = sorted(set(self.router.model_policies) - set(seen) - set(names))
+        if unknown:
+            raise ValueError(f"router.modelPolicies names unknown models: {', '.join(unknown)}")
+        return self
+
+    def engine_of(self, model: Model) -> str:
+        return model.engine or self.engine
