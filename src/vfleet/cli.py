@@ -227,6 +227,13 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--idle-timeout", type=float, default=None, help="Seconds between chunks (300).")
 @click.option("--attempts", type=int, default=None, help="Endpoints tried per request (3).")
 @click.option("--health-interval", type=float, default=None, help="Seconds between probes (2).")
+@click.option("--k8s-selector", default=None, help="Kubernetes discovery: engine pods' labels.")
+@click.option("--k8s-namespace", default=None, help="Their namespace (default: kubeconfig's).")
+@click.option("--k8s-port", type=click.IntRange(1, 65535), default=None,
+              help="Port of pods naming none (8000).")  # fmt: skip
+@click.option("--k8s-model-label", default=None, help="Label naming a pod's model.")
+@click.option("--k8s-resync", type=float, default=None, help="Seconds between pod relists (30).")
+@click.option("--k8s-api-url", default=None, help="API server URL instead of kubeconfig.")
 def router(
     config_file: str | None,
     backend: tuple[str, ...],
@@ -249,10 +256,17 @@ def router(
     idle_timeout: float | None,
     attempts: int | None,
     health_interval: float | None,
+    k8s_selector: str | None,
+    k8s_namespace: str | None,
+    k8s_port: int | None,
+    k8s_model_label: str | None,
+    k8s_resync: float | None,
+    k8s_api_url: str | None,
 ) -> None:
     """Run the OpenAI-compatible router in front of engines."""
     from vfleet.router.app import run
     from vfleet.router.config import (
+        KubeSettingsError,
         RouterConfig,
         env_api_keys,
         load_config_file,
@@ -284,13 +298,18 @@ def router(
             "idle_timeout_s": idle_timeout,
             "attempts": attempts,
             "health_interval_s": health_interval,
+            "k8s_selector": k8s_selector,
+            "k8s_namespace": k8s_namespace,
+            "k8s_port": k8s_port,
+            "k8s_model_label": k8s_model_label,
+            "k8s_resync_s": k8s_resync,
+            "k8s_api_url": k8s_api_url,
         }
         settings.update({k: v for k, v in flags.items() if v is not None})
         cfg = RouterConfig(**settings)
-        if not cfg.backends and not cfg.endpoints_file and not cfg.endpoints_url:
-            raise ValueError(
-                "no engines: give --backend URL, --endpoints-file, --endpoints-url or a --config"
-            )
+        if not (cfg.backends or cfg.endpoints_file or cfg.endpoints_url or cfg.k8s_selector):
+            raise ValueError("no engines: give --backend URL, --endpoints-file, --endpoints-url,"
+                             " --k8s-selector or a --config")  # fmt: skip
     except (ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -299,3 +318,17 @@ def router(
         raise click.ClickException(
             f"cannot serve on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
         ) from exc
+    except KubeSettingsError as exc:  # found before serving
+        raise click.ClickException(str(exc)) from exc
+
+
+def _register() -> None:
+    # Commands owned by other packages; imported here so `vfleet --help` lists them.
+    from vfleet.local.commands import down, logs, status, up
+    from vfleet.spec.commands import spec
+
+    for command in (up, down, status, logs, spec):
+        main.add_command(command)
+
+
+_register()

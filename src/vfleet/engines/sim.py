@@ -1,0 +1,52 @@
+"""`vfleet sim` command lines from a model: the simulator stands in for vLLM with the same
+names, task and limits, so a fleet behaves the same to clients and to the router."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from vfleet.spec.models import Model
+
+_TASK = {
+    "generate": "generate",
+    "embed": "embed",
+    "reward": "embed",
+    "classify": "classify",
+    "score": "classify",
+}
+
+
+def sim_command(
+    model: Model,
+    model_ref: str,
+    host: str,
+    port: int,
+    gpu_memory_utilization: float | None = None,
+    executable: Sequence[str] = (sys.executable, "-m", "vfleet"),
+) -> list[str]:
+    s = model.vllm
+    argv = [*executable, "sim", "--model", model_ref, "--host", host, "--port", str(port)]
+    for name in model.served_names:
+        argv += ["--served-model-name", name]
+    argv += ["--task", _TASK[model.effective_task], "--profile", model.sim.profile]
+    argv += ["--time-scale", f"{model.sim.time_scale:g}"]
+    for flag, value in (
+        ("--max-model-len", s.max_model_len),
+        ("--max-num-seqs", s.max_num_seqs),
+        ("--max-num-batched-tokens", s.max_num_batched_tokens),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    gmu = s.gpu_memory_utilization or gpu_memory_utilization
+    if gmu is not None:
+        argv += ["--gpu-memory-utilization", f"{gmu:g}"]
+    if s.enable_prefix_caching is False:
+        argv.append("--no-enable-prefix-caching")
+    if s.lora.enabled or s.lora.modules:
+        argv.append("--enable-lora")
+        for name, path in s.lora.modules.items():
+            argv += ["--lora-modules", f"{name}={path}"]
+        if s.lora.max_loras:
+            argv += ["--max-loras", str(s.lora.max_loras)]
+    return argv + list(model.sim.extra_args)

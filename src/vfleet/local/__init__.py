@@ -1,0 +1,1 @@
+"""The local supervisor: `vfleet up` on one machine."""

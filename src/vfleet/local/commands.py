@@ -1,0 +1,410 @@
+"""`vfleet up`, `down`, `status` and `logs`: thin commands over the supervisor and run dir."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+
+from vfleet.local import display
+from vfleet.local.gpus import detect_gpus, free_ports, parse_gpus, port_free, vllm_version
+from vfleet.local.packer import PackError
+from vfleet.local.plan import Options, Plan, PlanError, build
+from vfleet.local.rundir import RunDir, default_run_dir, pid_alive
+from vfleet.local.supervisor import RouterSettings, StartError, Supervisor
+from vfleet.router.endpoints import parse_load
+from vfleet.router.probe import http_get
+from vfleet.spec.load import load
+from vfleet.spec.models import Fleet
+from vfleet.spec.source import SpecError
+
+RUN_DIR = click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where state and logs live (env VFLEET_RUN_DIR; default ~/.local/state/vfleet/run).",
+)
+
+
+def _run_dir(path: str | None) -> RunDir:
+    return RunDir(Path(path) if path else default_run_dir())
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    multiple=True,
+    required=True,
+    help="Fleet spec or values file (repeat to add files, e.g. a PV next to values).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["sim", "vllm"]),
+    default=None,
+    help="Run every model on this engine (sim needs no GPU).",
+)
+@click.option("--host", default=None, help="Router address (default from the spec, 127.0.0.1).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Router port (default from the spec, 8000).",
+)
+@click.option("--gpus", default=None, help="GPU ids to use, e.g. 0,1 (default: all found).")
+@click.option(
+    "--pvc-root",
+    default=None,
+    help="Directory standing in for PVCs: models from pvc://CLAIM/PATH are read "
+    "from PVC_ROOT/CLAIM/PATH.",
+)
+@click.option("--detach", is_flag=True, help="Return once the fleet is up; it keeps running.")
+@click.option(
+    "--grace",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds engines get between SIGTERM and SIGKILL.",
+)
+@RUN_DIR
+@click.option("--supervise", is_flag=True, hidden=True)  # the detached supervisor itself
+def up(
+    files: tuple[str, ...],
+    engine: str | None,
+    host: str | None,
+    port: int | None,
+    gpus: str | None,
+    pvc_root: str | None,
+    detach: bool,
+    grace: float,
+    run_dir: str | None,
+    supervise: bool,
+) -> None:
+    """Start a fleet on this machine: engines, then the router in front of them."""
+    run = _run_dir(run_dir)
+    fleet, plan, router = _prepare(files, engine, host, port, gpus, pvc_root, run)
+    if detach:
+        argv = [a for a in sys.argv[1:] if a != "--detach"]
+        _detach(run, [sys.executable, "-m", "vfleet", *argv, "--supervise"], plan)
+        return
+    sup = Supervisor(
+        fleet, plan, run, router, [str(Path(f).resolve()) for f in files], grace_s=grace
+    )
+    _foreground(sup, interactive=not supervise and sys.stdout.isatty())
+
+
+def _prepare(
+    files: tuple[str, ...],
+    engine: str | None,
+    host: str | None,
+    port: int | None,
+    gpus: str | None,
+    pvc_root: str | None,
+    run: RunDir,
+) -> tuple[Fleet, Plan, RouterSettings]:
+    """Everything that can fail before a process starts: spec, GPUs, ports, run dir."""
+    try:
+        loaded = load(files)
+        for note in loaded.notes:
+            click.echo(note, err=True)
+        fleet = loaded.fleet
+        owner = run.owner()
+        if owner:
+            raise click.ClickException(
+                f"a fleet is already running from {run.path} (supervisor pid {owner}); "
+                "stop it with `vfleet down` or use another --run-dir"
+            )
+        rhost = host or fleet.router.host
+        rport = fleet.router.port if port is None else port
+        busy = port_free(rhost, rport)
+        if busy:
+            raise click.ClickException(f"router port {rhost}:{rport} is not available: {busy}")
+        if rport == 0:
+            rport = free_ports(1, rhost)[0]
+        uses_vllm = any((engine or fleet.engine_of(m)) == "vllm" for m in fleet.models)
+        exe = shutil.which("vllm") if uses_vllm else None
+        if uses_vllm and not exe:
+            raise click.ClickException(
+                "vLLM is not installed here (no `vllm` on PATH): pip install vllm, "
+                "or run the fleet on simulated engines with --engine sim"
+            )
+        opts = Options(
+            engine=engine,
+            devices=parse_gpus(gpus) if gpus else None,
+            pvc_root=pvc_root,
+            vllm_version=vllm_version(exe) if exe else None,
+            vllm_executable=(exe,) if exe else ("vllm",),
+        )
+        n = sum(
+            max(m.replicas, 1) if m.autoscaling is None else max(m.autoscaling.min_replicas, 1)
+            for m in fleet.models
+        )
+        ports = iter(free_ports(n))
+        plan = build(fleet, opts, ports, detect_gpus() if uses_vllm and gpus is None else ())
+    except (SpecError, PlanError, PackError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for note in plan.notices:
+        click.echo(f"note: {note}", err=True)
+    return fleet, plan, RouterSettings(rhost, rport, _router_config(fleet, run, rhost, rport))
+
+
+def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str, Any]:
+    r = fleet.router
+    policies = {
+        served: policy
+        for m in fleet.models
+        if (policy := r.model_policies.get(m.name))
+        for served in m.served_names
+    }
+    for name, policy in r.model_policies.items():  # also keyed by served name directly
+        if name not in {m.name for m in fleet.models}:
+            policies[name] = policy
+    cfg: dict[str, Any] = {
+        "endpoints_file": str(run.endpoints_file),
+        "host": host,
+        "port": port,
+        "policy": r.policy,
+        "health_interval_s": 1.0,
+    }
+    if policies:
+        cfg["model_policies"] = policies
+    if r.api_keys:
+        cfg["api_keys"] = list(r.api_keys)
+    if r.rate_limit_per_minute:
+        cfg["rate_limit_per_minute"] = r.rate_limit_per_minute
+    if r.token_limit_per_minute:
+        cfg["token_limit_per_minute"] = r.token_limit_per_minute
+    return cfg
+
+
+def _foreground(sup: Supervisor, interactive: bool) -> None:
+    error = asyncio.run(_supervise(sup, interactive))
+    if error:
+        raise click.ClickException(error)
+
+
+async def _supervise(sup: Supervisor, interactive: bool) -> str | None:
+    """Start, serve until SIGINT/SIGTERM, stop in order. Returns the start-up error, if any.
+    One event loop for all of it: the engine processes belong to it."""
+    console = Console(stderr=True)
+    seen: dict[str, str] = {}
+
+    def lines(state: dict[str, Any]) -> None:
+        for e in state["engines"]:
+            if seen.get(e["key"]) != e["state"]:
+                seen[e["key"]] = e["state"]
+                console.print(display.line(e), highlight=False)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if interactive:
+        with Live(console=console, refresh_per_second=4, transient=True) as live:
+            sup.on_change = lambda state: live.update(display.engines_table(state))
+            ok = await _start(sup, stop)
+        seen.update({e["key"]: e["state"] for e in sup.state()["engines"]})
+    else:
+        sup.on_change = lines
+        ok = await _start(sup, stop)
+    sup.on_change = lines
+    if not ok:
+        return sup.error or "start-up interrupted"
+    sup.tasks = [asyncio.create_task(sup.watch(e)) for e in sup.engines]
+    sup.tasks.append(asyncio.create_task(sup.watch_router()))
+    click.echo(_ready_message(sup))
+    sys.stdout.flush()
+    await stop.wait()
+    click.echo("vfleet: stopping (router first, then engines)", err=True)
+    await sup.shutdown()
+    return None
+
+
+async def _start(sup: Supervisor, stop: asyncio.Event) -> bool:
+    """Start everything; on failure or Ctrl-C stop what was started. True when up."""
+    starting = asyncio.create_task(sup.start())
+    waiting = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if starting.done() and starting.exception() is None:
+        return True
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StartError):
+            await starting
+        sup.error = "interrupted during start-up"
+    else:
+        exc = starting.exception()
+        sup.error = str(exc) if isinstance(exc, StartError) else f"start-up failed: {exc!r}"
+    sup.phase = "failed"
+    await sup.shutdown()
+    return False
+
+
+def _ready_message(sup: Supervisor) -> str:
+    state = sup.state()
+    models = sorted({s for e in state["engines"] for s in e["served"]})
+    gpus = len(state["devices"])
+    where = f"{gpus} simulated GPU(s)" if state["simulated_gpus"] else f"{gpus} GPU(s)"
+    url = state["router"]["url"]
+    first = sup.engines[0].spec.key if sup.engines else "router"
+    return (
+        f"vfleet: fleet {sup.fleet.name!r} is up: {len(sup.engines)} engine(s) on {where}\n"
+        f"  send requests to {url}/v1  (models: {', '.join(models)})\n"
+        f"  try: curl {url}/v1/models\n"
+        f"  vfleet status | vfleet logs {first} | Ctrl-C or vfleet down to stop"
+    )
+
+
+def _detach(run: RunDir, argv: list[str], plan: Plan) -> None:
+    """Start the supervisor in the background and wait until it reports ready or failed."""
+    run.prepare()
+    run.clear()
+    logfile = run.log("supervisor")
+    with logfile.open("ab") as out:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    timeout = max([e.startup_timeout_s for e in plan.engines] + [60.0]) + 60
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        state = run.read_state() or {}
+        if state.get("supervisor_pid") == child.pid and state.get("phase") in ("ready", "failed"):
+            break
+        if child.poll() is not None:
+            break
+        time.sleep(0.2)
+    if state.get("phase") != "ready" or state.get("supervisor_pid") != child.pid:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(30)
+        why = state.get("error") or f"see {logfile}"
+        raise click.ClickException(f"the fleet did not come up: {why}")
+    url = state["router"]["url"]
+    click.echo(
+        f"vfleet: fleet {state['fleet']!r} is up in the background "
+        f"(supervisor pid {child.pid}); send requests to {url}/v1\n"
+        "  vfleet status | vfleet logs NAME | vfleet down"
+    )
+
+
+@click.command()
+@RUN_DIR
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+def down(run_dir: str | None, timeout: float) -> None:
+    """Stop the fleet started by `vfleet up`: router first, then engines."""
+    run = _run_dir(run_dir)
+    state = run.read_state()
+    if not state:
+        raise click.ClickException(f"no fleet found in {run.path}")
+    pid: Any = state.get("supervisor_pid")
+    if pid_alive(pid) and state.get("phase") not in ("stopped", "failed"):
+        os.kill(int(pid), signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = run.read_state() or {}
+            if now.get("phase") == "stopped":
+                break
+    leftovers = [e["pid"] for e in state.get("engines", []) if pid_alive(e.get("pid"))]
+    router_pid: Any = (state.get("router") or {}).get("pid")
+    for p in ([router_pid] if pid_alive(router_pid) else []) + leftovers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(p), signal.SIGKILL)
+    click.echo(f"vfleet: fleet {state.get('fleet')!r} stopped")
+
+
+@click.command()
+@RUN_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+def status(run_dir: str | None, as_json: bool) -> None:
+    """Models, replicas, GPU, port, health and load of the running fleet."""
+    run = _run_dir(run_dir)
+    state = run.read_state()
+    if not state:
+        raise click.ClickException(f"no fleet found in {run.path}; start one with vfleet up")
+    if not pid_alive(state.get("supervisor_pid")) and state.get("phase") not in ("stopped",):
+        state["phase"] = "supervisor gone"
+    load = asyncio.run(_loads(state))
+    for e in state["engines"]:
+        e["running"], e["waiting"] = load.get(e["key"], (-1, -1))
+    if as_json:
+        click.echo(json.dumps(state, indent=1))
+        return
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped: do not squeeze the table to 80 columns
+    console.print(display.engines_table(state, load))
+
+
+async def _loads(state: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    async def one(e: dict[str, Any]) -> tuple[str, tuple[int, int]]:
+        try:
+            code, body = await http_get(e["url"], "/metrics", 1.0)
+            if code == 200:
+                running, waiting, _ = parse_load(body.decode(errors="replace"))
+                return e["key"], (running, waiting)
+        except (OSError, TimeoutError, ValueError, IndexError):
+            pass
+        return e["key"], (-1, -1)
+
+    live = [e for e in state.get("engines", []) if e.get("state") == "healthy"]
+    return dict(await asyncio.gather(*(one(e) for e in live)))
+
+
+@click.command()
+@click.argument("name")
+@RUN_DIR
+@click.option("-n", "--lines", type=int, default=50, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+def logs(name: str, run_dir: str | None, lines: int, follow: bool) -> None:
+    """Print the log of an engine (chat-0), every replica of a model (chat), the router or the
+    supervisor."""
+    run = _run_dir(run_dir)
+    state = run.read_state() or {}
+    keys = [e["key"] for e in state.get("engines", [])]
+    if name in keys or name in ("router", "supervisor"):
+        files = [run.log(name)]
+    else:
+        files = [run.log(e["key"]) for e in state.get("engines", []) if e["model"] == name]
+    files = [f for f in files if f.exists()]
+    if not files:
+        known = ", ".join([*keys, "router"]) or "none"
+        raise click.ClickException(f"no log for {name!r} in {run.path} (known: {known})")
+    prefix = len(files) > 1
+    offsets = {}
+    for f in files:
+        text = f.read_text(errors="replace").splitlines()[-lines:]
+        for row in text:
+            click.echo(f"{f.stem} | {row}" if prefix else row)
+        offsets[f] = f.stat().st_size
+    while follow:
+        time.sleep(0.2)
+        for f in files:
+            size = f.stat().st_size
+            if size > offsets[f]:
+                with f.open("rb") as fh:
+                    fh.seek(offsets[f])
+                    chunk = fh.read().decode(errors="replace")
+                offsets[f] = size
+                for row in chunk.splitlines():
+                    click.echo(f"{f.stem} | {row}" if prefix else row)

@@ -1,0 +1,63 @@
+"""How a fleet looks in a terminal: the start-up progress and `vfleet status`' table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.table import Table
+
+STYLE = {
+    "healthy": "green",
+    "starting": "yellow",
+    "restarting": "yellow",
+    "crashed": "red",
+    "stopped": "dim",
+    "pending": "dim",
+}
+
+
+def _age(since: float | None) -> str:
+    if not since:
+        return "-"
+    s = int(time.time() - since)
+    return f"{s}s" if s < 120 else (f"{s // 60}m" if s < 7200 else f"{s // 3600}h")
+
+
+def engines_table(state: dict[str, Any], load: dict[str, tuple[int, int]] | None = None) -> Table:
+    title = f"fleet {state.get('fleet')} - {state.get('phase')}"
+    router = state.get("router") or {}
+    if router.get("url"):
+        title += f" - router {router['url']}/v1"
+    table = Table(title=title, title_justify="left")
+    for col in ("ENGINE", "MODEL", "SERVED AS", "GPU", "PORT", "PID", "STATE", "FOR", "RESTARTS"):
+        table.add_column(col)
+    if load is not None:
+        table.add_column("RUNNING", justify="right")
+        table.add_column("WAITING", justify="right")
+    for e in state.get("engines", []):
+        st = e.get("state", "?")
+        row = [
+            e["key"],
+            e["model"],
+            ", ".join(e.get("served", [])),
+            e.get("gpu", "-"),
+            str(e.get("port", "")),
+            str(e.get("pid") or "-"),
+            f"[{STYLE.get(st, 'white')}]{st}[/]",
+            _age(e.get("since")),
+            str(e.get("restarts", 0)),
+        ]
+        if load is not None:
+            running, waiting = load.get(e["key"], (-1, -1))
+            row += [str(running) if running >= 0 else "-", str(waiting) if waiting >= 0 else "-"]
+        table.add_row(*row)
+    return table
+
+
+def line(engine: dict[str, Any]) -> str:
+    """One plain line per state change, for logs and non-terminals."""
+    return (
+        f"{engine['key']:<24} {engine['state']:<10} gpu {engine.get('gpu', '-'):<10} "
+        f"port {engine.get('port')}"
+    )

@@ -1,0 +1,203 @@
+"""What `vfleet up` will start: one entry per engine replica, with its GPU, port and command.
+
+Pure: the fleet, the devices and the free ports come in; nothing is started here, so a bad
+spec fails before any process exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vfleet.engines.sim import sim_command
+from vfleet.engines.vllm import Version, serve_command
+from vfleet.local.packer import Placement, Request, fewest_devices, pack
+from vfleet.spec.models import Fleet, Model
+
+
+class PlanError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    key: str  # "<model>-<replica>", names the log file
+    model: str
+    replica: int
+    engine: str  # vllm | sim
+    served: tuple[str, ...]
+    devices: tuple[int, ...]
+    share_pct: int
+    port: int
+    argv: list[str]
+    env: dict[str, str]
+    startup_timeout_s: float
+
+    @property
+    def gpu_label(self) -> str:
+        if not self.devices:
+            return "-"
+        ids = ",".join(map(str, self.devices))
+        return ids if self.share_pct >= 100 else f"{ids} ({self.share_pct}%)"
+
+
+@dataclass(frozen=True)
+class Plan:
+    engines: list[EngineSpec]
+    devices: tuple[int, ...]
+    simulated_gpus: bool
+    notices: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Options:
+    engine: str | None = None  # overrides every model's engine
+    devices: tuple[int, ...] | None = None  # --gpus; None: detected (vllm) or as needed (sim)
+    host: str = "127.0.0.1"
+    pvc_root: str | None = None  # where PVC claims live on this machine (claim/sub/path)
+    vllm_version: Version | None = None
+    vllm_executable: tuple[str, ...] = ("vllm",)
+
+
+def local_replicas(model: Model, notices: list[str]) -> int:
+    if model.autoscaling is None:
+        return model.replicas
+    n = max(model.autoscaling.min_replicas, 1)
+    notices.append(
+        f"{model.name}: autoscaling ({model.autoscaling.min_replicas}..."
+        f"{model.autoscaling.max_replicas or 'unbounded'}) acts on Kubernetes; "
+        f"locally {n} replica(s) run"
+    )
+    return n
+
+
+def requests_of(fleet: Fleet, notices: list[str]) -> list[Request]:
+    out = []
+    for m in fleet.models:
+        n = local_replicas(m, notices)
+        if n == 0:
+            notices.append(f"{m.name}: 0 replicas; not started")
+        for i in range(n):
+            out.append(
+                Request(m.name, i, m.gpus_needed, m.gpu_share_pct, m.vllm.gpu_memory_utilization)
+            )
+    return out
+
+
+def build(fleet: Fleet, opts: Options, ports: Iterator[int], gpus: Sequence[int] = ()) -> Plan:
+    """`gpus`: the devices found on this machine, used when --gpus is not given."""
+    notices: list[str] = []
+    reqs = requests_of(fleet, notices)
+    engines = {m.name: opts.engine or fleet.engine_of(m) for m in fleet.models}
+    needs_gpu = [r for r in reqs if r.devices or r.share_pct]
+    simulated = False
+    if opts.devices is not None:
+        devices = tuple(opts.devices)
+    elif needs_gpu and all(engines[r.model] == "sim" for r in needs_gpu):
+        devices, simulated = tuple(range(fewest_devices(needs_gpu))), True
+    else:
+        devices = tuple(gpus)
+        if needs_gpu and not devices:
+            names = ", ".join(sorted({r.model for r in needs_gpu if engines[r.model] == "vllm"}))
+            raise PlanError(f"no GPUs found for {names}: give --gpus 0,1 or run with --engine sim")
+    placements = pack(reqs, devices)
+    by_name = {m.name: m for m in fleet.models}
+    out = []
+    for p in placements:
+        model = by_name[p.model]
+        out.append(_engine(model, p, engines[p.model], next(ports), opts, notices))
+    return Plan(out, devices, simulated, notices)
+
+
+def _engine(
+    model: Model, p: Placement, engine: str, port: int, opts: Options, notices: list[str]
+) -> EngineSpec:
+    ref = model_ref(model, engine, opts.pvc_root)
+    env = _env(model, notices if p.replica == 0 else [])
+    if p.devices:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, p.devices))
+    if model.source.kind == "modelscope":
+        env["VLLM_USE_MODELSCOPE"] = "True"
+    if model.source.endpoint and model.source.kind == "hf":
+        env["HF_ENDPOINT"] = model.source.endpoint
+    shared = p.share_pct < 100 and p.devices
+    memory = p.memory if shared and model.vllm.gpu_memory_utilization is None else None
+    if engine == "vllm":
+        cmd = serve_command(
+            model, ref, opts.host, port, opts.vllm_version, memory, opts.vllm_executable
+        )
+        if p.replica == 0:
+            notices.extend(f"{model.name}: {n}" for n in cmd.notices)
+        argv = cmd.argv
+    else:
+        argv = sim_command(model, ref, opts.host, port, memory)
+    if memory is not None and p.replica == 0:
+        notices.append(
+            f"{model.name}: --gpu-memory-utilization {memory:g} derived from its "
+            f"{p.share_pct}% GPU share"
+        )
+    return EngineSpec(
+        key=f"{model.name}-{p.replica}",
+        model=model.name,
+        replica=p.replica,
+        engine=engine,
+        served=model.served_names,
+        devices=p.devices,
+        share_pct=p.share_pct,
+        port=port,
+        argv=argv,
+        env=env,
+        startup_timeout_s=model.startup_timeout_s if engine == "vllm" else 60.0,
+    )
+
+
+def model_ref(model: Model, engine: str, pvc_root: str | None) -> str:
+    """What the engine is told to load: a path on this machine or a hub id."""
+    src = model.source
+    if src.kind == "local":
+        path = Path(src.id).expanduser()
+        if not path.exists():
+            raise PlanError(f"{model.name}: model path {src.id} does not exist")
+        return str(path)
+    if src.kind == "pvc":
+        if pvc_root:
+            path = Path(pvc_root).expanduser() / src.id / src.path
+            if path.exists():
+                return str(path)
+            if engine == "vllm":
+                raise PlanError(
+                    f"{model.name}: {path} does not exist (PVC {src.id!r} under "
+                    f"--pvc-root {pvc_root})"
+                )
+        elif engine == "vllm":
+            raise PlanError(
+                f"{model.name} reads its weights from PVC {src.id!r}; give "
+                "--pvc-root DIR (holding DIR/<claim>/<path>) or use --engine sim"
+            )
+        return src.path.rstrip("/") or src.id
+    if src.kind in ("hf", "modelscope"):
+        return src.id
+    if engine == "vllm":
+        raise PlanError(
+            f"{model.name}: fetch {src.uri} first (vfleet download {src.uri} "
+            "--to DIR) and point the model's source at DIR"
+        )
+    return src.uri
+
+
+def _env(model: Model, notices: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for var in model.env:
+        if var.value_from is not None:
+            notices.append(
+                f"{model.name}: env {var.name} comes from Kubernetes (valueFrom); not set locally"
+            )
+        elif var.name == "CUDA_VISIBLE_DEVICES":
+            notices.append(
+                f"{model.name}: env CUDA_VISIBLE_DEVICES={var.value} replaced by the "
+                "GPU vfleet assigns"
+            )
+        else:
+            env[var.name] = var.value or ""
+    return env

@@ -1,0 +1,45 @@
+"""`vfleet spec check` and `vfleet spec schema`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import yaml
+
+from vfleet.spec.load import load
+from vfleet.spec.models import Fleet
+from vfleet.spec.source import SpecError
+
+
+@click.group()
+def spec() -> None:
+    """Validate fleet specs and print their schema."""
+
+
+@spec.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the normalized spec as JSON.")
+def check(files: tuple[str, ...], as_json: bool) -> None:
+    """Validate FILES (a fleet, vllm-stack/TKE/T9k values or manifests); print the result."""
+    try:
+        loaded = load(files)
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from None
+    for note in loaded.notes:
+        click.echo(note, err=True)
+    data = loaded.fleet.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+    data = {"apiVersion": "vfleet/v1", "kind": "Fleet", **data}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n"))
+    n = sum(m.replicas for m in loaded.fleet.models)
+    fmt = loaded.fleet.imported_from or "vfleet"
+    click.echo(f"ok: {len(loaded.fleet.models)} model(s), {n} replica(s), read as {fmt}", err=True)
+
+
+@spec.command()
+def schema() -> None:
+    """Print the JSON schema of the fleet spec."""
+    click.echo(json.dumps(Fleet.model_json_schema(by_alias=True), indent=2))
