@@ -2,7 +2,11 @@
 
 With `workers > 1` the parent forks children that each bind the same port with SO_REUSEPORT and
 run their own event loop; every routing input comes from the engines (probes, metrics), so the
-workers agree without talking to each other.
+workers agree without talking to each other. With Kubernetes discovery each worker runs its own
+list+watch (one watch per worker on the API server), so no worker depends on another's view.
+
+The endpoint set is the union of its sources (static backends, endpoints file, endpoints URL,
+Kubernetes), each replaced as a whole whenever that source has news.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import uvloop
@@ -30,7 +37,29 @@ from vfleet.router.proxy import Limits, Router
 from vfleet.router.ratelimit import RateLimiter
 from vfleet.router.upstream import UpstreamPool
 
+if TYPE_CHECKING:
+    from vfleet.router.kubepods import PodEndpoint
+    from vfleet.router.kubewatch import KubeTarget
+
 log = logging.getLogger("vfleet.router")
+
+Listed = list[tuple[str, tuple[str, ...]]]  # (url, static models) as Registry.set_endpoints takes
+FIRST_LIST_WAIT_S = 5.0  # start-up waits this long at most for the first Kubernetes pod list
+
+
+@dataclass(slots=True)
+class Feeds:
+    """The registry's endpoints as the union of named sources, each replaced as a whole."""
+
+    registry: Registry
+    sources: dict[str, Listed] = field(default_factory=dict)
+
+    def set(self, source: str, endpoints: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+        self.sources[source] = list(endpoints)
+        self.registry.set_endpoints(ep for listed in self.sources.values() for ep in listed)
+
+    def set_pods(self, pods: Sequence[PodEndpoint]) -> None:
+        self.set("kubernetes", ((p.url, p.models) for p in pods))
 
 
 def build_router(cfg: RouterConfig, pool: UpstreamPool) -> Router:
@@ -74,17 +103,16 @@ def build_router(cfg: RouterConfig, pool: UpstreamPool) -> Router:
     )
 
 
-async def _probe_loop(cfg: RouterConfig, router: Router) -> None:
+async def _probe_loop(cfg: RouterConfig, router: Router, feeds: Feeds) -> None:
     """Keep endpoint health and load current; re-read the endpoints file when it changes."""
     mtime = 0.0
-    static = [(b.url, b.models) for b in cfg.backends]
     while True:
         if cfg.endpoints_file:
             with contextlib.suppress(OSError, ValueError):
                 m = Path(cfg.endpoints_file).stat().st_mtime
                 if m != mtime:
                     listed = load_endpoints_file(cfg.endpoints_file)
-                    router.registry.set_endpoints(static + [(b.url, b.models) for b in listed])
+                    feeds.set("file", ((b.url, b.models) for b in listed))
                     mtime = m
         if cfg.endpoints_url:
             with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
@@ -92,7 +120,7 @@ async def _probe_loop(cfg: RouterConfig, router: Router) -> None:
                 status, body = await http_get("http://" + base, "/" + path, cfg.health_timeout_s)
                 if status == 200:
                     listed = parse_endpoints(orjson.loads(body), cfg.endpoints_url)
-                    router.registry.set_endpoints(static + [(b.url, b.models) for b in listed])
+                    feeds.set("url", ((b.url, b.models) for b in listed))
         try:
             await probe_due(router.registry, time.monotonic(), cfg.health_interval_s,
                             cfg.health_timeout_s, router.backend_auth)  # fmt: skip
@@ -101,17 +129,31 @@ async def _probe_loop(cfg: RouterConfig, router: Router) -> None:
         await asyncio.sleep(min(0.5, cfg.health_interval_s))
 
 
-async def serve(cfg: RouterConfig, sock: socket.socket | None = None) -> None:
+async def serve(
+    cfg: RouterConfig, sock: socket.socket | None = None, kube: KubeTarget | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     pool = UpstreamPool(loop, cfg.connect_timeout_s)
     router = build_router(cfg, pool)
+    feeds = Feeds(router.registry)
+    feeds.set("static", ((b.url, b.models) for b in cfg.backends))
+    tasks = []
+    if kube is not None:
+        from vfleet.router.kubewatch import Discovery
+
+        discovery = Discovery(kube, feeds.set_pods)
+        tasks.append(loop.create_task(_guarded(discovery.run(), "kubernetes discovery")))
+        # Serve knowing the pods when the API server answers; without it, serve what is known
+        # (static backends) and keep trying in the background.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(discovery.listed.wait(), FIRST_LIST_WAIT_S)
     # One probe round first, so the router starts knowing who is up.
     await probe_due(router.registry, time.monotonic(), cfg.health_interval_s,
                     cfg.health_timeout_s, router.backend_auth)  # fmt: skip
-    prober = loop.create_task(_probe_loop(cfg, router))
+    tasks.append(loop.create_task(_probe_loop(cfg, router, feeds)))
     max_body = cfg.max_body_bytes
     if sock is None:
         server = await loop.create_server(
@@ -134,8 +176,22 @@ async def serve(cfg: RouterConfig, sock: socket.socket | None = None) -> None:
         await stop.wait()
     finally:
         server.close()
-        prober.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         pool.close()
+
+
+async def _guarded(work: Coroutine[Any, Any, None], what: str) -> None:
+    """A background loop that must not die quietly: its end is logged loudly."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        log.exception("%s stopped", what)
+        raise
+    log.error("%s stopped", what)
 
 
 def _reuseport_socket(host: str, port: int) -> socket.socket:
@@ -149,11 +205,18 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
 
 
 def run(cfg: RouterConfig) -> None:
+    """Serve until SIGTERM/SIGINT; KubeSettingsError (before serving) for unusable settings."""
+    kube = None
+    if cfg.k8s_selector is not None:
+        from vfleet.router.kubewatch import load_target
+
+        kube = load_target(cfg)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per API request is noise
     if cfg.workers == 1:
-        uvloop.run(serve(cfg))
+        uvloop.run(serve(cfg, kube=kube))
         return
     first = _reuseport_socket(cfg.host, cfg.port)
     port = first.getsockname()[1]  # a fixed port for every worker, even when asked for 0
@@ -162,7 +225,7 @@ def run(cfg: RouterConfig) -> None:
         pid = os.fork()
         if pid == 0:
             sock = first if not children else _reuseport_socket(cfg.host, port)
-            uvloop.run(serve(cfg, sock))
+            uvloop.run(serve(cfg, sock, kube))
             os._exit(0)
         children.append(pid)
     first.close()

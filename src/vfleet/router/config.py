@@ -12,6 +12,10 @@ import yaml
 from vfleet.router.policies import POLICY_NAMES
 
 
+class KubeSettingsError(ValueError):
+    """Kubernetes discovery is asked for but its connection settings cannot be found or used."""
+
+
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
     url: str  # http://host:port
@@ -42,6 +46,13 @@ class RouterConfig:
     endpoints_url: str | None = None  # an HTTP feed of endpoints (JSON list), polled
     health_interval_s: float = 2.0
     health_timeout_s: float = 2.0
+    # Kubernetes discovery, on when k8s_selector is set: pods matching it are the engines.
+    k8s_selector: str | None = None  # label selector, e.g. app.kubernetes.io/component=engine
+    k8s_namespace: str | None = None  # default: the kubeconfig context's, or the router pod's own
+    k8s_port: int = 8000  # engine port of pods that name none (vfleet.router.kubepods)
+    k8s_model_label: str = "vfleet.io/model"  # label naming the one model a pod serves
+    k8s_resync_s: float = 30.0  # seconds between full relists, however healthy the watch looks
+    k8s_api_url: str | None = None  # API server URL instead of kubeconfig (kubectl proxy, tests)
 
     def __post_init__(self) -> None:
         for name in (self.policy, *self.model_policies.values()):
@@ -53,6 +64,12 @@ class RouterConfig:
                 raise ValueError(f"backend {b.url!r} must look like http://HOST:PORT")
         if self.workers < 1 or self.attempts < 1:
             raise ValueError("workers and attempts must be >= 1")
+        if self.k8s_selector is not None and not self.k8s_selector.strip():
+            raise ValueError("k8s_selector is empty; it would match every pod in the namespace")
+        if self.k8s_selector is None and (self.k8s_namespace or self.k8s_api_url):
+            raise ValueError("Kubernetes discovery needs a label selector (--k8s-selector)")
+        if not 0 < self.k8s_port < 65536 or self.k8s_resync_s <= 0:
+            raise ValueError("k8s_port must be 1-65535 and k8s_resync_s above 0")
         allowed = {"connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s", "attempts"}
         for model, over in self.model_timeouts.items():
             bad = sorted(set(over) - allowed)
