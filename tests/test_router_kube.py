@@ -25,6 +25,7 @@ from kubefake import FakeKube
 from vfleet.router.config import RouterConfig
 from vfleet.router.kubepods import PodEndpoint
 from vfleet.router.kubewatch import Discovery, KubeTarget, backoff_s, load_target
+from vfleet.router.upstream import host_port
 
 Factory = Callable[..., SimProcess]
 SELECTOR = "app.kubernetes.io/component=engine"
@@ -276,6 +277,48 @@ def test_port_from_the_annotation_or_the_default_flag(
                  annotations={"vfleet.io/port": str(sim_b.port)})  # fmt: skip
     router = start_kube_router(router_factory, kube, "--k8s-port", str(sim_a.port))
     assert becomes(router, {sim_a.url, sim_b.url})
+
+
+@pytest.fixture
+def sim_v6() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A sim on the IPv6 loopback (start_sim only knows 127.0.0.1)."""
+    cmd = [sys.executable, "-m", "vfleet", "sim", "--host", "::1", "--port", "0", "--model", "demo",
+           "--profile", "instant"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the ready line (bounded by the test timeout)
+    try:
+        assert "ready on" in line, line
+        yield proc, int(line.strip().rpartition(":")[2])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stderr.close()
+
+
+def test_ipv6_pod_ips_are_served(
+    kube: FakeKube, router_factory: Factory, sim_v6: tuple[subprocess.Popen[str], int]
+) -> None:
+    kube.add_pod("v6", ip="::1", port=sim_v6[1], labels=dict(LABELS))
+    router = start_kube_router(router_factory, kube)
+    url = f"http://[::1]:{sim_v6[1]}"
+    assert becomes(router, {url})
+    resp = Client(router.url).post("/v1/completions", COMPLETION)
+    assert resp.status == 200, resp.body
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:8000", ("127.0.0.1", 8000)),
+        ("http://[fd00::1]:8123", ("fd00::1", 8123)),
+        ("http://[::1]", ("::1", 80)),
+        ("http://feed.local/endpoints", ("feed.local", 80)),
+        ("http://feed.local:9000/a/b", ("feed.local", 9000)),
+    ],
+)
+def test_host_and_port_of_an_endpoint_url(url: str, expected: tuple[str, int]) -> None:
+    assert host_port(url) == expected
 
 
 # -- the API server misbehaves ----------------------------------------------------------------

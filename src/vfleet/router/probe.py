@@ -13,6 +13,7 @@ import logging
 import orjson
 
 from vfleet.router.endpoints import Endpoint, Registry, parse_load
+from vfleet.router.upstream import host_port
 
 log = logging.getLogger("vfleet.router.probe")
 
@@ -20,13 +21,12 @@ log = logging.getLogger("vfleet.router.probe")
 async def http_get(
     url: str, path: str, timeout_s: float, headers: bytes = b""
 ) -> tuple[int, bytes]:
-    host, _, port = url.removeprefix("http://").partition(":")
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, int(port or 80)), timeout_s
-    )
+    host, port = host_port(url)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     try:
+        authority = url.removeprefix("http://").partition("/")[0]
         writer.write(b"GET %s HTTP/1.1\r\nhost: %s\r\nconnection: close\r\n%s\r\n"
-                     % (path.encode(), host.encode(), headers))  # fmt: skip
+                     % (path.encode(), authority.encode(), headers))  # fmt: skip
         raw = await asyncio.wait_for(reader.read(-1), timeout_s)
     finally:
         writer.close()

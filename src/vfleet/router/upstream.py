@@ -174,6 +174,15 @@ class _Upstream(asyncio.Protocol):
         self.deadline = self._pool.loop.time() + idle if idle > 0 else 0.0
 
 
+def host_port(url: str) -> tuple[str, int]:
+    """(host, port) of `http://HOST[:PORT][/...]`; an IPv6 host is written in brackets."""
+    rest = url.removeprefix("http://").partition("/")[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or host.startswith("[") != host.endswith("]"):
+        host, port = rest, ""
+    return host.strip("[]"), int(port or 80)
+
+
 class UpstreamPool:
     """Idle keep-alive connections per engine (host:port), capped per engine."""
 
@@ -208,9 +217,9 @@ class UpstreamPool:
                                                           on_conn))  # fmt: skip
 
     async def _connect(self, url: str) -> _Upstream:
-        host, _, port = url.removeprefix("http://").partition(":")
+        host, port = host_port(url)
         _, proto = await asyncio.wait_for(
-            self.loop.create_connection(lambda: _Upstream(self, url), host, int(port or 80)),
+            self.loop.create_connection(lambda: _Upstream(self, url), host, port),
             self.connect_s,
         )
         return proto
