@@ -26,7 +26,7 @@ from vfleet.download.plan import (
 )
 from vfleet.download.progress import NullReporter, Reporter, Summary
 from vfleet.download.sources import open_source
-from vfleet.download.store import Store
+from vfleet.download.store import Store, disk_error
 from vfleet.download.transport import Http, HttpSettings
 
 
@@ -89,9 +89,13 @@ def download(
         store = Store(to)
         clear_marker(to, shard)
         pending = _still_needed(store, mine, settings.workers, reporter)
+        resumable = [store.resumable(e, settings.chunk_bytes) for e in pending]
+        needed = sum(
+            e.size - (r.done_bytes() if r else 0) for e, r in zip(pending, resumable, strict=True)
+        )
+        store.check_space(needed)
         parts = [(e, store.prepare(e, settings.chunk_bytes)) for e in pending]
-        store.check_space(sum(e.size - p.done_bytes() for e, p in parts))
-        done_bytes = sum(e.size for e in mine) - sum(e.size - p.done_bytes() for e, p in parts)
+        done_bytes = sum(e.size for e in mine) - needed
         reporter.begin(
             Summary(
                 source=src.url,
@@ -116,6 +120,11 @@ def download(
                 bytes=sum(e.size for e in mine),
             ),
         )
+    except OSError as exc:
+        # Local file system trouble outside the fetch workers (they map their own).
+        err = disk_error(exc, Path(exc.filename) if exc.filename else to)
+        reporter.fail(str(err))
+        raise err from exc
     except Exception as exc:
         reporter.fail(str(exc))
         raise

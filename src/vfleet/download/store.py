@@ -64,7 +64,7 @@ class Store:
         None: a file of the right size with no record: the caller should hash it."""
         try:
             st = self.target(entry).stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
         if st.st_size != entry.size:
             return False
@@ -104,33 +104,45 @@ class Store:
 
     # -- parts ---------------------------------------------------------------------------------
 
+    def resumable(self, entry: FileEntry, chunk_bytes: int) -> PartState | None:
+        """The part file left by an earlier run and its finished chunks, if it can be resumed:
+        same size, digest and chunk size. Reads only."""
+        if not entry.ranged or not self.chunk_log(entry).exists():
+            return None
+        ranges = chunks(entry.size, chunk_bytes, entry.ranged)
+        done = self._read_log(self.chunk_log(entry), self._header(entry, ranges), len(ranges))
+        try:
+            if done is None or self.part(entry).stat().st_size != entry.size:
+                return None
+        except FileNotFoundError:
+            return None
+        return PartState(self.part(entry), ranges, frozenset(done))
+
+    @staticmethod
+    def _header(entry: FileEntry, ranges: list[tuple[int, int]]) -> dict[str, object]:
+        return {"size": entry.size, "checksum": str(entry.checksum), "chunks": ranges[0][1]}
+
     def prepare(self, entry: FileEntry, chunk_bytes: int) -> PartState:
-        """Open (or resume) the part file of `entry`; a part left by another revision, another
-        chunk size or a crash before its header was written starts over."""
+        """Resume the part file of `entry`, or start a new one (a part left by another
+        revision, another chunk size or a crash before its header was written starts over)."""
+        state = self.resumable(entry, chunk_bytes)
+        if state is not None:
+            return state
         ranges = chunks(entry.size, chunk_bytes, entry.ranged)
         part, log = self.part(entry), self.chunk_log(entry)
-        header = {"size": entry.size, "checksum": str(entry.checksum), "chunks": ranges[0][1]}
-        done = self._read_log(log, header, len(ranges)) if entry.ranged else None
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            log.unlink()
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            if done is None or part.stat().st_size != entry.size:
-                done = None
-        except FileNotFoundError:
-            done = None
-        if done is None:
-            part.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                log.unlink()
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.ftruncate(fd, entry.size)  # sparse: chunks land at their offsets in any order
-            except OSError as exc:
-                raise disk_error(exc, part) from exc
-            finally:
-                os.close(fd)
-            with log.open("w") as f:
-                f.write(json.dumps(header) + "\n")
-            done = set()
-        return PartState(part, ranges, frozenset(done))
+            os.ftruncate(fd, entry.size)  # sparse: chunks land at their offsets in any order
+        except OSError as exc:
+            raise disk_error(exc, part) from exc
+        finally:
+            os.close(fd)
+        with log.open("w") as f:
+            f.write(json.dumps(self._header(entry, ranges)) + "\n")
+        return PartState(part, ranges, frozenset())
 
     @staticmethod
     def _read_log(log: Path, header: dict[str, object], n: int) -> set[int] | None:
@@ -203,6 +215,8 @@ def fsync_dir(path: Path) -> None:
 def disk_error(exc: OSError, path: Path) -> DownloadError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"no space left on device writing {path}")
+    if exc.errno == errno.EFBIG:
+        return DiskFull(f"file too large for the file system (or a size limit) at {path}")
     return DownloadError(f"cannot write {path}: {exc.strerror or exc}")
 
 
