@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ REQUEST_TIMEOUT_S = 10.0  # connect, and read for lists; a watch waits on its re
 BACKOFF_BASE_S = 0.5  # delay after the second failure in a row, doubling from there
 BACKOFF_MAX_S = 30.0  # and never more than this (nor more than resync_s)
 HEALTHY_WATCH_S = 1.0  # a watch open this long counts as working even if nothing happened
+RESYNC = "periodic resync"
 
 Publish = Callable[[Sequence[PodEndpoint]], None]
 
@@ -139,7 +141,8 @@ class Discovery:
                     table = await self._list(client)
                     self._replace(table.pods, relist=True)
                     why = await self._watch(client, table)
-                    log.info("kubernetes: listing pods again: %s", why)
+                    level = logging.DEBUG if why == RESYNC else logging.INFO
+                    log.log(level, "kubernetes: listing pods again: %s", why)
                 except (httpx2.HTTPError, ApiError, ValueError) as exc:
                     self._failed(exc)
                 except Exception as exc:  # a bug: say so loudly, then keep discovering
@@ -189,10 +192,10 @@ class Discovery:
             left = deadline - loop.time()
             if left <= 0:
                 self._failures = 0
-                return "periodic resync"
+                return RESYNC
             params = {"labelSelector": self.target.selector, "watch": "1",
                       "resourceVersion": table.version, "allowWatchBookmarks": "true",
-                      "timeoutSeconds": str(max(1, int(left)))}  # fmt: skip
+                      "timeoutSeconds": str(math.ceil(left))}  # fmt: skip
             opened = loop.time()
             self._seen = False
             try:
@@ -200,7 +203,7 @@ class Discovery:
                     table, why = await self._follow(client, params, table)
             except TimeoutError:
                 self._failures = 0
-                return "periodic resync"
+                return RESYNC
             finally:
                 # A stream that delivered events, or stayed open a while, worked: whatever
                 # ends it now is news, not a failing server, so the next try is immediate.
