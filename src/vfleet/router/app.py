@@ -174,12 +174,24 @@ async def serve(
           f"ready on http://{cfg.host}:{port}", file=sys.stderr, flush=True)  # fmt: skip
     try:
         await stop.wait()
+        server.close()  # stop accepting; requests already in flight finish first
+        await _drain(router, cfg.drain_timeout_s)
     finally:
         server.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         pool.close()
+
+
+async def _drain(router: Router, timeout_s: float) -> None:
+    """Wait (bounded) until no request is in flight to any engine."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(ep.inflight for ep in router.registry.endpoints.values()):
+            return
+        await asyncio.sleep(0.05)
+    log.warning("drain: %.0fs passed with requests still in flight; stopping", timeout_s)
 
 
 async def _guarded(work: Coroutine[Any, Any, None], what: str) -> None:

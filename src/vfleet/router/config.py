@@ -45,6 +45,7 @@ class RouterConfig:
     model_timeouts: dict[str, dict[str, float]] = field(default_factory=dict)
     endpoints_url: str | None = None  # an HTTP feed of endpoints (JSON list), polled
     health_interval_s: float = 2.0
+    drain_timeout_s: float = 30.0  # on SIGTERM: stop accepting, wait this long for in-flight
     health_timeout_s: float = 2.0
     # Kubernetes discovery, on when k8s_selector is set: pods matching it are the engines.
     k8s_selector: str | None = None  # label selector, e.g. app.kubernetes.io/component=engine
