@@ -159,7 +159,7 @@ class Store:
         return {int(s) for s in lines[1:] if s.isdigit() and int(s) < n}
 
     def mark_chunk(self, entry: FileEntry, index: int) -> None:
-        """Called after the chunk's bytes were fdatasync'ed, so the log never runs ahead of them."""
+        """Called after the chunk's bytes were written (not synced: see Fetcher._fetch_chunk)."""
         with self.chunk_log(entry).open("a") as f:
             f.write(f"{index}\n")
 
