@@ -1,0 +1,107 @@
+{{/*
+Names and labels. Object names follow vllm-stack's (<release>-router-service,
+<release>-<model>-storage-claim, ...) so port-forwards, scripts and existing PVCs keep working
+after a migration.
+*/}}
+
+{{- define "vfleet.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{- define "vfleet.labels" -}}
+helm.sh/chart: {{ include "vfleet.chart" . }}
+app.kubernetes.io/name: vfleet
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: vfleet
+{{- end }}
+
+{{- define "vfleet.routerSelector" -}}
+app.kubernetes.io/name: vfleet
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: router
+{{- end }}
+
+{{- define "vfleet.routerLabels" -}}
+{{ include "vfleet.labels" . }}
+app.kubernetes.io/component: router
+{{- with .Values.routerSpec.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The label selector the router's discovery uses: every serving engine pod of the release. */}}
+{{- define "vfleet.engineDiscoverySelector" -}}
+app.kubernetes.io/name=vfleet,app.kubernetes.io/instance={{ .Release.Name }},app.kubernetes.io/component=engine
+{{- end }}
+
+{{- define "vfleet.routerImage" -}}
+{{- $img := .Values.routerSpec.image | default dict -}}
+{{- printf "%s:%s" ($img.repository | default "ghcr.io/vfleet/vfleet") (toString ($img.tag | default .Chart.AppVersion)) -}}
+{{- end }}
+
+{{- define "vfleet.routerServiceAccount" -}}
+{{- .Values.routerSpec.serviceAccountName | default (printf "%s-router-service-account" .Release.Name) -}}
+{{- end }}
+
+{{/* The Secret holding the client API key: {name, key}, or {} when there is none. */}}
+{{- define "vfleet.apiKeyRef" -}}
+{{- $k := .Values.servingEngineSpec.vllmApiKey -}}
+{{- if and $k (kindIs "string" $k) -}}
+{{- dict "name" (printf "%s-secrets" .Release.Name) "key" "vllmApiKey" | toJson -}}
+{{- else if and $k (kindIs "map" $k) $k.secretName $k.secretKey -}}
+{{- dict "name" $k.secretName "key" $k.secretKey | toJson -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- end }}
+
+{{/* Kubernetes env entries; values become strings, as a container environment only holds strings. */}}
+{{- define "vfleet.env" -}}
+{{- $out := list -}}
+{{- range . -}}
+{{- if hasKey . "valueFrom" -}}
+{{- $out = append $out (dict "name" (toString .name) "valueFrom" .valueFrom) -}}
+{{- else -}}
+{{- $v := .value -}}
+{{- $out = append $out (dict "name" (toString .name) "value" (ternary "" (include "vfleet.scalar" $v) (kindIs "invalid" $v))) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end }}
+
+{{/* A number or string as text: integers without a decimal point or exponent. */}}
+{{- define "vfleet.scalar" -}}
+{{- if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) -}}
+{{- if eq (float64 .) (float64 (int64 .)) -}}{{ int64 . }}{{- else -}}{{ toString . }}{{- end -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end }}
+
+{{/* A probe from vllm-stack-style settings. */}}
+{{- define "vfleet.probe" -}}
+initialDelaySeconds: {{ .initialDelaySeconds | default 15 | int64 }}
+periodSeconds: {{ .periodSeconds | default 10 | int64 }}
+failureThreshold: {{ .failureThreshold | default 3 | int64 }}
+{{- with .timeoutSeconds }}
+timeoutSeconds: {{ . | int64 }}
+{{- end }}
+{{- if .exec }}
+exec:
+  {{- toYaml .exec | nindent 2 }}
+{{- else if .tcpSocket }}
+tcpSocket:
+  {{- toYaml .tcpSocket | nindent 2 }}
+{{- else }}
+{{- $get := .httpGet | default dict }}
+httpGet:
+  path: {{ $get.path | default "/health" }}
+  port: {{ $get.port | default "http" }}
+  {{- with $get.httpHeaders }}
+  httpHeaders:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
