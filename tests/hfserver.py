@@ -171,6 +171,8 @@ class HubHandler(BaseHTTPRequestHandler):
                 return self._error(404, "not found")
             if segs[0] == "api" and len(segs) >= 4:
                 return self._api(method, segs[1:], query)
+            if method == "POST" and segs[-4:] == ["info", "lfs", "objects", "batch"]:
+                return self._lfs_batch("/".join(segs[:-4]).removesuffix(".git"))
             repo_type = "model"
             if segs[0] in ("datasets", "spaces"):
                 repo_type = segs.pop(0)[:-1]
@@ -293,6 +295,24 @@ class HubHandler(BaseHTTPRequestHandler):
         else:
             paths = parse_qs(raw).get("paths", [])
         self._json([self._entry(repo.files[p]) for p in paths if p in repo.files])
+
+    def _lfs_batch(self, repo_id: str) -> None:
+        """The git-lfs batch API (download only): an href on the CDN port for each object."""
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+        repo = self._repo("model", repo_id)
+        if repo is None:
+            return None
+        by_sha = {f.sha256: f for f in repo.files.values() if f.lfs}
+        objects: list[dict[str, object]] = []
+        for obj in body.get("objects", []):
+            oid = obj.get("oid")
+            if oid not in by_sha:
+                objects.append({"oid": oid, "error": {"code": 404, "message": "Object not found"}})
+                continue
+            href = f"{self.state.cdn_url}/_cdn/{quote(repo.repo_id, safe='')}:{oid}"
+            action = {"href": href, "expires_in": 3600}
+            objects.append({"oid": oid, "size": obj.get("size"), "actions": {"download": action}})
+        return self._json({"transfer": "basic", "objects": objects})
 
     # -- bytes ---------------------------------------------------------------------------------
 
