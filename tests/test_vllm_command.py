@@ -1,0 +1,385 @@
+"""vLLM flags read out of hand-written argument lists, and `vllm serve` command lines built for
+the vLLM version that will run them. Pure functions: no processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vfleet.engines.flags import lift, tokens
+from vfleet.engines.sim import sim_command
+from vfleet.engines.vllm import Version, parse_version, serve_command, translate
+from vfleet.spec.models import Model
+
+# -- lifting flags -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "settings"),
+    [
+        (["--tensor-parallel-size=4"], {"tensor_parallel_size": 4}),
+        (["--tensor-parallel-size", "4"], {"tensor_parallel_size": 4}),
+        (["-tp", "2"], {"tensor_parallel_size": 2}),
+        (["-tp=2"], {"tensor_parallel_size": 2}),
+        (["-pp", "3"], {"pipeline_parallel_size": 3}),
+        (["--max-model-len", "8192"], {"max_model_len": 8192}),
+        (["--max-model-len=8192"], {"max_model_len": 8192}),
+        (["--gpu_memory_utilization", "0.5"], {"gpu_memory_utilization": 0.5}),
+        (["--gpu-memory-utilization=0.95"], {"gpu_memory_utilization": 0.95}),
+        (["--quantization=bitsandbytes"], {"quantization": "bitsandbytes"}),
+        (
+            ["--enforce-eager", "--trust-remote-code"],
+            {"enforce_eager": True, "trust_remote_code": True},
+        ),
+        (["--no-enable-prefix-caching"], {"enable_prefix_caching": False}),
+        (["--enable-chunked-prefill"], {"enable_chunked_prefill": True}),
+        # vLLM reads the last of a repeated flag
+        (["-tp", "4", "--tensor-parallel-size", "2"], {"tensor_parallel_size": 2}),
+    ],
+)
+def test_typed_settings_are_lifted(args: list[str], settings: dict[str, Any]) -> None:
+    out = lift(args)
+    assert out.settings == settings
+    assert out.rest == []
+    assert out.notices == []
+
+
+def test_tke_style_item_with_spaces_is_several_words() -> None:
+    out = lift(["--cuda-graph-sizes 1 2 4"])
+    assert out.rest == ["--cuda-graph-sizes", "1", "2", "4"]
+    assert out.settings == {}
+    assert tokens(["--cuda-graph-sizes 1 2 4", "plain value"]) == [
+        "--cuda-graph-sizes",
+        "1",
+        "2",
+        "4",
+        "plain value",  # not a flag: kept as one word
+    ]
+
+
+def test_tke_style_items_can_hold_typed_flags() -> None:
+    out = lift(["--max-model-len 4096", "--disable-log-requests"])
+    assert out.settings == {"max_model_len": 4096}
+    assert out.rest == ["--disable-log-requests"]
+
+
+def test_served_model_name_takes_several_values() -> None:
+    out = lift(["--served-model-name", "a", "b", "--max-model-len", "8192", "--foo"])
+    assert out.model == {"served_names": ("a", "b")}
+    assert out.settings == {"max_model_len": 8192}
+    assert out.rest == ["--foo"]
+
+
+def test_served_model_name_with_equals() -> None:
+    assert lift(["--served-model-name=a"]).model == {"served_names": ("a",)}
+
+
+@pytest.mark.parametrize(
+    ("args", "task"),
+    [
+        (["--task", "embed"], "embed"),
+        (["--task", "embedding"], "embed"),
+        (["--task=score"], "score"),
+        (["--task", "generate"], "generate"),
+        (["--runner", "pooling"], "embed"),
+        (["--runner", "pooling", "--convert", "classify"], "classify"),
+        (["--convert", "embed"], "embed"),
+    ],
+)
+def test_task_flags_become_the_model_task(args: list[str], task: str) -> None:
+    out = lift(args)
+    assert out.model == {"task": task}
+    assert out.rest == []
+
+
+def test_unknown_task_value_stays_as_given() -> None:
+    out = lift(["--task", "bogus"])
+    assert out.model == {}
+    assert out.rest == ["--task", "bogus"]
+
+
+def test_value_that_does_not_parse_stays_as_given() -> None:
+    out = lift(["--max-model-len", "lots"])
+    assert out.settings == {}
+    assert out.rest == ["--max-model-len", "lots"]
+
+
+def test_flag_without_value_is_kept_with_a_notice() -> None:
+    out = lift(["--max-model-len"])
+    assert out.rest == ["--max-model-len"]
+    assert out.notices == ["--max-model-len has no value; passed on as given"]
+
+
+def test_host_and_port_are_dropped_with_notices() -> None:
+    out = lift(["--port", "8000", "--host=0.0.0.0", "--seed", "1"])
+    assert out.rest == ["--seed", "1"]
+    assert out.notices == [
+        "--port 8000 dropped: vfleet assigns hosts and ports",
+        "--host 0.0.0.0 dropped: vfleet assigns hosts and ports",
+    ]
+
+
+def test_lora_and_tool_flags() -> None:
+    out = lift(
+        [
+            "--lora-modules",
+            "a=/x",
+            "b=/y",
+            "--max-loras",
+            "4",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "hermes",
+        ]
+    )
+    assert out.lora == {"modules": {"a": "/x", "b": "/y"}, "enabled": True, "max_loras": 4}
+    assert out.tools == {"enabled": True, "parser": "hermes"}
+    assert out.rest == []
+
+
+def test_unknown_flags_keep_their_order_and_values() -> None:
+    args = ["--load-format=bitsandbytes", "--kv-cache-dtype", "fp8", "--swap-space", "4"]
+    out = lift(args)
+    assert out.rest == args
+    assert out.settings == {}
+
+
+FLAG_WORD = st.sampled_from(
+    [
+        "--seed",
+        "--kv-cache-dtype",
+        "fp8",
+        "1",
+        "--max-model-len",
+        "2048",
+        "-tp",
+        "2",
+        "--disable-log-requests",
+        "--enforce-eager",
+        "x=y",
+    ]
+)
+
+
+@given(st.lists(FLAG_WORD, max_size=12))
+def test_lift_never_loses_an_unknown_flag(words: list[str]) -> None:
+    out = lift(words)
+    for flag in ("--seed", "--kv-cache-dtype", "--disable-log-requests"):
+        assert out.rest.count(flag) == words.count(flag)
+
+
+# -- the vllm serve command --------------------------------------------------------------------
+
+
+def model(**fields: Any) -> Model:
+    data: dict[str, Any] = {"name": "m", "source": "hf://org/m"}
+    data.update(fields)
+    return Model.model_validate(data)
+
+
+EMBED = model(
+    task="embed",
+    gpu=0.2,
+    servedNames=["E"],
+    vllm={
+        "maxModelLen": 8192,
+        "extraArgs": ["--disable-log-requests", "--cuda-graph-sizes", "1", "2", "4", "--seed", "7"],
+    },
+)
+
+VERSIONS: list[Version | None] = [(0, 8, 0), (0, 10, 2), (0, 11, 1), (0, 26, 0), None]
+
+
+def argv_for(
+    m: Model, version: Version | None, gmu: float | None = None
+) -> tuple[list[str], list[str]]:
+    cmd = serve_command(m, "org/m", "127.0.0.1", 9000, version, gmu)
+    return cmd.argv, cmd.notices
+
+
+def after(argv: list[str], flag: str, n: int = 1) -> list[str]:
+    i = argv.index(flag)
+    return argv[i + 1 : i + 1 + n]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_command_basics(version: Version | None) -> None:
+    argv, _ = argv_for(EMBED, version)
+    assert argv[:7] == ["vllm", "serve", "org/m", "--host", "127.0.0.1", "--port", "9000"]
+    assert after(argv, "--served-model-name") == ["E"]
+    assert after(argv, "--max-model-len") == ["8192"]
+    assert after(argv, "--seed") == ["7"]  # unknown flags pass through
+    assert argv.count("--port") == 1
+
+
+def test_vllm_0_8_keeps_old_flags_and_uses_task() -> None:
+    argv, notices = argv_for(EMBED, (0, 8, 0))
+    assert after(argv, "--task") == ["embed"]
+    assert "--runner" not in argv and "--convert" not in argv
+    assert "--disable-log-requests" in argv
+    assert after(argv, "--cuda-graph-sizes", 3) == ["1", "2", "4"]
+    assert notices == []
+
+
+def test_vllm_0_10_1_is_the_first_with_runner_and_convert() -> None:
+    old, _ = argv_for(EMBED, (0, 10, 0))
+    assert "--task" in old
+    new, _ = argv_for(EMBED, (0, 10, 1))
+    assert after(new, "--runner") == ["pooling"]
+    assert after(new, "--convert") == ["embed"]
+    assert "--task" not in new
+
+
+def test_vllm_0_10_2_drops_disable_log_requests_with_a_notice() -> None:
+    argv, notices = argv_for(EMBED, (0, 10, 2))
+    assert "--disable-log-requests" not in argv
+    assert after(argv, "--runner", 3) == ["pooling", "--convert", "embed"]
+    assert "--task" not in argv
+    assert after(argv, "--cuda-graph-sizes", 3) == ["1", "2", "4"]  # still valid before 0.11.1
+    assert len(notices) == 1
+    assert notices[0].startswith("--disable-log-requests dropped")
+    assert "0.10.2" in notices[0]
+
+
+@pytest.mark.parametrize("version", [(0, 11, 1), (0, 26, 0), None])
+def test_vllm_0_11_1_renames_cuda_graph_sizes(version: Version | None) -> None:
+    argv, notices = argv_for(EMBED, version)
+    assert "--cuda-graph-sizes" not in argv
+    assert after(argv, "--cudagraph-capture-sizes", 3) == ["1", "2", "4"]
+    assert "--disable-log-requests" not in argv
+    assert after(argv, "--runner", 3) == ["pooling", "--convert", "embed"]
+    assert notices == [
+        "--disable-log-requests dropped: vLLM >= 0.10.2 logs no requests unless "
+        "--enable-log-requests is given",
+        "--cuda-graph-sizes 1 2 4 is now --cudagraph-capture-sizes 1 2 4 (vLLM >= 0.11.1)",
+    ]
+
+
+def test_one_cuda_graph_size_is_the_largest_capture_size() -> None:
+    notices: list[str] = []
+    assert translate(["--cuda-graph-sizes", "512"], (0, 11, 1), notices) == [
+        "--max-cudagraph-capture-size",
+        "512",
+    ]
+    assert notices == [
+        "--cuda-graph-sizes 512 is now --max-cudagraph-capture-size 512 (vLLM >= 0.11.1)"
+    ]
+
+
+def test_cuda_graph_sizes_with_equals_and_commas() -> None:
+    assert translate(["--cuda-graph-sizes=1,2,4", "--seed", "1"], None, []) == [
+        "--cudagraph-capture-sizes",
+        "1",
+        "2",
+        "4",
+        "--seed",
+        "1",
+    ]
+
+
+def test_translate_leaves_everything_else_alone() -> None:
+    args = ["--seed", "1", "--kv-cache-dtype", "fp8", "--enable-log-requests"]
+    notices: list[str] = []
+    assert translate(args, None, notices) == args
+    assert notices == []
+
+
+@pytest.mark.parametrize(
+    ("task", "old", "new"),
+    [
+        ("embed", ["--task", "embed"], ["--runner", "pooling", "--convert", "embed"]),
+        ("classify", ["--task", "classify"], ["--runner", "pooling", "--convert", "classify"]),
+        ("score", ["--task", "score"], ["--runner", "pooling", "--convert", "classify"]),
+        ("generate", [], ["--runner", "generate"]),
+        ("auto", [], []),
+    ],
+)
+def test_task_flags_by_version(task: str, old: list[str], new: list[str]) -> None:
+    m = model(task=task)
+    base = ["vllm", "serve", "org/m", "--host", "h", "--port", "1", "--served-model-name", "m"]
+    assert serve_command(m, "org/m", "h", 1, (0, 8, 0)).argv == base + old
+    assert serve_command(m, "org/m", "h", 1, (0, 26, 0)).argv == base + new
+
+
+def test_derived_memory_is_used_only_when_the_model_sets_none() -> None:
+    argv, _ = argv_for(model(gpu=0.3), (0, 26, 0), gmu=0.27)
+    assert after(argv, "--gpu-memory-utilization") == ["0.27"]
+    own = model(gpu=0.3, vllm={"gpuMemoryUtilization": 0.15})
+    argv, _ = argv_for(own, (0, 26, 0), gmu=0.27)
+    assert after(argv, "--gpu-memory-utilization") == ["0.15"]
+    assert argv.count("--gpu-memory-utilization") == 1
+    argv, _ = argv_for(model(), (0, 26, 0), gmu=None)
+    assert "--gpu-memory-utilization" not in argv
+
+
+def test_typed_settings_become_flags() -> None:
+    m = model(
+        source="hf://org/m@v2",
+        servedNames=["a", "b"],
+        vllm={
+            "tensorParallelSize": 4,
+            "pipelineParallelSize": 2,
+            "maxNumSeqs": 64,
+            "quantization": "awq",
+            "dtype": "bfloat16",
+            "enablePrefixCaching": False,
+            "enforceEager": True,
+            "trustRemoteCode": True,
+            "lora": {"enabled": True, "maxLoras": 2, "modules": {"sql": "/l/sql"}},
+            "toolCalling": {"enabled": True, "parser": "hermes"},
+        },
+    )
+    argv, _ = argv_for(m, None)
+    assert after(argv, "--served-model-name", 2) == ["a", "b"]
+    assert after(argv, "--revision") == ["v2"]
+    assert after(argv, "--tensor-parallel-size") == ["4"]
+    assert after(argv, "--pipeline-parallel-size") == ["2"]
+    assert after(argv, "--max-num-seqs") == ["64"]
+    assert after(argv, "--quantization") == ["awq"]
+    assert after(argv, "--dtype") == ["bfloat16"]
+    assert "--no-enable-prefix-caching" in argv
+    assert "--enforce-eager" in argv and "--trust-remote-code" in argv
+    assert after(argv, "--enable-lora", 3) == ["--max-loras", "2", "--lora-modules"]
+    assert after(argv, "--lora-modules") == ["sql=/l/sql"]
+    assert "--enable-auto-tool-choice" in argv
+    assert after(argv, "--tool-call-parser") == ["hermes"]
+
+
+def test_custom_executable() -> None:
+    cmd = serve_command(model(), "org/m", "h", 1, None, None, ("/opt/venv/bin/vllm",))
+    assert cmd.argv[:2] == ["/opt/venv/bin/vllm", "serve"]
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("0.26.0", (0, 26, 0)),
+        ("0.10.1.1", (0, 10, 1)),
+        ("0.11.1rc2", (0, 11, 1)),
+        ("0.9.2+cu126", (0, 9, 2)),
+        ("0.11.1.dev42+gabc", (0, 11, 1)),
+        ("", None),
+        (None, None),
+        ("dev", None),
+    ],
+)
+def test_parse_version(text: str | None, version: Version | None) -> None:
+    assert parse_version(text) == version
+
+
+# -- the simulator's command -------------------------------------------------------------------
+
+
+def test_sim_command_mirrors_the_model() -> None:
+    argv = sim_command(EMBED, "org/m", "127.0.0.1", 9001, gpu_memory_utilization=0.18)
+    assert argv[argv.index("sim") + 1 : argv.index("sim") + 3] == ["--model", "org/m"]
+    assert after(argv, "--port") == ["9001"]
+    assert after(argv, "--served-model-name") == ["E"]
+    assert after(argv, "--task") == ["embed"]
+    assert after(argv, "--max-model-len") == ["8192"]
+    assert after(argv, "--gpu-memory-utilization") == ["0.18"]
+    # vLLM-only flags do not reach the simulator
+    assert "--cuda-graph-sizes" not in argv and "--disable-log-requests" not in argv
