@@ -103,7 +103,7 @@ def scenario(
                     "--to",
                     str(work / "vfleet"),
                 ],
-            ),  # fmt: skip
+            ),
             ("huggingface_hub", [sys.executable, "-c", HF_SCRIPT, str(work / "hf")]),
         ):
             secs = timed(cmd, env)
