@@ -169,6 +169,8 @@ class HubHandler(BaseHTTPRequestHandler):
                 return self._cdn(method, segs[1])
             if self.server.cdn_only:
                 return self._error(404, "not found")
+            if segs[:2] == ["api", "v1"] and len(segs) >= 6:
+                return self._modelscope(method, segs[2:], query)
             if segs[0] == "api" and len(segs) >= 4:
                 return self._api(method, segs[1:], query)
             if method == "POST" and segs[-4:] == ["info", "lfs", "objects", "batch"]:
@@ -295,6 +297,30 @@ class HubHandler(BaseHTTPRequestHandler):
         else:
             paths = parse_qs(raw).get("paths", [])
         self._json([self._entry(repo.files[p]) for p in paths if p in repo.files])
+
+    def _modelscope(self, method: str, segs: list[str], query: dict[str, list[str]]) -> None:
+        """ModelScope's legacy file API: `models/ORG/NAME/repo/files` and `.../repo?FilePath=`."""
+        if ("model", f"{segs[1]}/{segs[2]}") not in self.state.repos:
+            return self._error(404, "model not found")  # ModelScope says 404, not the Hub's 401
+        repo = self._repo("model", f"{segs[1]}/{segs[2]}")
+        if repo is None:
+            return None
+        rev = query.get("Revision", ["master"])[0]
+        if rev not in ("master", repo.commit):
+            return self._json({"Code": 10010205001, "Success": False, "Message": "no revision"})
+        if segs[3:] == ["repo", "files"]:
+            files = [
+                {"Path": f.path, "Name": f.path.rsplit("/", 1)[-1], "Size": f.size,
+                 "Sha256": f.sha256, "Type": "blob", "Revision": repo.commit}
+                for f in repo.files.values()
+            ]  # fmt: skip
+            return self._json({"Code": 200, "Success": True, "Data": {"Files": files}})
+        if segs[3:] == ["repo"]:
+            f = repo.files.get(query.get("FilePath", [""])[0])
+            if f is None:
+                return self._error(404, "file not found")
+            return self._serve_file(method, f, {})
+        return self._error(404, "not found")
 
     def _lfs_batch(self, repo_id: str) -> None:
         """The git-lfs batch API (download only): an href on the CDN port for each object."""

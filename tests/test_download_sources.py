@@ -75,3 +75,14 @@ def test_git_repo_with_lfs_pointers(hub: tuple[HubServer, Path], tmp_path: Path)
     assert got["config.json"] == SPEC["config.json"]
     bad = run(f"git+file://{work}", "--revision", "v9", "--to", str(out), env=env)
     assert bad.code == 1 and "revision 'v9' not found" in bad.stderr
+
+
+def test_modelscope_through_its_sdk(hub: tuple[HubServer, Path], tmp_path: Path) -> None:
+    srv, repo_dir = hub
+    env = clean_env(tmp_path, MODELSCOPE_ENDPOINT=srv.url)
+    out = tmp_path / "out"
+    r = run("modelscope://org/model", "--to", str(out), "--chunk-mib", "2", env=env)
+    assert r.code == 0, r.stderr
+    assert tree(out) == {p: (repo_dir / p).read_bytes() for p in SPEC}
+    missing = run("modelscope://org/nope", "--to", str(tmp_path / "o"), env=env)
+    assert missing.code == 1 and "not found" in missing.stderr and "Traceback" not in missing.stderr
