@@ -324,10 +324,12 @@ def router(
 
 def _register() -> None:
     # Commands owned by other packages; imported here so `vfleet --help` lists them.
+    from vfleet.download.command import download
+    from vfleet.kube.commands import k8s
     from vfleet.local.commands import down, logs, status, up
     from vfleet.spec.commands import spec
 
-    for command in (up, down, status, logs, spec):
+    for command in (up, down, status, logs, spec, k8s, download):
         main.add_command(command)
 
 
