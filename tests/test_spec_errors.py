@@ -114,7 +114,7 @@ CASES: dict[str, Case] = {
         "name: t\nmodels:\n  - name: chat\n    source: org/a\n  - name: chat\n    source: org/b\n",
         5,
         "models[1].name",
-        "model names must be unique: chat repeats",
+        "model name 'chat' is already used by models[0]",
     ),
     "max-below-min-replicas": Case(
         "models:\n  - name: chat\n    source: org/m\n    autoscaling:\n"
@@ -153,7 +153,7 @@ CASES: dict[str, Case] = {
         "models:\n  - name: chat\n    source: org/m\nrouter:\n  modelPolicies:\n    chit: prefix\n",
         6,
         "router.modelPolicies.chit",
-        "router.modelPolicies names unknown models: chit",
+        "no model is named or served as 'chit'",
     ),
     "yaml-duplicate-key": Case(
         # YAML lets the later key win silently; a spec must not drop what the user wrote.
@@ -261,7 +261,7 @@ def test_duplicate_models_across_files_are_an_error(tmp_path: Path) -> None:
     b = tmp_path / "b.yaml"
     for p in (a, b):
         p.write_text("models:\n  - name: chat\n    source: org/m\n")
-    with pytest.raises(SpecError, match="model names must be unique: chat repeats"):
+    with pytest.raises(SpecError, match="model name 'chat' is already used by models"):
         load([a, b])
 
 

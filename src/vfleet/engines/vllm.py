@@ -8,6 +8,7 @@ with a notice: `--task embed` became `--runner pooling --convert embed` (0.10.1)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,11 +32,13 @@ def parse_version(text: str | None) -> Version | None:
     if not text:
         return None
     parts = []
-    for piece in text.split("+")[0].split(".")[:3]:
-        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+    for piece in text.strip().split("+")[0].split(".")[:3]:
+        digits = re.match(r"\d+", piece)  # '1rc2' -> 1: a pre-release of 0.11.1 is 0.11.1
         if not digits:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
+        if digits.end() < len(piece):
+            break
     return tuple(parts) or None
 
 

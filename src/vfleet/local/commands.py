@@ -18,14 +18,16 @@ import click
 from rich.console import Console
 from rich.live import Live
 
+from vfleet.download.errors import DownloadError
 from vfleet.local import display
 from vfleet.local.gpus import detect_gpus, free_ports, parse_gpus, port_free, vllm_version
 from vfleet.local.packer import PackError
-from vfleet.local.plan import Options, Plan, PlanError, build
+from vfleet.local.plan import Options, Plan, PlanError, build, needs_download
 from vfleet.local.rundir import RunDir, default_run_dir, pid_alive
 from vfleet.local.supervisor import RouterSettings, StartError, Supervisor
 from vfleet.router.endpoints import parse_load
 from vfleet.router.probe import http_get
+from vfleet.spec.importers.common import slug
 from vfleet.spec.load import load
 from vfleet.spec.models import Fleet
 from vfleet.spec.source import SpecError
@@ -71,6 +73,12 @@ def _run_dir(path: str | None) -> RunDir:
     help="Directory standing in for PVCs: models from pvc://CLAIM/PATH are read "
     "from PVC_ROOT/CLAIM/PATH.",
 )
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Where S3, git and URL-list weights are downloaded (env VFLEET_CACHE_DIR; "
+    "default ~/.cache/vfleet/models).",
+)
 @click.option("--detach", is_flag=True, help="Return once the fleet is up; it keeps running.")
 @click.option(
     "--grace",
@@ -88,6 +96,7 @@ def up(
     port: int | None,
     gpus: str | None,
     pvc_root: str | None,
+    cache_dir: str | None,
     detach: bool,
     grace: float,
     run_dir: str | None,
@@ -95,7 +104,7 @@ def up(
 ) -> None:
     """Start a fleet on this machine: engines, then the router in front of them."""
     run = _run_dir(run_dir)
-    fleet, plan, router = _prepare(files, engine, host, port, gpus, pvc_root, run)
+    fleet, plan, router = _prepare(files, engine, host, port, gpus, pvc_root, cache_dir, run)
     if detach:
         argv = [a for a in sys.argv[1:] if a != "--detach"]
         _detach(run, [sys.executable, "-m", "vfleet", *argv, "--supervise"], plan)
@@ -113,6 +122,7 @@ def _prepare(
     port: int | None,
     gpus: str | None,
     pvc_root: str | None,
+    cache_dir: str | None,
     run: RunDir,
 ) -> tuple[Fleet, Plan, RouterSettings]:
     """Everything that can fail before a process starts: spec, GPUs, ports, run dir."""
@@ -132,8 +142,6 @@ def _prepare(
         busy = port_free(rhost, rport)
         if busy:
             raise click.ClickException(f"router port {rhost}:{rport} is not available: {busy}")
-        if rport == 0:
-            rport = free_ports(1, rhost)[0]
         uses_vllm = any((engine or fleet.engine_of(m)) == "vllm" for m in fleet.models)
         exe = shutil.which("vllm") if uses_vllm else None
         if uses_vllm and not exe:
@@ -147,18 +155,56 @@ def _prepare(
             pvc_root=pvc_root,
             vllm_version=vllm_version(exe) if exe else None,
             vllm_executable=(exe,) if exe else ("vllm",),
+            fetched=_fetch(fleet, engine, cache_dir),
         )
         n = sum(
             max(m.replicas, 1) if m.autoscaling is None else max(m.autoscaling.min_replicas, 1)
             for m in fleet.models
         )
-        ports = iter(free_ports(n))
+        # One call for every port, the router's too: separate calls may get the same port back.
+        picked = free_ports(n + 1)
+        if rport == 0:
+            rport = picked[0]
+        ports = iter(picked[1:])
         plan = build(fleet, opts, ports, detect_gpus() if uses_vllm and gpus is None else ())
-    except (SpecError, PlanError, PackError, ValueError) as exc:
+    except (SpecError, PlanError, PackError, DownloadError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     for note in plan.notices:
         click.echo(f"note: {note}", err=True)
     return fleet, plan, RouterSettings(rhost, rport, _router_config(fleet, run, rhost, rport))
+
+
+def _fetch(fleet: Fleet, engine: str | None, cache_dir: str | None) -> dict[str, str]:
+    """Download the weights vLLM cannot fetch itself (S3, git, URL lists) into the cache; a
+    re-run finds them complete and skips them."""
+    from vfleet.download import download
+    from vfleet.download.progress import JsonReporter, RichReporter
+
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    out: dict[str, str] = {}
+    for m in fleet.models:
+        if not needs_download(m, engine or fleet.engine_of(m)):
+            continue
+        dest = root / slug(m.source.uri) / (m.source.revision or "default")
+        click.echo(f"vfleet: fetching {m.source.uri} for {m.name} into {dest}", err=True)
+        reporter = RichReporter() if sys.stderr.isatty() else JsonReporter(sys.stderr)
+        download(
+            m.source.uri,
+            dest,
+            revision=m.source.revision,
+            include=m.source.include,
+            endpoint=m.source.endpoint,
+            reporter=reporter,
+        )
+        out[m.name] = str(dest)
+    return out
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("VFLEET_CACHE_DIR"):
+        return Path(os.environ["VFLEET_CACHE_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "vfleet" / "models"
 
 
 def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str, Any]:

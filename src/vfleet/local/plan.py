@@ -58,6 +58,7 @@ class Options:
     pvc_root: str | None = None  # where PVC claims live on this machine (claim/sub/path)
     vllm_version: Version | None = None
     vllm_executable: tuple[str, ...] = ("vllm",)
+    fetched: dict[str, str] = field(default_factory=dict)  # model name -> downloaded weights
 
 
 def local_replicas(model: Model, notices: list[str]) -> int:
@@ -113,7 +114,7 @@ def build(fleet: Fleet, opts: Options, ports: Iterator[int], gpus: Sequence[int]
 def _engine(
     model: Model, p: Placement, engine: str, port: int, opts: Options, notices: list[str]
 ) -> EngineSpec:
-    ref = model_ref(model, engine, opts.pvc_root)
+    ref = opts.fetched.get(model.name) or model_ref(model, engine, opts.pvc_root)
     env = _env(model, notices if p.replica == 0 else [])
     if p.devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, p.devices))
@@ -179,11 +180,14 @@ def model_ref(model: Model, engine: str, pvc_root: str | None) -> str:
     if src.kind in ("hf", "modelscope"):
         return src.id
     if engine == "vllm":
-        raise PlanError(
-            f"{model.name}: fetch {src.uri} first (vfleet download {src.uri} "
-            "--to DIR) and point the model's source at DIR"
-        )
+        raise PlanError(f"{model.name}: {src.uri} has not been downloaded")
     return src.uri
+
+
+def needs_download(model: Model, engine: str) -> bool:
+    """Sources vLLM cannot load by itself: `vfleet up` fetches them before the engine starts.
+    (Hugging Face and ModelScope ids go to vLLM as they are; it has its own cache.)"""
+    return engine == "vllm" and model.source.kind in ("s3", "git", "https")
 
 
 def _env(model: Model, notices: list[str]) -> dict[str, str]:

@@ -20,6 +20,8 @@ class Draft:
     data: dict[str, Any] = field(default_factory=dict)
     origins: dict[Path_, Path_] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # warnings and notices, file:line prefixed
+    # models merged in from another file: index here -> (that file's draft, index there)
+    borrowed: dict[int, tuple[Draft, int]] = field(default_factory=dict)
 
     def put(self, path: Path_, value: Any, src: Path_ | None = None) -> None:
         node: Any = self.data

@@ -19,7 +19,7 @@ from vfleet.spec.draft import Draft
 from vfleet.spec.importers import manifests, t9k, tke, vllm_stack
 from vfleet.spec.importers.common import put_args, slug
 from vfleet.spec.models import Fleet
-from vfleet.spec.source import Document, SpecError, dotted, parse, read
+from vfleet.spec.source import Document, SpecError, dotted, parse, read_text
 
 VALUES_FORMATS = (("vllm-stack", vllm_stack), ("tke", tke), ("t9k", t9k))
 
@@ -35,7 +35,7 @@ def load(files: Sequence[str | Path]) -> Loaded:
     Kubernetes objects (e.g. a PersistentVolume next to a values file)."""
     if not files:
         raise SpecError("-", "no spec file given")
-    drafts = [draft_of(read(f)) for f in files]
+    drafts = [draft_of(_document(f)) for f in files]
     with_models = [d for d in drafts if d.data.get("models")]
     if not with_models:
         kinds = sorted({str(o.get("kind")) for d in drafts for o in _objects(d)})
@@ -55,6 +55,16 @@ def load(files: Sequence[str | Path]) -> Loaded:
 
 def _objects(draft: Draft) -> list[Any]:
     return list((draft.data.get("kubernetes") or {}).get("extraObjects") or [])
+
+
+def _document(file: str | Path) -> Document:
+    text = read_text(file)
+    if tke.flattened_text(text):
+        # Pasted from a web page that dropped the indentation; the chart's key tree restores
+        # it, line for line, before YAML sees it.
+        doc = parse(tke.renest(text), str(file))
+        return Document(doc.file, doc.docs, doc.lines, doc.text, renested=True)
+    return parse(text, str(file))
 
 
 def draft_of(doc: Document) -> Draft:
@@ -84,12 +94,10 @@ def draft_of(doc: Document) -> Draft:
     if "models" in first or first.get("kind") == "Fleet":
         _native(draft, first)
     elif tke.looks_flattened(first):
-        # Pasted from a web page that dropped the indentation; the chart's key tree restores it.
-        draft = Draft(parse(tke.renest(doc.text), doc.file))
-        draft.note((), "TKE values without indentation; read them by the chart's key tree")
-        draft.data["importedFrom"] = "tke"
-        tke.build(draft, draft.doc.docs[0])
+        raise doc.error(("model",), "TKE values without indentation that vfleet cannot re-nest")
     else:
+        if doc.renested:
+            draft.note((), "TKE values without indentation; read them by the chart's key tree")
         for name, module in VALUES_FORMATS:
             if module.detect(first):
                 draft.data["importedFrom"] = name
@@ -137,9 +145,7 @@ def _merge(base: Draft, extra: Draft) -> None:
     offset = len(base.data.get("models") or [])
     for i, model in enumerate(extra.data.get("models") or []):
         base.data.setdefault("models", []).append(model)
-        for path, src in extra.origins.items():
-            if path[:2] == ("models", i):
-                base.origins[("models", offset + i, *path[2:])] = src
+        base.borrowed[offset + i] = (extra, i)  # errors in it point at its own file
     objects = (extra.data.get("kubernetes") or {}).get("extraObjects") or []
     if objects:
         kube = base.data.setdefault("kubernetes", {})
@@ -147,20 +153,60 @@ def _merge(base: Draft, extra: Draft) -> None:
 
 
 def validate(draft: Draft) -> Fleet:
+    _check_names(draft)
     try:
         return Fleet.model_validate(draft.data)
     except ValidationError as exc:
-        raise _first_error(draft, exc) from None
+        err = exc.errors(include_url=False)[0]
+        loc = tuple(err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key" + _allowed(loc)
+        elif err["type"] == "missing":
+            message = "required, but missing"
+        raise _error_at(draft, loc, message) from None
 
 
-def _first_error(draft: Draft, exc: ValidationError) -> SpecError:
-    err = exc.errors(include_url=False)[0]
-    loc = tuple(err["loc"])
-    message = str(err["msg"]).removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        message = "unknown key" + _allowed(loc)
-    elif err["type"] == "missing":
-        message = "required, but missing"
+def _check_names(draft: Draft) -> None:
+    """Fleet-wide rules (Fleet checks them too), here so the error can point at the line."""
+    models = draft.data.get("models")
+    if not isinstance(models, list):
+        return
+    seen: dict[str, int] = {}
+    served: dict[str, str] = {}
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+            continue
+        name = m["name"]
+        if name in seen:
+            raise _error_at(
+                draft,
+                ("models", i, "name"),
+                f"model name {name!r} is already used by models[{seen[name]}]",
+            )
+        seen[name] = i
+        names = m.get("servedNames") or [name]
+        for s in names if isinstance(names, list) else []:
+            if s in served and served[s] != name:
+                raise _error_at(
+                    draft,
+                    ("models", i, "servedNames"),
+                    f"served name {s!r} is also served by {served[s]}",
+                )
+            served[str(s)] = name
+    router = draft.data.get("router")
+    policies = router.get("modelPolicies") if isinstance(router, dict) else None
+    for key in policies if isinstance(policies, dict) else {}:
+        if key not in seen and key not in served:
+            raise _error_at(
+                draft, ("router", "modelPolicies", key), f"no model is named or served as {key!r}"
+            )
+
+
+def _error_at(draft: Draft, loc: tuple[Any, ...], message: str) -> SpecError:
+    if len(loc) > 1 and loc[0] == "models" and loc[1] in draft.borrowed:
+        other, j = draft.borrowed[loc[1]]
+        return _error_at(other, ("models", j, *loc[2:]), message)
     imported = draft.data.get("importedFrom")
     src = draft.origin(loc) if imported else loc
     if src is None:

@@ -28,6 +28,7 @@ class Document:
     docs: list[Any]
     lines: dict[Path_, int] = field(default_factory=dict)  # (doc, *path) -> 1-based line
     text: str = ""
+    renested: bool = False  # TKE values whose lost indentation vfleet restored
 
     def line(self, path: Path_, doc: int = 0) -> int | None:
         """The line of `path`, or of its nearest ancestor that is in the file."""
@@ -49,7 +50,7 @@ def dotted(path: Path_) -> str:
     return out
 
 
-def read(file: str | Path) -> Document:
+def read_text(file: str | Path) -> str:
     name = str(file)
     try:
         text = Path(file).read_text(encoding="utf-8")
@@ -59,7 +60,11 @@ def read(file: str | Path) -> Document:
         raise SpecError(name, "is a directory, not a spec file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(name, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    return parse(text, name)
+    return text
+
+
+def read(file: str | Path) -> Document:
+    return parse(read_text(file), str(file))
 
 
 def parse(text: str, name: str) -> Document:
@@ -76,18 +81,27 @@ def parse(text: str, name: str) -> Document:
     keep = [(n, d) for n, d in zip(nodes, docs, strict=True) if n is not None]
     lines: dict[Path_, int] = {}
     for i, (node, _) in enumerate(keep):
-        _walk(node, (i,), lines)
+        _walk(node, (i,), lines, name)
     return Document(name, [d for _, d in keep], lines, text)
 
 
-def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> None:
+def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], name: str) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode):
                 sub = (*path, key.value)
-                lines[sub] = key.start_mark.line + 1
-                _walk(value, sub, lines)
+                line = key.start_mark.line + 1
+                if sub in lines:
+                    # YAML loaders keep the last one silently; a typo'd copy would win.
+                    raise SpecError(
+                        name,
+                        f"duplicate key {key.value!r} (first on line {lines[sub]})",
+                        line,
+                        dotted(sub[1:]),
+                    )
+                lines[sub] = line
+                _walk(value, sub, lines, name)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, (*path, i), lines)
+            _walk(item, (*path, i), lines, name)

@@ -7,6 +7,7 @@ shell line, so one item may hold several words.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from vfleet.spec.draft import Draft
@@ -31,6 +32,20 @@ def detect(doc: Any) -> bool:
         and "name" in model
         and isinstance(server, dict)
         and ("args" in server or "lwsGroupSize" in server or "pvc" in model)
+    )
+
+
+def flattened_text(text: str) -> bool:
+    """The same test on the raw text (a flattened copy may not even parse as YAML, e.g. with
+    two env entries): `model:` and `server:` open nothing and chart keys sit at column 0."""
+    top = {
+        m.group(1): m.group(2).strip()
+        for m in re.finditer(r"^([A-Za-z][\w./-]*):(.*)$", text, re.M)
+    }
+    return (
+        top.get("model") == ""
+        and top.get("server") == ""
+        and any(k in top for k in ("lwsGroupSize", "tpSize", "extraArgs", "maxBatchSize"))
     )
 
 
