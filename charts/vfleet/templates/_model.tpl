@@ -185,7 +185,9 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 
 {{- /* engine command */ -}}
 {{- $vrev := ternary $revision "" (eq $mode "engine") -}}
-{{- $defaultServed := $m.modelURL | default $srcId -}}
+{{- /* vllm-stack serves a model under its modelURL; a URL with a scheme under the id in it */ -}}
+{{- $defaultServed := $srcId -}}
+{{- if and $m.modelURL (not (kindIs "map" $m.source)) (not (contains "://" (toString $m.modelURL))) (not (hasPrefix "git+" (toString $m.modelURL))) -}}{{- $defaultServed = toString $m.modelURL -}}{{- end -}}
 {{- $va := include "vfleet.vllmArgs" (dict "m" $m "ver" $ver "ref" $ref "port" $port "revision" $vrev "gmuDefault" $gmuDefault "defaultServed" $defaultServed) | fromJson -}}
 {{- $command := concat (list "vllm") $va.args -}}
 {{- if eq $engine "sim" -}}
