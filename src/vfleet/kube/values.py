@@ -14,6 +14,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from vfleet.engines.sim import sim_command
 from vfleet.spec.models import EngineSettings, Fleet, Model, RouterSpec, Source
 
 # T9k's DataCube fetches the weights into the model's volume before the server starts: that is
@@ -89,6 +90,7 @@ def _model(fleet: Fleet, m: Model, fmt: str, notes: list[str]) -> dict[str, Any]
         spec["startupTimeoutS"] = m.startup_timeout_s
     if engine == "sim":
         spec["download"] = {"mode": "none"}
+        spec["command"] = sim_command(m, m.source.id, "0.0.0.0", 8000, executable=("vfleet",))
     else:
         spec.update(_storage(m))
         if fmt in _JOB_FORMATS and m.source.kind in ("hf", "git", "s3"):
