@@ -51,7 +51,9 @@ def image_version(model: Model) -> str:
 
 def expected_argv(model: Model, ref: str, gmu: float | None) -> list[str]:
     if ref != model.source.id:  # downloaded into the volume: the revision went to the download
-        model = model.model_copy(update={"source": model.source.model_copy(update={"revision": None})})
+        model = model.model_copy(
+            update={"source": model.source.model_copy(update={"revision": None})}
+        )
     version = parse_version(image_version(model))
     return serve_command(model, ref, "0.0.0.0", 8000, version, gmu).argv
 
@@ -98,7 +100,10 @@ def test_gpus_and_served_names(name: str) -> None:
             assert limits == {**limits, "nvidia.com/gpu": 1, "nvidia.com/gpumem-percentage": pct,
                               "nvidia.com/gpucores": pct}  # fmt: skip
         elif model.gpus_needed:
-            assert sum(v for k, v in limits.items() if k == "nvidia.com/gpu") * _pods(case, model) == model.gpus_needed
+            assert (
+                sum(v for k, v in limits.items() if k == "nvidia.com/gpu") * _pods(case, model)
+                == model.gpus_needed
+            )
         requests = container["resources"]["requests"]
         assert {k: v for k, v in limits.items() if "nvidia" in k}.items() <= requests.items()
         served = [*model.served_names, *model.vllm.lora.modules]
@@ -107,7 +112,9 @@ def test_gpus_and_served_names(name: str) -> None:
 
 
 def _pods(case: Case, model: Model) -> int:
-    lws = [o for o in case.kind("LeaderWorkerSet") if o["metadata"]["labels"]["model"] == model.name]
+    lws = [
+        o for o in case.kind("LeaderWorkerSet") if o["metadata"]["labels"]["model"] == model.name
+    ]
     return lws[0]["spec"]["leaderWorkerTemplate"]["size"] if lws else 1  # type: ignore[no-any-return]
 
 
@@ -143,7 +150,10 @@ def test_vllm_stack_values_render_alike_directly_and_imported(name: str) -> None
         assert flags(engine_argv(a)) == flags(engine_argv(b))
         assert a["resources"] == b["resources"]
         assert a["env"] == b["env"] if "env" in a or "env" in b else True
-        assert _pod_meta(raw, model.name)["annotations"] == _pod_meta(imported, model.name)["annotations"]
+        assert (
+            _pod_meta(raw, model.name)["annotations"]
+            == _pod_meta(imported, model.name)["annotations"]
+        )
     for kind in ("PersistentVolumeClaim", "Service"):
         assert [o["spec"] for o in raw.kind(kind)] == [o["spec"] for o in imported.kind(kind)]
 
@@ -157,7 +167,12 @@ def test_old_flags_follow_the_image_version() -> None:
     assert "--disable-log-requests" in new and "--runner" not in new
     raw = raw_case("features-values")
     chat = engine_argv(engine_container(raw, "chat"))
-    assert chat[chat.index("--cudagraph-capture-sizes") :][:4] == ["--cudagraph-capture-sizes", "1", "2", "4"]
+    assert chat[chat.index("--cudagraph-capture-sizes") :][:4] == [
+        "--cudagraph-capture-sizes",
+        "1",
+        "2",
+        "4",
+    ]
     assert "--task" not in chat and chat[chat.index("--runner") + 1] == "generate"
     embed = engine_argv(engine_container(raw, "s3-embed"))
     assert embed[embed.index("--max-cudagraph-capture-size") + 1] == "8"

@@ -51,7 +51,7 @@ def test_seed_000_what_matters() -> None:
     assert argv[:3] == ["vllm", "serve", "Qwen/Qwen3-Embedding-0.6B"]
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.15"  # explicit: kept
     assert argv[argv.index("--served-model-name") + 1] == "Qwen3-Embedding-0.6B"
-    assert ["--runner", "pooling", "--convert", "embed"] == argv[argv.index("--runner") :][:4]
+    assert argv[argv.index("--runner") :][:4] == ["--runner", "pooling", "--convert", "embed"]
     assert "--disable-log-requests" not in argv and "--task" not in argv
     assert pod["metadata"]["annotations"]["vfleet.io/models"] == "Qwen3-Embedding-0.6B"
     assert {"name": "CUDA_VISIBLE_DEVICES", "value": "0"} in engine["env"]
@@ -62,7 +62,10 @@ def test_seed_000_what_matters() -> None:
     pv = by["PersistentVolume", "test-vllm-pv"]
     assert pv["metadata"]["labels"] == {"model": "Qwen3-Embedding-0.6B"}
     volumes = pod["spec"]["volumes"]
-    assert {"name": "model", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}} in volumes
+    assert {
+        "name": "model",
+        "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]},
+    } in volumes
     service = by["Service", "vllm-router-service"]  # what the seed port-forwards to
     assert service["spec"]["ports"][0]["port"] == 80
     kinds = sorted({o["kind"] for o in objects})

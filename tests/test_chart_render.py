@@ -43,7 +43,7 @@ def _groups() -> dict[str, tuple[Path, ...]]:
     for path in objects:
         prefix = path.name.split("-", 1)[0]
         base = next(k for k in cases if k.startswith(prefix + "-") and "+" not in k)
-        joined = cases.get(f"{base}+objects", cases[base]) + (path,)
+        joined = (*cases.get(f"{base}+objects", cases[base]), path)
         cases[f"{base}+objects"] = joined
     cases["features-fleet"] = (GOLDEN / "features-fleet.yaml",)
     return cases
@@ -157,7 +157,9 @@ def test_router_discovers_the_engine_pods(name: str) -> None:
     assert args[args.index("--k8s-namespace") + 1] == NAMESPACE
     assert args[:5] == ["router", "--host", "0.0.0.0", "--port", "8000"]
     engines = [o for o in case.rendered.objects if o["kind"] in ("Deployment", "LeaderWorkerSet")]
-    engines = [o for o in engines if o["metadata"]["labels"]["app.kubernetes.io/component"] == "engine"]
+    engines = [
+        o for o in engines if o["metadata"]["labels"]["app.kubernetes.io/component"] == "engine"
+    ]
     assert engines
     for obj in engines:
         if obj["kind"] == "Deployment":

@@ -18,19 +18,21 @@ import kubernetes_validate
 import pytest
 import referencing
 from kubernetes_validate.utils import all_versions, major_minor
-from packaging.version import Version
 
 from test_chart_render import ALL, CHART, NAMESPACE, case_of, chart_made
 
 CRDS = Path(__file__).parent / "data" / "crds"
 CRD_FILES = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
-    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkerset.x-k8s.io_v1_leaderworkerset.json",
+    (
+        "leaderworkerset.x-k8s.io/v1",
+        "LeaderWorkerSet",
+    ): "leaderworkerset.x-k8s.io_v1_leaderworkerset.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_v1_servicemonitor.json",
 }
 # objects users brought in their own files, of kinds nobody publishes a schema for
 UNCHECKED = {("scheduling.sigs.k8s.io/v1alpha1", "ElasticResourceClaim")}
-VERSIONS = [v for v in all_versions() if Version(v) >= Version("1.29")]
+VERSIONS = [v for v in all_versions() if tuple(map(int, v.split(".")[:2])) >= (1, 29)]
 SCHEMAS = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
 
 
@@ -48,7 +50,9 @@ def _validator(version: str, kind: str, api: str) -> jsonschema.protocols.Valida
         return None
     schema = json.loads((folder / name).read_text())
     defs = json.loads((folder / "_definitions.json").read_text())
-    registry: referencing.Registry[Any] = referencing.Resource.from_contents(schema) @ referencing.Registry()
+    registry: referencing.Registry[Any] = (
+        referencing.Resource.from_contents(schema) @ referencing.Registry()
+    )
     registry = referencing.Resource.from_contents(defs) @ registry
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
@@ -70,21 +74,33 @@ def _builtin(obj: dict[str, Any]) -> bool:
 
 
 def _errors(validator: jsonschema.protocols.Validator, obj: dict[str, Any]) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)
+    ]
 
 
 def _pod_templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
     """A LeaderWorkerSet's templates as core PodTemplates, for the strict core schemas."""
     lwt = obj["spec"]["leaderWorkerTemplate"]
-    return [{"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{obj['metadata']['name']}-{part}"},
-             "template": copy.deepcopy(lwt[part])} for part in ("leaderTemplate", "workerTemplate") if part in lwt]  # fmt: skip
+    name = obj["metadata"]["name"]
+    return [
+        {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{name}-{part}"},
+         "template": copy.deepcopy(lwt[part])}
+        for part in ("leaderTemplate", "workerTemplate")
+        if part in lwt
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_builtin_objects_pass_kubernetes_validate_strict(name: str) -> None:
     case = case_of(name)
     objects = [o for o in case.rendered.objects if _builtin(o)]
-    objects += [t for o in case.rendered.objects if o["kind"] == "LeaderWorkerSet" for t in _pod_templates(o)]
+    objects += [
+        t
+        for o in case.rendered.objects
+        if o["kind"] == "LeaderWorkerSet"
+        for t in _pod_templates(o)
+    ]
     assert objects
     for version in VERSIONS:
         for obj in objects:
@@ -109,7 +125,9 @@ def test_custom_resources_match_their_crds(name: str) -> None:
         assert not errors, f"{obj['kind']} {obj['metadata']['name']}: {errors}"
         if obj["kind"] == "ScaledObject":
             spec = obj["spec"]
-            assert spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 100)  # the CRD's CEL rule
+            assert spec.get("minReplicaCount", 0) <= spec.get(
+                "maxReplicaCount", 100
+            )  # the CRD's CEL rule
 
 
 def test_the_cached_validator_agrees_with_kubernetes_validate() -> None:
@@ -145,6 +163,8 @@ def test_crd_schemas_catch_mistakes() -> None:
 def test_helm_lint_strict(name: str) -> None:
     case = case_of(name)
     for kube in ("v1.29.0", f"v{VERSIONS[-1]}"):
-        report = helm_python.lint(CHART, case.values, strict=True, namespace=NAMESPACE, kube_version=kube)
+        report = helm_python.lint(
+            CHART, case.values, strict=True, namespace=NAMESPACE, kube_version=kube
+        )
         problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
         assert not problems, problems

@@ -28,9 +28,11 @@ _namespace = click.option(
 )
 _set = click.option(
     "--set", "sets", multiple=True, metavar="KEY=VALUE",
-    help="A chart value, as helm --set (repeatable), e.g. servingEngineSpec.gpuSharing.mode=timeslicing.",
+    help="A chart value as helm --set takes it (repeatable), e.g. routerSpec.replicaCount=2.",
 )  # fmt: skip
-_chart = click.option("--chart", type=click.Path(file_okay=False), help="Another copy of the chart.")
+_chart = click.option(
+    "--chart", type=click.Path(file_okay=False), help="Another copy of the chart."
+)
 
 
 @click.group("k8s")
@@ -118,7 +120,9 @@ def _cluster(namespace: str, kubeconfig: str | None, context: str | None) -> hel
     return helm.Cluster(namespace, kubeconfig, context)
 
 
-_kubeconfig = click.option("--kubeconfig", help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config).")
+_kubeconfig = click.option(
+    "--kubeconfig", help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config)."
+)
 _context = click.option("--kube-context", "context", help="Kubeconfig context.")
 _wait = click.option("--wait", is_flag=True, help="Wait until every object is ready.")
 _timeout = click.option("--timeout", type=click.IntRange(1), default=600, show_default=True,

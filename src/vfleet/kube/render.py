@@ -21,14 +21,15 @@ CHART_ENV = "VFLEET_CHART"
 # Helm's install order (pkg/release/util/kind_sorter.go), so `render` prints objects in the
 # order they are applied; kinds not listed go last, as Helm puts them.
 INSTALL_ORDER = (
-    "PriorityClass Namespace NetworkPolicy ResourceQuota LimitRange PodSecurityPolicy "
-    "PodDisruptionBudget ServiceAccount Secret SecretList ConfigMap StorageClass "
-    "PersistentVolume PersistentVolumeClaim CustomResourceDefinition ClusterRole "
-    "ClusterRoleList ClusterRoleBinding ClusterRoleBindingList Role RoleList RoleBinding "
-    "RoleBindingList Service DaemonSet Pod ReplicationController ReplicaSet Deployment "
-    "HorizontalPodAutoscaler StatefulSet Job CronJob IngressClass Ingress APIService "
-    "MutatingWebhookConfiguration ValidatingWebhookConfiguration"
-).split()
+    *("PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange"),
+    *("PodSecurityPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList"),
+    *("ConfigMap", "StorageClass", "PersistentVolume", "PersistentVolumeClaim"),
+    *("CustomResourceDefinition", "ClusterRole", "ClusterRoleList", "ClusterRoleBinding"),
+    *("ClusterRoleBindingList", "Role", "RoleList", "RoleBinding", "RoleBindingList", "Service"),
+    *("DaemonSet", "Pod", "ReplicationController", "ReplicaSet", "Deployment"),
+    *("HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob", "IngressClass", "Ingress"),
+    *("APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"),
+)
 _HELM_PREFIX = re.compile(r"^(execution error at \([^)]*\):\s*|[A-Za-z ]+ failed:\s*)+")
 
 
@@ -67,7 +68,9 @@ def helm_errors() -> Iterator[None]:
     try:
         import helm_python
     except ImportError as exc:  # pragma: no cover - a dependency of vfleet
-        raise KubeError(f"the Helm SDK is not installed (pip install helm-python-sdk): {exc}")
+        raise KubeError(
+            f"the Helm SDK is not installed (pip install helm-python-sdk): {exc}"
+        ) from None
     try:
         yield
     except helm_python.HelmError as exc:
@@ -125,7 +128,9 @@ def file_names(objects: list[dict[str, Any]]) -> list[str]:
     width = max(2, len(str(len(objects))))
     for i, obj in enumerate(objects, 1):
         meta = obj.get("metadata") or {}
-        slug = re.sub(r"[^a-z0-9.-]+", "-", f"{obj.get('kind', 'object')}-{meta.get('name', '')}".lower())
+        slug = re.sub(
+            r"[^a-z0-9.-]+", "-", f"{obj.get('kind', 'object')}-{meta.get('name', '')}".lower()
+        )
         out.append(f"{i:0{width}d}-{slug.strip('-')}.yaml")
     return out
 
@@ -175,18 +180,22 @@ def install(
             "wait": "watcher" if wait else None,
         }
         if upgrade:
-            return cfg.upgrade(ch, release, values, **options)
-        return cfg.install(ch, release, values, create_namespace=create_namespace, **options)
+            summary: dict[str, Any] = cfg.upgrade(ch, release, values, **options)
+        else:
+            summary = cfg.install(ch, release, values, create_namespace=create_namespace, **options)
+    return summary
 
 
 def uninstall(cluster: Cluster, release: str, *, wait: bool = False) -> dict[str, Any]:
     with helm_errors(), _config(cluster) as cfg:
-        return cfg.uninstall(release, wait="watcher" if wait else None)
+        summary: dict[str, Any] = cfg.uninstall(release, wait="watcher" if wait else None)
+    return summary
 
 
 def status(cluster: Cluster, release: str) -> dict[str, Any]:
     with helm_errors(), _config(cluster) as cfg:
-        return cfg.status(release)
+        summary: dict[str, Any] = cfg.status(release)
+    return summary
 
 
 @contextmanager

@@ -33,7 +33,9 @@ def chart_values(fleet: Fleet) -> ChartValues:
     """The chart values that deploy `fleet`, and notes on what was adapted or left out."""
     notes: list[str] = []
     fmt = fleet.imported_from or "vfleet"
-    engine_spec: dict[str, Any] = {"modelSpec": [_model(fleet, m, fmt, notes) for m in fleet.models]}
+    engine_spec: dict[str, Any] = {
+        "modelSpec": [_model(fleet, m, fmt, notes) for m in fleet.models]
+    }
     values: dict[str, Any] = {
         "servingEngineSpec": engine_spec,
         "routerSpec": _router(fleet, fleet.router),
