@@ -9,7 +9,8 @@ router never sends them requests.
 {{- define "vfleet.enginePod" -}}
 {{- $root := .root -}}{{- $m := .m -}}{{- $p := .p -}}{{- $role := .role -}}
 {{- $E := $root.Values.servingEngineSpec -}}
-{{- $dl := merge (deepCopy ($m.download | default dict)) (deepCopy ($E.download | default dict)) -}}
+{{- $dl := deepCopy ($E.download | default dict) -}}
+{{- range $k, $v := ($m.download | default dict) -}}{{- $_ := set $dl $k $v -}}{{- end -}}
 {{- $serving := ne $role "worker" -}}
 {{- $hasVolume := or $p.claim $p.emptyDir -}}
 metadata:

@@ -89,9 +89,23 @@ def render(
     import helm_python
 
     with helm_errors(), helm_python.Chart.load(chart_dir(chart)) as loaded:
-        helm_python.validate_release_name(release)
+        check_release(release)
         files = loaded.render(values, name=release, namespace=namespace, is_install=True)
     return from_files(files)
+
+
+def check_release(release: str) -> None:
+    """Helm's rule for release names, plus a letter first: they begin Service names."""
+    import helm_python
+
+    try:
+        helm_python.validate_release_name(release)
+    except helm_python.HelmError as exc:
+        raise KubeError(f"release name {release!r}: {one_line(str(exc))}") from None
+    if not release[0].isalpha():
+        raise KubeError(
+            f"release name {release!r}: start it with a letter (it begins Service names)"
+        )
 
 
 def from_files(files: dict[str, str]) -> Rendered:
@@ -112,10 +126,13 @@ def from_files(files: dict[str, str]) -> Rendered:
     return Rendered(objects, notes)
 
 
-def _order(obj: dict[str, Any]) -> tuple[int, str, str]:
+def _order(obj: dict[str, Any]) -> tuple[bool, int, str, str]:
+    """Install order; hooks (`helm test` pods) last, as Helm runs them after the release."""
+    meta = obj.get("metadata") or {}
+    hook = "helm.sh/hook" in (meta.get("annotations") or {})
     kind = str(obj.get("kind", ""))
     rank = INSTALL_ORDER.index(kind) if kind in INSTALL_ORDER else len(INSTALL_ORDER)
-    return rank, kind, str((obj.get("metadata") or {}).get("name", ""))
+    return hook, rank, kind, str(meta.get("name", ""))
 
 
 def _dump(obj: dict[str, Any]) -> str:
@@ -173,7 +190,7 @@ def install(
     import helm_python
 
     with helm_errors(), _config(cluster) as cfg, helm_python.Chart.load(chart_dir(chart)) as ch:
-        helm_python.validate_release_name(release)
+        check_release(release)
         options: dict[str, Any] = {
             "namespace": cluster.namespace,
             "timeout": timeout_s,
