@@ -239,14 +239,13 @@ app.kubernetes.io/component: engine
 model: {{ .p.name }}
 {{- end }}
 
+{{- /* Labels of a model's objects (pod: true adds podLabels); ours win over the user's, no key twice. */}}
 {{- define "vfleet.engineLabels" -}}
-{{ include "vfleet.labels" .root }}
-app.kubernetes.io/component: engine
-model: {{ .p.name }}
-{{- with .root.Values.servingEngineSpec.labels }}
-{{ toYaml . }}
-{{- end }}
-{{- with .m.labels }}
-{{ toYaml . }}
-{{- end }}
+{{- $l := dict -}}
+{{- range $src := list .root.Values.servingEngineSpec.labels .m.labels (ternary .m.podLabels dict (eq (toString .pod) "true")) (include "vfleet.labels" .root | fromYaml) -}}
+{{- range $k, $v := ($src | default dict) -}}{{- $_ := set $l $k (toString $v) -}}{{- end -}}
+{{- end -}}
+{{- $_ := set $l "app.kubernetes.io/component" (.component | default "engine") -}}
+{{- $_ := set $l "model" .p.name -}}
+{{- toYaml $l -}}
 {{- end }}

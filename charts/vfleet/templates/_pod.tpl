@@ -15,16 +15,7 @@ router never sends them requests.
 {{- $hasVolume := or $p.claim $p.emptyDir -}}
 metadata:
   labels:
-    {{- if $serving }}
-    {{- include "vfleet.engineLabels" (dict "root" $root "p" $p "m" $m) | nindent 4 }}
-    {{- else }}
-    {{- include "vfleet.labels" $root | nindent 4 }}
-    app.kubernetes.io/component: engine-worker
-    model: {{ $p.name }}
-    {{- end }}
-    {{- with $m.podLabels }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- include "vfleet.engineLabels" (dict "root" $root "p" $p "m" $m "pod" true "component" (ternary "engine" "engine-worker" $serving)) | nindent 4 }}
   annotations:
     {{- if and $serving $p.annotateModels }}
     vfleet.io/models: {{ join "," $p.models | quote }}
