@@ -47,7 +47,8 @@ class Rendered:
 
 
 def chart_dir(explicit: str | Path | None = None) -> Path:
-    """--chart, else $VFLEET_CHART, else the chart next to this source tree."""
+    """--chart, else $VFLEET_CHART, else the chart of the source tree this module is in (an
+    editable install), else ./charts/vfleet (a clone's root, where the package is installed)."""
     for candidate in (explicit, os.environ.get(CHART_ENV)):
         if candidate:
             path = Path(candidate)
@@ -55,7 +56,7 @@ def chart_dir(explicit: str | Path | None = None) -> Path:
                 raise KubeError(f"{path}: not a Helm chart (no Chart.yaml)")
             return path
     here = Path(__file__).resolve()
-    for parent in here.parents:
+    for parent in (*here.parents, Path.cwd()):
         path = parent / "charts" / "vfleet"
         if (path / "Chart.yaml").is_file():
             return path

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vfleet.kube.render import chart_dir
 
 BEGIN = "<!-- values-reference:begin (python -m vfleet.kube.valuesdoc) -->"
 END = "<!-- values-reference:end -->"
@@ -67,9 +68,8 @@ def updated(doc: str, new_table: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    root = Path(__file__).resolve().parents[3]
-    chart = root / "charts" / "vfleet"
-    doc_path = root / "docs" / "kubernetes.md"
+    chart = chart_dir()
+    doc_path = chart.parents[1] / "docs" / "kubernetes.md"
     schema = json.loads((chart / "values.schema.json").read_text(encoding="utf-8"))
     defaults = yaml.safe_load((chart / "values.yaml").read_text(encoding="utf-8"))
     doc = doc_path.read_text(encoding="utf-8")
