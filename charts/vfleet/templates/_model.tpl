@@ -175,7 +175,10 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- end -}}
 
 {{- /* resources */ -}}
-{{- $requests := dict "cpu" (include "vfleet.scalar" ($m.requestCPU | default $E.defaultRequestCPU | default "2")) "memory" (include "vfleet.scalar" ($m.requestMemory | default $E.defaultRequestMemory | default "8Gi")) -}}
+{{- $cpu := $E.defaultRequestCPU | default "2" -}}
+{{- $mem := $E.defaultRequestMemory | default "8Gi" -}}
+{{- if eq $engine "sim" -}}{{- $cpu = "250m" -}}{{- $mem = "512Mi" -}}{{- end -}}
+{{- $requests := dict "cpu" (include "vfleet.scalar" ($m.requestCPU | default $cpu)) "memory" (include "vfleet.scalar" ($m.requestMemory | default $mem)) -}}
 {{- $limits := dict -}}
 {{- with $m.limitCPU -}}{{- $_ := set $limits "cpu" (include "vfleet.scalar" .) -}}{{- end -}}
 {{- with $m.limitMemory -}}{{- $_ := set $limits "memory" (include "vfleet.scalar" .) -}}{{- end -}}
