@@ -142,10 +142,7 @@ def test_renders_with_labels_requests_and_names(name: str) -> None:
         assert len(meta["name"]) <= 63 or obj["kind"] not in ("Service",), meta["name"]
         for c in containers(obj):
             requests = (c.get("resources") or {}).get("requests") or {}
-            user_init = c["name"] not in ("vllm", "vllm-worker", "router", "download",
-                                          "wait-for-download", "call-router")  # fmt: skip
-            if not user_init:
-                assert requests.get("cpu") and requests.get("memory"), (meta["name"], c["name"])
+            assert requests.get("cpu") and requests.get("memory"), (meta["name"], c["name"])
 
 
 @pytest.mark.parametrize("name", ALL)

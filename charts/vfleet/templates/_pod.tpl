@@ -127,8 +127,11 @@ spec:
         {{- end }}
       {{- end }}
     {{- end }}
-    {{- with $m.extraInitContainers }}
-    {{- toYaml . | nindent 4 }}
+    {{- range $m.extraInitContainers }}
+    {{- /* a request for containers that name none, so every container has one */}}
+    {{- $c := deepCopy . }}
+    {{- if not $c.resources }}{{- $_ := set $c "resources" (dict "requests" (dict "cpu" "100m" "memory" "128Mi")) }}{{- end }}
+    - {{- toYaml $c | nindent 6 }}
     {{- end }}
   {{- end }}
   containers:
