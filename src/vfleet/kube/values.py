@@ -257,7 +257,7 @@ def _manifests(kube: dict[str, Any]) -> dict[str, Any]:
         out["extraInitContainers"] = kube["initContainers"]
     if kube.get("volumes"):
         out["extraVolumes"] = kube["volumes"]
-    for key in ("nodeSelector", "tolerations"):
+    for key in ("nodeSelector", "tolerations", "podLabels"):
         if kube.get(key):
             out[key] = kube[key]
     return out

@@ -99,3 +99,16 @@ def env_list(draft: Draft, value: Any, src: Path_) -> list[dict[str, Any]]:
             row["value"] = "" if entry.get("value") is None else str(entry["value"])
         out.append(row)
     return out
+
+
+def server_resources(draft: Draft, server: dict[str, Any], at: Path_) -> None:
+    """`server.resources` (TKE and T9k): GPUs, CPU and memory; requests win over limits."""
+    res = mapping(draft, server.get("resources"), ("server", "resources"))
+    for part in ("limits", "requests"):
+        src = ("server", "resources", part)
+        block = mapping(draft, res.get(part), src)
+        if block.get("nvidia.com/gpu") is not None:
+            draft.put((*at, "gpu"), block["nvidia.com/gpu"], (*src, "nvidia.com/gpu"))
+        for key in ("cpu", "memory"):
+            if block.get(key) is not None:
+                draft.put((*at, key), str(block[key]), (*src, key))

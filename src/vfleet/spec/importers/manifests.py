@@ -108,6 +108,9 @@ def _model(
     }
     if meta.get("namespace"):
         kube["namespace"] = meta["namespace"]
+    labels = spec.get("template", {}).get("metadata", {}).get("labels")
+    if labels:  # the file's own Services and Ingresses select the pods by these
+        kube["podLabels"] = labels
     for i, init in enumerate(sequence(draft, pod.get("initContainers"), ())):
         draft.note(
             ("spec", "template", "spec", "initContainers", i),

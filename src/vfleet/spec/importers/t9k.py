@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vfleet.spec.draft import Draft
-from vfleet.spec.importers.common import env_list, mapping, put_args, slug
+from vfleet.spec.importers.common import env_list, mapping, put_args, server_resources, slug
 
 SERVER = {
     "image",
@@ -42,7 +42,7 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
     if "initializer" in values:
         kube["initializer"] = values["initializer"]
     server = mapping(draft, values.get("server"), ("server",))
-    server_k8s = {k: server[k] for k in SERVER_K8S if k in server}
+    server_k8s = {k: v for k, v in server.items() if k in SERVER_K8S}
     draft.unknown(("server",), server, SERVER, server_k8s)
     at: tuple[Any, ...] = ("models", 0)
     model = mapping(draft, server.get("model"), ("server", "model"))
@@ -52,7 +52,7 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
     draft.put((*at, "name"), slug(name), ("server", "model", "deployName"))
     draft.put((*at, "servedNames"), [name], ("server", "model", "deployName"))
     _image(draft, mapping(draft, server.get("image"), ("server", "image")), at)
-    _resources(draft, mapping(draft, server.get("resources"), ("server", "resources")), at)
+    server_resources(draft, server, at)
     volume = mapping(draft, model.get("volume"), ("server", "model", "volume"))
     _source(draft, mapping(draft, values.get("datacube"), ("datacube",)), volume, at)
     _autoscaling(draft, mapping(draft, server.get("autoScaling"), ("server", "autoScaling")), at)
@@ -76,17 +76,6 @@ def _image(draft: Draft, image: dict[str, Any], at: tuple[Any, ...]) -> None:
     draft.put(
         (*at, "image"), f"{ref}:{image.get('tag') or 'latest'}", ("server", "image", "repository")
     )
-
-
-def _resources(draft: Draft, res: dict[str, Any], at: tuple[Any, ...]) -> None:
-    for part in ("limits", "requests"):
-        src = ("server", "resources", part)
-        block = mapping(draft, res.get(part), src)
-        if block.get("nvidia.com/gpu") is not None:
-            draft.put((*at, "gpu"), block["nvidia.com/gpu"], (*src, "nvidia.com/gpu"))
-        for key in ("cpu", "memory"):
-            if block.get(key) is not None:
-                draft.put((*at, key), str(block[key]), (*src, key))
 
 
 def _source(

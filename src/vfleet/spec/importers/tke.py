@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from vfleet.spec.draft import Draft
-from vfleet.spec.importers.common import env_list, mapping, put_args, slug
+from vfleet.spec.importers.common import env_list, mapping, put_args, server_resources, slug
 
 SERVER_MAPPED = {"replicas", "image", "apiKey", "resources", "args", "extraArgs", "env"}
 SERVER_K8S = {"lwsGroupSize", "imagePullPolicy", "service", "nodeSelector", "tolerations"}
@@ -157,7 +157,7 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
         )
     else:
         draft.put((*at, "source"), {"kind": "hf", "id": served}, ("model", "name"))
-    server_k8s = {k: server[k] for k in SERVER_K8S if k in server}
+    server_k8s = {k: v for k, v in server.items() if k in SERVER_K8S}
     draft.unknown(("server",), server, SERVER_MAPPED | SERVER_K8S, server_k8s)
     if int(server.get("lwsGroupSize") or 1) > 1:
         draft.note(
@@ -171,7 +171,7 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
         draft.put((*at, "image"), str(server["image"]), ("server", "image"))
     if server.get("apiKey"):
         draft.put(("router", "apiKeys"), [str(server["apiKey"])], ("server", "apiKey"))
-    _resources(draft, mapping(draft, server.get("resources"), ("server", "resources")), at)
+    server_resources(draft, server, at)
     args = mapping(draft, server.get("args"), ("server", "args"))
     for key, native in ARGS.items():
         if args.get(key) is not None:
@@ -197,14 +197,3 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
             )
     if kube:
         draft.put((*at, "kubernetes"), kube)
-
-
-def _resources(draft: Draft, res: dict[str, Any], at: tuple[Any, ...]) -> None:
-    for part in ("limits", "requests"):
-        block = mapping(draft, res.get(part), ("server", "resources", part))
-        src = ("server", "resources", part)
-        if block.get("nvidia.com/gpu") is not None:
-            draft.put((*at, "gpu"), block["nvidia.com/gpu"], (*src, "nvidia.com/gpu"))
-        for key in ("cpu", "memory"):
-            if block.get(key) is not None:
-                draft.put((*at, key), str(block[key]), (*src, key))

@@ -189,9 +189,9 @@ def detect(doc: Any) -> bool:
 def build(draft: Draft, values: dict[str, Any]) -> None:
     kube: dict[str, Any] = {}
     draft.unknown((), values, {"servingEngineSpec", "routerSpec"} | TOP_K8S, kube)
-    kube.update({k: values[k] for k in TOP_K8S if k in values})
+    kube.update({k: v for k, v in values.items() if k in TOP_K8S})
     engine = mapping(draft, values.get("servingEngineSpec"), ("servingEngineSpec",))
-    eng_k8s = {k: engine[k] for k in ENGINE_K8S if k in engine}
+    eng_k8s = {k: v for k, v in engine.items() if k in ENGINE_K8S}
     draft.unknown(("servingEngineSpec",), engine, ENGINE_K8S | {"modelSpec"}, eng_k8s)
     if eng_k8s:
         kube["servingEngineSpec"] = eng_k8s
@@ -215,7 +215,7 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
 
 
 def _model(draft: Draft, spec: dict[str, Any], src: tuple[Any, ...], at: tuple[Any, ...]) -> None:
-    kube = {k: spec[k] for k in MODEL_K8S if k in spec}
+    kube = {k: v for k, v in spec.items() if k in MODEL_K8S}
     draft.unknown(src, spec, MODEL_K8S | MODEL_MAPPED, kube)
     for key, native in (("name", "name"), ("replicaCount", "replicas"), ("requestGPU", "gpu")):
         if key in spec:
@@ -263,7 +263,7 @@ def _model(draft: Draft, spec: dict[str, Any], src: tuple[Any, ...], at: tuple[A
         draft.put((*at, "env"), env_list(draft, spec["env"], (*src, "env")), (*src, "env"))
     cfg_src = (*src, "vllmConfig")
     cfg = mapping(draft, spec.get("vllmConfig"), cfg_src)
-    cfg_k8s = {k: cfg[k] for k in VLLM_CONFIG_K8S if k in cfg}
+    cfg_k8s = {k: v for k, v in cfg.items() if k in VLLM_CONFIG_K8S}
     known = set(VLLM_CONFIG) | VLLM_CONFIG_K8S | {"extraArgs", "maxLoras", "runner", "convert"}
     draft.unknown(cfg_src, cfg, known, cfg_k8s)
     if cfg_k8s:
@@ -308,7 +308,7 @@ def _keda(draft: Draft, keda: dict[str, Any], src: tuple[Any, ...], at: tuple[An
 
 
 def _router(draft: Draft, spec: dict[str, Any]) -> None:
-    kube = {k: spec[k] for k in ROUTER_K8S if k in spec}
+    kube = {k: v for k, v in spec.items() if k in ROUTER_K8S}
     draft.unknown(("routerSpec",), spec, ROUTER_K8S | {"routingLogic", "replicaCount"}, kube)
     if "replicaCount" in spec:
         draft.put(("router", "replicas"), spec["replicaCount"], ("routerSpec", "replicaCount"))
