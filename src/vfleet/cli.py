@@ -212,6 +212,9 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--policy", default=None, help="round_robin, least_load, session or prefix.")
 @click.option("--model-policy", multiple=True, help="MODEL=POLICY for one model.")
 @click.option("--alias", multiple=True, help="ALIAS=MODEL: another name for a served model.")
+@click.option("--model", "models", multiple=True,
+              help="A served name to answer for even with no engine up (503 + Retry-After, "
+              "counted: what wakes a model scaled to zero).")  # fmt: skip
 @click.option("--api-key", multiple=True, help="Key clients must send (env VFLEET_API_KEYS).")
 @click.option("--api-key-file", default=None, help="File of client keys, one per line.")
 @click.option("--backend-api-key", default=None, help="Key the router sends to engines.")
@@ -242,6 +245,7 @@ def router(
     policy: str | None,
     model_policy: tuple[str, ...],
     alias: tuple[str, ...],
+    models: tuple[str, ...],
     api_key: tuple[str, ...],
     api_key_file: str | None,
     backend_api_key: str | None,
@@ -283,6 +287,7 @@ def router(
             "policy": policy,
             "model_policies": _pairs(model_policy, "--model-policy") or None,
             "aliases": _pairs(alias, "--alias") or None,
+            "models": models or None,
             "api_keys": (api_key + (read_key_file(api_key_file) if api_key_file else ()))
             or env_api_keys()
             or None,

@@ -85,6 +85,7 @@ def build_router(cfg: RouterConfig, pool: UpstreamPool) -> Router:
         ),
         api_keys=tuple(k.encode() for k in cfg.api_keys),
         backend_auth=auth,
+        known_models=frozenset(cfg.models),
         rate_limit=RateLimiter(cfg.rate_limit_per_minute) if cfg.rate_limit_per_minute else None,
         token_limit=(
             RateLimiter(cfg.token_limit_per_minute, burst=cfg.token_limit_per_minute)

@@ -46,6 +46,7 @@ class RouterConfig:
     endpoints_url: str | None = None  # an HTTP feed of endpoints (JSON list), polled
     health_interval_s: float = 2.0
     drain_timeout_s: float = 30.0  # on SIGTERM: stop accepting, wait this long for in-flight
+    models: tuple[str, ...] = ()  # served names answered 503 (not 404) while no engine serves them
     health_timeout_s: float = 2.0
     # Kubernetes discovery, on when k8s_selector is set: pods matching it are the engines.
     k8s_selector: str | None = None  # label selector, e.g. app.kubernetes.io/component=engine
@@ -125,7 +126,7 @@ def load_config_file(path: str) -> dict[str, Any]:
             else BackendSpec(b["url"], tuple(b.get("models", ())))
             for b in raw["backends"]
         )
-    for key in ("api_keys",):
+    for key in ("api_keys", "models"):
         if key in raw:
             raw[key] = tuple(raw[key])
     return raw

@@ -69,6 +69,10 @@ class Router:
     backend_auth: bytes = b""  # an Authorization header line for engines, when they need one
     rate_limit: RateLimiter | None = None  # requests per API key (one shared bucket without keys)
     token_limit: RateLimiter | None = None  # tokens per API key, estimated before forwarding
+    # Served names this router answers for even while no engine serves them (scaled to zero or
+    # starting): 503 with Retry-After instead of 404, counted per model so an autoscaler on
+    # vfleet_router_requests_total sees the demand that must wake the model.
+    known_models: frozenset[str] = frozenset()
 
     def handle(self, req: Request, conn: Connection) -> None:
         path = req.path
@@ -167,6 +171,13 @@ class Router:
             body = orjson.dumps({**fields, "model": target})
         endpoints = self.registry.serving(target)
         if not endpoints:
+            if target in self.known_models:
+                self.metrics.requests[(target, "-", 503)] += 1
+                body = error_body(503, f"The model `{model}` has no ready replica yet (it is "
+                                  "scaled to zero or starting); retry shortly.",
+                                  "ServiceUnavailable")  # fmt: skip
+                conn.respond(503, body, extra_headers=b"retry-after: 10\r\n")
+                return
             conn.respond(404, error_body(404, f"The model `{model}` does not exist.",
                                          "NotFoundError", "model"))  # fmt: skip
             return
