@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import click
@@ -14,8 +15,33 @@ from vfleet.sim.kvevents import KVEventsConfig
 from vfleet.sim.profiles import PROFILES, LatencyProfile, custom_profile
 from vfleet.sim.scheduler import SchedulerConfig
 
+# Commands owned by other packages, imported only when run: `vfleet router` and `vfleet sim`
+# must not pay for pydantic, rich, the Hub and S3 clients or the Helm SDK (memory, start-up).
+LAZY = {
+    "up": "vfleet.local.commands:up",
+    "down": "vfleet.local.commands:down",
+    "status": "vfleet.local.commands:status",
+    "logs": "vfleet.local.commands:logs",
+    "spec": "vfleet.spec.commands:spec",
+    "k8s": "vfleet.kube.commands:k8s",
+    "download": "vfleet.download.command:download",
+}
 
-@click.group()
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY:
+            module, _, attr = LAZY[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="vfleet")
 def main() -> None:
     """vfleet: serve a fleet of vLLM engines behind one OpenAI-compatible endpoint."""
@@ -325,17 +351,3 @@ def router(
         ) from exc
     except KubeSettingsError as exc:  # found before serving
         raise click.ClickException(str(exc)) from exc
-
-
-def _register() -> None:
-    # Commands owned by other packages; imported here so `vfleet --help` lists them.
-    from vfleet.download.command import download
-    from vfleet.kube.commands import k8s
-    from vfleet.local.commands import down, logs, status, up
-    from vfleet.spec.commands import spec
-
-    for command in (up, down, status, logs, spec, k8s, download):
-        main.add_command(command)
-
-
-_register()
