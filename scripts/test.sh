@@ -20,6 +20,6 @@ python3 -m venv "$VENV"
 # supervisor, downloads, chart, Kubernetes discovery) ran as plain Python in the pass above.
 PYTHONPATH=src "$VENV/bin/pytest" "$@" \
   --ignore-glob='tests/test_spec_*' --ignore-glob='tests/test_download_*' \
-  --ignore-glob='tests/test_chart_*' --ignore=tests/test_local_up.py \
+  --ignore-glob='tests/test_chart_*' --ignore=tests/test_local_up.py --ignore=tests/test_local_liveness.py \
   --ignore=tests/test_packer.py --ignore=tests/test_vllm_command.py \
   --ignore=tests/test_kubepods.py --ignore=tests/test_router_kube.py

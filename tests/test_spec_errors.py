@@ -15,8 +15,8 @@ from vfleet.spec.load import load
 from vfleet.spec.source import SpecError
 
 FLEET_KEYS = (
-    "autoscaling, cpu, engine, env, gpu, image, kubernetes, memory, name, replicas, servedNames, "
-    "sim, source, startupTimeoutS, storage, task, vllm"
+    "autoscaling, cpu, engine, env, gpu, health, image, kubernetes, memory, name, replicas, "
+    "servedNames, sim, source, startupTimeoutS, storage, task, vllm"
 )
 
 

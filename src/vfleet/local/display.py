@@ -12,6 +12,7 @@ STYLE = {
     "starting": "yellow",
     "restarting": "yellow",
     "crashed": "red",
+    "unhealthy": "red",
     "stopped": "dim",
     "pending": "dim",
 }

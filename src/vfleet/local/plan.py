@@ -13,7 +13,7 @@ from pathlib import Path
 from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, serve_command
 from vfleet.local.packer import Placement, Request, fewest_devices, pack
-from vfleet.spec.models import Fleet, Model
+from vfleet.spec.models import Fleet, HealthCheck, Model
 
 
 class PlanError(ValueError):
@@ -33,6 +33,7 @@ class EngineSpec:
     argv: list[str]
     env: dict[str, str]
     startup_timeout_s: float
+    health: HealthCheck = field(default_factory=HealthCheck)
 
     @property
     def gpu_label(self) -> str:
@@ -150,6 +151,7 @@ def _engine(
         argv=argv,
         env=env,
         startup_timeout_s=model.startup_timeout_s if engine == "vllm" else 60.0,
+        health=model.health,
     )
 
 

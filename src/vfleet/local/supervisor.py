@@ -43,7 +43,7 @@ class StartError(RuntimeError):
 @dataclass
 class Engine:
     spec: EngineSpec
-    state: str = "pending"  # pending starting healthy crashed restarting stopped
+    state: str = "pending"  # pending starting healthy unhealthy crashed restarting stopped
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     failures: int = 0  # consecutive, for the backoff
@@ -141,7 +141,7 @@ class Supervisor:
 
     def set_state(self, engine: Engine, state: str) -> None:
         engine.state, engine.since = state, time.time()
-        if state in ("healthy", "crashed", "stopped"):
+        if state in ("healthy", "unhealthy", "crashed", "stopped"):
             self.publish_endpoints()
         self.publish()
 
@@ -237,7 +237,11 @@ class Supervisor:
         while not self.stopping:
             assert e.proc is not None
             started = time.monotonic()
-            code = await e.proc.wait()
+            live = asyncio.create_task(self._liveness(e, e.proc))
+            try:
+                code = await e.proc.wait()
+            finally:
+                live.cancel()
             if self.stopping:
                 return
             e.exit_code = code
@@ -252,6 +256,32 @@ class Supervisor:
             await self._spawn(e)
             if not await self._healthy(e) and e.proc.returncode is None:
                 procs.signal_group(e.proc.pid, 9)  # hung in start-up: kill, the loop restarts it
+
+    async def _liveness(self, e: Engine, proc: asyncio.subprocess.Process) -> None:
+        """Probe a running engine; after `failures` failed probes in a row kill its process
+        group, and `watch` restarts it. Out of the router's endpoints while it fails."""
+        check = e.spec.health
+        url = f"http://{_host(e.spec)}:{e.spec.port}"
+        failed = 0
+        while proc.returncode is None:
+            await asyncio.sleep(check.interval_s)
+            try:
+                status, _ = await http_get(url, "/health", check.timeout_s)
+                ok = status == 200
+            except (OSError, TimeoutError, ValueError, IndexError):
+                ok = False
+            if ok:
+                failed = 0
+                if e.state == "unhealthy":
+                    self.set_state(e, "healthy")
+                continue
+            failed += 1
+            if e.state == "healthy":
+                self.set_state(e, "unhealthy")
+            if failed >= check.failures and proc.returncode is None:
+                log.warning("engine %s failed %d health checks; restarting it", e.spec.key, failed)
+                procs.signal_group(proc.pid, 9)
+                return
 
     async def watch_router(self) -> None:
         while not self.stopping:

@@ -180,6 +180,15 @@ class EnvVar(Spec):
         return value if value is None or isinstance(value, str) else str(value)
 
 
+class HealthCheck(Spec):
+    """Liveness of a running engine: `failures` failed /health probes in a row restart it (a hung
+    engine keeps its port open, so exiting is not the only way to die)."""
+
+    interval_s: float = Field(10.0, gt=0)  # seconds between probes once healthy
+    timeout_s: float = Field(10.0, gt=0)  # a probe slower than this fails
+    failures: int = Field(6, ge=1)  # consecutive failures before the engine is restarted
+
+
 GpuRequest = Annotated[float, Field(ge=0)]
 
 
@@ -200,6 +209,7 @@ class Model(Spec):
     env: tuple[EnvVar, ...] = ()
     storage: Storage | None = None
     startup_timeout_s: float = Field(900.0, gt=0)  # vLLM cold starts take minutes
+    health: HealthCheck = Field(default_factory=HealthCheck)
     kubernetes: dict[str, Any] = Field(default_factory=dict)  # kept for the chart as given
 
     @field_validator("name")
