@@ -130,15 +130,13 @@ def _apply(out: Lifted, flag: str, kind: str, values: list[str]) -> bool:
         return True
     if flag in _SETTINGS:
         name = _SETTINGS[flag][0]
-        try:
-            parsed: Any = {"int": int, "float": float, "str": str}[kind](value) if values else None
-        except (KeyError, ValueError):
-            parsed = kind == "true"
-            if kind not in ("true", "false"):
-                return False
         if kind in ("true", "false"):
-            parsed = kind == "true"
-        out.settings[name] = parsed
+            out.settings[name] = kind == "true"
+            return True
+        try:
+            out.settings[name] = {"int": int, "float": float, "str": str}[kind](value)
+        except ValueError:
+            return False  # e.g. --max-model-len 32k: vLLM's own parser decides
         return True
     if flag == "--served-model-name":
         out.model["served_names"] = tuple(values)

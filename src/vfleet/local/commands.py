@@ -22,7 +22,7 @@ from vfleet.download.errors import DownloadError
 from vfleet.local import display
 from vfleet.local.gpus import detect_gpus, free_ports, parse_gpus, port_free, vllm_version
 from vfleet.local.packer import PackError
-from vfleet.local.plan import Options, Plan, PlanError, build, needs_download
+from vfleet.local.plan import Options, Plan, PlanError, build, local_replicas, needs_download
 from vfleet.local.rundir import RunDir, default_run_dir, pid_alive
 from vfleet.local.supervisor import RouterSettings, StartError, Supervisor
 from vfleet.router.endpoints import parse_load
@@ -157,10 +157,7 @@ def _prepare(
             vllm_executable=(exe,) if exe else ("vllm",),
             fetched=_fetch(fleet, engine, cache_dir),
         )
-        n = sum(
-            max(m.replicas, 1) if m.autoscaling is None else max(m.autoscaling.min_replicas, 1)
-            for m in fleet.models
-        )
+        n = sum(local_replicas(m, []) for m in fleet.models)
         # One call for every port, the router's too: separate calls may get the same port back.
         picked = free_ports(n + 1)
         if rport == 0:
