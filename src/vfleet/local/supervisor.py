@@ -40,6 +40,15 @@ class StartError(RuntimeError):
     pass
 
 
+async def answers(url: str, path: str, timeout_s: float) -> bool:
+    """Whether `GET url+path` returns 200 within `timeout_s`; any failure is a no."""
+    try:
+        status, _ = await http_get(url, path, timeout_s)
+    except (OSError, TimeoutError, ValueError, IndexError):
+        return False
+    return status == 200
+
+
 @dataclass
 class Engine:
     spec: EngineSpec
@@ -203,11 +212,9 @@ class Supervisor:
             if e.proc.returncode is not None:
                 e.exit_code = e.proc.returncode
                 return False
-            with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
-                status, _ = await http_get(url, "/health", 2.0)
-                if status == 200:
-                    self.set_state(e, "healthy")
-                    return True
+            if await answers(url, "/health", 2.0):
+                self.set_state(e, "healthy")
+                return True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(e.proc.wait()), 0.2)
         return False
@@ -223,10 +230,8 @@ class Supervisor:
             if self.router_proc.returncode is not None:
                 last = procs.tail(self.run.log("router"))
                 raise StartError(f"router exited with code {self.router_proc.returncode}: {last}")
-            with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
-                status, _ = await http_get(url, "/ready", 2.0)
-                if status == 200:
-                    return
+            if await answers(url, "/ready", 2.0):
+                return
             await asyncio.sleep(0.1)
         raise StartError(f"router not ready after 30s (log: {self.run.log('router')})")
 
@@ -265,12 +270,7 @@ class Supervisor:
         failed = 0
         while proc.returncode is None:
             await asyncio.sleep(check.interval_s)
-            try:
-                status, _ = await http_get(url, "/health", check.timeout_s)
-                ok = status == 200
-            except (OSError, TimeoutError, ValueError, IndexError):
-                ok = False
-            if ok:
+            if await answers(url, "/health", check.timeout_s):
                 failed = 0
                 if e.state == "unhealthy":
                     self.set_state(e, "healthy")
