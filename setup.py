@@ -18,6 +18,8 @@ from setuptools import setup
 COMPILED = [
     "src/vfleet/http/server.py",
     "src/vfleet/prom.py",
+    "src/vfleet/router/activator.py",
+    "src/vfleet/router/demand.py",
     "src/vfleet/router/endpoints.py",
     "src/vfleet/router/metrics.py",
     "src/vfleet/router/policies.py",

@@ -136,10 +136,11 @@ def test_scale_to_zero_and_unbounded() -> None:
     case = fleet_case("features-fleet")
     scaled = case.one("ScaledObject", f"{RELEASE}-chat-scaledobject")["spec"]
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (0, 1000)
-    triggers = {t["name"]: t["metadata"] for t in scaled["triggers"]}
-    assert triggers["load"]["threshold"] == "16"
-    assert 'model="Qwen/Qwen3-8B"' in triggers["requests"]["query"]
-    assert triggers["requests"]["activationThreshold"] == "0"
+    assert [t["type"] for t in scaled["triggers"]] == ["external-push"]  # the router wakes it
+    meta = scaled["triggers"][0]["metadata"]
+    assert (meta["models"], meta["metric"], meta["target"]) == ("Qwen/Qwen3-8B,qwen,sql",
+                                                                "concurrency", "16")  # fmt: skip
+    assert scaled["cooldownPeriod"] == 90  # scaleToZeroGraceS
     deploy = case.one("Deployment", f"{RELEASE}-chat-deployment-vllm")
     assert "replicas" not in deploy["spec"]  # the ScaledObject owns it
 

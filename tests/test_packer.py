@@ -331,7 +331,7 @@ def test_vllm_on_detected_gpus() -> None:
     assert all(e.startup_timeout_s == 900 for e in plan.engines)
 
 
-def test_autoscaling_runs_min_replicas_locally_with_a_note() -> None:
+def test_autoscaling_plans_a_slot_per_max_replica_and_starts_min() -> None:
     f = fleet(
         engine="sim",
         models=[
@@ -344,8 +344,9 @@ def test_autoscaling_runs_min_replicas_locally_with_a_note() -> None:
         ],
     )
     plan = build(f, Options(), ports())
-    assert [e.key for e in plan.engines] == ["m-0", "m-1"]
-    assert any("autoscaling (2...5) acts on Kubernetes" in n for n in plan.notices)
+    assert [e.key for e in plan.engines] == [f"m-{i}" for i in range(5)]
+    assert [e.initial for e in plan.engines] == [True, True, False, False, False]
+    assert plan.slots == {"m": 5}
 
 
 def test_zero_replicas_start_nothing() -> None:

@@ -38,6 +38,8 @@ def test_openai_client_lists_streams_and_embeds() -> None:
         assert len(vec) == 384
         assert abs(sum(v * v for v in vec) - 1.0) < 1e-6
         assert res.usage.prompt_tokens > 0
+        client.close()  # their pooled sockets, closed now rather than whenever GC finds them
+        eclient.close()
     finally:
         gen.stop()
         emb.stop()

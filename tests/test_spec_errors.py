@@ -15,7 +15,7 @@ from vfleet.spec.load import load
 from vfleet.spec.source import SpecError
 
 FLEET_KEYS = (
-    "autoscaling, cpu, engine, env, gpu, health, image, kubernetes, memory, name, replicas, "
+    "autoscaling, cpu, engine, env, gpu, health, hold, image, kubernetes, memory, name, replicas, "
     "servedNames, sim, source, startupTimeoutS, storage, task, vllm"
 )
 
@@ -66,7 +66,63 @@ CASES: dict[str, Case] = {
         "models:\n  - name: chat\n    source: org/m\n    autoscaling:\n      min: 1\n",
         5,
         "models[0].autoscaling.min",
-        "unknown key (allowed here: maxReplicas, metric, minReplicas, target)",
+        "unknown key (allowed here: kvUsageTarget, maxReplicas, maxScaleDownRate, "
+        "maxScaleUpRate, metric, minReplicas, panicThreshold, panicWindowS, scaleDownDelayS, "
+        "scaleToZeroGraceS, stableWindowS, target, ttftP90S)",
+    ),
+    "unknown-hold-key": Case(
+        "models:\n  - name: chat\n    source: org/m\n    hold:\n      timeout: 5\n",
+        5,
+        "models[0].hold.timeout",
+        "unknown key (allowed here: maxQueued, timeoutS)",
+    ),
+    "hold-timeout-zero": Case(
+        "models:\n  - name: chat\n    source: org/m\n    hold: {timeoutS: 0}\n",
+        4,
+        "models[0].hold.timeoutS",
+        "greater than 0",
+    ),
+    "panic-window-longer-than-stable": Case(
+        "models:\n  - name: chat\n    source: org/m\n    autoscaling:\n"
+        "      stableWindowS: 10\n      panicWindowS: 20\n",
+        4,
+        "models[0].autoscaling",
+        "panicWindowS (20) is longer than stableWindowS (10)",
+    ),
+    "kv-usage-target-above-1": Case(
+        "models:\n  - name: chat\n    source: org/m\n    autoscaling:\n      kvUsageTarget: 80\n",
+        5,
+        "models[0].autoscaling.kvUsageTarget",
+        "less than or equal to 1",
+    ),
+    "stable-window-zero": Case(
+        "models:\n  - name: chat\n    source: org/m\n    autoscaling:\n      stableWindowS: 0\n",
+        5,
+        "models[0].autoscaling.stableWindowS",
+        "greater than 0",
+    ),
+    "unknown-metric": Case(
+        "models:\n  - name: chat\n    source: org/m\n    autoscaling: {metric: cpu}\n",
+        4,
+        "models[0].autoscaling.metric",
+        "'concurrency', 'rps', 'waiting' or 'kv_cache'",
+    ),
+    "t9k-bad-window": Case(
+        "server:\n  model:\n    deployName: m\n    volume: {existingClaim: c}\n"
+        "  autoScaling:\n    minReplicas: 0\n    annotations:\n"
+        "      autoscaling.knative.dev/window: soon\n",
+        8,
+        "server.autoScaling.annotations.autoscaling.knative.dev/window",
+        "'soon' is not a duration (e.g. 60s, 1m30s)",
+    ),
+    "t9k-panic-threshold-below-100": Case(
+        "server:\n  model:\n    deployName: m\n    volume: {existingClaim: c}\n"
+        "  autoScaling:\n    minReplicas: 0\n    annotations:\n"
+        "      autoscaling.knative.dev/panic-threshold-percentage: '50'\n",
+        8,
+        "server.autoScaling.annotations.autoscaling.knative.dev/panic-threshold-percentage "
+        "(fleet field models[0].autoscaling.panicThreshold)",
+        "greater than 1",
     ),
     "unknown-top-key": Case(
         "name: t\nmodel:\n  name: x\nmodels:\n  - name: chat\n    source: org/m\n",

@@ -504,3 +504,335 @@ def test_deployment_notes_name_dropped_flags_and_kept_objects() -> None:
     assert any(n.startswith(f"{args} --port 8000 dropped") for n in notes)
     assert any("init container 'download-model' kept for Kubernetes" in n for n in notes)
     assert any("PersistentVolumeClaim 'vllm-model-pvc' kept as is" in n for n in notes)
+
+
+# -- autoscaling from every format --------------------------------------------------------------
+
+SEED_003 = SEEDS / "003-t9k-qwen2.5-7b-instruct-hf.yaml"
+KNATIVE_SEED = """\
+      autoscaling.knative.dev/metric: "concurrency"
+      autoscaling.knative.dev/target: "32"
+"""
+
+
+def t9k_variant(tmp_path: Path, annotations: str, lo: int = 1) -> Path:
+    text = SEED_003.read_text()
+    assert KNATIVE_SEED in text and "    minReplicas: 1\n" in text
+    text = text.replace(KNATIVE_SEED, annotations).replace(
+        "    minReplicas: 1\n", f"    minReplicas: {lo}\n"
+    )
+    return write(tmp_path, "t9k.yaml", text)
+
+
+def test_seed_003_reads_the_knative_metric_and_target() -> None:
+    loaded = load([SEED_003])
+    (m,) = loaded.fleet.models
+    assert m.autoscaling is not None
+    a = m.autoscaling
+    assert (a.min_replicas, a.max_replicas, a.metric, a.target) == (1, 3, "concurrency", 32)
+    assert loaded.notes == []
+
+
+def test_t9k_scale_to_zero_with_every_knative_annotation(tmp_path: Path) -> None:
+    path = t9k_variant(
+        tmp_path,
+        '      autoscaling.knative.dev/metric: "concurrency"\n'
+        '      autoscaling.knative.dev/target: "16"\n'
+        '      autoscaling.knative.dev/window: "1m30s"\n'
+        '      autoscaling.knative.dev/panic-window-percentage: "10.0"\n'
+        '      autoscaling.knative.dev/panic-threshold-percentage: "300"\n'
+        '      autoscaling.knative.dev/scale-to-zero-pod-retention-period: "45s"\n'
+        '      autoscaling.knative.dev/scale-down-delay: "2m"\n'
+        '      autoscaling.knative.dev/max-scale-up-rate: "4"\n'
+        '      autoscaling.knative.dev/max-scale-down-rate: "3"\n',
+        lo=0,
+    )
+    loaded = load([path])
+    (m,) = loaded.fleet.models
+    a = m.autoscaling
+    assert a is not None
+    assert (a.min_replicas, a.max_replicas, a.metric, a.target) == (0, 3, "concurrency", 16)
+    assert (a.stable_window_s, a.panic_window_s, a.panic_threshold) == (90, 9, 3)
+    assert (a.scale_to_zero_grace_s, a.scale_down_delay_s) == (45, 120)
+    assert (a.max_scale_up_rate, a.max_scale_down_rate) == (4, 3)
+    assert m.replicas == 1  # what runs before the first decision
+    assert loaded.notes == []
+    auto = normalized(loaded.fleet)["models"][0]["autoscaling"]
+    assert auto == {
+        "minReplicas": 0,
+        "maxReplicas": 3,
+        "target": 16.0,
+        "stableWindowS": 90.0,
+        "panicWindowS": 9.0,
+        "panicThreshold": 3.0,
+        "scaleDownDelayS": 120.0,
+        "scaleToZeroGraceS": 45.0,
+        "maxScaleUpRate": 4.0,
+        "maxScaleDownRate": 3.0,
+    }
+
+
+def test_t9k_rps_metric(tmp_path: Path) -> None:
+    path = t9k_variant(
+        tmp_path,
+        '      autoscaling.knative.dev/metric: "rps"\n      autoscaling.knative.dev/target: "10"\n',
+    )
+    (m,) = load([path]).fleet.models
+    assert m.autoscaling is not None
+    assert (m.autoscaling.metric, m.autoscaling.target) == ("rps", 10)
+
+
+def test_t9k_annotations_vfleet_does_not_read_are_noted(tmp_path: Path) -> None:
+    path = t9k_variant(
+        tmp_path,
+        '      autoscaling.knative.dev/metric: "cpu"\n'
+        '      autoscaling.knative.dev/initial-scale: "2"\n',
+    )
+    loaded = load([path])
+    assert loaded.fleet.models[0].autoscaling is not None
+    assert loaded.fleet.models[0].autoscaling.metric == "concurrency"
+    text = "\n".join(loaded.notes)
+    assert "metric 'cpu' has no vfleet equivalent; scaling on concurrency" in text
+    assert "autoscaling.knative.dev/initial-scale: annotation not read by vfleet" in text
+
+
+VLLM_STACK_KEDA = """\
+servingEngineSpec:
+  modelSpec:
+  - name: chat
+    modelURL: org/chat
+    keda:
+      enabled: true
+      minReplicaCount: MIN
+      maxReplicaCount: 4
+      cooldownPeriod: 120
+      advanced:
+        horizontalPodAutoscalerConfig:
+          behavior:
+            scaleDown:
+              stabilizationWindowSeconds: 90
+      triggers:
+      - type: prometheus
+        metadata:
+          query: sum(vllm:num_requests_waiting)
+          threshold: "5"
+"""
+
+
+@pytest.mark.parametrize("lo", [0, 1])
+def test_vllm_stack_keda_bounds_cooldown_and_scale_down_window(tmp_path: Path, lo: int) -> None:
+    path = write(tmp_path, "values.yaml", VLLM_STACK_KEDA.replace("MIN", str(lo)))
+    (m,) = load([path]).fleet.models
+    a = m.autoscaling
+    assert a is not None
+    assert (a.min_replicas, a.max_replicas, a.metric, a.target) == (lo, 4, "waiting", 5)
+    assert a.scale_down_delay_s == 90
+    # cooldownPeriod is KEDA's wait before scaling to zero: it means nothing above zero.
+    assert a.scale_to_zero_grace_s == (120 if lo == 0 else 30)
+    assert m.kubernetes["keda"]["cooldownPeriod"] == 120  # the chart still gets KEDA's values
+
+
+DEPLOYMENT = (SEEDS / "001-deployment.yaml").read_text().split("\n---\n")[0]
+HPA = """\
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: qwen-hpa
+  namespace: ai-serving
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: vllm-qwen3-235b
+  minReplicas: 2
+  maxReplicas: 6
+  metrics:
+METRICS
+"""
+PODS_METRIC = """\
+  - type: Pods
+    pods:
+      metric:
+        name: NAME
+      target:
+        type: AverageValue
+        averageValue: VALUE
+"""
+CPU_METRIC = """\
+  - type: Resource
+    resource:
+      name: cpu
+      target:
+        type: Utilization
+        averageUtilization: 80
+"""
+
+
+def hpa(metrics: str) -> str:
+    return HPA.replace("METRICS\n", metrics)
+
+
+def pods(name: str, value: str) -> str:
+    return PODS_METRIC.replace("NAME", name).replace("VALUE", value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "metric", "target"),
+    [
+        ("vllm:num_requests_waiting", '"5"', "waiting", 5),
+        ("vllm:num_requests_running", "32", "concurrency", 32),
+        ("vllm:kv_cache_usage_perc", "800m", "kv_cache", 0.8),
+        ("vllm:gpu_cache_usage_perc", '"0.7"', "kv_cache", 0.7),
+    ],
+)
+@pytest.mark.parametrize("hpa_first", [False, True])
+def test_manifests_hpa_becomes_the_models_autoscaling(
+    tmp_path: Path, name: str, value: str, metric: str, target: float, hpa_first: bool
+) -> None:
+    docs = [DEPLOYMENT, hpa(pods(name, value))]
+    text = "\n---\n".join(reversed(docs) if hpa_first else docs)
+    path = write(tmp_path, "manifests.yaml", text)
+    loaded = load([path])
+    (m,) = loaded.fleet.models
+    a = m.autoscaling
+    assert a is not None
+    assert (a.min_replicas, a.max_replicas, a.metric, a.target) == (2, 6, metric, target)
+    assert a.scale_down_delay_s == 300  # the HPA's default stabilization window
+    assert "extraObjects" not in loaded.fleet.kubernetes  # vfleet's chart scales it now
+    assert any(
+        "HorizontalPodAutoscaler 'qwen-hpa' becomes the autoscaling of vllm-qwen3-235b "
+        f"(2..6 on {metric})" in n
+        for n in loaded.notes
+    )
+
+
+def test_manifests_hpa_on_cpu_only_is_kept_for_kubernetes(tmp_path: Path) -> None:
+    path = write(tmp_path, "manifests.yaml", f"{DEPLOYMENT}\n---\n{hpa(CPU_METRIC)}")
+    loaded = load([path])
+    (m,) = loaded.fleet.models
+    assert m.autoscaling is None
+    (kept,) = loaded.fleet.kubernetes["extraObjects"]
+    assert kept["kind"] == "HorizontalPodAutoscaler"
+    assert any(
+        "HorizontalPodAutoscaler 'qwen-hpa' scales on cpu, which vfleet does not read; "
+        "kept as is for Kubernetes" in n
+        for n in loaded.notes
+    )
+
+
+def test_manifests_hpa_mixing_cpu_and_a_vllm_metric(tmp_path: Path) -> None:
+    metrics = CPU_METRIC + pods("vllm:num_requests_waiting", "3")
+    text = f"{DEPLOYMENT}\n---\n{hpa(metrics)}".replace(
+        "  minReplicas: 2\n",
+        "  minReplicas: 2\n  behavior: {scaleDown: {stabilizationWindowSeconds: 30}}\n",
+    )
+    loaded = load([write(tmp_path, "manifests.yaml", text)])
+    (m,) = loaded.fleet.models
+    assert m.autoscaling is not None
+    assert (m.autoscaling.metric, m.autoscaling.target) == ("waiting", 3)
+    assert m.autoscaling.scale_down_delay_s == 30
+    assert any("metric cpu not carried over: vfleet does not read it" in n for n in loaded.notes)
+
+
+def test_manifests_hpa_of_another_workload_or_v1_is_kept(tmp_path: Path) -> None:
+    other = hpa(pods("vllm:num_requests_waiting", "3")).replace(
+        "name: vllm-qwen3-235b", "name: somebody-else"
+    )
+    v1 = (
+        "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: v1}\n"
+        "spec:\n  scaleTargetRef: {kind: Deployment, name: vllm-qwen3-235b}\n"
+        "  maxReplicas: 3\n  targetCPUUtilizationPercentage: 50\n"
+    )
+    path = write(tmp_path, "manifests.yaml", f"{DEPLOYMENT}\n---\n{other}\n---\n{v1}")
+    loaded = load([path])
+    assert loaded.fleet.models[0].autoscaling is None
+    kept = loaded.fleet.kubernetes["extraObjects"]
+    assert [o["metadata"]["name"] for o in kept] == ["qwen-hpa", "v1"]
+
+
+def test_manifests_hpa_with_a_bad_target_names_the_metric(tmp_path: Path) -> None:
+    text = f"{DEPLOYMENT}\n---\n{hpa(pods('vllm:num_requests_waiting', 'lots'))}"
+    path = write(tmp_path, "manifests.yaml", text)
+    with pytest.raises(SpecError) as info:
+        load([path])
+    assert info.value.at == "spec.metrics[0]"
+    assert "target 'lots' is not a quantity" in info.value.message
+
+
+NATIVE_ELASTIC = """\
+models:
+  - name: chat
+    source: org/chat
+    autoscaling:
+      minReplicas: 0
+      maxReplicas: 4
+      metric: rps
+      target: 5
+      stableWindowS: 30
+      panicWindowS: 3
+      panicThreshold: 3
+      scaleDownDelayS: 60
+      scaleToZeroGraceS: 120
+      maxScaleUpRate: 2
+      maxScaleDownRate: 4
+      ttftP90S: 1.5
+      kvUsageTarget: 0.85
+    hold: {timeoutS: 60, maxQueued: 50}
+"""
+
+
+def test_spec_check_prints_the_new_autoscaling_and_hold_fields(tmp_path: Path) -> None:
+    path = write(tmp_path, "fleet.yaml", NATIVE_ELASTIC)
+    res = subprocess.run(
+        [sys.executable, "-m", "vfleet", "spec", "check", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    (m,) = json.loads(res.stdout)["models"]
+    assert m["hold"] == {"timeoutS": 60.0, "maxQueued": 50}
+    assert m["autoscaling"] == {
+        "minReplicas": 0,
+        "maxReplicas": 4,
+        "metric": "rps",
+        "target": 5.0,
+        "stableWindowS": 30.0,
+        "panicWindowS": 3.0,
+        "panicThreshold": 3.0,
+        "scaleDownDelayS": 60.0,
+        "scaleToZeroGraceS": 120.0,
+        "maxScaleUpRate": 2.0,
+        "maxScaleDownRate": 4.0,
+        "ttftP90S": 1.5,
+        "kvUsageTarget": 0.85,
+    }
+
+
+def test_spec_schema_shows_the_new_fields() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "vfleet", "spec", "schema"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    defs = json.loads(res.stdout)["$defs"]
+    auto = defs["Autoscaling"]["properties"]
+    for key in (
+        "stableWindowS",
+        "panicWindowS",
+        "panicThreshold",
+        "scaleDownDelayS",
+        "scaleToZeroGraceS",
+        "maxScaleUpRate",
+        "maxScaleDownRate",
+        "ttftP90S",
+        "kvUsageTarget",
+    ):
+        assert key in auto, key
+    assert "rps" in auto["metric"]["enum"]
+    assert set(defs["Hold"]["properties"]) == {"timeoutS", "maxQueued"}
+    assert "hold" in defs["Model"]["properties"]

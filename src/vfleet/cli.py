@@ -229,6 +229,22 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
     return out
 
 
+def _model_holds(items: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """--model-hold MODEL=SECONDS[,MAX_QUEUED] values as RouterConfig.model_hold."""
+    out: dict[str, dict[str, float]] = {}
+    for model, value in _pairs(items, "--model-hold").items():
+        timeout, _, queued = value.partition(",")
+        try:
+            over = {"timeout_s": float(timeout)}
+            if queued:
+                over["max_queued"] = int(queued)
+        except ValueError as exc:
+            raise click.BadParameter(f"{model}={value}: expected SECONDS[,MAX_QUEUED]",
+                                     param_hint="--model-hold") from exc  # fmt: skip
+        out[model] = over
+    return out
+
+
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file with any of the settings below (flags win).")  # fmt: skip
@@ -239,8 +255,14 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--model-policy", multiple=True, help="MODEL=POLICY for one model.")
 @click.option("--alias", multiple=True, help="ALIAS=MODEL: another name for a served model.")
 @click.option("--model", "models", multiple=True,
-              help="A served name to answer for even with no engine up (503 + Retry-After, "
-              "counted: what wakes a model scaled to zero).")  # fmt: skip
+              help="A served name to answer for even with no engine up: its requests are held "
+              "until one is ready (demand: what wakes a model scaled to zero).")  # fmt: skip
+@click.option("--hold-timeout", type=float, default=None,
+              help="Seconds a request waits for an engine, then 503 (300; 0: off).")  # fmt: skip
+@click.option("--hold-max-queued", type=int, default=None,
+              help="Requests held per model and worker; more get 429 (1000).")  # fmt: skip
+@click.option("--model-hold", multiple=True,
+              help="MODEL=SECONDS[,MAX_QUEUED]: hold limits for one model.")  # fmt: skip
 @click.option("--api-key", multiple=True, help="Key clients must send (env VFLEET_API_KEYS).")
 @click.option("--api-key-file", default=None, help="File of client keys, one per line.")
 @click.option("--backend-api-key", default=None, help="Key the router sends to engines.")
@@ -263,6 +285,12 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
 @click.option("--k8s-model-label", default=None, help="Label naming a pod's model.")
 @click.option("--k8s-resync", type=float, default=None, help="Seconds between pod relists (30).")
 @click.option("--k8s-api-url", default=None, help="API server URL instead of kubeconfig.")
+@click.option("--keda-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve KEDA's external scaler (gRPC) on this port.")  # fmt: skip
+@click.option("--peer", "peers", multiple=True,
+              help="Another router replica (http://HOST:PORT) to add demand from.")  # fmt: skip
+@click.option("--k8s-peer-selector", default=None,
+              help="Label selector of the router pods whose demand the scaler adds.")  # fmt: skip
 def router(
     config_file: str | None,
     backend: tuple[str, ...],
@@ -272,6 +300,9 @@ def router(
     model_policy: tuple[str, ...],
     alias: tuple[str, ...],
     models: tuple[str, ...],
+    hold_timeout: float | None,
+    hold_max_queued: int | None,
+    model_hold: tuple[str, ...],
     api_key: tuple[str, ...],
     api_key_file: str | None,
     backend_api_key: str | None,
@@ -292,6 +323,9 @@ def router(
     k8s_model_label: str | None,
     k8s_resync: float | None,
     k8s_api_url: str | None,
+    keda_port: int | None,
+    peers: tuple[str, ...],
+    k8s_peer_selector: str | None,
 ) -> None:
     """Run the OpenAI-compatible router in front of engines."""
     from vfleet.router.app import run
@@ -314,6 +348,9 @@ def router(
             "model_policies": _pairs(model_policy, "--model-policy") or None,
             "aliases": _pairs(alias, "--alias") or None,
             "models": models or None,
+            "hold_timeout_s": hold_timeout,
+            "hold_max_queued": hold_max_queued,
+            "model_hold": _model_holds(model_hold) or None,
             "api_keys": (api_key + (read_key_file(api_key_file) if api_key_file else ()))
             or env_api_keys()
             or None,
@@ -335,6 +372,9 @@ def router(
             "k8s_model_label": k8s_model_label,
             "k8s_resync_s": k8s_resync,
             "k8s_api_url": k8s_api_url,
+            "keda_port": keda_port,
+            "peers": tuple(p.rstrip("/") for p in peers) or None,
+            "k8s_peer_selector": k8s_peer_selector,
         }
         settings.update({k: v for k, v in flags.items() if v is not None})
         cfg = RouterConfig(**settings)

@@ -36,6 +36,61 @@ app.kubernetes.io/component: router
 app.kubernetes.io/name=vfleet,app.kubernetes.io/instance={{ .Release.Name }},app.kubernetes.io/component=engine
 {{- end }}
 
+{{- /* the router pods, as each router finds its peers (their demand adds up for KEDA) */}}
+{{- define "vfleet.routerPeerSelector" -}}
+app.kubernetes.io/name=vfleet,app.kubernetes.io/instance={{ .Release.Name }},app.kubernetes.io/component=router
+{{- end }}
+
+{{- /*
+"true" when the router serves KEDA's external scaler (routerSpec.kedaPort) and at least one
+model's autoscaling goes through it: provider keda, not vllm-stack's own modelSpec[].keda.
+*/}}
+{{- define "vfleet.scalerUsed" -}}
+{{- $A := .Values.servingEngineSpec.autoscaling | default dict -}}
+{{- $used := false -}}
+{{- if and .Values.routerSpec.enableRouter .Values.servingEngineSpec.enableEngine (gt (int64 (.Values.routerSpec.kedaPort | default 0)) 0) -}}
+{{- range $m := (.Values.servingEngineSpec.modelSpec | default list) -}}
+{{- if and (ne $m.enabled false) (not ($m.keda | default dict).enabled) -}}
+{{- $p := include "vfleet.model" (dict "root" $ "m" $m) | fromJson -}}
+{{- if and $p.auto (eq (toString (($m.autoscaling).provider | default $A.provider | default "keda")) "keda") -}}{{- $used = true -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- ternary "true" "" $used -}}
+{{- end }}
+
+{{- /*
+HPA behavior from Knative-style settings of modelSpec[].autoscaling, as JSON ({} for none):
+scale-down waits max(stableWindowS, scaleDownDelayS) (HPA takes the highest recommendation of
+that window, as Knative's stable window and scale-down delay do); maxScaleUpRate and
+maxScaleDownRate bound one 15 s HPA period, the HPA's sync period.
+*/}}
+{{- define "vfleet.hpaBehavior" -}}
+{{- $a := . | default dict -}}
+{{- $b := dict -}}
+{{- $down := dict -}}
+{{- $up := dict -}}
+{{- $wait := 0.0 -}}
+{{- range $k := list "stableWindowS" "scaleDownDelayS" -}}
+{{- $v := get $a $k -}}
+{{- if not (kindIs "invalid" $v) -}}{{- $wait = maxf $wait (float64 $v) -}}{{- end -}}
+{{- end -}}
+{{- if or (hasKey $a "stableWindowS") (hasKey $a "scaleDownDelayS") -}}
+{{- $_ := set $down "stabilizationWindowSeconds" (min 3600 (int64 (ceil $wait))) -}}
+{{- end -}}
+{{- with $a.maxScaleDownRate -}}
+{{- $pct := max 1 (min 100 (int64 (round (mulf 100 (subf 1 (divf 1 (float64 .)))) 0))) -}}
+{{- $_ := set $down "policies" (list (dict "type" "Percent" "value" $pct "periodSeconds" 15)) -}}
+{{- end -}}
+{{- with $a.maxScaleUpRate -}}
+{{- $pct := max 1 (int64 (round (mulf 100 (subf (float64 .) 1)) 0)) -}}
+{{- $_ := set $up "policies" (list (dict "type" "Percent" "value" $pct "periodSeconds" 15)) -}}
+{{- end -}}
+{{- if $down -}}{{- $_ := set $b "scaleDown" $down -}}{{- end -}}
+{{- if $up -}}{{- $_ := set $b "scaleUp" $up -}}{{- end -}}
+{{- toJson $b -}}
+{{- end }}
+
 {{- define "vfleet.routerImage" -}}
 {{- $img := .Values.routerSpec.image | default dict -}}
 {{- printf "%s:%s" ($img.repository | default "ghcr.io/vfleet/vfleet") (toString ($img.tag | default .Chart.AppVersion)) -}}

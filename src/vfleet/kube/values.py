@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vfleet.engines.sim import sim_command
-from vfleet.spec.models import EngineSettings, Fleet, Model, RouterSpec, Source
+from vfleet.spec.models import Autoscaling, EngineSettings, Fleet, Model, RouterSpec, Source
 
 # T9k's DataCube fetches the weights into the model's volume before the server starts: that is
 # the chart's download Job.
@@ -101,18 +101,39 @@ def _model(fleet: Fleet, m: Model, fmt: str, notes: list[str]) -> dict[str, Any]
                 spec["download"]["dir"] = m.storage.sub_path.strip("/")
     kube = _model_kubernetes(m, fmt, notes)
     if m.autoscaling is not None and "keda" not in kube:
-        auto: dict[str, Any] = {
-            "minReplicas": m.autoscaling.min_replicas,
-            "metric": m.autoscaling.metric,
-            "target": m.autoscaling.target,
-        }
-        if m.autoscaling.max_replicas is not None:
-            auto["maxReplicas"] = m.autoscaling.max_replicas
-        spec["autoscaling"] = auto
+        spec["autoscaling"] = autoscaling_values(m.autoscaling)
+    hold = {key: getattr(m.hold, name) for name, key in _HOLD_KEYS.items()
+            if name in m.hold.model_fields_set}  # fmt: skip
+    if hold:
+        spec["hold"] = hold
     cfg_extra = kube.pop("vllmConfig", None)
     if isinstance(cfg_extra, dict):
         spec.setdefault("vllmConfig", {}).update(cfg_extra)
     return deep_merge(spec, kube)
+
+
+def autoscaling_values(a: Autoscaling) -> dict[str, Any]:
+    """modelSpec[].autoscaling: the bounds and metric, and the Knative-style settings a file
+    wrote that KEDA or the HPA can carry out (the chart maps them to cooldownPeriod and HPA
+    behavior). Settings left at their defaults are left to the chart's defaults; the panic
+    window and threshold, TTFT and KV targets have no KEDA or HPA equivalent (vfleet up only)."""
+    out: dict[str, Any] = {"minReplicas": a.min_replicas, "metric": a.metric, "target": a.target}
+    if a.max_replicas is not None:
+        out["maxReplicas"] = a.max_replicas
+    for name, key in _AUTOSCALING_KEYS.items():
+        if name in a.model_fields_set:
+            out[key] = getattr(a, name)
+    return out
+
+
+_AUTOSCALING_KEYS = {
+    "stable_window_s": "stableWindowS",
+    "scale_down_delay_s": "scaleDownDelayS",
+    "scale_to_zero_grace_s": "scaleToZeroGraceS",
+    "max_scale_up_rate": "maxScaleUpRate",
+    "max_scale_down_rate": "maxScaleDownRate",
+}
+_HOLD_KEYS = {"timeout_s": "timeoutS", "max_queued": "maxQueued"}
 
 
 def gpu_request(m: Model) -> float | int:

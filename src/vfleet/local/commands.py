@@ -22,9 +22,9 @@ from vfleet.download.errors import DownloadError
 from vfleet.local import display
 from vfleet.local.gpus import detect_gpus, free_ports, parse_gpus, port_free, vllm_version
 from vfleet.local.packer import PackError
-from vfleet.local.plan import Options, Plan, PlanError, build, local_replicas, needs_download
+from vfleet.local.plan import Options, Plan, PlanError, build, needs_download, planned_slots
 from vfleet.local.rundir import RunDir, default_run_dir, pid_alive
-from vfleet.local.supervisor import RouterSettings, StartError, Supervisor
+from vfleet.local.supervisor import RouterSettings, StartError, Supervisor, demand_names
 from vfleet.router.endpoints import parse_load
 from vfleet.router.probe import http_get
 from vfleet.spec.importers.common import slug
@@ -87,6 +87,20 @@ def _run_dir(path: str | None) -> RunDir:
     show_default=True,
     help="Seconds engines get between SIGTERM and SIGKILL.",
 )
+@click.option(
+    "--max-replicas-cap",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Most replicas an autoscaled model gets here (an unbounded maxReplicas, or a larger one).",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a scale-down waits for an engine's requests to finish before stopping it.",
+)
 @RUN_DIR
 @click.option("--supervise", is_flag=True, hidden=True)  # the detached supervisor itself
 def up(
@@ -99,18 +113,29 @@ def up(
     cache_dir: str | None,
     detach: bool,
     grace: float,
+    max_replicas_cap: int,
+    drain_timeout: float,
     run_dir: str | None,
     supervise: bool,
 ) -> None:
-    """Start a fleet on this machine: engines, then the router in front of them."""
+    """Start a fleet on this machine: engines, then the router in front of them. Models with
+    autoscaling start at their minReplicas and scale with load (to zero and back)."""
     run = _run_dir(run_dir)
-    fleet, plan, router = _prepare(files, engine, host, port, gpus, pvc_root, cache_dir, run)
+    fleet, plan, router = _prepare(
+        files, engine, host, port, gpus, pvc_root, cache_dir, max_replicas_cap, run
+    )
     if detach:
         argv = [a for a in sys.argv[1:] if a != "--detach"]
         _detach(run, [sys.executable, "-m", "vfleet", *argv, "--supervise"], plan)
         return
     sup = Supervisor(
-        fleet, plan, run, router, [str(Path(f).resolve()) for f in files], grace_s=grace
+        fleet,
+        plan,
+        run,
+        router,
+        [str(Path(f).resolve()) for f in files],
+        grace_s=grace,
+        drain_timeout_s=drain_timeout,
     )
     _foreground(sup, interactive=not supervise and sys.stdout.isatty())
 
@@ -123,6 +148,7 @@ def _prepare(
     gpus: str | None,
     pvc_root: str | None,
     cache_dir: str | None,
+    max_replicas_cap: int,
     run: RunDir,
 ) -> tuple[Fleet, Plan, RouterSettings]:
     """Everything that can fail before a process starts: spec, GPUs, ports, run dir."""
@@ -156,8 +182,9 @@ def _prepare(
             vllm_version=vllm_version(exe) if exe else None,
             vllm_executable=(exe,) if exe else ("vllm",),
             fetched=_fetch(fleet, engine, cache_dir),
+            max_replicas_cap=max_replicas_cap,
         )
-        n = sum(local_replicas(m, []) for m in fleet.models)
+        n = sum(planned_slots(m, max_replicas_cap) for m in fleet.models)
         # One call for every port, the router's too: separate calls may get the same port back.
         picked = free_ports(n + 1)
         if rport == 0:
@@ -221,6 +248,14 @@ def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str,
         "port": port,
         "policy": r.policy,
         "health_interval_s": 1.0,
+        # Every name a client may ask for: one with no engine up (scaled to zero, starting)
+        # is held until one is ready, not answered 404.
+        "models": sorted({name for m in fleet.models for name in demand_names(m)}),
+        "model_hold": {
+            name: {"timeout_s": m.hold.timeout_s, "max_queued": m.hold.max_queued}
+            for m in fleet.models
+            for name in demand_names(m)
+        },
     }
     if policies:
         cfg["model_policies"] = policies
@@ -247,9 +282,11 @@ async def _supervise(sup: Supervisor, interactive: bool) -> str | None:
 
     def lines(state: dict[str, Any]) -> None:
         for e in state["engines"]:
-            if seen.get(e["key"]) != e["state"]:
+            before = seen.get(e["key"])
+            if before != e["state"]:
                 seen[e["key"]] = e["state"]
-                console.print(display.line(e), highlight=False)
+                if before is not None or e["state"] != "idle":  # standby slots say nothing
+                    console.print(display.line(e), highlight=False)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -266,8 +303,7 @@ async def _supervise(sup: Supervisor, interactive: bool) -> str | None:
     sup.on_change = lines
     if not ok:
         return sup.error or "start-up interrupted"
-    sup.tasks = [asyncio.create_task(sup.watch(e)) for e in sup.engines]
-    sup.tasks.append(asyncio.create_task(sup.watch_router()))
+    sup.begin()
     click.echo(_ready_message(sup))
     sys.stdout.flush()
     await stop.wait()
@@ -299,13 +335,15 @@ async def _start(sup: Supervisor, stop: asyncio.Event) -> bool:
 
 def _ready_message(sup: Supervisor) -> str:
     state = sup.state()
-    models = sorted({s for e in state["engines"] for s in e["served"]})
+    models = sorted({s for m in sup.fleet.models for s in m.served_names})
     gpus = len(state["devices"])
     where = f"{gpus} simulated GPU(s)" if state["simulated_gpus"] else f"{gpus} GPU(s)"
     url = state["router"]["url"]
-    first = sup.engines[0].spec.key if sup.engines else "router"
+    running = [e for e in sup.engines if e.wanted]
+    first = running[0].spec.key if running else "router"
+    scaled = f", {len(sup.scalers)} model(s) autoscaled" if sup.scalers else ""
     return (
-        f"vfleet: fleet {sup.fleet.name!r} is up: {len(sup.engines)} engine(s) on {where}\n"
+        f"vfleet: fleet {sup.fleet.name!r} is up: {len(running)} engine(s) on {where}{scaled}\n"
         f"  send requests to {url}/v1  (models: {', '.join(models)})\n"
         f"  try: curl {url}/v1/models\n"
         f"  vfleet status | vfleet logs {first} | Ctrl-C or vfleet down to stop"
@@ -397,6 +435,8 @@ def status(run_dir: str | None, as_json: bool) -> None:
     if not console.is_terminal:
         console = Console(width=160)  # piped: do not squeeze the table to 80 columns
     console.print(display.engines_table(state, load))
+    if display.has_autoscaling(state):
+        console.print(display.models_table(state))
 
 
 async def _loads(state: dict[str, Any]) -> dict[str, tuple[int, int]]:

@@ -15,6 +15,8 @@ STYLE = {
     "unhealthy": "red",
     "stopped": "dim",
     "pending": "dim",
+    "draining": "yellow",
+    "idle": "dim",
 }
 
 
@@ -38,6 +40,8 @@ def engines_table(state: dict[str, Any], load: dict[str, tuple[int, int]] | None
         table.add_column("WAITING", justify="right")
     for e in state.get("engines", []):
         st = e.get("state", "?")
+        if st == "idle":
+            continue  # a standby slot of an autoscaled model: the models table counts it
         row = [
             e["key"],
             e["model"],
@@ -62,3 +66,31 @@ def line(engine: dict[str, Any]) -> str:
         f"{engine['key']:<24} {engine['state']:<10} gpu {engine.get('gpu', '-'):<10} "
         f"port {engine.get('port')}"
     )
+
+
+def has_autoscaling(state: dict[str, Any]) -> bool:
+    return any(m.get("autoscaling") for m in (state.get("models") or {}).values())
+
+
+def models_table(state: dict[str, Any]) -> Table:
+    """Per model: replicas wanted by the autoscaler vs running and ready, and its last word."""
+    table = Table(title="models", title_justify="left")
+    for col in ("MODEL", "SCALE", "DESIRED", "CURRENT", "READY", "LAST DECISION", "CHANGED"):
+        table.add_column(col)
+    for name, m in (state.get("models") or {}).items():
+        auto = m.get("autoscaling")
+        scale = "fixed"
+        if auto:
+            top = auto.get("max") or "-"
+            scale = f"{auto['min']}..{top} {auto['metric']} {auto['target']:g}"
+        changed = m.get("changed")
+        table.add_row(
+            name,
+            scale,
+            str(m.get("desired", "-")),
+            str(m.get("current", "-")),
+            str(m.get("ready", "-")),
+            m.get("decision") or "-",
+            f"{_age(changed)} ago" if changed else "-",
+        )
+    return table

@@ -108,3 +108,24 @@ def fewest_devices(requests: Sequence[Request], limit: int = 1024) -> int:
         except PackError:
             n += 1
     raise PackError(f"the fleet needs more than {limit} GPUs")
+
+
+def pack_optional(
+    required: Sequence[Request], optional: Sequence[Request], devices: Sequence[int]
+) -> list[Placement]:
+    """`required` must fit (PackError otherwise); `optional` requests (autoscaling's standby
+    replicas) join in the order given while they still fit. A model's optional replicas stay
+    contiguous: once one does not fit, its later ones are not tried."""
+    placed = pack(required, devices)
+    chosen = list(required)
+    full: set[str] = set()
+    for req in optional:
+        if req.model in full:
+            continue
+        try:
+            placed = pack([*chosen, req], devices)
+        except PackError:
+            full.add(req.model)
+            continue
+        chosen.append(req)
+    return placed

@@ -1,5 +1,8 @@
 """What `vfleet up` will start: one entry per engine replica, with its GPU, port and command.
 
+An autoscaled model gets a slot (GPU share, port, command) for each replica it may reach, as
+many as fit; the first minReplicas start with the fleet, the rest wait for the autoscaler.
+
 Pure: the fleet, the devices and the free ports come in; nothing is started here, so a bad
 spec fails before any process exists.
 """
@@ -7,12 +10,12 @@ spec fails before any process exists.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, serve_command
-from vfleet.local.packer import Placement, Request, fewest_devices, pack
+from vfleet.local.packer import Placement, Request, fewest_devices, pack_optional
 from vfleet.spec.models import Fleet, HealthCheck, Model
 
 
@@ -34,6 +37,7 @@ class EngineSpec:
     env: dict[str, str]
     startup_timeout_s: float
     health: HealthCheck = field(default_factory=HealthCheck)
+    initial: bool = True  # started by `up`; False: a standby slot only autoscaling starts
 
     @property
     def gpu_label(self) -> str:
@@ -49,6 +53,7 @@ class Plan:
     devices: tuple[int, ...]
     simulated_gpus: bool
     notices: list[str] = field(default_factory=list)
+    slots: dict[str, int] = field(default_factory=dict)  # autoscaled model -> slots placed
 
 
 @dataclass(frozen=True)
@@ -60,37 +65,52 @@ class Options:
     vllm_version: Version | None = None
     vllm_executable: tuple[str, ...] = ("vllm",)
     fetched: dict[str, str] = field(default_factory=dict)  # model name -> downloaded weights
+    max_replicas_cap: int = 8  # bound on an autoscaled model's replicas on one machine
 
 
-def local_replicas(model: Model, notices: list[str]) -> int:
+def planned_slots(model: Model, cap: int) -> int:
+    """Engine slots `up` plans for a model: its replicas, or for autoscaling its max replicas
+    (an unbounded max, and any max above it, is capped at `cap` on one machine)."""
     if model.autoscaling is None:
         return model.replicas
-    n = max(model.autoscaling.min_replicas, 1)
-    notices.append(
-        f"{model.name}: autoscaling ({model.autoscaling.min_replicas}..."
-        f"{model.autoscaling.max_replicas or 'unbounded'}) acts on Kubernetes; "
-        f"locally {n} replica(s) run"
-    )
-    return n
+    return max(slot_cap(model, cap), model.autoscaling.min_replicas, 1)
 
 
-def requests_of(fleet: Fleet, notices: list[str]) -> list[Request]:
-    out = []
+def slot_cap(model: Model, cap: int) -> int:
+    auto = model.autoscaling
+    assert auto is not None
+    return min(auto.max_replicas or cap, cap)
+
+
+def requests_of(fleet: Fleet, cap: int, notices: list[str]) -> tuple[list[Request], list[Request]]:
+    """(required, optional) replicas: every fixed replica and each autoscaled model's minimum
+    (at least one, so a model that scales to zero can wake) must fit; the rest of an autoscaled
+    model's slots are placed while they fit, replica 1 of every model before replica 2."""
+    required: list[Request] = []
+    optional: list[Request] = []
     for m in fleet.models:
-        n = local_replicas(m, notices)
+        n = planned_slots(m, cap)
         if n == 0:
             notices.append(f"{m.name}: 0 replicas; not started")
+        must = n if m.autoscaling is None else max(m.autoscaling.min_replicas, 1)
         for i in range(n):
-            out.append(
-                Request(m.name, i, m.gpus_needed, m.gpu_share_pct, m.vllm.gpu_memory_utilization)
+            req = Request(m.name, i, m.gpus_needed, m.gpu_share_pct, m.vllm.gpu_memory_utilization)
+            (required if i < must else optional).append(req)
+        auto = m.autoscaling
+        if auto is not None and (auto.max_replicas is None or auto.max_replicas > cap):
+            notices.append(
+                f"{m.name}: autoscaling to {auto.max_replicas or 'unbounded'} replicas; at most "
+                f"{n} here (--max-replicas-cap {cap})"
             )
-    return out
+    optional.sort(key=lambda r: r.replica)  # stable: fleet order within one replica index
+    return required, optional
 
 
 def build(fleet: Fleet, opts: Options, ports: Iterator[int], gpus: Sequence[int] = ()) -> Plan:
     """`gpus`: the devices found on this machine, used when --gpus is not given."""
     notices: list[str] = []
-    reqs = requests_of(fleet, notices)
+    required, optional = requests_of(fleet, opts.max_replicas_cap, notices)
+    reqs = required + optional
     engines = {m.name: opts.engine or fleet.engine_of(m) for m in fleet.models}
     needs_gpu = [r for r in reqs if r.devices or r.share_pct]
     simulated = False
@@ -103,13 +123,26 @@ def build(fleet: Fleet, opts: Options, ports: Iterator[int], gpus: Sequence[int]
         if needs_gpu and not devices:
             names = ", ".join(sorted({r.model for r in needs_gpu if engines[r.model] == "vllm"}))
             raise PlanError(f"no GPUs found for {names}: give --gpus 0,1 or run with --engine sim")
-    placements = pack(reqs, devices)
+    placements = pack_optional(required, optional, devices)
+    order = {m.name: i for i, m in enumerate(fleet.models)}
+    placements.sort(key=lambda p: (order[p.model], p.replica))
     by_name = {m.name: m for m in fleet.models}
     out = []
+    slots: dict[str, int] = {}
     for p in placements:
         model = by_name[p.model]
-        out.append(_engine(model, p, engines[p.model], next(ports), opts, notices))
-    return Plan(out, devices, simulated, notices)
+        spec = _engine(model, p, engines[p.model], next(ports), opts, notices)
+        auto = model.autoscaling
+        if auto is not None:
+            slots[model.name] = slots.get(model.name, 0) + 1
+            spec = replace(spec, initial=p.replica < auto.min_replicas)
+        out.append(spec)
+    for m in fleet.models:
+        if m.autoscaling is not None and slots[m.name] < planned_slots(m, opts.max_replicas_cap):
+            notices.append(f"model {m.name}: at most {slots[m.name]} replicas fit")
+        if m.autoscaling is not None and m.autoscaling.min_replicas == 0:
+            notices.append(f"{m.name}: scaled to zero; it starts on its first request")
+    return Plan(out, devices, simulated, notices, slots)
 
 
 def _engine(

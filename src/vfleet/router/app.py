@@ -6,7 +6,11 @@ workers agree without talking to each other. With Kubernetes discovery each work
 list+watch (one watch per worker on the API server), so no worker depends on another's view.
 
 The endpoint set is the union of its sources (static backends, endpoints file, endpoints URL,
-Kubernetes), each replaced as a whole whenever that source has news.
+Kubernetes), each replaced as a whole whenever that source has news. The endpoints file is
+checked every FILE_CHECK_S (a stat), so an engine the supervisor lists is known in milliseconds.
+
+The demand table (router.demand) is created here, before the workers are forked, so they all
+share it; `run()` has it in the parent too, for anything that reports demand (a scaler).
 """
 
 from __future__ import annotations
@@ -20,19 +24,22 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import uvloop
+import yaml
 
 from vfleet.http.server import HttpProtocol
-from vfleet.router.config import RouterConfig, load_endpoints_file, parse_endpoints
+from vfleet.router.activator import Activator, HoldLimits
+from vfleet.router.config import BackendSpec, RouterConfig, load_endpoints_file, parse_endpoints
+from vfleet.router.demand import DemandRow, DemandTable
 from vfleet.router.endpoints import Registry
 from vfleet.router.policies import Policy, make_policy
-from vfleet.router.probe import http_get, probe_due
+from vfleet.router.probe import FastProber, http_get, probe_due
 from vfleet.router.proxy import Limits, Router
 from vfleet.router.ratelimit import RateLimiter
 from vfleet.router.upstream import UpstreamPool
@@ -43,8 +50,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vfleet.router")
 
-Listed = list[tuple[str, tuple[str, ...]]]  # (url, static models) as Registry.set_endpoints takes
+# (url, static models, starting) as Registry.set_endpoints takes them
+Listed = list[tuple[str, tuple[str, ...], bool]]
 FIRST_LIST_WAIT_S = 5.0  # start-up waits this long at most for the first Kubernetes pod list
+FILE_CHECK_S = 0.05  # seconds between checks of the endpoints file for changes
 
 
 @dataclass(slots=True)
@@ -52,19 +61,42 @@ class Feeds:
     """The registry's endpoints as the union of named sources, each replaced as a whole."""
 
     registry: Registry
+    on_change: Callable[[], None] = lambda: None
     sources: dict[str, Listed] = field(default_factory=dict)
 
-    def set(self, source: str, endpoints: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+    def set(self, source: str, endpoints: Iterable[tuple[str, tuple[str, ...], bool]]) -> None:
         self.sources[source] = list(endpoints)
         self.registry.set_endpoints(ep for listed in self.sources.values() for ep in listed)
+        self.on_change()
+
+    def set_specs(self, source: str, specs: Iterable[BackendSpec]) -> None:
+        self.set(source, ((b.url, b.models, b.starting) for b in specs))
 
     def set_pods(self, pods: Sequence[PodEndpoint]) -> None:
-        self.set("kubernetes", ((p.url, p.models) for p in pods))
+        self.set("kubernetes", ((p.url, p.models, False) for p in pods))
 
 
-def build_router(cfg: RouterConfig, pool: UpstreamPool) -> Router:
-    registry = Registry(aliases=dict(cfg.aliases))
-    registry.set_endpoints((b.url, b.models) for b in cfg.backends)
+def hold_limits(cfg: RouterConfig) -> Callable[[str], HoldLimits]:
+    """Each model's hold timeout and queue bound: its model_hold entry, else the defaults."""
+    default = HoldLimits(cfg.hold_timeout_s, cfg.hold_max_queued)
+    per_model = {
+        model: HoldLimits(
+            over.get("timeout_s", cfg.hold_timeout_s),
+            int(over.get("max_queued", cfg.hold_max_queued)),
+        )
+        for model, over in cfg.model_hold.items()
+    }
+    return lambda model: per_model.get(model, default)
+
+
+def build_router(
+    cfg: RouterConfig,
+    pool: UpstreamPool,
+    demand: DemandRow,
+    loop: asyncio.AbstractEventLoop,
+) -> Router:
+    registry = Registry(aliases=dict(cfg.aliases), known=cfg.models)
+    registry.set_endpoints((b.url, b.models, b.starting) for b in cfg.backends)
     policies: dict[str, Policy] = {}
 
     def policy_for(model: str) -> Policy:
@@ -80,6 +112,9 @@ def build_router(cfg: RouterConfig, pool: UpstreamPool) -> Router:
         registry=registry,
         pool=pool,
         policy_for=policy_for,
+        activator=Activator(loop.time, loop.call_later, hold_limits(cfg)),
+        demand=demand,
+        release_max_inflight=cfg.hold_release_max_inflight,
         limits=Limits(
             cfg.connect_timeout_s, cfg.first_byte_timeout_s, cfg.idle_timeout_s, cfg.attempts
         ),
@@ -104,43 +139,65 @@ def build_router(cfg: RouterConfig, pool: UpstreamPool) -> Router:
     )
 
 
-async def _probe_loop(cfg: RouterConfig, router: Router, feeds: Feeds) -> None:
-    """Keep endpoint health and load current; re-read the endpoints file when it changes."""
-    mtime = 0.0
+async def _watch_file(path: str, feeds: Feeds) -> None:
+    """Re-read the endpoints file whenever its stat changes (checked every FILE_CHECK_S)."""
+    seen: tuple[int, int, int] | None = None
     while True:
-        if cfg.endpoints_file:
-            with contextlib.suppress(OSError, ValueError):
-                m = Path(cfg.endpoints_file).stat().st_mtime
-                if m != mtime:
-                    listed = load_endpoints_file(cfg.endpoints_file)
-                    feeds.set("file", ((b.url, b.models) for b in listed))
-                    mtime = m
-        if cfg.endpoints_url:
-            with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
-                base, _, path = cfg.endpoints_url.removeprefix("http://").partition("/")
-                status, body = await http_get("http://" + base, "/" + path, cfg.health_timeout_s)
-                if status == 200:
-                    listed = parse_endpoints(orjson.loads(body), cfg.endpoints_url)
-                    feeds.set("url", ((b.url, b.models) for b in listed))
         try:
-            await probe_due(router.registry, time.monotonic(), cfg.health_interval_s,
-                            cfg.health_timeout_s, router.backend_auth)  # fmt: skip
+            st = Path(path).stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp != seen:
+                seen = stamp
+                feeds.set_specs("file", load_endpoints_file(path))
+        except FileNotFoundError:
+            pass  # not written yet: serve the other sources
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            # Most often a write caught half way; the rest of it changes the stat again.
+            log.warning("endpoints file %s: %s", path, exc)
+        await asyncio.sleep(FILE_CHECK_S)
+
+
+async def _poll_feed(cfg: RouterConfig, url: str, feeds: Feeds) -> None:
+    """Poll an HTTP feed of endpoints."""
+    base, _, path = url.removeprefix("http://").partition("/")
+    while True:
+        with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
+            status, body = await http_get("http://" + base, "/" + path, cfg.health_timeout_s)
+            if status == 200:
+                feeds.set_specs("url", parse_endpoints(orjson.loads(body), url))
+        await asyncio.sleep(min(0.5, cfg.health_interval_s))
+
+
+async def _probe_loop(cfg: RouterConfig, router: Router) -> None:
+    """Keep endpoint health and load current (the regular, backed-off probes)."""
+    while True:
+        try:
+            up = await probe_due(router.registry, time.monotonic(), cfg.health_interval_s,
+                                 cfg.health_timeout_s, router.backend_auth)  # fmt: skip
+            for ep in up:
+                router.endpoint_up(ep)
         except Exception:
             log.exception("health probe round failed")
         await asyncio.sleep(min(0.5, cfg.health_interval_s))
 
 
 async def serve(
-    cfg: RouterConfig, sock: socket.socket | None = None, kube: KubeTarget | None = None
+    cfg: RouterConfig,
+    sock: socket.socket | None = None,
+    kube: KubeTarget | None = None,
+    demand: DemandRow | None = None,
 ) -> None:
+    """One worker: `demand` is its row of the shared table (a table of its own when None)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     pool = UpstreamPool(loop, cfg.connect_timeout_s)
-    router = build_router(cfg, pool)
-    feeds = Feeds(router.registry)
-    feeds.set("static", ((b.url, b.models) for b in cfg.backends))
+    router = build_router(cfg, pool, demand or DemandTable.create(1).row(0), loop)
+    for model in cfg.models:
+        router.demand.model(model)  # listed (at zero) in /vfleet/demand from the start
+    feeds = Feeds(router.registry, router.endpoints_changed)
+    feeds.set_specs("static", cfg.backends)
     tasks = []
     if kube is not None:
         from vfleet.router.kubewatch import Discovery
@@ -151,10 +208,22 @@ async def serve(
         # (static backends) and keep trying in the background.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(discovery.listed.wait(), FIRST_LIST_WAIT_S)
+    if cfg.endpoints_file:
+        with contextlib.suppress(OSError, ValueError, yaml.YAMLError):
+            feeds.set_specs("file", load_endpoints_file(cfg.endpoints_file))
+        tasks.append(loop.create_task(_guarded(_watch_file(cfg.endpoints_file, feeds),
+                                               "endpoints file watch")))  # fmt: skip
+    if cfg.endpoints_url:
+        tasks.append(loop.create_task(_guarded(_poll_feed(cfg, cfg.endpoints_url, feeds),
+                                               "endpoints feed")))  # fmt: skip
     # One probe round first, so the router starts knowing who is up.
     await probe_due(router.registry, time.monotonic(), cfg.health_interval_s,
                     cfg.health_timeout_s, router.backend_auth)  # fmt: skip
-    tasks.append(loop.create_task(_probe_loop(cfg, router, feeds)))
+    tasks.append(loop.create_task(_guarded(_probe_loop(cfg, router), "health probes")))
+    fast = FastProber(router.registry, cfg.health_interval_s, cfg.health_timeout_s,
+                      router.backend_auth, lambda: router.activator.queues,
+                      router.endpoint_up)  # fmt: skip
+    tasks.append(loop.create_task(_guarded(fast.run(), "fast probes")))
     max_body = cfg.max_body_bytes
     if sock is None:
         server = await loop.create_server(
@@ -171,12 +240,16 @@ async def serve(
     port = server.sockets[0].getsockname()[1]
     gc.freeze()
     healthy = sum(ep.healthy for ep in router.registry.endpoints.values())
-    print(f"vfleet router: {len(router.registry.endpoints)} endpoints ({healthy} healthy), "
-          f"ready on http://{cfg.host}:{port}", file=sys.stderr, flush=True)  # fmt: skip
+    # one write with its newline (stderr writes through): workers print at the same moment
+    sys.stderr.write(f"vfleet router: {len(router.registry.endpoints)} endpoints ({healthy} "
+                     f"healthy), ready on http://{cfg.host}:{port}\n")  # fmt: skip
     try:
         await stop.wait()
-        server.close()  # stop accepting; requests already in flight finish first
+        server.close()  # stop accepting; requests already in flight (or held) finish first
+        if router.polls is not None:
+            router.polls.answer_all()
         await _drain(router, cfg.drain_timeout_s)
+        router.give_up_held("The router is shutting down; retry shortly.")
     finally:
         server.close()
         for task in tasks:
@@ -186,10 +259,11 @@ async def serve(
 
 
 async def _drain(router: Router, timeout_s: float) -> None:
-    """Wait (bounded) until no request is in flight to any engine."""
+    """Wait (bounded) until no request is in flight to any engine or held for one."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not any(ep.inflight for ep in router.registry.endpoints.values()):
+        busy = any(ep.inflight for ep in router.registry.endpoints.values())
+        if not busy and not router.activator.queues:
             return
         await asyncio.sleep(0.05)
     log.warning("drain: %.0fs passed with requests still in flight; stopping", timeout_s)
@@ -224,24 +298,63 @@ def run(cfg: RouterConfig) -> None:
         from vfleet.router.kubewatch import load_target
 
         kube = load_target(cfg)
+    peers = None
+    if cfg.keda_port is not None:  # KEDA's external scaler; grpc is imported only then
+        from vfleet.router.keda.peers import load_peer_target
+
+        peers = load_peer_target(cfg)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per API request is noise
+    demand = DemandTable.create(cfg.workers)  # before any fork: shared by every worker
     if cfg.workers == 1:
-        uvloop.run(serve(cfg, kube=kube))
+        serving = serve(cfg, kube=kube, demand=demand.row(0))
+        if cfg.keda_port is not None:
+            from vfleet.router.keda.server import serve_with_scaler
+
+            serving = serve_with_scaler(serving, cfg, demand.models, peers)
+        uvloop.run(serving)
         return
+    children = fork_workers(cfg, kube, demand)
+    if cfg.keda_port is None:
+        wait_workers(children, demand)
+        return
+    from vfleet.router.keda.server import ScalerThread  # after the fork: grpc must not fork
+
+    try:
+        scaler = ScalerThread(cfg, demand.models, peers).start()
+    except Exception:  # no scaler (its port is taken): no router either
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        wait_workers(children, demand)
+        raise
+    try:
+        wait_workers(children, demand)
+    finally:
+        scaler.stop()
+
+
+def fork_workers(cfg: RouterConfig, kube: KubeTarget | None, demand: DemandTable) -> list[int]:
+    """Fork `cfg.workers` serving processes (worker i writes row i); their pids, in order."""
     first = _reuseport_socket(cfg.host, cfg.port)
     port = first.getsockname()[1]  # a fixed port for every worker, even when asked for 0
     children: list[int] = []
-    for _ in range(cfg.workers):
+    for i in range(cfg.workers):
         pid = os.fork()
         if pid == 0:
             sock = first if not children else _reuseport_socket(cfg.host, port)
-            uvloop.run(serve(cfg, sock, kube))
+            uvloop.run(serve(cfg, sock, kube, demand.row(i)))
             os._exit(0)
         children.append(pid)
     first.close()
+    return children
+
+
+def wait_workers(children: list[int], demand: DemandTable) -> None:
+    """Forward SIGTERM/SIGINT to the workers and wait for them all; the live demand of one
+    that exits is cleared from the table."""
 
     def forward(signum: int, _frame: object) -> None:
         for pid in children:
@@ -250,6 +363,12 @@ def run(cfg: RouterConfig) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for pid in children:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+    left = dict.fromkeys(children)
+    while left:
+        try:
+            pid, _ = os.wait()
+        except ChildProcessError:
+            return
+        if pid in left:
+            del left[pid]
+            demand.clear_row(children.index(pid))

@@ -20,6 +20,7 @@ class KubeSettingsError(ValueError):
 class BackendSpec:
     url: str  # http://host:port
     models: tuple[str, ...] = ()  # empty: learn them from the engine's /v1/models
+    starting: bool = False  # registered but not served until its /health answers 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,9 @@ class RouterConfig:
     endpoints_url: str | None = None  # an HTTP feed of endpoints (JSON list), polled
     health_interval_s: float = 2.0
     drain_timeout_s: float = 30.0  # on SIGTERM: stop accepting, wait this long for in-flight
-    models: tuple[str, ...] = ()  # served names answered 503 (not 404) while no engine serves them
+    # Served names the router answers for even while no engine serves them (scaled to zero or
+    # starting): their requests are held until an engine is ready, and /v1/models lists them.
+    models: tuple[str, ...] = ()
     health_timeout_s: float = 2.0
     # Kubernetes discovery, on when k8s_selector is set: pods matching it are the engines.
     k8s_selector: str | None = None  # label selector, e.g. app.kubernetes.io/component=engine
@@ -55,6 +58,21 @@ class RouterConfig:
     k8s_model_label: str = "vfleet.io/model"  # label naming the one model a pod serves
     k8s_resync_s: float = 30.0  # seconds between full relists, however healthy the watch looks
     k8s_api_url: str | None = None  # API server URL instead of kubeconfig (kubectl proxy, tests)
+    # The activator: requests for a model with no ready engine wait (FIFO per model) this long at
+    # most (then 503 + Retry-After), this many per model at most (beyond: 429 + Retry-After).
+    # Either at 0 turns holding off: such requests get 503 + Retry-After at once.
+    hold_timeout_s: float = 300.0
+    hold_max_queued: int = 1000  # per model and router process
+    # Per-model overrides of the two, by served name: {"timeout_s": S, "max_queued": N}.
+    model_hold: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Held requests are released while an engine has fewer than this many requests in flight
+    # from this router process (the rest wait their turn); 0: all are released at once.
+    hold_release_max_inflight: int = 0
+    # KEDA external scaler (vfleet.router.keda), on when keda_port is set: demand for a
+    # ScaledObject's models summed over this router's workers and its peer routers.
+    keda_port: int | None = None  # gRPC port (0: any free one)
+    peers: tuple[str, ...] = ()  # other router replicas, http://host:port, asked for demand
+    k8s_peer_selector: str | None = None  # label selector of the router pods (peers)
 
     def __post_init__(self) -> None:
         for name in (self.policy, *self.model_policies.values()):
@@ -77,6 +95,21 @@ class RouterConfig:
             bad = sorted(set(over) - allowed)
             if bad:
                 raise ValueError(f"model_timeouts.{model}: unknown keys {', '.join(bad)}")
+        if min(self.hold_timeout_s, self.hold_max_queued, self.hold_release_max_inflight) < 0:
+            raise ValueError("hold_timeout_s, hold_max_queued, hold_release_max_inflight: >= 0")
+        for model, over in self.model_hold.items():
+            bad = sorted(set(over) - {"timeout_s", "max_queued"})
+            if bad:
+                raise ValueError(f"model_hold.{model}: unknown keys {', '.join(bad)}")
+            if any(v < 0 for v in over.values()):
+                raise ValueError(f"model_hold.{model}: values must be >= 0")
+        if self.keda_port is not None and not 0 <= self.keda_port < 65536:
+            raise ValueError("keda_port must be 0-65535")
+        for peer in self.peers:
+            if not peer.startswith("http://") or not peer.removeprefix("http://").strip("/"):
+                raise ValueError(f"peer {peer!r} must look like http://HOST:PORT")
+        if self.keda_port is None and (self.peers or self.k8s_peer_selector):
+            raise ValueError("peers are asked for demand by the KEDA scaler: set --keda-port")
 
 
 def parse_backend(text: str) -> BackendSpec:
@@ -90,7 +123,10 @@ def load_endpoints_file(path: str) -> list[BackendSpec]:
 
 
 def parse_endpoints(raw: Any, path: str) -> list[BackendSpec]:
-    """A list of URLs or {url, models} maps (optionally under `endpoints`)."""
+    """A list of URLs or {url, models, state} maps (optionally under `endpoints`).
+
+    `"state": "starting"` marks an engine that is still loading: probed fast, served once its
+    /health answers 200. Any other state (or none) is a plain endpoint, probed as usual."""
     items = raw.get("endpoints", []) if isinstance(raw, dict) else raw
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a list of endpoints")
@@ -99,7 +135,9 @@ def parse_endpoints(raw: Any, path: str) -> list[BackendSpec]:
         if isinstance(item, str):
             out.append(parse_backend(item))
         elif isinstance(item, dict) and isinstance(item.get("url"), str):
-            out.append(BackendSpec(item["url"].rstrip("/"), tuple(item.get("models") or ())))
+            starting = item.get("state") == "starting"
+            models = tuple(item.get("models") or ())
+            out.append(BackendSpec(item["url"].rstrip("/"), models, starting))
         else:
             raise ValueError(f"{path}: endpoint {i} needs a url")
     return out
@@ -123,10 +161,10 @@ def load_config_file(path: str) -> dict[str, Any]:
         raw["backends"] = tuple(
             parse_backend(b)
             if isinstance(b, str)
-            else BackendSpec(b["url"], tuple(b.get("models", ())))
+            else BackendSpec(b["url"], tuple(b.get("models", ())), b.get("state") == "starting")
             for b in raw["backends"]
         )
-    for key in ("api_keys", "models"):
+    for key in ("api_keys", "models", "peers"):
         if key in raw:
             raw[key] = tuple(raw[key])
     return raw

@@ -33,6 +33,9 @@ class Endpoint:
     kv_usage: float = 0.0
     failures: int = 0  # consecutive
     next_probe_at: float = 0.0
+    # Listed as still loading (endpoints file `"state": "starting"`): while down, probed fast and
+    # without backoff (the fast prober); served once its /health answers 200.
+    starting: bool = False
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -43,14 +46,22 @@ class Endpoint:
             self.url, self.healthy, self.inflight, self.running, self.waiting, self.kv_usage
         )
 
+    @property
+    def unprobed(self) -> bool:
+        """Newly listed: no probe has answered or failed yet."""
+        return self.next_probe_at == 0.0
+
     def mark_up(self, now: float, interval_s: float) -> None:
         self.healthy = True
         self.failures = 0
         self.next_probe_at = now + interval_s
 
     def mark_down(self, now: float, interval_s: float) -> None:
-        """Eject until the next probe, backing off while it keeps failing (circuit breaker)."""
+        """Eject until the next probe, backing off while it keeps failing (circuit breaker);
+        one listed as starting is left to the fast prober, without backoff."""
         self.healthy = False
+        if self.starting:
+            return
         self.failures += 1
         self.next_probe_at = now + backoff_s(self.failures, interval_s)
 
@@ -61,13 +72,16 @@ class Registry:
 
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> served model name
+    known: tuple[str, ...] = ()  # served names listed by /v1/models even with no engine up
 
-    def set_endpoints(self, wanted: Iterable[tuple[str, tuple[str, ...]]]) -> None:
-        """Make the endpoint set equal `wanted` ((url, static models)), keeping known state."""
+    def set_endpoints(self, wanted: Iterable[tuple[str, tuple[str, ...], bool]]) -> None:
+        """Make the endpoint set equal `wanted` ((url, static models, starting)), keeping known
+        state (a starting endpoint already found healthy stays served)."""
         new: dict[str, Endpoint] = {}
-        for url, models in wanted:
+        for url, models, starting in wanted:
             ep = self.endpoints.get(url) or Endpoint(url)
             ep.static_models = models
+            ep.starting = starting
             new[url] = ep
         self.endpoints = new
 
@@ -77,6 +91,10 @@ class Registry:
     def serving(self, model: str) -> list[Endpoint]:
         return [ep for ep in self.endpoints.values() if model in ep.models]
 
+    def ready(self, model: str) -> list[Endpoint]:
+        """The healthy endpoints serving `model`."""
+        return [ep for ep in self.endpoints.values() if ep.healthy and model in ep.models]
+
     def model_names(self) -> list[str]:
         seen: dict[str, None] = {}
         for ep in self.endpoints.values():
@@ -85,13 +103,16 @@ class Registry:
         return list(seen)
 
     def model_cards(self, created: int) -> list[dict[str, Any]]:
-        """/v1/models across endpoints, one card per id (LoRA adapters included), then aliases."""
+        """/v1/models across endpoints, one card per id (LoRA adapters included), then the known
+        models no engine serves now (scaled to zero), then aliases."""
         cards: dict[str, dict[str, Any]] = {}
         for ep in self.endpoints.values():
             for card in ep.cards:
                 cards.setdefault(str(card.get("id")), card)
             for m in ep.static_models:
                 cards.setdefault(m, _card(m, created))
+        for m in self.known:
+            cards.setdefault(m, _card(m, created))
         for alias, target in self.aliases.items():
             if target in cards and alias not in cards:
                 cards[alias] = {**cards[target], "id": alias}

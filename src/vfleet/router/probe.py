@@ -1,14 +1,21 @@
-"""Health probes: the loop that keeps the registry's view of each engine current.
+"""Health probes: the loops that keep the registry's view of each engine current.
 
 Each endpoint due for a probe gets GET /health, then /v1/models (what it serves, LoRA adapters
 included) and /metrics (its load). Failures eject it with backoff; success puts it back. A
 stdlib-only minimal HTTP/1.1 GET keeps this off the request hot path and free of extra clients.
+
+Engines that matter right now are probed fast instead, every `FAST_PROBE_S` and without backoff
+(`FastProber`): those listed as starting, newly listed ones, and down endpoints of a model with
+requests held for it. A held request then waits at most about one fast period past the moment
+its engine's /health first answers 200.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable, Collection
 
 import orjson
 
@@ -68,9 +75,12 @@ async def probe(ep: Endpoint, timeout_s: float, auth: bytes) -> bool:
 
 
 async def probe_due(registry: Registry, now: float, interval_s: float, timeout_s: float,
-                    auth: bytes) -> None:  # fmt: skip
-    due = [ep for ep in registry.endpoints.values() if ep.next_probe_at <= now]
+                    auth: bytes) -> list[Endpoint]:  # fmt: skip
+    """Probe the endpoints due (starting ones are the fast prober's); those that came up."""
+    due = [ep for ep in registry.endpoints.values()
+           if ep.next_probe_at <= now and not (ep.starting and not ep.healthy)]  # fmt: skip
     results = await asyncio.gather(*(probe(ep, timeout_s, auth) for ep in due))
+    up = []
     for ep, ok in zip(due, results, strict=True):
         was = ep.healthy
         if ok:
@@ -79,3 +89,67 @@ async def probe_due(registry: Registry, now: float, interval_s: float, timeout_s
             ep.mark_down(now, interval_s)
         if was != ep.healthy:
             log.warning("endpoint %s is %s", ep.url, "up" if ep.healthy else "down")
+            if ep.healthy:
+                up.append(ep)
+    return up
+
+
+FAST_PROBE_S = 0.02  # seconds between fast probes of one endpoint
+
+
+def fast_due(registry: Registry, held: Collection[str]) -> list[Endpoint]:
+    """Down endpoints worth probing at once: starting, never probed, or serving a held model."""
+    return [ep for ep in registry.endpoints.values()
+            if not ep.healthy and (ep.starting or ep.unprobed
+                                   or any(m in held for m in ep.models))]  # fmt: skip
+
+
+class FastProber:
+    """Probes `fast_due` endpoints every FAST_PROBE_S, one probe per endpoint at a time.
+
+    A failed fast probe changes nothing for a starting endpoint or a held model's endpoint (the
+    regular loop keeps its breaker); a newly listed plain endpoint that fails is marked down and
+    from then on probed with backoff like any other. `on_up` hears of each endpoint that
+    comes up."""
+
+    def __init__(self, registry: Registry, interval_s: float, timeout_s: float, auth: bytes,
+                 held: Callable[[], Collection[str]],
+                 on_up: Callable[[Endpoint], None]) -> None:  # fmt: skip
+        self.registry = registry
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.auth = auth
+        self.held = held
+        self.on_up = on_up
+        self.busy: dict[str, asyncio.Task[None]] = {}  # url -> its probe in progress
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self.tick()
+                await asyncio.sleep(FAST_PROBE_S)
+        finally:
+            for task in self.busy.values():
+                task.cancel()
+
+    def tick(self) -> None:
+        """Start a probe for every due endpoint that has none in progress."""
+        loop = asyncio.get_running_loop()
+        for ep in fast_due(self.registry, self.held()):
+            if ep.url not in self.busy:
+                self.busy[ep.url] = loop.create_task(self._probe(ep))
+
+    async def _probe(self, ep: Endpoint) -> None:
+        try:
+            ok = await probe(ep, self.timeout_s, self.auth)
+        finally:
+            self.busy.pop(ep.url, None)
+        if self.registry.endpoints.get(ep.url) is not ep or ep.healthy:
+            return  # unlisted meanwhile, or found up by the regular loop
+        now = time.monotonic()
+        if ok:
+            ep.mark_up(now, self.interval_s)
+            log.warning("endpoint %s is up", ep.url)
+            self.on_up(ep)
+        elif ep.unprobed and not ep.starting:
+            ep.mark_down(now, self.interval_s)

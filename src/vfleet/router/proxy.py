@@ -6,10 +6,15 @@ body is relayed as it arrives, chunk by chunk, never parsed. A request that fail
 of its answer is retried on another endpoint; a stream that breaks later ends with an SSE error
 event; a client that leaves aborts the upstream request. In-flight counts are released on every
 path.
+
+A request for a model with no ready engine (scaled to zero, starting, or all down) is held by the
+activator, in arrival order, until an engine is ready or its deadline passes; held and in-flight
+requests are written to the demand table all workers share, which `GET /vfleet/demand` sums.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
 import re
@@ -21,6 +26,8 @@ from typing import Any
 import orjson
 
 from vfleet.http.server import Connection, Request
+from vfleet.router.activator import FULL, WOKE, Activator
+from vfleet.router.demand import HELD, INFLIGHT, REQUESTS, DemandRow
 from vfleet.router.endpoints import Endpoint, Registry
 from vfleet.router.metrics import RouterMetrics
 from vfleet.router.policies import Policy, prefix_hashes
@@ -41,6 +48,11 @@ DROP_REQUEST_HEADERS = frozenset({
     b"authorization", b"te", b"upgrade", b"expect",
 })  # fmt: skip
 _FORM_MODEL = re.compile(rb'name="model"\r\n\r\n([^\r\n]+)')
+RETRY_UNREADY = b"retry-after: 10\r\n"  # no ready engine yet (deadline passed, or no holding)
+RETRY_FULL = b"retry-after: 2\r\n"  # the hold queue is full
+MAX_WAIT_S = 30.0  # longest GET /vfleet/demand?wait_s= long-poll
+MAX_POLLS = 64  # long-polls waiting at once per worker; more get 429
+POLL_S = 0.01  # how often a long-poll reads the demand table
 
 
 def error_body(status: int, message: str, type_: str, param: str | None = None) -> bytes:
@@ -62,6 +74,8 @@ class Router:
     registry: Registry
     pool: UpstreamPool
     policy_for: Callable[[str], Policy]
+    activator: Activator  # requests waiting for a ready engine, per model
+    demand: DemandRow  # this worker's row of the demand table all workers share
     metrics: RouterMetrics = field(default_factory=RouterMetrics)
     limits: Limits = field(default_factory=Limits)
     model_limits: dict[str, Limits] = field(default_factory=dict)  # per-model overrides
@@ -70,9 +84,11 @@ class Router:
     rate_limit: RateLimiter | None = None  # requests per API key (one shared bucket without keys)
     token_limit: RateLimiter | None = None  # tokens per API key, estimated before forwarding
     # Served names this router answers for even while no engine serves them (scaled to zero or
-    # starting): 503 with Retry-After instead of 404, counted per model so an autoscaler on
-    # vfleet_router_requests_total sees the demand that must wake the model.
+    # starting): their requests are held (not 404) and counted as demand, what wakes the model.
     known_models: frozenset[str] = frozenset()
+    # Held requests are released while an engine has fewer in flight than this (0: no cap).
+    release_max_inflight: int = 0
+    polls: _Polls | None = None  # GET /vfleet/demand?wait_s= long-polls, made on first use
 
     def handle(self, req: Request, conn: Connection) -> None:
         path = req.path
@@ -80,7 +96,8 @@ class Router:
             conn.respond(200, b'{"status":"ok"}')
             return
         if path == "/metrics":
-            conn.respond(200, self.metrics.render(self.registry), b"text/plain; version=0.0.4")
+            text = self.metrics.render(self.registry, self._held_gauge())
+            conn.respond(200, text, b"text/plain; version=0.0.4")
             return
         if path == "/ready":  # open, like /health: readiness probes carry no key
             self._ready(conn)
@@ -92,6 +109,8 @@ class Router:
         if path in ("/v1/models", "/models"):
             cards = self.registry.model_cards(int(time.time()))
             conn.respond(200, orjson.dumps({"object": "list", "data": cards}))
+        elif path == "/vfleet/demand" and req.method == "GET":
+            self._demand(req, conn)
         elif req.too_large:
             self.metrics.rejected["too_large"] += 1
             conn.keep_alive = False
@@ -169,15 +188,7 @@ class Router:
         target = self.registry.resolve(model)
         if target != model and fields:
             body = orjson.dumps({**fields, "model": target})
-        endpoints = self.registry.serving(target)
-        if not endpoints:
-            if target in self.known_models:
-                self.metrics.requests[(target, "-", 503)] += 1
-                body = error_body(503, f"The model `{model}` has no ready replica yet (it is "
-                                  "scaled to zero or starting); retry shortly.",
-                                  "ServiceUnavailable")  # fmt: skip
-                conn.respond(503, body, extra_headers=b"retry-after: 10\r\n")
-                return
+        if target not in self.known_models and not self.registry.serving(target):
             conn.respond(404, error_body(404, f"The model `{model}` does not exist.",
                                          "NotFoundError", "model"))  # fmt: skip
             return
@@ -189,7 +200,11 @@ class Router:
         )
         path = ALIASED_PATHS.get(req.path, req.path)
         head = self._request_head(req, path, len(body))
-        _Forward(self, conn, target, key, head + body, time.monotonic()).start()
+        fwd = _Forward(self, conn, target, key, head + body, time.monotonic())
+        if target in self.activator.queues:
+            self.hold(fwd)  # behind the requests already waiting for this model: arrival order
+        else:
+            fwd.start()  # held there when no engine is ready
 
     def _request_head(self, req: Request, path: str, length: int) -> bytes:
         target = (path + ("?" + req.query if req.query else "")).encode()
@@ -210,6 +225,97 @@ class Router:
         if picked is None:
             return None
         return self.registry.endpoints.get(picked.url)
+
+    # -- the activator ----------------------------------------------------------------------
+
+    def hold(self, fwd: _Forward) -> None:
+        """Queue a request until an engine of its model is ready (or answer it at once: holding
+        off, or the queue full)."""
+        model = fwd.model
+        if not self.activator.limits(model).enabled:
+            fwd.give_up(f"The model `{model}` has no ready replica yet (it is scaled to zero or "
+                        "starting); retry shortly.")  # fmt: skip
+            return
+        result = self.activator.hold(model, fwd)
+        if result == FULL:
+            self.metrics.hold_rejected[model] += 1
+            fwd.refuse_full()
+            return
+        if result == WOKE:
+            self.metrics.activations[model] += 1
+        fwd.held_at = time.monotonic()
+        fwd.conn.on_close = fwd.left_while_held
+        self.demand.add(fwd.mslot, HELD, 1)
+        if self.polls is not None:
+            self.polls.answer_all()  # a long-poll waits for exactly this
+        self.release(model)  # only waiting its turn behind others, with an engine ready
+
+    def unhold(self, fwd: _Forward) -> None:
+        """A held request leaves the queue (released, expired or refused)."""
+        self.demand.add(fwd.mslot, HELD, -1)
+        self.metrics.observe_hold(fwd.model, time.monotonic() - fwd.held_at)
+
+    def release(self, model: str) -> None:
+        """Forward the requests held for `model`, oldest first, as far as engines are ready."""
+        if model not in self.activator.queues:
+            return
+        ready = self.registry.ready(model)
+        if not ready:
+            return
+        cap = self.release_max_inflight
+        limit = -1 if cap == 0 else sum(max(0, cap - ep.inflight) for ep in ready)
+        if limit == 0:
+            return  # each ready engine has its share; a request that ends releases the next
+        for waiter in self.activator.take(model, limit):
+            waiter.wake()
+
+    def endpoints_changed(self) -> None:
+        """The endpoint set changed: list it in the demand table, release what can go now."""
+        self.demand.set_endpoints(self.registry.endpoints)
+        for model in self.registry.model_names():
+            self.demand.model(model)  # listed (at zero) in /vfleet/demand from now on
+        for model in list(self.activator.queues):
+            self.release(model)
+
+    def endpoint_up(self, ep: Endpoint) -> None:
+        for model in ep.models:
+            self.release(model)
+
+    def give_up_held(self, message: str) -> None:
+        """Answer every held request 503 (shutting down)."""
+        for waiter in self.activator.take_all():
+            if isinstance(waiter, _Forward):
+                waiter.give_up(message, held=True)
+
+    def _held_gauge(self) -> dict[str, int]:
+        models = {*self.known_models, *self.activator.queues, *self.metrics.hold_seconds}
+        return {m: self.activator.held(m) for m in models}
+
+    # -- demand -----------------------------------------------------------------------------
+
+    def _demand(self, req: Request, conn: Connection) -> None:
+        wait_s = 0.0
+        for part in req.query.split("&"):
+            name, _, value = part.partition("=")
+            if name == "wait_s":
+                try:
+                    wait_s = float(value)
+                except ValueError:
+                    wait_s = -1.0
+                if not 0.0 <= wait_s < math.inf:
+                    conn.respond(400, error_body(400, "wait_s must be a number of seconds >= 0.",
+                                                 "invalid_request_error", "wait_s"))  # fmt: skip
+                    return
+        table = self.demand.table
+        if wait_s <= 0.0 or table.held() > 0:
+            conn.respond(200, orjson.dumps(table.as_dict()))
+            return
+        if self.polls is None:
+            self.polls = _Polls(self)
+        if not self.polls.add(conn, min(wait_s, MAX_WAIT_S)):
+            self.metrics.rejected["demand_polls"] += 1
+            body = error_body(429, "Too many demand long-polls waiting.", "rate_limit_exceeded")
+            conn.respond(429, body, extra_headers=RETRY_FULL)
 
 
 def _estimated_tokens(fields: dict[str, Any]) -> float:
@@ -245,8 +351,9 @@ def _prefix(fields: dict[str, Any]) -> tuple[int, ...]:
 class _Forward:
     """One client request on its way through the router (an upstream `Sink`)."""
 
-    __slots__ = ("conn", "data", "ep", "gone", "key", "last", "model", "reset_retried", "router",
-                 "sse", "started", "t0", "tried", "upstream")  # fmt: skip
+    __slots__ = ("active", "conn", "counted", "data", "ep", "eslot", "gone", "held_at", "key",
+                 "last", "model", "mslot", "reset_retried", "router", "sse", "started", "t0",
+                 "tried", "upstream", "woken")  # fmt: skip
 
     def __init__(self, router: Router, conn: Connection, model: str, key: RouteKey, data: bytes,
                  t0: float) -> None:  # fmt: skip
@@ -264,22 +371,78 @@ class _Forward:
         self.gone = False  # the client disconnected
         self.reset_retried = False
         self.last = t0  # when the last body chunk was relayed
+        # Demand bookkeeping: the model's slot in this worker's row, the endpoint's slot while
+        # a request is in flight to it; counted (in `requests`) once answered or forwarded;
+        # active while counted in flight; held since; woken from the activator's queue.
+        self.mslot = router.demand.model(model)
+        self.eslot = -1
+        self.counted = False
+        self.active = False
+        self.held_at = 0.0
+        self.woken = False
 
     def start(self, same: Endpoint | None = None) -> None:
         router = self.router
         ep = same or router.choose(self.key, self.tried)
         if ep is None:
+            if not self.tried and not self.woken:
+                router.hold(self)  # no engine ready yet: wait for one
+                return
             router.metrics.rejected["no_endpoint"] += 1
             self._refuse(
                 503, f"No healthy endpoint serves model `{self.model}`.", "ServiceUnavailable"
             )
             return
+        if not self.active:
+            self.active = True
+            self._counted()
+            router.demand.add(self.mslot, INFLIGHT, 1)
         self.ep = ep
         self.tried.add(ep.url)
         ep.inflight += 1
+        self.eslot = router.demand.endpoint(ep.url)
+        router.demand.add(self.eslot, INFLIGHT, 1)
         self.conn.on_close = self._client_left
         limits = router.model_limits.get(self.model, router.limits)
         router.pool.send(ep.url, self.data, self, limits.first_byte_s, limits.idle_s, self._attach)
+
+    # -- Waiter (held by the activator) ------------------------------------------------------
+
+    def wake(self) -> None:
+        self.router.unhold(self)
+        self.woken = True
+        self.start()
+
+    def expire(self) -> None:
+        self.router.metrics.hold_timeouts[self.model] += 1
+        message = (f"The model `{self.model}` has no ready replica yet (it is scaled to zero or "
+                   "starting); it did not become ready in time. Retry shortly.")  # fmt: skip
+        self.give_up(message, held=True)
+
+    def give_up(self, message: str, held: bool = False) -> None:
+        """503 + Retry-After: no engine ready (deadline passed, holding off, shutting down)."""
+        if held:
+            self.router.unhold(self)
+        self._counted()
+        self.router.metrics.requests[(self.model, "-", 503)] += 1
+        self.conn.on_close = None
+        self.conn.respond(503, error_body(503, message, "ServiceUnavailable"),
+                          extra_headers=RETRY_UNREADY)  # fmt: skip
+
+    def refuse_full(self) -> None:
+        self._counted()
+        self.router.metrics.requests[(self.model, "-", 429)] += 1
+        self.conn.on_close = None
+        body = error_body(429, f"Too many requests are waiting for model `{self.model}` to "
+                          "become ready.", "rate_limit_exceeded")  # fmt: skip
+        self.conn.respond(429, body, extra_headers=RETRY_FULL)
+
+    def left_while_held(self) -> None:
+        """The client left while held: out of the queue, counted nowhere."""
+        router = self.router
+        if router.activator.cancel(self.model, self):
+            router.demand.add(self.mslot, HELD, -1)
+        self.gone = True
 
     def _attach(self, upstream: Any) -> None:
         if self.gone:
@@ -312,6 +475,7 @@ class _Forward:
 
     def on_end(self) -> None:
         self._release()
+        self._finish()
         self.router.metrics.duration.observe(time.monotonic() - abs(self.t0))
         self.conn.finish()
 
@@ -323,7 +487,7 @@ class _Forward:
             ep.mark_down(time.monotonic(), 1.0)
         self._release()
         if self.gone:
-            return
+            return  # _client_left has finished it
         if not err.started and not self.started:
             if err.kind == "reset" and not self.reset_retried and ep is not None and ep.healthy:
                 # Most often a pooled keep-alive connection the engine had just closed:
@@ -346,6 +510,7 @@ class _Forward:
                 status, f"Upstream {err.kind} from the engines serving `{self.model}`.", kind
             )
             return
+        self._finish()
         if self.sse and self.conn.chunked:
             event = error_body(502, f"The engine stream broke ({err.kind}).", "BadGateway")
             self.conn.finish(b"data: " + event + b"\n\ndata: [DONE]\n\n")
@@ -359,13 +524,32 @@ class _Forward:
         if self.upstream is not None:
             self.upstream.abort()  # the engine sees the disconnect and aborts the request
         self._release()
+        self._finish()
 
     def _release(self) -> None:
-        if self.ep is not None:
-            self.ep.inflight -= 1
+        """This attempt is over: the endpoint's in-flight count goes back."""
+        ep = self.ep
+        if ep is not None:
+            ep.inflight -= 1
             self.ep = None
+            router = self.router
+            router.demand.endpoint_done(self.eslot)
+            self.eslot = -1
+            if router.release_max_inflight and self.model in router.activator.queues:
+                router.release(self.model)  # room on an engine for the next held request
         self.upstream = None
         self.conn.on_close = None
+
+    def _finish(self) -> None:
+        """The request is over: no longer in flight for its model."""
+        if self.active:
+            self.active = False
+            self.router.demand.add(self.mslot, INFLIGHT, -1)
+
+    def _counted(self) -> None:
+        if not self.counted:
+            self.counted = True
+            self.router.demand.add(self.mslot, REQUESTS, 1)
 
     def _count(self, status: int) -> None:
         url = self.ep.url if self.ep is not None else "-"
@@ -374,5 +558,60 @@ class _Forward:
     def _refuse(self, status: int, message: str, type_: str) -> None:
         if status == 503:
             self.router.metrics.requests[(self.model, "-", status)] += 1
+        self._counted()
+        self._finish()
         self.conn.on_close = None
         self.conn.respond(status, error_body(status, message, type_))
+
+
+class _Polls:
+    """GET /vfleet/demand?wait_s=S requests waiting until some worker holds a request: one
+    task reads the shared table every POLL_S while any wait (a hold in this worker answers at
+    once), and answers each at its deadline at the latest."""
+
+    __slots__ = ("router", "task", "waiting")
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.waiting: dict[int, tuple[Connection, float]] = {}  # id(conn) -> (conn, deadline)
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, conn: Connection, wait_s: float) -> bool:
+        if len(self.waiting) >= MAX_POLLS:
+            return False
+        key = id(conn)
+        self.waiting[key] = (conn, time.monotonic() + wait_s)
+        conn.on_close = lambda: self._left(key)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        return True
+
+    def answer_all(self) -> None:
+        if self.waiting:
+            self._answer(list(self.waiting))
+
+    def _left(self, key: int) -> None:
+        self.waiting.pop(key, None)
+
+    async def _run(self) -> None:
+        table = self.router.demand.table
+        try:
+            while self.waiting:
+                await asyncio.sleep(POLL_S)
+                if table.held() > 0:
+                    self.answer_all()
+                    continue
+                now = time.monotonic()
+                due = [key for key, (_, deadline) in self.waiting.items() if deadline <= now]
+                if due:
+                    self._answer(due)
+        finally:
+            self.task = None
+
+    def _answer(self, keys: list[int]) -> None:
+        body = orjson.dumps(self.router.demand.table.as_dict())
+        for key in keys:
+            entry = self.waiting.pop(key, None)
+            if entry is not None:
+                entry[0].on_close = None
+                entry[0].respond(200, body)

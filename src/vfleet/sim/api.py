@@ -121,6 +121,13 @@ def _int(
     return v
 
 
+def _n(body: Body) -> int:
+    """`n` as given: vLLM checks its range (1 to VLLM_MAX_N_SEQUENCES) only in SamplingParams,
+    after the prompts are measured, and names no parameter in those errors."""
+    n = _int(body, "n", 1, -(2**63))
+    return 1 if n is None else n
+
+
 def _bool(body: Body, key: str, default: bool) -> bool:
     v = body.get(key, default)
     if v is None:
@@ -164,7 +171,7 @@ def _sampling(body: Body, default_max: int | None) -> Sampling:
     return Sampling(
         max_tokens=max_tokens,
         request_id=rid if isinstance(rid, str) and rid else None,
-        n=_int(body, "n", 1, 1) or 1,
+        n=_n(body),
         stop=_stop(body),
         ignore_eos=_bool(body, "ignore_eos", False),
         seed=seed if type(seed) is int else 0,

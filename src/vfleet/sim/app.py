@@ -13,8 +13,9 @@ import time
 
 import uvloop
 
-from vfleet.http.server import HttpProtocol
-from vfleet.sim.config import SimConfig
+from vfleet.http.limits import raise_nofile_limit
+from vfleet.http.server import protocol_factory
+from vfleet.sim.config import SimConfig, with_environment
 from vfleet.sim.engine import Engine
 from vfleet.sim.kvevents import ZmqPublisher
 from vfleet.sim.metrics import EngineMetrics
@@ -58,7 +59,11 @@ async def serve(cfg: SimConfig) -> None:
     # of the cyclic collector's scans, which otherwise walk them again and again under load.
     gc.freeze()
     server = await loop.create_server(
-        lambda: HttpProtocol(sim.handle), cfg.host, cfg.port, reuse_address=True, backlog=4096
+        protocol_factory(sim.handle, cfg.edge),
+        cfg.host,
+        cfg.port,
+        reuse_address=True,
+        backlog=4096,
     )
     port = server.sockets[0].getsockname()[1]
     if cfg.faults.crash_after_s:
@@ -87,4 +92,10 @@ def run(cfg: SimConfig) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        cfg = with_environment(cfg, os.environ)
+    except ValueError as exc:
+        raise SystemExit(f"vfleet sim: {exc}") from None
+    # Before listening: the default soft limit (often 1024) is a few idle clients away.
+    raise_nofile_limit()
     uvloop.run(serve(cfg))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
+from vfleet.http.limits import EdgeLimits
 from vfleet.sim.faults import FaultConfig
 from vfleet.sim.kvevents import KVEventsConfig
 from vfleet.sim.profiles import LatencyProfile
 from vfleet.sim.scheduler import SchedulerConfig
 
 TASKS = ("generate", "embed", "classify")
+MAX_N_SEQUENCES = 16384  # vLLM's default VLLM_MAX_N_SEQUENCES: the largest `n` it accepts
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ class SimConfig:
     max_loras: int = 8
     gpu_memory_utilization: float = 0.9  # reported in cache_config_info only
     seed: int = 0
+    max_n_sequences: int = MAX_N_SEQUENCES  # as vLLM's VLLM_MAX_N_SEQUENCES
+    edge: EdgeLimits = field(default_factory=EdgeLimits)  # HTTP limits at the client edge
 
     def __post_init__(self) -> None:
         if not self.served_names or not all(self.served_names):
@@ -43,6 +48,8 @@ class SimConfig:
             raise ValueError("time_scale must be > 0")
         if self.output_len_mean < 1 or self.embedding_dim < 1:
             raise ValueError("output_len_mean and embedding_dim must be >= 1")
+        if self.max_n_sequences < 1:
+            raise ValueError("max_n_sequences must be >= 1")
 
     @property
     def name(self) -> str:
@@ -70,3 +77,15 @@ class SimConfig:
             "prefix_caching_hash_algo": "sha256",
             "sliding_window": "None",
         }
+
+
+def with_environment(cfg: SimConfig, environ: Mapping[str, str]) -> SimConfig:
+    """`cfg` with the settings vLLM reads from its environment (VLLM_MAX_N_SEQUENCES)."""
+    raw = environ.get("VLLM_MAX_N_SEQUENCES")
+    if raw is None or not raw.strip():
+        return cfg
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"VLLM_MAX_N_SEQUENCES must be an integer, got {raw!r}") from None
+    return replace(cfg, max_n_sequences=value)

@@ -282,13 +282,28 @@ class SimServer:
                 "max_tokens",
                 s.max_tokens,
             )
-        now = self.engine.now()
-        for p_idx, prompt in enumerate(g.prompts):
+        budgets: list[int] = []
+        for prompt in g.prompts:
             if not prompt:
                 raise ApiError(400, "Prompt cannot be empty", param="prompt")
             max_tokens = s.max_tokens if s.max_tokens is not None else max_len - len(prompt)
             if max_tokens < 1 or len(prompt) + max_tokens > max_len:
                 raise _too_long(len(prompt), max(max_tokens, 1), max_len, g.prompts_are_text)
+            budgets.append(max_tokens)
+        # vLLM checks `n` when it builds SamplingParams, after every prompt has been measured
+        # (_verify_num_sequences: a BadRequestError naming no parameter). `best_of` is no
+        # field of vLLM 0.26 requests (vllm#29090 removed it): ignored there, and here too.
+        cap = self.cfg.max_n_sequences
+        if s.n < 1:
+            raise ApiError(400, f"n must be at least 1, got {s.n}.")
+        if s.n > cap:
+            raise ApiError(
+                400,
+                f"n must be at most {cap}, got {s.n}. To increase this limit, set the "
+                "VLLM_MAX_N_SEQUENCES environment variable.",
+            )
+        now = self.engine.now()
+        for p_idx, (prompt, max_tokens) in enumerate(zip(g.prompts, budgets, strict=True)):
             # Picks where in the filler text the output starts. Python hashes int tuples the
             # same in every process (only str/bytes hashes are salted).
             h = hash((len(prompt), prompt[0], prompt[len(prompt) // 2], prompt[-1])) & 0xFFFFFFFF

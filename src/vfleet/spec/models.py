@@ -111,12 +111,22 @@ class Storage(Spec):
 
 
 class Autoscaling(Spec):
-    """T9k's semantics: min 0 scales to zero; max None (or 0 in imported files) is unbounded."""
+    """T9k's bounds (min 0 scales to zero; max None, or 0 in imported files, is unbounded) and
+    Knative KPA's behaviour; durations in seconds. docs/fleet.md says what each field means."""
 
     min_replicas: int = Field(1, ge=0)
     max_replicas: int | None = Field(None, ge=1)
-    metric: Literal["concurrency", "waiting", "kv_cache"] = "concurrency"
-    target: float = Field(32.0, gt=0)  # per replica, in the metric's unit
+    metric: Literal["concurrency", "rps", "waiting", "kv_cache"] = "concurrency"
+    target: float = Field(32.0, gt=0)  # per replica, in the metric's unit (kv_cache: 0..1 or %)
+    stable_window_s: float = Field(60.0, gt=0)  # the metric is averaged over this
+    panic_window_s: float = Field(6.0, gt=0)  # bursts are judged over this
+    panic_threshold: float = Field(2.0, gt=1)  # panic when bursts want this many x ready
+    scale_down_delay_s: float = Field(0.0, ge=0)  # want fewer for this long before scaling down
+    scale_to_zero_grace_s: float = Field(30.0, ge=0)  # no demand for this long before zero
+    max_scale_up_rate: float = Field(1000.0, gt=1)  # one step grows to at most current x this
+    max_scale_down_rate: float = Field(2.0, gt=1)  # one step shrinks to at least current / this
+    ttft_p90_s: float | None = Field(None, gt=0)  # add replicas while p90 TTFT is above this
+    kv_usage_target: float | None = Field(None, gt=0, le=1)  # mean KV cache use per replica
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -124,7 +134,24 @@ class Autoscaling(Spec):
             raise ValueError(
                 f"maxReplicas ({self.max_replicas}) is below minReplicas ({self.min_replicas})"
             )
+        if self.panic_window_s > self.stable_window_s:
+            raise ValueError(
+                f"panicWindowS ({self.panic_window_s:g}) is longer than stableWindowS "
+                f"({self.stable_window_s:g}); the panic window is the short one"
+            )
+        if self.metric == "kv_cache" and self.target > 100:
+            raise ValueError(
+                f"a kv_cache target is a fraction of one replica's KV cache (0.8) or a percent "
+                f"(80), not {self.target:g}"
+            )
         return self
+
+
+class Hold(Spec):
+    """Requests the router holds while the model has no ready replica (at zero, starting)."""
+
+    timeout_s: float = Field(300.0, gt=0)  # a held request gets 503 after this many seconds
+    max_queued: int = Field(1000, ge=1)  # requests held at most; more get 429
 
 
 class Lora(Spec):
@@ -201,6 +228,7 @@ class Model(Spec):
     image: str | None = None  # container image on Kubernetes
     replicas: int = Field(1, ge=0)
     autoscaling: Autoscaling | None = None
+    hold: Hold = Field(default_factory=Hold)
     gpu: GpuRequest = 1.0  # whole GPUs (1, 2, 8) or a share of one (0.2)
     cpu: str | None = None  # Kubernetes quantity, e.g. "6" or "500m"
     memory: str | None = None  # e.g. "16Gi"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -112,3 +113,59 @@ def server_resources(draft: Draft, server: dict[str, Any], at: Path_) -> None:
         for key in ("cpu", "memory"):
             if block.get(key) is not None:
                 draft.put((*at, key), str(block[key]), (*src, key))
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|us|µs|ns|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def duration_s(value: Any) -> float | None:
+    """Seconds of a Go/Knative duration ("60s", "1m30s", "1.5h", "500ms"); a bare number is
+    seconds. None when it is not one."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return None
+    seconds = number(value)
+    if seconds is None and isinstance(value, str):
+        text = value.strip()
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+def number(value: Any) -> float | None:
+    """A number written as a number or a string ("32", "10.0", "200%"); None when not one."""
+    if isinstance(value, bool):
+        return None
+    try:
+        out = float(str(value).strip().removesuffix("%"))
+    except ValueError:
+        return None
+    return out if math.isfinite(out) else None
+
+
+_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_QUANTITY_UNITS = {
+    None: 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+}
+
+
+def quantity(value: Any) -> float | None:
+    """A Kubernetes quantity ("32", "500m", "2k", 0.8) as a number; None when not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    match = _QUANTITY.match(str(value).strip())
+    if match is None:
+        return None
+    return float(match[1]) * _QUANTITY_UNITS[match[2]]

@@ -1,6 +1,7 @@
 """Hand-written Kubernetes manifests (a Deployment running `vllm serve`) onto the fleet spec.
 
-Workloads whose container runs vLLM become models; every other object (PVC, PV, Service,
+Workloads whose container runs vLLM become models; a HorizontalPodAutoscaler of one of them
+becomes that model's autoscaling (importers/hpa.py); every other object (PVC, PV, Service,
 Ingress, ...) is kept as is under `kubernetes.extraObjects` for the chart to apply alongside.
 """
 
@@ -10,6 +11,7 @@ import shlex
 from typing import Any
 
 from vfleet.spec.draft import Draft
+from vfleet.spec.importers import hpa
 from vfleet.spec.importers.common import env_list, mapping, put_args, sequence, slug
 from vfleet.spec.models import parse_source_uri
 
@@ -37,23 +39,48 @@ def vllm_argv(container: dict[str, Any]) -> list[str] | None:
 
 
 def build(draft: Draft, docs: list[Any]) -> None:
-    extra: list[Any] = []
-    n = 0
+    extra: dict[int, Any] = {}
+    workloads: dict[tuple[str, str], tuple[int, str]] = {}  # (kind, name) -> (model, namespace)
+    scalers: list[tuple[int, dict[str, Any]]] = []
     for docno, obj in enumerate(docs):
         draft.docno = docno
         container = _vllm_container(obj)
-        if container is None:
-            extra.append(obj)
-            kind = obj.get("kind")
-            draft.note(
-                (), f"{kind} {obj.get('metadata', {}).get('name', '')!r} kept as is for Kubernetes"
-            )
-            continue
-        _model(draft, obj, container, ("models", n))
-        n += 1
+        if container is not None:
+            n = len(workloads)
+            _model(draft, obj, container, ("models", n))
+            meta = obj.get("metadata") or {}
+            workloads[(obj["kind"], str(meta.get("name")))] = (n, str(meta.get("namespace") or ""))
+        elif obj.get("kind") == "HorizontalPodAutoscaler" and hpa.target_ref(obj):
+            scalers.append((docno, obj))
+        else:
+            extra[docno] = obj
+            _kept(draft, obj)
+    for docno, obj in scalers:
+        draft.docno = docno
+        if not _autoscaler(draft, obj, workloads):
+            extra[docno] = obj
     draft.docno = 0
     if extra:
-        draft.put(("kubernetes", "extraObjects"), extra)
+        draft.put(("kubernetes", "extraObjects"), [extra[i] for i in sorted(extra)])
+
+
+def _kept(draft: Draft, obj: dict[str, Any]) -> None:
+    kind = obj.get("kind")
+    draft.note((), f"{kind} {obj.get('metadata', {}).get('name', '')!r} kept as is for Kubernetes")
+
+
+def _autoscaler(
+    draft: Draft, obj: dict[str, Any], workloads: dict[tuple[str, str], tuple[int, str]]
+) -> bool:
+    """Apply an HPA to the model it scales; False when it stays a Kubernetes object."""
+    ref = hpa.target_ref(obj)
+    found = workloads.get(ref) if ref else None
+    namespace = str((obj.get("metadata") or {}).get("namespace") or "")
+    if found is None or (namespace and found[1] and namespace != found[1]):
+        _kept(draft, obj)
+        return False
+    name = str(draft.data["models"][found[0]]["name"])
+    return hpa.apply(draft, obj, ("models", found[0]), name)
 
 
 def _vllm_container(obj: Any) -> tuple[int, dict[str, Any]] | None:

@@ -2,7 +2,8 @@
 
 The weights come from a PVC (`server.model.volume.existingClaim` + `subPath`) or are fetched by a
 DataCube (`datacube.source`: huggingface, git or s3) into that volume. Autoscaling follows
-Knative: minReplicas empty is 1, 0 scales to zero; maxReplicas empty or 0 is unbounded.
+Knative: minReplicas empty is 1, 0 scales to zero; maxReplicas empty or 0 is unbounded; the
+`autoscaling.knative.dev/*` annotations set the metric, target, windows, delays and rates.
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from vfleet.spec.draft import Draft
-from vfleet.spec.importers.common import env_list, mapping, put_args, server_resources, slug
+from vfleet.spec.importers.common import (
+    duration_s,
+    env_list,
+    mapping,
+    number,
+    put_args,
+    server_resources,
+    slug,
+)
 
 SERVER = {
     "image",
@@ -155,10 +164,88 @@ def _autoscaling(draft: Draft, auto: dict[str, Any], at: tuple[Any, ...]) -> Non
     if hi is not None:
         spec["maxReplicas"] = hi
     notes = mapping(draft, auto.get("annotations"), (*src, "annotations"))
-    metric = notes.get("autoscaling.knative.dev/metric")
-    if metric in ("concurrency", "rps"):
-        spec["metric"] = "concurrency"
-    if notes.get("autoscaling.knative.dev/target") is not None:
-        spec["target"] = float(notes["autoscaling.knative.dev/target"])
+    origins = _knative(draft, notes, (*src, "annotations"), spec)
     draft.put((*at, "autoscaling"), spec, src)
+    for field, key in origins.items():
+        draft.origins[(*at, "autoscaling", field)] = (*src, "annotations", key)
     draft.put((*at, "replicas"), max(lo, 1) if isinstance(lo, int) else 1, src)
+
+
+KNATIVE = "autoscaling.knative.dev/"
+# annotation (after the prefix; older releases spell it in camelCase) -> (field, how to read it)
+KNATIVE_KEYS = {
+    "window": ("stableWindowS", "duration"),
+    "panic-window-percentage": ("panicWindowS", "percent"),
+    "panicWindowPercentage": ("panicWindowS", "percent"),
+    "panic-threshold-percentage": ("panicThreshold", "percent"),
+    "panicThresholdPercentage": ("panicThreshold", "percent"),
+    "scale-to-zero-pod-retention-period": ("scaleToZeroGraceS", "duration"),
+    "scaleToZeroPodRetentionPeriod": ("scaleToZeroGraceS", "duration"),
+    "scale-down-delay": ("scaleDownDelayS", "duration"),
+    "max-scale-up-rate": ("maxScaleUpRate", "number"),
+    "max-scale-down-rate": ("maxScaleDownRate", "number"),
+    "target": ("target", "number"),
+    "target-utilization-percentage": ("target", "percent"),
+}
+HOW = {"duration": "a duration (e.g. 60s, 1m30s)", "percent": "a percentage", "number": "a number"}
+
+
+def _knative(
+    draft: Draft, notes: dict[str, Any], src: tuple[Any, ...], spec: dict[str, Any]
+) -> dict[str, str]:
+    """Knative's per-revision annotations onto autoscaling fields; returns field -> key."""
+    origins: dict[str, str] = {}
+    read: dict[str, float] = {}
+    for key, raw in notes.items():
+        name = str(key).removeprefix(KNATIVE) if str(key).startswith(KNATIVE) else None
+        if name == "metric":
+            _metric(draft, raw, (*src, key), spec)
+            origins["metric"] = key
+        elif name is not None and name in KNATIVE_KEYS:
+            field, how = KNATIVE_KEYS[name]
+            value = duration_s(raw) if how == "duration" else number(raw)
+            if value is None:
+                raise draft.doc.error((*src, key), f"{raw!r} is not {HOW[how]}")
+            read[name] = value
+            origins[field] = key
+        else:
+            draft.note((*src, key), "annotation not read by vfleet; left out")
+    _apply(read, spec)
+    return origins
+
+
+def _metric(draft: Draft, raw: Any, src: tuple[Any, ...], spec: dict[str, Any]) -> None:
+    if raw in ("concurrency", "rps"):
+        spec["metric"] = raw
+    else:
+        draft.note(src, f"metric {raw!r} has no vfleet equivalent; scaling on concurrency")
+
+
+def _apply(read: dict[str, float], spec: dict[str, Any]) -> None:
+    def first(*names: str) -> float | None:
+        return next((read[n] for n in names if n in read), None)
+
+    stable = read.get("window")
+    if stable is not None:
+        spec["stableWindowS"] = stable
+    if "target" in read:
+        spec["target"] = read["target"]
+    utilization = read.get("target-utilization-percentage")
+    if utilization is not None:
+        spec["target"] = spec.get("target", 32.0) * utilization / 100
+    panic_pct = first("panic-window-percentage", "panicWindowPercentage")
+    if panic_pct is not None:
+        spec["panicWindowS"] = round((stable or 60.0) * panic_pct / 100, 3)
+    threshold = first("panic-threshold-percentage", "panicThresholdPercentage")
+    if threshold is not None:
+        spec["panicThreshold"] = threshold / 100
+    grace = first("scale-to-zero-pod-retention-period", "scaleToZeroPodRetentionPeriod")
+    if grace is not None:
+        spec["scaleToZeroGraceS"] = grace
+    for name, field in (
+        ("scale-down-delay", "scaleDownDelayS"),
+        ("max-scale-up-rate", "maxScaleUpRate"),
+        ("max-scale-down-rate", "maxScaleDownRate"),
+    ):
+        if name in read:
+            spec[field] = read[name]

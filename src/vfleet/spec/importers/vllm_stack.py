@@ -304,7 +304,23 @@ def _keda(draft: Draft, keda: dict[str, Any], src: tuple[Any, ...], at: tuple[An
         auto["metric"] = "kv_cache"
     if meta.get("threshold") is not None:
         auto["target"] = float(meta["threshold"])
+    # KEDA waits cooldownPeriod seconds after the last active trigger before scaling to zero.
+    if auto["minReplicas"] == 0 and keda.get("cooldownPeriod") is not None:
+        auto["scaleToZeroGraceS"] = keda["cooldownPeriod"]
+        draft.origins[(*at, "autoscaling", "scaleToZeroGraceS")] = (*src, "cooldownPeriod")
+    delay = hpa_scale_down_delay(keda.get("advanced"))
+    if delay is not None:
+        auto["scaleDownDelayS"] = delay
     draft.put((*at, "autoscaling"), auto, src)
+
+
+def hpa_scale_down_delay(advanced: Any) -> Any:
+    """KEDA's `advanced.horizontalPodAutoscalerConfig.behavior.scaleDown`
+    stabilizationWindowSeconds: the HPA's scale-down delay."""
+    node = advanced
+    for key in ("horizontalPodAutoscalerConfig", "behavior", "scaleDown"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node.get("stabilizationWindowSeconds") if isinstance(node, dict) else None
 
 
 def _router(draft: Draft, spec: dict[str, Any]) -> None:
