@@ -291,6 +291,14 @@ def _model_holds(items: tuple[str, ...]) -> dict[str, dict[str, float]]:
               help="Another router replica (http://HOST:PORT) to add demand from.")  # fmt: skip
 @click.option("--k8s-peer-selector", default=None,
               help="Label selector of the router pods whose demand the scaler adds.")  # fmt: skip
+@click.option("--client-header-timeout", type=float, default=None,
+              help="Seconds a client may take to send a request head (20); then 408.")  # fmt: skip
+@click.option("--client-body-timeout", type=float, default=None,
+              help="Seconds of silence allowed while a body arrives (60); then 408.")  # fmt: skip
+@click.option("--keepalive-timeout", type=float, default=None,
+              help="Idle client connections are closed after this many seconds (75).")  # fmt: skip
+@click.option("--max-connections", type=int, default=None,
+              help="Client connections per router process (10000); beyond: 503.")  # fmt: skip
 def router(
     config_file: str | None,
     backend: tuple[str, ...],
@@ -326,6 +334,10 @@ def router(
     keda_port: int | None,
     peers: tuple[str, ...],
     k8s_peer_selector: str | None,
+    client_header_timeout: float | None,
+    client_body_timeout: float | None,
+    keepalive_timeout: float | None,
+    max_connections: int | None,
 ) -> None:
     """Run the OpenAI-compatible router in front of engines."""
     from vfleet.router.app import run
@@ -375,6 +387,10 @@ def router(
             "keda_port": keda_port,
             "peers": tuple(p.rstrip("/") for p in peers) or None,
             "k8s_peer_selector": k8s_peer_selector,
+            "client_header_timeout_s": client_header_timeout,
+            "client_body_timeout_s": client_body_timeout,
+            "keepalive_timeout_s": keepalive_timeout,
+            "max_connections": max_connections,
         }
         settings.update({k: v for k, v in flags.items() if v is not None})
         cfg = RouterConfig(**settings)

@@ -33,7 +33,8 @@ import orjson
 import uvloop
 import yaml
 
-from vfleet.http.server import HttpProtocol
+from vfleet.http.limits import raise_nofile_limit
+from vfleet.http.server import protocol_factory
 from vfleet.router.activator import Activator, HoldLimits
 from vfleet.router.config import BackendSpec, RouterConfig, load_endpoints_file, parse_endpoints
 from vfleet.router.demand import DemandRow, DemandTable
@@ -224,19 +225,14 @@ async def serve(
                       router.backend_auth, lambda: router.activator.queues,
                       router.endpoint_up)  # fmt: skip
     tasks.append(loop.create_task(_guarded(fast.run(), "fast probes")))
-    max_body = cfg.max_body_bytes
+    # One factory per listening socket: the connection bound and deadline timers are shared.
+    factory = protocol_factory(router.handle, cfg.edge_limits())
     if sock is None:
         server = await loop.create_server(
-            lambda: HttpProtocol(router.handle, max_body),
-            cfg.host,
-            cfg.port,
-            reuse_address=True,
-            backlog=4096,
+            factory, cfg.host, cfg.port, reuse_address=True, backlog=4096
         )
     else:
-        server = await loop.create_server(
-            lambda: HttpProtocol(router.handle, max_body), sock=sock, backlog=4096
-        )
+        server = await loop.create_server(factory, sock=sock, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     gc.freeze()
     healthy = sum(ep.healthy for ep in router.registry.endpoints.values())
@@ -293,6 +289,8 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
 
 def run(cfg: RouterConfig) -> None:
     """Serve until SIGTERM/SIGINT; KubeSettingsError (before serving) for unusable settings."""
+    # Before listening: the usual soft limit of 1024 lets a thousand idle clients lock out all.
+    raise_nofile_limit()
     kube = None
     if cfg.k8s_selector is not None:
         from vfleet.router.kubewatch import load_target

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from vfleet.http.limits import EdgeLimits
 from vfleet.router.policies import POLICY_NAMES
 
 
@@ -73,8 +74,28 @@ class RouterConfig:
     keda_port: int | None = None  # gRPC port (0: any free one)
     peers: tuple[str, ...] = ()  # other router replicas, http://host:port, asked for demand
     k8s_peer_selector: str | None = None  # label selector of the router pods (peers)
+    # The client edge (vfleet.http.limits.EdgeLimits): what a connection may cost before its
+    # request reaches the router. Sizes in bytes, times in seconds.
+    client_header_timeout_s: float = 20.0  # first byte to end of the request head: 408
+    client_body_timeout_s: float = 60.0  # longest silence while a body arrives: 408
+    keepalive_timeout_s: float = 75.0  # idle client connections are closed after this
+    max_connections: int = 10_000  # per router process; beyond: 503 and close
+    max_request_line_bytes: int = 8 * 1024  # 414 above
+    max_header_bytes: int = 64 * 1024  # the whole request head: 431 above
+
+    def edge_limits(self) -> EdgeLimits:
+        return EdgeLimits(
+            max_request_line_bytes=self.max_request_line_bytes,
+            max_header_bytes=self.max_header_bytes,
+            max_body_bytes=self.max_body_bytes,
+            header_timeout_s=self.client_header_timeout_s,
+            body_timeout_s=self.client_body_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
+            max_connections=self.max_connections,
+        )
 
     def __post_init__(self) -> None:
+        self.edge_limits()  # its own checks: positive sizes and timeouts
         for name in (self.policy, *self.model_policies.values()):
             if name not in POLICY_NAMES:
                 raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")

@@ -58,10 +58,20 @@ def _dechunk(data: bytes) -> bytes:
 
 async def probe(ep: Endpoint, timeout_s: float, auth: bytes) -> bool:
     """Refresh one endpoint; True when it answered /health with 200."""
+    return await answers_health(ep, timeout_s) and await refresh(ep, timeout_s, auth)
+
+
+async def answers_health(ep: Endpoint, timeout_s: float) -> bool:
     try:
         status, _ = await http_get(ep.url, "/health", timeout_s)
-        if status != 200:
-            return False
+    except (OSError, TimeoutError, ValueError, IndexError):
+        return False
+    return status == 200
+
+
+async def refresh(ep: Endpoint, timeout_s: float, auth: bytes) -> bool:
+    """The endpoint's models and load (/v1/models, /metrics); False when it stopped answering."""
+    try:
         status, body = await http_get(ep.url, "/v1/models", timeout_s, auth)
         if status == 200:
             data = orjson.loads(body).get("data", [])
@@ -141,15 +151,28 @@ class FastProber:
 
     async def _probe(self, ep: Endpoint) -> None:
         try:
-            ok = await probe(ep, self.timeout_s, self.auth)
+            # An engine whose models are known is served the moment /health answers: held
+            # requests wait for it, and vLLM's /metrics alone can take tens of milliseconds.
+            # Its models and load are read right after, as every probe does.
+            if ep.static_models:
+                ok = await answers_health(ep, self.timeout_s)
+                if ok and self._came_up(ep):
+                    await refresh(ep, self.timeout_s, self.auth)
+                    return
+            else:
+                ok = await probe(ep, self.timeout_s, self.auth)
         finally:
             self.busy.pop(ep.url, None)
-        if self.registry.endpoints.get(ep.url) is not ep or ep.healthy:
-            return  # unlisted meanwhile, or found up by the regular loop
-        now = time.monotonic()
         if ok:
-            ep.mark_up(now, self.interval_s)
-            log.warning("endpoint %s is up", ep.url)
-            self.on_up(ep)
-        elif ep.unprobed and not ep.starting:
-            ep.mark_down(now, self.interval_s)
+            self._came_up(ep)
+        elif ep.unprobed and not ep.starting and self.registry.endpoints.get(ep.url) is ep:
+            ep.mark_down(time.monotonic(), self.interval_s)
+
+    def _came_up(self, ep: Endpoint) -> bool:
+        """Mark a probed endpoint up unless it was unlisted meanwhile or is already up."""
+        if self.registry.endpoints.get(ep.url) is not ep or ep.healthy:
+            return False
+        ep.mark_up(time.monotonic(), self.interval_s)
+        log.warning("endpoint %s is up", ep.url)
+        self.on_up(ep)
+        return True
