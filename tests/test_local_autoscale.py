@@ -169,8 +169,8 @@ def test_model_scaler_records_changes_not_every_decision() -> None:
 # -- end to end ---------------------------------------------------------------------------------
 
 
-def write_fleet(tmp_path: Path, auto: dict[str, Any], keys: bool = False) -> Path:
-    """One autoscaled chat model on simulated engines that take 1 s to open their port (as
+def write_fleet(tmp_path: Path, auto: dict[str, Any], keys: bool = False, workers: int = 1) -> Path:
+    """One autoscaled chat model on simulated engines that take 2 s to open their port (as
     vLLM loads weights) and stream a token every ~11 ms."""
     spec = {
         "name": "elastic",
@@ -181,11 +181,11 @@ def write_fleet(tmp_path: Path, auto: dict[str, Any], keys: bool = False) -> Pat
                 "servedNames": ["m"],
                 "source": "org/m",
                 "gpu": 0.2,
-                "sim": {"timeScale": 10, "extraArgs": ["--startup-delay", "1"]},
+                "sim": {"timeScale": 10, "extraArgs": ["--startup-delay", "2"]},
                 "autoscaling": auto,
             }
         ],
-        "router": {"apiKeys": [KEY]} if keys else {},
+        "router": {"workers": workers, **({"apiKeys": [KEY]} if keys else {})},
     }
     path = tmp_path / "fleet.yaml"
     path.write_text(json.dumps(spec))
@@ -244,8 +244,8 @@ class Load:
 def fleet_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
     started: list[Up] = []
 
-    def make(auto: dict[str, Any], keys: bool = False) -> Up:
-        up = start_up(tmp_path / "run", "-f", str(write_fleet(tmp_path, auto, keys)))
+    def make(auto: dict[str, Any], keys: bool = False, workers: int = 1) -> Up:
+        up = start_up(tmp_path / "run", "-f", str(write_fleet(tmp_path, auto, keys, workers)))
         started.append(up)
         return up
 
@@ -255,10 +255,13 @@ def fleet_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
 def test_burst_at_zero_wakes_the_model_and_every_request_succeeds_in_order(
-    fleet_up: Callable[..., Up],
+    fleet_up: Callable[..., Up], workers: int
 ) -> None:
-    up = fleet_up({"minReplicas": 0, "maxReplicas": 2, "target": 100}, keys=True)
+    # With two router workers the held requests are spread over both processes: the wake-up
+    # must come from either, and each must release its own queue.
+    up = fleet_up({"minReplicas": 0, "maxReplicas": 2, "target": 100}, keys=True, workers=workers)
     assert model_state(up)["current"] == 0
     assert all(e["state"] == "idle" and e["pid"] is None for e in up.state()["engines"])
     # 100 clients, each on its own keep-alive connection: the first requests all arrive while

@@ -306,4 +306,6 @@ def _router(fleet: Fleet, r: RouterSpec) -> dict[str, Any]:
         out["rateLimitPerMinute"] = r.rate_limit_per_minute
     if r.token_limit_per_minute:
         out["tokenLimitPerMinute"] = r.token_limit_per_minute
+    if r.workers > 1:
+        out["workers"] = r.workers
     return deep_merge(out, r.kubernetes)

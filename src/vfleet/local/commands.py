@@ -247,6 +247,7 @@ def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str,
         "host": host,
         "port": port,
         "policy": r.policy,
+        "workers": r.workers,
         "health_interval_s": 1.0,
         # Every name a client may ask for: one with no engine up (scaled to zero, starting)
         # is held until one is ready, not answered 404.

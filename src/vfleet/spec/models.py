@@ -309,6 +309,7 @@ class RouterSpec(Spec):
     rate_limit_per_minute: float = Field(0.0, ge=0)  # requests per key; 0: no limit
     token_limit_per_minute: float = Field(0.0, ge=0)  # estimated tokens per key; 0: no limit
     replicas: int = Field(1, ge=0)  # Kubernetes
+    workers: int = Field(1, ge=1, le=64)  # router processes sharing the port (SO_REUSEPORT)
     kubernetes: dict[str, Any] = Field(default_factory=dict)
 
 
