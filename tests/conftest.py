@@ -50,6 +50,13 @@ def start_vfleet(
 ) -> SimProcess:
     """Start `vfleet COMMAND --port 0 ARGS` and wait for its ready line (bounded)."""
     cmd = [sys.executable, "-m", "vfleet", command, "--host", "127.0.0.1", "--port", "0", *args]
+    return start_ready(cmd, f"vfleet {command}", timeout_s, env)
+
+
+def start_ready(
+    cmd: list[str], what: str, timeout_s: float = 20.0, env: dict[str, str] | None = None
+) -> SimProcess:
+    """Start `cmd` and wait (bounded) for the `ready on http://HOST:PORT` line on its stderr."""
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
@@ -74,7 +81,7 @@ def start_vfleet(
     proc.kill()
     proc.wait(timeout=10)
     proc.stderr.close()
-    raise AssertionError(f"vfleet {command} did not become ready: {''.join(log)}")
+    raise AssertionError(f"{what} did not become ready: {''.join(log)}")
 
 
 def start_sim(*args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None) -> SimProcess:

@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import select
 import socket
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from conftest import READY, SimProcess, _drain
+from conftest import SimProcess, start_ready
 
 EDGESIM = Path(__file__).with_name("edgesim.py")
 CLOSED = b"<closed>"
@@ -25,22 +23,7 @@ CLOSED = b"<closed>"
 def start_edge_sim(limits: dict[str, Any], profile: str = "instant") -> SimProcess:
     """A `vfleet sim` equivalent whose HTTP edge has `EdgeLimits(**limits)` (bounded start)."""
     cmd = [sys.executable, str(EDGESIM), json.dumps(limits), profile]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    log: list[str] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        log.append(line)
-        m = READY.search(line)
-        if m:
-            threading.Thread(target=_drain, args=(proc, log), daemon=True).start()
-            return SimProcess(proc, f"http://{m.group(1)}:{m.group(2)}", log)
-    proc.kill()
-    proc.wait(timeout=10)
-    raise AssertionError(f"edge sim did not become ready: {''.join(log)}")
+    return start_ready(cmd, "edge sim")
 
 
 def connect(url: str, timeout_s: float = 5.0) -> socket.socket:
