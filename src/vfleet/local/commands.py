@@ -20,13 +20,12 @@ from rich.live import Live
 
 from vfleet.download.errors import DownloadError
 from vfleet.local import display
+from vfleet.local.elastic import engine_load
 from vfleet.local.gpus import detect_gpus, free_ports, parse_gpus, port_free, vllm_version
 from vfleet.local.packer import PackError
 from vfleet.local.plan import Options, Plan, PlanError, build, needs_download, planned_slots
 from vfleet.local.rundir import RunDir, default_run_dir, pid_alive
 from vfleet.local.supervisor import RouterSettings, StartError, Supervisor, demand_names
-from vfleet.router.endpoints import parse_load
-from vfleet.router.probe import http_get
 from vfleet.spec.importers.common import slug
 from vfleet.spec.load import load
 from vfleet.spec.models import Fleet
@@ -442,14 +441,8 @@ def status(run_dir: str | None, as_json: bool) -> None:
 
 async def _loads(state: dict[str, Any]) -> dict[str, tuple[int, int]]:
     async def one(e: dict[str, Any]) -> tuple[str, tuple[int, int]]:
-        try:
-            code, body = await http_get(e["url"], "/metrics", 1.0)
-            if code == 200:
-                running, waiting, _ = parse_load(body.decode(errors="replace"))
-                return e["key"], (running, waiting)
-        except (OSError, TimeoutError, ValueError, IndexError):
-            pass
-        return e["key"], (-1, -1)
+        load = await engine_load(e["url"])
+        return e["key"], (-1, -1) if load is None else (load.running, load.waiting)
 
     live = [e for e in state.get("engines", []) if e.get("state") == "healthy"]
     return dict(await asyncio.gather(*(one(e) for e in live)))
