@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from vfleet.autoscale import Autoscaler, Decision, Metric, Sample, ScalePolicy, policy_for
 from vfleet.autoscale.window import MAX_SAMPLES, Window
-from vfleet.spec.models import Autoscaling
+from vfleet.fleetspec.models import Autoscaling
 
 FAST = settings(max_examples=150, deadline=None)
 METRICS: tuple[Metric, ...] = ("concurrency", "rps", "waiting", "kv_cache")

@@ -14,9 +14,9 @@ import pytest
 
 from test_chart_render import CASES, RAW, Case, fleet_case, raw_case
 from vfleet.engines.vllm import parse_version, serve_command
+from vfleet.fleetspec.models import Model
 from vfleet.kube.values import split_image
 from vfleet.local.packer import derived_memory
-from vfleet.spec.models import Model
 
 DEFAULT_VERSION = "0.26.0"
 

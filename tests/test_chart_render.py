@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from vfleet.fleetspec.load import load
+from vfleet.fleetspec.models import Fleet
+from vfleet.fleetspec.source import SpecError
 from vfleet.kube import render as helm
 from vfleet.kube.values import chart_values
-from vfleet.spec.load import load
-from vfleet.spec.models import Fleet
-from vfleet.spec.source import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from test_chart_render import NAMESPACE, RELEASE, SEEDS, fleet_case, raw_case
 from vfleet.cli import main
+from vfleet.fleetspec.load import load
 from vfleet.kube import render as helm
 from vfleet.kube.commands import default_release
 from vfleet.kube.values import chart_values, deep_merge, gpu_request, split_image
-from vfleet.spec.load import load
 
 
 def _fleet(tmp_path: Path, text: str) -> Any:

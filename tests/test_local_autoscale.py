@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from httpclient import Conn, wait_for
 from test_local_up import Up, start_up, vfleet
 from vfleet.autoscale import Sample, ScalePolicy
+from vfleet.fleetspec.models import Fleet
 from vfleet.local.packer import PackError
 from vfleet.local.plan import Options, build
 from vfleet.local.scaler import (
@@ -34,7 +35,6 @@ from vfleet.local.scaler import (
     pick,
     routed,
 )
-from vfleet.spec.models import Fleet
 
 KEY = "sk-test-autoscale"
 # Target 2 in flight per replica; windows of seconds so a test sees a whole cycle quickly.

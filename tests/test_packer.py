@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vfleet.fleetspec.load import load
+from vfleet.fleetspec.models import Fleet
 from vfleet.local.packer import PackError, Placement, Request, derived_memory, fewest_devices, pack
 from vfleet.local.plan import Options, PlanError, build
-from vfleet.spec.load import load
-from vfleet.spec.models import Fleet
 
 ROOT = Path(__file__).parent.parent
 EPS = 1e-6

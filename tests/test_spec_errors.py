@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vfleet.spec.load import load
-from vfleet.spec.source import SpecError
+from vfleet.fleetspec.load import load
+from vfleet.fleetspec.source import SpecError
 
 FLEET_KEYS = (
     "autoscaling, cpu, engine, env, gpu, health, hold, image, kubernetes, memory, name, replicas, "

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from vfleet.spec.load import load
-from vfleet.spec.models import Fleet
-from vfleet.spec.source import SpecError
+from vfleet.fleetspec.load import load
+from vfleet.fleetspec.models import Fleet
+from vfleet.fleetspec.source import SpecError
 
 ROOT = Path(__file__).parent.parent
 SEEDS = ROOT / "examples" / "seeds"

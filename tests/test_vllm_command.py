@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from vfleet.engines.flags import lift, tokens
 from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, parse_version, serve_command, translate
-from vfleet.spec.models import Model
+from vfleet.fleetspec.models import Model
 
 # -- lifting flags -----------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ LAZY = {
     "down": "vfleet.local.commands:down",
     "status": "vfleet.local.commands:status",
     "logs": "vfleet.local.commands:logs",
-    "spec": "vfleet.spec.commands:spec",
+    "spec": "vfleet.fleetspec.commands:spec",
     "k8s": "vfleet.kube.commands:k8s",
     "download": "vfleet.download.command:download",
 }

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from vfleet.spec.models import Autoscaling
+    from vfleet.fleetspec.models import Autoscaling
 
 Metric = Literal["concurrency", "rps", "waiting", "kv_cache"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from vfleet.spec.models import Model
+from vfleet.fleetspec.models import Model
 
 _TASK = {
     "generate": "generate",

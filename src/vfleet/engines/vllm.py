@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vfleet.spec.models import Model
+from vfleet.fleetspec.models import Model
 
 Version = tuple[int, ...]
 RUNNER_SINCE: Version = (0, 10, 1)

@@ -12,11 +12,11 @@ from typing import Any
 
 import click
 
+from vfleet.fleetspec.load import load
+from vfleet.fleetspec.models import NAME
+from vfleet.fleetspec.source import SpecError
 from vfleet.kube import render as helm
 from vfleet.kube.values import chart_values, deep_merge, namespace_of
-from vfleet.spec.load import load
-from vfleet.spec.models import NAME
-from vfleet.spec.source import SpecError
 
 _files = click.option(
     "-f", "--file", "files", multiple=True, required=True,

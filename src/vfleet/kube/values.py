@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vfleet.engines.sim import sim_command
-from vfleet.spec.models import Autoscaling, EngineSettings, Fleet, Model, RouterSpec, Source
+from vfleet.fleetspec.models import Autoscaling, EngineSettings, Fleet, Model, RouterSpec, Source
 
 # T9k's DataCube fetches the weights into the model's volume before the server starts: that is
 # the chart's download Job.

@@ -19,6 +19,10 @@ from rich.console import Console
 from rich.live import Live
 
 from vfleet.download.errors import DownloadError
+from vfleet.fleetspec.importers.common import slug
+from vfleet.fleetspec.load import load
+from vfleet.fleetspec.models import Fleet
+from vfleet.fleetspec.source import SpecError
 from vfleet.local import display
 from vfleet.local.elastic import engine_load
 from vfleet.local.gpus import detect_gpus, free_ports, parse_gpus, port_free, vllm_version
@@ -26,10 +30,6 @@ from vfleet.local.packer import PackError
 from vfleet.local.plan import Options, Plan, PlanError, build, needs_download, planned_slots
 from vfleet.local.rundir import RunDir, default_run_dir, pid_alive
 from vfleet.local.supervisor import RouterSettings, StartError, Supervisor, demand_names
-from vfleet.spec.importers.common import slug
-from vfleet.spec.load import load
-from vfleet.spec.models import Fleet
-from vfleet.spec.source import SpecError
 
 RUN_DIR = click.option(
     "--run-dir",

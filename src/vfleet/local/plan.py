@@ -15,8 +15,8 @@ from pathlib import Path
 
 from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, serve_command
+from vfleet.fleetspec.models import Fleet, HealthCheck, Model
 from vfleet.local.packer import Placement, Request, fewest_devices, pack_optional
-from vfleet.spec.models import Fleet, HealthCheck, Model
 
 
 class PlanError(ValueError):

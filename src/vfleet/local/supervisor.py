@@ -27,13 +27,13 @@ import orjson
 import yaml
 
 from vfleet.autoscale import ScalePolicy, policy_for
+from vfleet.fleetspec.models import Autoscaling, Fleet, Model
 from vfleet.local import procs
 from vfleet.local.elastic import Elastic, engine_load
 from vfleet.local.plan import EngineSpec, Plan
 from vfleet.local.rundir import RunDir
 from vfleet.local.scaler import ModelScaler, SlotView, pick, routed
 from vfleet.router.probe import http_get
-from vfleet.spec.models import Autoscaling, Fleet, Model
 
 log = logging.getLogger("vfleet.local")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vfleet.spec.source import Document, Path_, dotted
+from vfleet.fleetspec.source import Document, Path_, dotted
 
 
 @dataclass

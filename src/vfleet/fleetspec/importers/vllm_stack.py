@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vfleet.spec.draft import Draft
-from vfleet.spec.importers.common import env_list, mapping, put_args, sequence
-from vfleet.spec.models import parse_source_uri
+from vfleet.fleetspec.draft import Draft
+from vfleet.fleetspec.importers.common import env_list, mapping, put_args, sequence
+from vfleet.fleetspec.models import parse_source_uri
 
 ROUTING = {
     "roundrobin": "round_robin",

@@ -14,12 +14,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vfleet.spec import models
-from vfleet.spec.draft import Draft
-from vfleet.spec.importers import manifests, t9k, tke, vllm_stack
-from vfleet.spec.importers.common import put_args, slug
-from vfleet.spec.models import Fleet
-from vfleet.spec.source import Document, SpecError, dotted, parse, read_text
+from vfleet.fleetspec import models
+from vfleet.fleetspec.draft import Draft
+from vfleet.fleetspec.importers import manifests, t9k, tke, vllm_stack
+from vfleet.fleetspec.importers.common import put_args, slug
+from vfleet.fleetspec.models import Fleet
+from vfleet.fleetspec.source import Document, SpecError, dotted, parse, read_text
 
 VALUES_FORMATS = (("vllm-stack", vllm_stack), ("tke", tke), ("t9k", t9k))
 

@@ -7,8 +7,8 @@ import re
 from typing import Any
 
 from vfleet.engines.flags import lift
-from vfleet.spec.draft import Draft
-from vfleet.spec.source import Path_
+from vfleet.fleetspec.draft import Draft
+from vfleet.fleetspec.source import Path_
 
 
 def mapping(draft: Draft, value: Any, src: Path_) -> dict[str, Any]:

@@ -7,9 +7,9 @@ import json
 import click
 import yaml
 
-from vfleet.spec.load import load
-from vfleet.spec.models import Fleet
-from vfleet.spec.source import SpecError
+from vfleet.fleetspec.load import load
+from vfleet.fleetspec.models import Fleet
+from vfleet.fleetspec.source import SpecError
 
 
 @click.group()

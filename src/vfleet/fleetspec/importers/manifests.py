@@ -10,10 +10,10 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from vfleet.spec.draft import Draft
-from vfleet.spec.importers import hpa
-from vfleet.spec.importers.common import env_list, mapping, put_args, sequence, slug
-from vfleet.spec.models import parse_source_uri
+from vfleet.fleetspec.draft import Draft
+from vfleet.fleetspec.importers import hpa
+from vfleet.fleetspec.importers.common import env_list, mapping, put_args, sequence, slug
+from vfleet.fleetspec.models import parse_source_uri
 
 WORKLOADS = {"Deployment", "StatefulSet"}
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vfleet.spec.draft import Draft
-from vfleet.spec.importers.common import mapping, quantity, sequence
+from vfleet.fleetspec.draft import Draft
+from vfleet.fleetspec.importers.common import mapping, quantity, sequence
 
 # A metric name containing the first word scales on the vfleet metric after it.
 METRIC_WORDS = (

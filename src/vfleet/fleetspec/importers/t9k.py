@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vfleet.spec.draft import Draft
-from vfleet.spec.importers.common import (
+from vfleet.fleetspec.draft import Draft
+from vfleet.fleetspec.importers.common import (
     duration_s,
     env_list,
     mapping,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vfleet.spec.draft import Draft
-from vfleet.spec.importers.common import env_list, mapping, put_args, server_resources, slug
+from vfleet.fleetspec.draft import Draft
+from vfleet.fleetspec.importers.common import env_list, mapping, put_args, server_resources, slug
 
 SERVER_MAPPED = {"replicas", "image", "apiKey", "resources", "args", "extraArgs", "env"}
 SERVER_K8S = {"lwsGroupSize", "imagePullPolicy", "service", "nodeSelector", "tolerations"}
