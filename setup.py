@@ -5,6 +5,9 @@ request or per token; compiled with mypyc (the same type annotations `mypy --str
 they run about twice as fast, which benchmarks/sim_speed.py measures. Without a compiler, or
 with VFLEET_MYPYC=0 (use it for editable installs, so edits are not shadowed by stale
 extension modules), the package installs as plain Python and behaves the same.
+
+It also ships the Helm chart inside the package (`vfleet/chart`): `vfleet k8s` renders it and
+`vfleet up` reads its engine rules file, from any directory, after a plain `pip install`.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import os
 import shutil
 import sysconfig
+from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 COMPILED = [
     "src/vfleet/http/server.py",
@@ -55,4 +60,17 @@ if _want_mypyc():
 
     ext_modules = mypycify(COMPILED, opt_level="3")
 
-setup(ext_modules=ext_modules)
+
+class BuildWithChart(build_py):
+    """build_py, plus charts/vfleet copied into the package as `vfleet/chart`."""
+
+    def run(self) -> None:
+        super().run()
+        chart = Path(__file__).resolve().parent / "charts" / "vfleet"
+        target = Path(self.build_lib) / "vfleet" / "chart"
+        if chart.is_dir():  # absent only when building from an sdist without charts/
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(chart, target)
+
+
+setup(ext_modules=ext_modules, cmdclass={"build_py": BuildWithChart})

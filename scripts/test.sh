@@ -13,11 +13,27 @@ python3 -m venv "$VENV"
 "$VENV/bin/ruff" format --check src tests benchmarks setup.py
 "$VENV/bin/ruff" check src tests benchmarks setup.py
 "$VENV/bin/mypy" src
+# Layering contracts ([tool.importlinter] in pyproject.toml), checked on the sources in src/.
+PYTHONPATH=src "$VENV/bin/lint-imports" --no-cache
 "$VENV/bin/python" -c 'import vfleet.sim.scheduler as m; print("installed scheduler:", m.__file__)'
 "$VENV/bin/pytest" "$@"
 # The plain-Python pass re-runs what exercises the compiled modules (setup.py COMPILED: the
 # simulator, the router's hot path, the HTTP server); code that is never compiled (spec, local
 # supervisor, downloads, chart, Kubernetes discovery) ran as plain Python in the pass above.
+# It must really be plain Python: a compiled extension left in src/ would shadow its .py file.
+if find src -name '*.so' | grep -q .; then
+  echo "compiled extensions in src/ would shadow the plain-Python sources:" >&2
+  find src -name '*.so' >&2
+  exit 1
+fi
+PYTHONPATH=src "$VENV/bin/python" - <<'PY'
+import importlib
+
+for name in ("vfleet.http.server", "vfleet.router.proxy", "vfleet.sim.scheduler"):
+    path = importlib.import_module(name).__file__ or ""
+    assert path.endswith(".py") and "/src/vfleet/" in path, f"{name} is not plain Python: {path}"
+    print("plain-Python pass runs", path)
+PY
 PYTHONPATH=src "$VENV/bin/pytest" "$@" \
   --ignore-glob='tests/test_spec_*' --ignore-glob='tests/test_download_*' \
   --ignore-glob='tests/test_chart_*' --ignore=tests/test_local_up.py --ignore=tests/test_local_liveness.py \

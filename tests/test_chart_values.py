@@ -1,5 +1,6 @@
 """`vfleet.kube.values` (fleet -> chart values, pure) and the `vfleet k8s` commands: what each
-input format becomes, and that every problem ends in one line with exit status 1."""
+input format becomes, that the values depend only on the typed fleet (never on the format it was
+read from), and that every problem ends in one line with exit status 1."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from test_chart_render import NAMESPACE, RELEASE, SEEDS, fleet_case, raw_case
+from test_chart_render import CASES, NAMESPACE, RELEASE, SEEDS, fleet_case, raw_case
 from vfleet.cli import main
 from vfleet.fleetspec.load import load
 from vfleet.kube import render as helm
 from vfleet.kube.commands import default_release
-from vfleet.kube.values import chart_values, deep_merge, gpu_request, split_image
+from vfleet.kube.values import chart_values, deep_merge, gpu_request, namespace_of, split_image
 
 
 def _fleet(tmp_path: Path, text: str) -> Any:
@@ -84,7 +85,97 @@ def test_t9k_datacube_is_a_download_job_into_the_sub_path() -> None:
     assert pod["containers"][0]["command"][2] == "/data/Qwen2.5-7B-Instruct"
     scaled = case.kind("ScaledObject")[0]["spec"]
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1, 3)
-    assert any("initializer" in n for n in chart_values(case.fleet).notes)  # type: ignore[arg-type]
+    notes = load(CASES["003-t9k-qwen2.5-7b-instruct-hf"]).notes
+    assert any(": initializer: T9k's initializer" in n for n in notes), notes
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_values_depend_only_on_the_typed_fleet(tmp_path: Path, name: str) -> None:
+    """The fleet `vfleet spec check` prints, read back as a fleet file, deploys the same: what
+    each format meant is in typed fields, so the renderer needs no format of its own."""
+    fleet = load(CASES[name]).fleet
+    data = fleet.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    data.pop("importedFrom", None)
+    again = _fleet(tmp_path, yaml.safe_dump(data, sort_keys=False))
+    assert again.imported_from is None
+    assert chart_values(again).values == chart_values(fleet).values
+
+
+def test_typed_kubernetes_settings_become_chart_keys(tmp_path: Path) -> None:
+    fleet = _fleet(
+        tmp_path,
+        """
+models:
+  - name: big
+    source: /srv/models/big
+    kubernetes:
+      namespace: team-a
+      labels: {team: a}
+      podLabels: {tier: gpu}
+      annotations: {note: x}
+      podAnnotations: {scrape: "true"}
+      nodeSelector: {gpu: h100}
+      tolerations: [{key: gpu, operator: Exists}]
+      affinity: {nodeAffinity: {}}
+      volumes: [{name: shm, emptyDir: {medium: Memory}}]
+      volumeMounts: [{name: shm, mountPath: /dev/shm}]
+      initContainers: [{name: warm, image: busybox}]
+      securityContext: {runAsUser: 1000}
+      imagePullPolicy: Always
+      imagePullSecret: regcred
+      lwsGroupSize: 2
+      download: {mode: init, dir: big}
+      chartValues: {shmSize: 20Gi, vllmConfig: {v0: 1}}
+  - name: image-path
+    source: /models/baked-in
+    kubernetes: {hostPath: false}
+""",
+    )
+    big, baked = chart_values(fleet).values["servingEngineSpec"]["modelSpec"]
+    expected = {
+        "labels": {"team": "a"},
+        "podLabels": {"tier": "gpu"},
+        "annotations": {"note": "x"},
+        "podAnnotations": {"scrape": "true"},
+        "nodeSelector": {"gpu": "h100"},
+        "tolerations": [{"key": "gpu", "operator": "Exists"}],
+        "affinity": {"nodeAffinity": {}},
+        "extraVolumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+        "extraVolumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+        "extraInitContainers": [{"name": "warm", "image": "busybox"}],
+        "containerSecurityContext": {"runAsUser": 1000},
+        "imagePullPolicy": "Always",
+        "imagePullSecret": "regcred",
+        "lwsGroupSize": 2,
+        "download": {"mode": "init", "dir": "big"},
+        "shmSize": "20Gi",
+    }
+    assert {k: big[k] for k in expected} == expected
+    assert big["vllmConfig"] == {"v0": 1}
+    assert big["source"]["hostPath"] is True  # a directory on the node
+    assert "hostPath" not in baked["source"]  # a path the container has
+    assert namespace_of(fleet) == "team-a"
+
+
+def test_vllm_stack_local_model_url_is_a_path_in_the_container(tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text("servingEngineSpec:\n  modelSpec:\n  - {name: a, modelURL: /models/a}\n")
+    fleet = load([path]).fleet
+    assert fleet.models[0].kubernetes.host_path is False
+    spec = chart_values(fleet).values["servingEngineSpec"]["modelSpec"][0]
+    assert spec["source"] == {"kind": "local", "id": "/models/a"}
+
+
+def test_tke_labels_go_on_the_workload_and_the_pods(tmp_path: Path) -> None:
+    text = (SEEDS / "002-tke-e5-mistral.yaml").read_text(encoding="utf-8")
+    text = text.replace("labels: {}", "labels: {team: search}").replace(
+        "lwsGroupSize: 1", "lwsGroupSize: 2"
+    )
+    path = tmp_path / "tke.yaml"
+    path.write_text(text, encoding="utf-8")
+    spec = chart_values(load([path]).fleet).values["servingEngineSpec"]["modelSpec"][0]
+    assert spec["labels"] == spec["podLabels"] == {"team": "search"}
+    assert (spec["lwsGroupSize"], spec["imagePullPolicy"]) == (2, "IfNotPresent")
 
 
 def test_t9k_existing_claim_serves_the_sub_path() -> None:
@@ -138,8 +229,8 @@ def test_scale_to_zero_and_unbounded() -> None:
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (0, 1000)
     assert [t["type"] for t in scaled["triggers"]] == ["external-push"]  # the router wakes it
     meta = scaled["triggers"][0]["metadata"]
-    assert (meta["models"], meta["metric"], meta["target"]) == ("Qwen/Qwen3-8B,qwen,sql",
-                                                                "concurrency", "16")  # fmt: skip
+    expected = ("Qwen/Qwen3-8B,qwen,sql", "concurrency", "16")
+    assert (meta["models"], meta["metric"], meta["target"]) == expected
     assert scaled["cooldownPeriod"] == 90  # scaleToZeroGraceS
     deploy = case.one("Deployment", f"{RELEASE}-chat-deployment-vllm")
     assert "replicas" not in deploy["spec"]  # the ScaledObject owns it

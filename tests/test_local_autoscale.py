@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from httpclient import Conn, wait_for
 from test_local_up import Up, start_up, vfleet
 from vfleet.autoscale import Sample, ScalePolicy
+from vfleet.engines.rulefile import load_rules
 from vfleet.fleetspec.models import Fleet
 from vfleet.local.packer import PackError
 from vfleet.local.plan import Options, build
@@ -59,20 +60,20 @@ def auto_model(name: str, gpu: float, **auto: Any) -> dict[str, Any]:
 
 def test_unbounded_max_is_capped_and_min_replicas_start() -> None:
     f = fleet(engine="sim", models=[auto_model("m", 0.1, minReplicas=1)])
-    plan = build(f, Options(), ports())
+    plan = build(f, Options(engine_rules=load_rules()), ports())
     assert [e.key for e in plan.engines] == [f"m-{i}" for i in range(8)]
     assert [e.initial for e in plan.engines] == [True] + [False] * 7
     assert plan.slots == {"m": 8}
     assert plan.devices == (0,)  # 8 x 10% share one simulated GPU
     assert len({e.port for e in plan.engines}) == 8
     assert any("at most 8 here (--max-replicas-cap 8)" in n for n in plan.notices)
-    capped = build(f, Options(max_replicas_cap=3), ports())
+    capped = build(f, Options(max_replicas_cap=3, engine_rules=load_rules()), ports())
     assert [e.key for e in capped.engines] == ["m-0", "m-1", "m-2"]
 
 
 def test_scale_to_zero_plans_slots_but_starts_none() -> None:
     f = fleet(engine="sim", models=[auto_model("m", 0.5, minReplicas=0, maxReplicas=3)])
-    plan = build(f, Options(), ports())
+    plan = build(f, Options(engine_rules=load_rules()), ports())
     assert [e.initial for e in plan.engines] == [False, False, False]
     assert plan.devices == (0, 1)  # simulated GPUs for every slot of the max
     assert any("scaled to zero; it starts on its first request" in n for n in plan.notices)
@@ -85,7 +86,9 @@ def test_slots_that_do_not_fit_are_dropped_with_a_notice() -> None:
             auto_model("m", 0.2, minReplicas=1, maxReplicas=5),
         ]
     )
-    plan = build(f, Options(devices=(0,), vllm_version=(0, 26, 0)), ports())
+    plan = build(
+        f, Options(devices=(0,), vllm_version=(0, 26, 0), engine_rules=load_rules()), ports()
+    )
     assert [e.key for e in plan.engines] == ["fixed-0", "m-0", "m-1"]
     assert plan.slots == {"m": 2}
     assert "model m: at most 2 replicas fit" in plan.notices
@@ -94,7 +97,7 @@ def test_slots_that_do_not_fit_are_dropped_with_a_notice() -> None:
 def test_min_replicas_that_do_not_fit_are_a_pack_error() -> None:
     f = fleet(models=[auto_model("m", 0.6, minReplicas=2, maxReplicas=4)])
     with pytest.raises(PackError, match="replicas of m do not fit"):
-        build(f, Options(devices=(0,), vllm_version=(0, 26, 0)), ports())
+        build(f, Options(devices=(0,), vllm_version=(0, 26, 0), engine_rules=load_rules()), ports())
 
 
 # -- slot choice and demand ---------------------------------------------------------------------

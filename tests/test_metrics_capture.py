@@ -1,4 +1,6 @@
-"""`vfleet sim`'s /metrics against a real vLLM 0.26 capture: names, types, labels, buckets, values.
+"""`vfleet sim`'s /metrics against a real vLLM 0.26 capture: the same family names, types, label
+names and histogram buckets; the values are checked against the requests the tests send (the
+capture's own values came from other traffic).
 
 The capture (tests/data/metrics_qwen3_after_load.txt) comes from a Qwen3 engine started with
 `--max-model-len 4096`, so the simulator under comparison runs with the same length: five token

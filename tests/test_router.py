@@ -317,8 +317,8 @@ def test_metrics_names(rc: Client, router: SimProcess, sim_a: SimProcess) -> Non
 
 
 def test_unknown_route_is_404(rc: Client) -> None:
-    assert_openai_error(rc.get("/nope"), 404, "invalid_request_error")
-    assert_openai_error(rc.post("/v1/nope", {"model": "demo"}), 404, "invalid_request_error")
+    assert_openai_error(rc.get("/nope"), 404, "not_found_error")
+    assert_openai_error(rc.post("/v1/nope", {"model": "demo"}), 404, "not_found_error")
 
 
 def test_invalid_json_is_400(rc: Client) -> None:
@@ -853,7 +853,7 @@ def test_token_limit_counts_prompt_and_max_tokens(
     assert codes == [200, 200, 200, 429]  # 90 of the minute's 100 spent, 30 more do not fit
     resp = c.post("/v1/completions", small, headers=auth)
     assert resp.status == 429
-    assert resp.json()["error"]["type"] == "rate_limit_exceeded"
+    assert resp.json()["error"]["type"] == "rate_limit_error"
     assert "retry-after" in resp.headers
 
 

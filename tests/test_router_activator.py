@@ -144,7 +144,7 @@ def test_held_request_for_a_model_whose_engines_are_all_down_gets_503_at_its_dea
     resp = Client(router.url).post("/v1/completions", HOLD)
     assert resp.status == 503
     assert resp.headers["retry-after"] == "10"
-    assert resp.error["type"] == "ServiceUnavailable"
+    assert resp.error["type"] == "service_unavailable"
     text = metrics(router.url)
     assert metric_value(text, "vfleet_router_hold_timeouts_total", model="cold") == 1
     assert metric_value(text, "vfleet_router_hold_seconds_count", model="cold") == 1
@@ -162,7 +162,7 @@ def test_full_hold_queue_gives_429_with_retry_after(router_factory: Factory) -> 
         resp = Client(router.url).post("/v1/completions", HOLD)
         assert resp.status == 429
         assert resp.headers["retry-after"] == "2"
-        assert resp.error["type"] == "rate_limit_exceeded"
+        assert resp.error["type"] == "rate_limit_error"
         text = metrics(router.url)
         assert metric_value(text, "vfleet_router_hold_rejected_total", model="cold") == 1
         assert metric_value(text, "vfleet_router_held_requests", model="cold") == 2

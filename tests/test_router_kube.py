@@ -190,7 +190,7 @@ def test_pod_deleted_while_the_watch_is_down_is_gone_after_the_relist(
     assert any("no longer serves (found by a full list)" in line for line in router.log)
 
 
-def test_silently_stale_watch_is_corrected_within_one_resync_interval(
+def test_silently_stale_watch_is_corrected_by_the_periodic_relist(
     kube: FakeKube, router_factory: Factory, sim_a: SimProcess, sim_b: SimProcess
 ) -> None:
     """production-stack #1091: the DELETED event never arrives, the watch looks healthy."""

@@ -62,6 +62,19 @@ CASES: dict[str, Case] = {
         "models[0].env[0].valu",
         "unknown key (allowed here: name, value, valueFrom)",
     ),
+    "chart-key-in-typed-kubernetes": Case(
+        "models:\n  - name: chat\n    source: org/m\n    kubernetes:\n      extraVolumes: []\n",
+        5,
+        "models[0].kubernetes.extraVolumes",
+        "unknown key (allowed here: affinity, annotations, chartValues, download, hostPath,",
+    ),
+    "bad-image-pull-policy": Case(
+        "models:\n  - name: chat\n    source: org/m\n    kubernetes:\n"
+        "      imagePullPolicy: Sometimes\n",
+        5,
+        "models[0].kubernetes.imagePullPolicy",
+        "Input should be 'Always', 'IfNotPresent' or 'Never'",
+    ),
     "unknown-autoscaling-key": Case(
         "models:\n  - name: chat\n    source: org/m\n    autoscaling:\n      min: 1\n",
         5,
@@ -198,6 +211,20 @@ CASES: dict[str, Case] = {
         5,
         "servingEngineSpec.modelSpec[0].requestGPU (fleet field models[0].gpu)",
         "a GPU request above 1 must be a whole number of GPUs",
+    ),
+    "vllm-stack-labels-not-strings": Case(
+        "servingEngineSpec:\n  modelSpec:\n  - name: a\n    modelURL: org/a\n"
+        "    podLabels: {tier: 1}\n",
+        5,
+        "servingEngineSpec.modelSpec[0].podLabels "
+        "(fleet field models[0].kubernetes.podLabels.tier)",
+        "Input should be a valid string",
+    ),
+    "tke-image-pull-policy": Case(
+        "model:\n  name: org/m\nserver:\n  args: {}\n  imagePullPolicy: Sometimes\n",
+        5,
+        "server.imagePullPolicy (fleet field models[0].kubernetes.imagePullPolicy)",
+        "Input should be 'Always', 'IfNotPresent' or 'Never'",
     ),
     "vllm-stack-no-model-url": Case(
         "servingEngineSpec:\n  modelSpec:\n  - name: a\n    replicaCount: 2\n",

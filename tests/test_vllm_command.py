@@ -3,16 +3,25 @@ the vLLM version that will run them. Pure functions: no processes."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from vfleet.engines.flags import lift, tokens
+from vfleet.engines.rulefile import load_rules, rules_path
+from vfleet.engines.rules import RulesError, parse
 from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, parse_version, serve_command, translate
-from vfleet.fleetspec.models import Model
+from vfleet.fleetspec.models import EngineSettings, Model
+
+RULES = load_rules()
 
 # -- lifting flags -----------------------------------------------------------------------------
 
@@ -196,7 +205,7 @@ VERSIONS: list[Version | None] = [(0, 8, 0), (0, 10, 2), (0, 11, 1), (0, 26, 0),
 def argv_for(
     m: Model, version: Version | None, gmu: float | None = None
 ) -> tuple[list[str], list[str]]:
-    cmd = serve_command(m, "org/m", "127.0.0.1", 9000, version, gmu)
+    cmd = serve_command(m, "org/m", "127.0.0.1", 9000, version, gmu, engine_rules=RULES)
     return cmd.argv, cmd.notices
 
 
@@ -260,7 +269,7 @@ def test_vllm_0_11_1_renames_cuda_graph_sizes(version: Version | None) -> None:
 
 def test_one_cuda_graph_size_is_the_largest_capture_size() -> None:
     notices: list[str] = []
-    assert translate(["--cuda-graph-sizes", "512"], (0, 11, 1), notices) == [
+    assert translate(["--cuda-graph-sizes", "512"], (0, 11, 1), notices, engine_rules=RULES) == [
         "--max-cudagraph-capture-size",
         "512",
     ]
@@ -270,7 +279,7 @@ def test_one_cuda_graph_size_is_the_largest_capture_size() -> None:
 
 
 def test_cuda_graph_sizes_with_equals_and_commas() -> None:
-    assert translate(["--cuda-graph-sizes=1,2,4", "--seed", "1"], None, []) == [
+    assert translate(["--cuda-graph-sizes=1,2,4", "--seed", "1"], None, [], engine_rules=RULES) == [
         "--cudagraph-capture-sizes",
         "1",
         "2",
@@ -283,7 +292,7 @@ def test_cuda_graph_sizes_with_equals_and_commas() -> None:
 def test_translate_leaves_everything_else_alone() -> None:
     args = ["--seed", "1", "--kv-cache-dtype", "fp8", "--enable-log-requests"]
     notices: list[str] = []
-    assert translate(args, None, notices) == args
+    assert translate(args, None, notices, engine_rules=RULES) == args
     assert notices == []
 
 
@@ -300,8 +309,8 @@ def test_translate_leaves_everything_else_alone() -> None:
 def test_task_flags_by_version(task: str, old: list[str], new: list[str]) -> None:
     m = model(task=task)
     base = ["vllm", "serve", "org/m", "--host", "h", "--port", "1", "--served-model-name", "m"]
-    assert serve_command(m, "org/m", "h", 1, (0, 8, 0)).argv == base + old
-    assert serve_command(m, "org/m", "h", 1, (0, 26, 0)).argv == base + new
+    assert serve_command(m, "org/m", "h", 1, (0, 8, 0), engine_rules=RULES).argv == base + old
+    assert serve_command(m, "org/m", "h", 1, (0, 26, 0), engine_rules=RULES).argv == base + new
 
 
 def test_derived_memory_is_used_only_when_the_model_sets_none() -> None:
@@ -349,7 +358,9 @@ def test_typed_settings_become_flags() -> None:
 
 
 def test_custom_executable() -> None:
-    cmd = serve_command(model(), "org/m", "h", 1, None, None, ("/opt/venv/bin/vllm",))
+    cmd = serve_command(
+        model(), "org/m", "h", 1, None, None, ("/opt/venv/bin/vllm",), engine_rules=RULES
+    )
     assert cmd.argv[:2] == ["/opt/venv/bin/vllm", "serve"]
 
 
@@ -383,3 +394,97 @@ def test_sim_command_mirrors_the_model() -> None:
     assert after(argv, "--gpu-memory-utilization") == ["0.18"]
     # vLLM-only flags do not reach the simulator
     assert "--cuda-graph-sizes" not in argv and "--disable-log-requests" not in argv
+
+
+# -- the engine rules (charts/vfleet/files/engine-rules.yaml) ----------------------------------
+
+CHART = Path(__file__).resolve().parents[1] / "charts" / "vfleet"
+
+
+def rules_dict() -> dict[str, Any]:
+    raw = yaml.safe_load((CHART / "files" / "engine-rules.yaml").read_text(encoding="utf-8"))
+    assert isinstance(raw, dict)
+    return raw
+
+
+def test_every_rule_names_a_spec_field_and_a_chart_key() -> None:
+    """The table's two ends exist: the fleet spec's field and the chart's values key."""
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    spec = schema["properties"]["servingEngineSpec"]["properties"]["modelSpec"]["items"]
+    chart_keys = {*spec["properties"]["vllmConfig"]["properties"], *spec["properties"]}
+    r = load_rules(CHART)
+    assert r.settings
+    for s in r.settings:
+        assert s.field in EngineSettings.model_fields, s.field
+        assert s.key in chart_keys, s.key
+    assert set(r.convert) == {"embed", "classify", "score", "reward"}
+
+
+def test_lifting_and_writing_follow_the_rules_given() -> None:
+    """A flag the rules file adds is read into its field and written back in its place."""
+    raw = rules_dict()
+    raw["settings"] = [
+        {"field": "dtype", "key": "dtype", "flag": "--kind-of-float", "type": "str"},
+        *[s for s in raw["settings"] if s["field"] != "dtype"],
+    ]
+    r = parse(raw)
+    out = lift(["--kind-of-float", "half", "--dtype", "bf16"], r)
+    assert out.settings == {"dtype": "half"}
+    assert out.rest == ["--dtype", "bf16"]  # no longer a typed flag under these rules
+    argv = serve_command(model(vllm={"dtype": "half"}), "m", "h", 1, engine_rules=r).argv
+    assert argv[argv.index("--served-model-name") + 2 :] == ["--kind-of-float", "half"]
+
+
+def test_rewrites_come_from_the_rules() -> None:
+    raw = rules_dict()
+    raw["rewrites"] = [
+        {"flag": "--old-name", "since": "0.20", "to": "--new-name"},
+        {"flag": "--noisy", "since": "0.5.0", "drop": True, "why": "gone in 0.5"},
+    ]
+    r = parse(raw)
+    notices: list[str] = []
+    args = ["--old-name=1,2", "--noisy", "--cuda-graph-sizes", "8"]
+    assert translate(args, (0, 26, 0), notices, engine_rules=r) == [
+        "--new-name",
+        "1",
+        "2",
+        "--cuda-graph-sizes",
+        "8",
+    ]
+    assert notices == [
+        "--old-name 1 2 is now --new-name 1 2 (vLLM >= 0.20)",
+        "--noisy dropped: gone in 0.5",
+    ]
+    assert translate(args, (0, 4, 0), [], engine_rules=r) == args
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("rewrites"), "missing key 'rewrites'"),
+        (lambda d: d["settings"][0].update(type="number"), "type 'number' is not one of"),
+        (lambda d: d["rewrites"][0].update(to="--x"), "give either `drop: true` or `to`"),
+        (lambda d: d["gpuShare"].update(headroomPercent=0.9), "a whole percent, 1-100"),
+        (lambda d: d["task"].update(runnerSince="soon"), "'soon' is not a version"),
+    ],
+)
+def test_a_broken_rules_file_is_one_clear_error(change: Any, message: str) -> None:
+    raw = rules_dict()
+    change(raw)
+    with pytest.raises(RulesError, match="^where: .*" + re.escape(message)):
+        parse(raw, "where")
+
+
+def test_rules_come_from_the_chart_vfleet_chart_names(tmp_path: Path, monkeypatch: Any) -> None:
+    shutil.copytree(CHART / "files", tmp_path / "files")
+    shutil.copy(CHART / "Chart.yaml", tmp_path / "Chart.yaml")
+    path = tmp_path / "files" / "engine-rules.yaml"
+    monkeypatch.setenv("VFLEET_CHART", str(tmp_path))
+    assert rules_path() == path
+    assert load_rules().headroom_pct == 90
+    edited = path.read_text().replace("headroomPercent: 90", "headroomPercent: 70  # edited")
+    path.write_text(edited)
+    assert load_rules().headroom_pct == 70  # an edited file is read again
+    path.unlink()
+    with pytest.raises(RulesError, match=re.escape("engine-rules.yaml")):
+        load_rules()

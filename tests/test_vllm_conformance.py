@@ -1,4 +1,5 @@
-"""The simulator's answers to bad requests equal real vLLM 0.26's, byte for byte.
+"""The simulator's answers to bad requests equal real vLLM 0.26's: the same status, and the same
+JSON body compared parsed (key order and whitespace are not compared), or both bodies empty.
 
 tests/data/vllm_0.26_errors.json holds what `vllm serve` answered to these requests on a GPU
 (scripts/gpu/conformance.sh); the simulator, configured the same way, must answer alike.

@@ -1,6 +1,6 @@
 """Hypothesis fuzzing of the HTTP parser boundary: random bytes and shuffled request fragments
 sent to a real sim and a real router. Whatever arrives, the server answers with a valid status
-line or closes, never crashes, and keeps serving other clients."""
+line or closes, and afterwards the process is still running and answers /health."""
 
 from __future__ import annotations
 

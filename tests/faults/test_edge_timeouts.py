@@ -83,7 +83,7 @@ def test_connections_past_the_bound_are_refused_with_503(
         with connect(sim.url) as extra:
             reply = read_all(extra)
         assert status_of(reply) == 503 and reply.endswith(CLOSED)
-        assert error_of(reply)["type"] == "ServiceUnavailable"
+        assert error_of(reply)["type"] == "service_unavailable"
         held.pop().close()  # room for one more, once the server sees the close
         assert wait_for(lambda: _health(sim) == 200, timeout_s=5)
     finally:

@@ -1,28 +1,27 @@
 {{/*
-`vllm serve` arguments of one model, in the order src/vfleet/engines/vllm.py builds them (the
-tests compare the two). Flags that older guides use are rewritten for the image's vLLM version,
-which is known from the image tag or servingEngineSpec.vllmVersion, never from a cluster:
-  --task X                -> --runner pooling --convert X      (vLLM >= 0.10.1)
-  --disable-log-requests  -> dropped                           (vLLM >= 0.10.2)
-  --cuda-graph-sizes ...  -> --cudagraph-capture-sizes ... or --max-cudagraph-capture-size N
-                                                               (vLLM >= 0.11.1)
+`vllm serve` arguments of one model. The flag table, the task flags, the rewrites of flags
+older guides use and the version each applies from are files/engine-rules.yaml, the file
+src/vfleet/engines/vllm.py builds the same line from (tests/test_chart_agree.py compares the
+two). The vLLM version is the image tag's or servingEngineSpec.vllmVersion, never a cluster's.
 --host and --port are the chart's; --served-model-name, --task/--runner/--convert and
 --gpu-memory-utilization in extraArgs are read (they decide the router's model list and the
 GPU share's memory default) and written once, in their place.
 
-Input: dict m (modelSpec entry), ver (vLLM version), ref (model path or id), port,
-revision (for vLLM to fetch, or ""), gmuDefault ("" for none).
+Input: dict m (modelSpec entry), rules (engine-rules.yaml), ver (vLLM version), ref (model path
+or id), port, revision (for vLLM to fetch, or ""), gmuDefault ("" for none), defaultServed.
 Output: JSON {"args": [...], "served": [...], "gmu": "...", "gmuExplicit": bool, "task": "..."}.
 */}}
 {{- define "vfleet.vllmArgs" -}}
 {{- $m := .m -}}
+{{- $R := .rules -}}
 {{- $cfg := $m.vllmConfig | default dict -}}
 {{- $ver := .ver -}}
-{{- $runnerEra := semverCompare ">=0.10.1-0" $ver -}}
-{{- $quietLogs := semverCompare ">=0.10.2-0" $ver -}}
-{{- $captureSizes := semverCompare ">=0.11.1-0" $ver -}}
-{{- $convertOf := dict "embed" "embed" "classify" "classify" "score" "score" "reward" "reward" "token_embed" "embed" "token_classify" "classify" -}}
-{{- $taskOf := dict "embed" "embed" "embedding" "embed" "classify" "classify" "score" "score" "reward" "reward" "generate" "generate" -}}
+{{- $runnerEra := semverCompare (printf ">=%s-0" $R.task.runnerSince) $ver -}}
+{{- $convertOf := $R.task.fromConvert -}}
+{{- $taskOf := $R.task.fromTask -}}
+{{- /* the rewrites this version needs, by old flag */ -}}
+{{- $due := dict -}}
+{{- range $R.rewrites -}}{{- if semverCompare (printf ">=%s-0" (toString .since)) $ver -}}{{- $_ := set $due (toString .flag) . -}}{{- end -}}{{- end -}}
 {{- /* the task: vfleet's vllmConfig.task, vllm-stack's runner/convert, then extraArgs */ -}}
 {{- $task := toString ($cfg.task | default "") -}}
 {{- if eq (toString ($cfg.runner | default "")) "pooling" -}}{{- if not $task -}}{{- $task = "embed" -}}{{- end -}}{{- end -}}
@@ -46,12 +45,14 @@ Output: JSON {"args": [...], "served": [...], "gmu": "...", "gmuExplicit": bool,
 {{- $collect := "" -}}
 {{- $argServed := list -}}
 {{- $haveArgServed := false -}}
-{{- $sizes := list -}}
+{{- /* renamed flags: a placeholder in $rest, the new flag and its values in $renamed */ -}}
+{{- $renamed := list -}}
+{{- $cur := dict -}}
 {{- range $words -}}
 {{- $isFlag := and (hasPrefix "-" .) (gt (len .) 1) -}}
 {{- if and $collect (not $isFlag) -}}
   {{- if eq $collect "served" -}}{{- $argServed = append $argServed . -}}
-  {{- else if eq $collect "sizes" -}}{{- $sizes = append $sizes . -}}
+  {{- else if eq $collect "renamed" -}}{{- $_ := set $cur "values" (append $cur.values .) -}}
   {{- else if eq $collect "task" -}}{{- if hasKey $taskOf . -}}{{- $task = get $taskOf . -}}{{- else -}}{{- $rest = append $rest "--task" . -}}{{- end -}}{{- $collect = "" -}}
   {{- else if eq $collect "runner" -}}{{- if eq . "pooling" -}}{{- if not $task -}}{{- $task = "embed" -}}{{- end -}}{{- else if not (has . (list "generate" "auto")) -}}{{- $rest = append $rest "--runner" . -}}{{- end -}}{{- $collect = "" -}}
   {{- else if eq $collect "convert" -}}{{- if hasKey $convertOf . -}}{{- $task = get $convertOf . -}}{{- else if ne . "auto" -}}{{- $rest = append $rest "--convert" . -}}{{- end -}}{{- $collect = "" -}}
@@ -65,6 +66,8 @@ Output: JSON {"args": [...], "served": [...], "gmu": "...", "gmuExplicit": bool,
   {{- if hasPrefix "--" $flag -}}{{- $flag = printf "--%s" (trimPrefix "--" $flag | replace "_" "-") -}}{{- end -}}
   {{- $inline := $parts._1 -}}
   {{- $hasInline := contains "=" . -}}
+  {{- $rewrite := dict -}}
+  {{- if hasKey $due $flag -}}{{- $rewrite = get $due $flag -}}{{- end -}}
   {{- if eq $flag "--served-model-name" -}}
     {{- $haveArgServed = true -}}
     {{- if $hasInline -}}{{- $argServed = list $inline -}}{{- else -}}{{- $argServed = list -}}{{- $collect = "served" -}}{{- end -}}
@@ -76,12 +79,14 @@ Output: JSON {"args": [...], "served": [...], "gmu": "...", "gmuExplicit": bool,
     {{- if $hasInline -}}{{- if hasKey $convertOf $inline -}}{{- $task = get $convertOf $inline -}}{{- else if ne $inline "auto" -}}{{- $rest = append $rest . -}}{{- end -}}{{- else -}}{{- $collect = "convert" -}}{{- end -}}
   {{- else if eq $flag "--gpu-memory-utilization" -}}
     {{- if $hasInline -}}{{- $gmu = $inline -}}{{- else -}}{{- $collect = "gmu" -}}{{- end -}}
-  {{- else if has $flag (list "--host" "--port") -}}
+  {{- else if has $flag $R.owned -}}
     {{- if not $hasInline -}}{{- $collect = "drop" -}}{{- end -}}
-  {{- else if and (eq $flag "--disable-log-requests") $quietLogs -}}
-  {{- else if and (eq $flag "--cuda-graph-sizes") $captureSizes -}}
-    {{- $rest = append $rest "__vfleet_sizes__" -}}
-    {{- if $hasInline -}}{{- range regexSplit "[,\\s]+" (trim $inline) -1 -}}{{- $sizes = append $sizes . -}}{{- end -}}{{- else -}}{{- $collect = "sizes" -}}{{- end -}}
+  {{- else if $rewrite.drop -}}
+  {{- else if $rewrite -}}
+    {{- $cur = dict "rule" $rewrite "values" list -}}
+    {{- $rest = append $rest (printf "__vfleet_renamed_%d__" (len $renamed)) -}}
+    {{- $renamed = append $renamed $cur -}}
+    {{- if $hasInline -}}{{- $_ := set $cur "values" (regexSplit "[,\\s]+" (trim $inline) -1) -}}{{- else -}}{{- $collect = "renamed" -}}{{- end -}}
   {{- else -}}
     {{- $rest = append $rest . -}}
   {{- end -}}
@@ -93,35 +98,32 @@ Output: JSON {"args": [...], "served": [...], "gmu": "...", "gmuExplicit": bool,
 {{- if not $gmuExplicit -}}{{- $gmu = .gmuDefault -}}{{- end -}}
 {{- $chatTemplate := $m.chatTemplate | default $cfg.chatTemplate -}}
 {{- if and $chatTemplate $m.chatTemplateConfigMap -}}{{- $chatTemplate = printf "/templates/%s" (base (toString $chatTemplate)) -}}{{- end -}}
-{{- /* typed settings, in vfleet.engines.vllm.serve_command's order */ -}}
 {{- $a := list "serve" .ref "--host" "0.0.0.0" "--port" (toString .port) "--served-model-name" -}}
 {{- $a = concat $a $served -}}
 {{- with .revision -}}{{- $a = concat $a (list "--revision" (toString .)) -}}{{- end -}}
-{{- range $pair := list (list "--max-model-len" $cfg.maxModelLen) (list "--gpu-memory-utilization" $gmu) (list "--max-num-seqs" $cfg.maxNumSeqs) (list "--max-num-batched-tokens" $cfg.maxNumBatchedTokens) (list "--quantization" $cfg.quantization) (list "--dtype" $cfg.dtype) (list "--chat-template" $chatTemplate) -}}
-{{- $v := index $pair 1 -}}
+{{- /* the typed settings, in the rules' order; two come from the chart's own reading */ -}}
+{{- $vals := deepCopy $cfg -}}
+{{- $_ := set $vals "gpuMemoryUtilization" $gmu -}}
+{{- $_ := set $vals "chatTemplate" $chatTemplate -}}
+{{- range $s := $R.settings -}}
+{{- $v := get $vals $s.key -}}
 {{- if not (or (kindIs "invalid" $v) (eq (toString $v) "")) -}}
-{{- $a = concat $a (list (index $pair 0) (include "vfleet.scalar" $v)) -}}
-{{- end -}}
-{{- end -}}
-{{- $tp := int64 ($cfg.tensorParallelSize | default 1) -}}
-{{- if gt $tp 1 -}}{{- $a = concat $a (list "--tensor-parallel-size" (toString $tp)) -}}{{- end -}}
-{{- $pp := int64 ($cfg.pipelineParallelSize | default 1) -}}
-{{- if gt $pp 1 -}}{{- $a = concat $a (list "--pipeline-parallel-size" (toString $pp)) -}}{{- end -}}
-{{- range $flag := list "enablePrefixCaching" "enableChunkedPrefill" -}}
-{{- if hasKey $cfg $flag -}}{{- $v := get $cfg $flag -}}
-{{- if not (kindIs "invalid" $v) -}}
-{{- $name := $flag | snakecase | replace "_" "-" -}}
-{{- $a = append $a (ternary (printf "--%s" $name) (printf "--no-%s" $name) (eq (toString $v) "true")) -}}
+{{- if eq $s.type "switch" -}}
+{{- $a = append $a (ternary $s.flag $s.negated (eq (toString $v) "true")) -}}
+{{- else if eq $s.type "flag" -}}
+{{- if $v -}}{{- $a = append $a $s.flag -}}{{- end -}}
+{{- else -}}
+{{- $atDefault := false -}}
+{{- if hasKey $s "default" -}}{{- $atDefault = eq (include "vfleet.scalar" $v) (include "vfleet.scalar" $s.default) -}}{{- end -}}
+{{- if not $atDefault -}}{{- $a = concat $a (list $s.flag (include "vfleet.scalar" $v)) -}}{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- if $cfg.enforceEager -}}{{- $a = append $a "--enforce-eager" -}}{{- end -}}
-{{- if $cfg.trustRemoteCode -}}{{- $a = append $a "--trust-remote-code" -}}{{- end -}}
 {{- if eq $task "generate" -}}
 {{- if $runnerEra -}}{{- $a = concat $a (list "--runner" "generate") -}}{{- end -}}
 {{- else if $task -}}
 {{- if $runnerEra -}}
-{{- $a = concat $a (list "--runner" "pooling" "--convert" (get (dict "embed" "embed" "classify" "classify" "score" "classify" "reward" "embed") $task)) -}}
+{{- $a = concat $a (list "--runner" "pooling" "--convert" (get $R.task.convert $task)) -}}
 {{- else -}}
 {{- $a = concat $a (list "--task" $task) -}}
 {{- end -}}
@@ -139,12 +141,10 @@ Output: JSON {"args": [...], "served": [...], "gmu": "...", "gmuExplicit": bool,
 {{- if $m.enableTool -}}{{- $a = append $a "--enable-auto-tool-choice" -}}{{- end -}}
 {{- with $m.toolCallParser -}}{{- $a = concat $a (list "--tool-call-parser" (toString .)) -}}{{- end -}}
 {{- range $rest -}}
-{{- if eq . "__vfleet_sizes__" -}}
-{{- if eq (len $sizes) 1 -}}
-{{- $a = concat $a (list "--max-cudagraph-capture-size" (first $sizes)) -}}
-{{- else -}}
-{{- $a = concat $a (list "--cudagraph-capture-sizes") $sizes -}}
-{{- end -}}
+{{- if and (hasPrefix "__vfleet_renamed_" .) (hasSuffix "__" .) -}}
+{{- $r := index $renamed (atoi (trimSuffix "__" (trimPrefix "__vfleet_renamed_" .))) -}}
+{{- $new := ternary $r.rule.one $r.rule.to (and (hasKey $r.rule "one") (eq (len $r.values) 1)) -}}
+{{- $a = concat $a (list $new) $r.values -}}
 {{- else -}}
 {{- $a = append $a . -}}
 {{- end -}}

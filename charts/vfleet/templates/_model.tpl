@@ -17,6 +17,12 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- fail (printf "release %q + model %q make the Service name %s-engine-service longer than 63 characters; shorten one" $rel $name $full) -}}
 {{- end -}}
 {{- $cfg := $m.vllmConfig | default dict -}}
+{{- /* the rules vfleet's Python applies too: flag table, rewrites, share-to-memory */ -}}
+{{- $rules := $root.Files.Get "files/engine-rules.yaml" | fromYaml -}}
+{{- if or (not $rules) (hasKey $rules "Error") -}}
+{{- fail (printf "files/engine-rules.yaml is missing or not YAML: %v" ($rules.Error | default "empty")) -}}
+{{- end -}}
+{{- $headroom := int64 $rules.gpuShare.headroomPercent -}}
 {{- $engine := toString ($m.engine | default "vllm") -}}
 {{- $port := int64 ($E.containerPort | default 8000) -}}
 
@@ -162,12 +168,13 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- else -}}{{- $_ := set $gpu "nvidia.com/gpumem-percentage" (int (($m.requestGPUMemPercentage | default $pct))) -}}
 {{- end -}}
 {{- $_ := set $gpu "nvidia.com/gpucores" (int ($m.requestGPUCores | default $pct)) -}}
-{{- /* HAMi shows the container only its slice of device memory: 0.9 of what it sees */ -}}
-{{- $gmuDefault = "0.9" -}}
+{{- /* HAMi shows the container only its slice of device memory: headroom of what it sees */ -}}
+{{- $gmuDefault = divf $headroom 100 | toString -}}
 {{- else -}}
 {{- if eq $sharing "timeslicing" -}}
 {{- $_ := set $gpu (toString (($E.gpuSharing | default dict).timeSlicingResource | default "nvidia.com/gpu.shared")) 1 -}}
-{{- $gmuDefault = divf (div (mul $pct 9) 10) 100 | toString -}}
+{{- /* every container sees the whole device: headroom of its share, in whole percent */ -}}
+{{- $gmuDefault = divf (div (mul $pct $headroom) 100) 100 | toString -}}
 {{- else -}}
 {{- $_ := set $gpu $gpuType 1 -}}
 {{- end -}}
@@ -191,7 +198,7 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- /* vllm-stack serves a model under its modelURL; a URL with a scheme under the id in it */ -}}
 {{- $defaultServed := $srcId -}}
 {{- if and $m.modelURL (not (kindIs "map" $m.source)) (not (contains "://" (toString $m.modelURL))) (not (hasPrefix "git+" (toString $m.modelURL))) -}}{{- $defaultServed = toString $m.modelURL -}}{{- end -}}
-{{- $va := include "vfleet.vllmArgs" (dict "m" $m "ver" $ver "ref" $ref "port" $port "revision" $vrev "gmuDefault" $gmuDefault "defaultServed" $defaultServed) | fromJson -}}
+{{- $va := include "vfleet.vllmArgs" (dict "m" $m "rules" $rules "ver" $ver "ref" $ref "port" $port "revision" $vrev "gmuDefault" $gmuDefault "defaultServed" $defaultServed) | fromJson -}}
 {{- $command := concat (list "vllm") $va.args -}}
 {{- if eq $engine "sim" -}}
 {{- $command = list "vfleet" "sim" "--model" $ref "--host" "0.0.0.0" "--port" (toString $port) -}}

@@ -13,6 +13,11 @@ router never sends them requests.
 {{- range $k, $v := ($m.download | default dict) -}}{{- $_ := set $dl $k $v -}}{{- end -}}
 {{- $serving := ne $role "worker" -}}
 {{- $hasVolume := or $p.claim $p.emptyDir -}}
+{{- /* the engine container's securityContext: servingEngineSpec's, a model's keys winning */ -}}
+{{- $csc := deepCopy ($E.containerSecurityContext | default dict) -}}
+{{- range $k, $v := ($m.containerSecurityContext | default dict) -}}{{- $_ := set $csc $k $v -}}{{- end -}}
+{{- /* a read-only root filesystem: /tmp is an emptyDir, and HOME and the caches live there */ -}}
+{{- $scratch := $csc.readOnlyRootFilesystem | default false -}}
 metadata:
   labels:
     {{- include "vfleet.engineLabels" (dict "root" $root "p" $p "m" $m "pod" true "component" (ternary "engine" "engine-worker" $serving)) | nindent 4 }}
@@ -156,7 +161,7 @@ spec:
         - {{ . | quote }}
         {{- end }}
       {{- end }}
-      {{- with $E.containerSecurityContext }}
+      {{- with $csc }}
       securityContext:
         {{- toYaml . | nindent 8 }}
       {{- end }}
@@ -165,6 +170,13 @@ spec:
       {{- range (concat ($E.env | default list) ($m.env | default list)) }}{{- $_ := set $mine (toString .name) true }}{{- end }}
       {{- if and $hasVolume (not (hasKey $mine "HF_HOME")) }}
       {{- $env = append $env (dict "name" "HF_HOME" "value" "/data") }}
+      {{- end }}
+      {{- if $scratch }}
+      {{- /* USER: torch names its compile cache after the user, which a uid without a passwd
+      entry does not have */}}
+      {{- range $k, $v := dict "HOME" "/tmp" "XDG_CACHE_HOME" "/tmp/.cache" "USER" "vllm" }}
+      {{- if not (hasKey $mine $k) }}{{- $env = append $env (dict "name" $k "value" $v) }}{{- end }}
+      {{- end }}
       {{- end }}
       {{- if eq $p.mode "engine" }}
       {{- if and (eq $p.kind "hf") $p.source.endpoint (not (hasKey $mine "HF_ENDPOINT")) }}
@@ -221,10 +233,13 @@ spec:
       resources:
         {{- toYaml $p.resources | nindent 8 }}
       {{- $shm := or $m.shmSize (gt (int $p.podGpus) 1) (gt (int $p.size) 1) }}
-      {{- if or $hasVolume $shm $p.hostPath $m.extraVolumeMounts $m.chatTemplateConfigMap }}
+      {{- if or $hasVolume $shm $p.hostPath $m.extraVolumeMounts $m.chatTemplateConfigMap $scratch }}
       volumeMounts:
         {{- if $hasVolume }}
         - {name: model, mountPath: /data}
+        {{- end }}
+        {{- if $scratch }}
+        - {name: tmp, mountPath: /tmp}
         {{- end }}
         {{- if $p.hostPath }}
         - {name: model-host, mountPath: {{ $p.source.id | quote }}, readOnly: true}
@@ -239,7 +254,7 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
       {{- end }}
-  {{- if or $hasVolume $shm $p.hostPath $m.extraVolumes $m.chatTemplateConfigMap }}
+  {{- if or $hasVolume $shm $p.hostPath $m.extraVolumes $m.chatTemplateConfigMap $scratch }}
   volumes:
     {{- if $p.claim }}
     - name: model
@@ -259,6 +274,10 @@ spec:
     {{- if $m.chatTemplateConfigMap }}
     - name: chat-templates
       configMap: {name: {{ printf "%s-chat-templates" $p.full | quote }}}
+    {{- end }}
+    {{- if $scratch }}
+    - name: tmp
+      emptyDir: {}
     {{- end }}
     {{- with $m.extraVolumes }}
     {{- toYaml . | nindent 4 }}

@@ -1,6 +1,9 @@
 """Reading vLLM flags users wrote by hand (extraArgs, server.args, container args).
 
-Pure. Flags that vfleet models with a typed field are lifted out of the list so that the packer,
+Pure given the rules (`vfleet.engines.rules`: which flags are typed settings, which
+--task/--convert values mean which task, which flags vfleet owns); without them, the chart's
+rules file is read. Flags that vfleet models with
+a typed field are lifted out of the list so that the packer,
 the router and the simulator can see them (a `--tensor-parallel-size=4` in T9k's extraArgs decides
 how many GPUs a replica needs); the rest stays in order as extra arguments.
 """
@@ -12,50 +15,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# flag -> (EngineSettings field, value kind). Both spellings vLLM accepts are listed.
-_SETTINGS: dict[str, tuple[str, str]] = {
-    "--max-model-len": ("max_model_len", "int"),
-    "--gpu-memory-utilization": ("gpu_memory_utilization", "float"),
-    "--tensor-parallel-size": ("tensor_parallel_size", "int"),
-    "-tp": ("tensor_parallel_size", "int"),
-    "--pipeline-parallel-size": ("pipeline_parallel_size", "int"),
-    "-pp": ("pipeline_parallel_size", "int"),
-    "--max-num-seqs": ("max_num_seqs", "int"),
-    "--max-num-batched-tokens": ("max_num_batched_tokens", "int"),
-    "--quantization": ("quantization", "str"),
-    "-q": ("quantization", "str"),
-    "--dtype": ("dtype", "str"),
-    "--chat-template": ("chat_template", "str"),
-    "--enable-prefix-caching": ("enable_prefix_caching", "true"),
-    "--no-enable-prefix-caching": ("enable_prefix_caching", "false"),
-    "--enable-chunked-prefill": ("enable_chunked_prefill", "true"),
-    "--no-enable-chunked-prefill": ("enable_chunked_prefill", "false"),
-    "--enforce-eager": ("enforce_eager", "true"),
-    "--trust-remote-code": ("trust_remote_code", "true"),
-}
+from vfleet.engines.rulefile import load_rules
+from vfleet.engines.rules import EngineRules
+
 _LORA = {"--enable-lora", "--max-loras", "--max-lora-rank", "--lora-modules"}
 _TOOLS = {"--enable-auto-tool-choice", "--tool-call-parser"}
 _MODEL = {"--served-model-name", "--task", "--runner", "--convert", "--revision", "--model"}
-_DROPPED = {"--host", "--port"}  # the supervisor and the chart own these
 _MULTI = {"--served-model-name", "--lora-modules"}  # nargs='+'
 _BOOL_ONLY = {"--enable-lora", "--enable-auto-tool-choice"}
-# --task values onto vfleet's task (what the router and the simulator care about)
-_TASK = {
-    "embed": "embed",
-    "embedding": "embed",
-    "classify": "classify",
-    "score": "score",
-    "reward": "reward",
-    "generate": "generate",
-}
-_CONVERT = {
-    "embed": "embed",
-    "classify": "classify",
-    "score": "score",
-    "reward": "reward",
-    "token_embed": "embed",
-    "token_classify": "classify",
-}
+
+
+def _settings(r: EngineRules) -> dict[str, tuple[str, str]]:
+    """flag -> (EngineSettings field, value kind), every spelling the rules list; a switch's
+    two flags read as "true" and "false"."""
+    out: dict[str, tuple[str, str]] = {}
+    for s in r.settings:
+        kind = "true" if s.type in ("switch", "flag") else s.type
+        for flag in (s.flag, *s.aliases):
+            out[flag] = (s.field, kind)
+        if s.negated:
+            out[s.negated] = (s.field, "false")
+    return out
 
 
 @dataclass
@@ -86,7 +66,12 @@ def _norm(flag: str) -> str:
     return flag if not flag.startswith("--") else "--" + flag[2:].replace("_", "-")
 
 
-def lift(args: Sequence[Any]) -> Lifted:
+def lift(args: Sequence[Any], engine_rules: EngineRules | None = None) -> Lifted:
+    """Typed settings, LoRA, tool and model flags out of `args`; the rest in order.
+    `engine_rules`: default, the file of the chart vfleet uses (the importers read files
+    anyway; the plan and the packer never call this)."""
+    r = engine_rules or load_rules()
+    table = _settings(r)
     out = Lifted()
     words = tokens(args)
     i = 0
@@ -94,13 +79,13 @@ def lift(args: Sequence[Any]) -> Lifted:
         word = words[i]
         flag, eq, inline = word.partition("=")
         flag = _norm(flag)
-        known = flag in _SETTINGS or flag in _LORA or flag in _TOOLS or flag in _MODEL
-        if not word.startswith("-") or not (known or flag in _DROPPED):
+        known = flag in table or flag in _LORA or flag in _TOOLS or flag in _MODEL
+        if not word.startswith("-") or not (known or flag in r.owned):
             out.rest.append(word)
             i += 1
             continue
         values: list[str] = []
-        kind = _SETTINGS[flag][1] if flag in _SETTINGS else "str"
+        kind = table[flag][1] if flag in table else "str"
         takes_value = kind not in ("true", "false") and flag not in _BOOL_ONLY
         if eq:
             values = [inline]
@@ -117,19 +102,21 @@ def lift(args: Sequence[Any]) -> Lifted:
             out.notices.append(f"{flag} has no value; passed on as given")
             out.rest.append(word)
             continue
-        if not _apply(out, flag, kind, values):
+        if not _apply(out, r, table, flag, values):
             out.rest.extend([word] if eq else [word, *values])
     return out
 
 
-def _apply(out: Lifted, flag: str, kind: str, values: list[str]) -> bool:
+def _apply(
+    out: Lifted, r: EngineRules, table: dict[str, tuple[str, str]], flag: str, values: list[str]
+) -> bool:
     """Record one flag; False when its value does not parse (it then stays an extra arg)."""
     value = values[0] if values else ""
-    if flag in _DROPPED:
+    if flag in r.owned:
         out.notices.append(f"{flag} {value} dropped: vfleet assigns hosts and ports")
         return True
-    if flag in _SETTINGS:
-        name = _SETTINGS[flag][0]
+    if flag in table:
+        name, kind = table[flag]
         if kind in ("true", "false"):
             out.settings[name] = kind == "true"
             return True
@@ -141,18 +128,18 @@ def _apply(out: Lifted, flag: str, kind: str, values: list[str]) -> bool:
     if flag == "--served-model-name":
         out.model["served_names"] = tuple(values)
     elif flag == "--task":
-        if value not in _TASK:
+        if value not in r.from_task:
             return False
-        out.model["task"] = _TASK[value]
+        out.model["task"] = r.from_task[value]
     elif flag == "--runner":
         if value == "pooling":
             out.model.setdefault("task", "embed")
         elif value != "generate":
             return value == "auto"
     elif flag == "--convert":
-        if value not in _CONVERT:
+        if value not in r.from_convert:
             return value == "auto"
-        out.model["task"] = _CONVERT[value]
+        out.model["task"] = r.from_convert[value]
     elif flag in ("--revision", "--model"):
         out.model[flag[2:]] = value
     elif flag == "--enable-lora":

@@ -54,11 +54,16 @@ class Draft:
         at = f" {dotted(src)}:" if src else ""
         self.notes.append(f"{'warning' if warning else 'note'}: {where}:{at} {message}")
 
-    def unknown(self, src: Path_, keys: Any, known: set[str], keep: dict[str, Any]) -> None:
-        """Warn about keys the importer does not know, and keep them for the chart."""
+    def unknown(self, src: Path_, keys: Any, known: set[str], keep: dict[str, Any] | None) -> None:
+        """Warn about keys the importer does not know; keep them for the chart in `keep` (the
+        chart takes the format's own keys), or leave them out where there is none."""
         if not isinstance(keys, dict):
             return
         for key in keys:
-            if key not in known:
+            if key in known:
+                continue
+            if keep is None:
+                self.note((*src, key), "unknown key, not read by vfleet; left out", warning=True)
+            else:
                 self.note((*src, key), "unknown key, kept for Kubernetes as given", warning=True)
                 keep[key] = keys[key]

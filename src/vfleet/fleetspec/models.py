@@ -1,8 +1,10 @@
 """The fleet spec: the typed models every input format is normalised into.
 
 One module owns them. The native YAML format is these models written out (camelCase keys, as in
-Helm values); the importers for vllm-stack, TKE and T9k values produce the same models, so the
-local supervisor and the Kubernetes renderer only ever see a `Fleet`.
+Helm values); the importers for vllm-stack, TKE and T9k values and manifests produce the same
+models, so the local supervisor and the Kubernetes renderer only ever see a `Fleet`. What a
+format means is decided by its importer and stored in typed fields (Kubernetes settings too, in
+`ModelKubernetes`), so nothing after the importers needs to know which format a file was.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-ENGINES = ("vllm", "sim")
-TASKS = ("auto", "generate", "embed", "classify", "score", "reward")
 # How a served name hints at a pooling model when no task is given. vLLM itself decides from the
 # model's architecture (--runner auto); the simulator and reports only have the name.
 _POOLING_HINTS = (
@@ -26,8 +26,6 @@ _POOLING_HINTS = (
     ("m3e", "embed"),
     ("bce-", "embed"),
 )
-POLICIES = ("round_robin", "least_load", "session", "prefix")
-SOURCE_KINDS = ("hf", "modelscope", "local", "pvc", "s3", "git", "https")
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")  # usable as a Kubernetes name part
 
 
@@ -107,7 +105,6 @@ class Storage(Spec):
     access_modes: tuple[str, ...] = ("ReadWriteOnce",)
     match_labels: dict[str, str] = Field(default_factory=dict)  # bind to a labelled PV
     existing_claim: str | None = None
-    sub_path: str = ""
 
 
 class Autoscaling(Spec):
@@ -216,6 +213,75 @@ class HealthCheck(Spec):
     failures: int = Field(6, ge=1)  # consecutive failures before the engine is restarted
 
 
+# Kubernetes objects inside a pod spec (a volume, a toleration, a container) stay mappings:
+# Kubernetes' own schema checks them when the chart is applied, and copying it here would only
+# fall behind.
+KubeObject = dict[str, Any]
+
+
+class Download(Spec):
+    """How the weights reach the model's volume on Kubernetes (the chart's `download`)."""
+
+    mode: Literal["auto", "job", "init", "engine", "none"] | None = Field(
+        None,
+        description="job: a download Job fills the volume before the engines start; init: each "
+        "pod fetches them in an init container; engine: vLLM fetches them; none: already there",
+    )
+    dir: str | None = Field(None, description="directory under the volume (default models/NAME)")
+    shards: int | None = Field(None, ge=1, description="pods of the download Job")
+    anti_affinity: Literal["preferred", "required"] | None = Field(
+        None, description="spread the download Job's pods over nodes"
+    )
+
+
+class ModelKubernetes(Spec):
+    """What only Kubernetes uses about one model, whatever file it was read from. Importers fill
+    the typed fields; `chartValues` carries chart keys with no field here, as written."""
+
+    namespace: str | None = Field(None, description="the namespace the input files name")
+    labels: dict[str, str] = Field(default_factory=dict, description="on the model's objects")
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="on its pods")
+    annotations: dict[str, str] = Field(default_factory=dict, description="on its workload")
+    pod_annotations: dict[str, str] = Field(default_factory=dict, description="on its pods")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[KubeObject, ...] = ()
+    affinity: KubeObject | None = None
+    volumes: tuple[KubeObject, ...] = Field((), description="more pod volumes")
+    volume_mounts: tuple[KubeObject, ...] = Field((), description="more engine volume mounts")
+    init_containers: tuple[KubeObject, ...] = Field(
+        (), description="run before the engine (after the chart's own)"
+    )
+    security_context: KubeObject | None = Field(None, description="of the engine container")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secret: str | None = None
+    lws_group_size: int = Field(
+        1, ge=1, description="pods per replica, one per node (more than 1: a LeaderWorkerSet)"
+    )
+    host_path: bool = Field(
+        True,
+        description="a local source is a directory on the node (a hostPath volume); false: a "
+        "path the container already has (its image, or a volume from other values)",
+    )
+    download: Download | None = None
+    chart_values: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more keys of this model's chart modelSpec entry, merged as written",
+    )
+
+
+class FleetKubernetes(Spec):
+    """What only Kubernetes uses about the whole fleet."""
+
+    extra_objects: tuple[KubeObject, ...] = Field(
+        (), description="objects applied with the fleet as they are (PVs, Services, Ingresses)"
+    )
+    chart_values: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more chart values, merged as written; servingEngineSpec keys never "
+        "replace the models or the API key",
+    )
+
+
 GpuRequest = Annotated[float, Field(ge=0)]
 
 
@@ -238,7 +304,7 @@ class Model(Spec):
     storage: Storage | None = None
     startup_timeout_s: float = Field(900.0, gt=0)  # vLLM cold starts take minutes
     health: HealthCheck = Field(default_factory=HealthCheck)
-    kubernetes: dict[str, Any] = Field(default_factory=dict)  # kept for the chart as given
+    kubernetes: ModelKubernetes = Field(default_factory=ModelKubernetes)
 
     @field_validator("name")
     @classmethod
@@ -310,7 +376,7 @@ class RouterSpec(Spec):
     token_limit_per_minute: float = Field(0.0, ge=0)  # estimated tokens per key; 0: no limit
     replicas: int = Field(1, ge=0)  # Kubernetes
     workers: int = Field(1, ge=1, le=64)  # router processes sharing the port (SO_REUSEPORT)
-    kubernetes: dict[str, Any] = Field(default_factory=dict)
+    kubernetes: dict[str, Any] = Field(default_factory=dict)  # routerSpec chart values, as written
 
 
 class Fleet(Spec):
@@ -318,8 +384,8 @@ class Fleet(Spec):
     engine: Literal["vllm", "sim"] = "vllm"  # default for models that do not name one
     models: tuple[Model, ...] = Field(min_length=1)
     router: RouterSpec = Field(default_factory=RouterSpec)
-    kubernetes: dict[str, Any] = Field(default_factory=dict)  # fleet-wide chart values
-    imported_from: str | None = None  # the detected input format, for reports
+    kubernetes: FleetKubernetes = Field(default_factory=FleetKubernetes)
+    imported_from: str | None = None  # the detected input format, for reports only
 
     @field_validator("name")
     @classmethod

@@ -23,6 +23,7 @@ from typing import Any, Final, NoReturn, cast
 
 import httptools
 
+from vfleet.errors import error_json, for_status
 from vfleet.http.limits import EdgeLimits, open_file_limit
 
 _DEFAULT_LIMITS = EdgeLimits()
@@ -188,15 +189,8 @@ def _chunk(data: bytes) -> bytes:
 
 
 def refusal(status: int, message: str) -> bytes:
-    """A whole response refusing a request at the edge: an OpenAI-shaped error, then close.
-
-    `message` is a fixed text of ours (never the client's input), so it needs no JSON escaping."""
-    kind = b"ServiceUnavailable" if status >= 500 else b"invalid_request_error"
-    body = b'{"error":{"message":"%s","type":"%s","param":null,"code":%d}}' % (
-        message.encode(),
-        kind,
-        status,
-    )
+    """A whole response refusing a request at the edge: an OpenAI-shaped error, then close."""
+    body = error_json(for_status(status, message))
     return b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s%s" % (
         status,
         _REASONS.get(status, b"Unknown"),
@@ -237,6 +231,10 @@ class Edge:
         self.tick_s = min(max(shortest / 4, 0.05), 1.0)
         self.conns: set[HttpProtocol] = set()
         self.refused = 0  # connections turned away by the max-connections bound
+        # Shutting down: idle keep-alive connections are closed, and every response from now on
+        # says `connection: close`, so clients reconnect to another replica instead of sending
+        # more requests to one that is about to exit.
+        self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -262,6 +260,13 @@ class Edge:
             self._loop = loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.tick_s, self._sweep)
         return True
+
+    def drain(self) -> None:
+        """Stop keeping connections alive: close the idle ones now, the others after the
+        response in progress (or the request still arriving) is answered."""
+        self.draining = True
+        for proto in list(self.conns):
+            proto.close_if_idle()
 
     def _sweep(self) -> None:
         loop = self._loop
@@ -649,7 +654,7 @@ class HttpProtocol(asyncio.Protocol):
             while self._queue and not conn.busy and not conn.closed and self._linger < 0:
                 req = self._queue.popleft()
                 conn.busy = True
-                conn.keep_alive = req.keep_alive
+                conn.keep_alive = req.keep_alive and not self._edge.draining
                 self._handler(req, conn)
         finally:
             self._dispatching = False
@@ -661,7 +666,7 @@ class HttpProtocol(asyncio.Protocol):
         self._served = True
         if conn.closed or self._linger >= 0:
             return
-        if not conn.keep_alive:
+        if not conn.keep_alive or self._edge.draining:
             self._close()
         elif not self._dispatching:  # else the dispatch loop goes on by itself
             self._proceed()
@@ -723,6 +728,15 @@ class HttpProtocol(asyncio.Protocol):
         if self._paused and self._conn is not None and not self._conn.closed:
             self._paused = False
             self._conn.transport.resume_reading()
+
+    def close_if_idle(self) -> None:
+        """Close now when no request is being answered, queued or arriving (the edge drains)."""
+        conn = self._conn
+        if conn is None or conn.closed or self._linger >= 0:
+            return
+        if conn.busy or self._queue or self._pending or self._phase != _IDLE:
+            return
+        conn.transport.close()
 
     def expire(self, now: float) -> None:
         """Called by the edge's sweeper: enforce the deadline of the current phase."""

@@ -7,7 +7,6 @@ offline, install, upgrade, uninstall and status against the current kubeconfig.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +16,8 @@ from typing import Any
 
 import yaml
 
-CHART_ENV = "VFLEET_CHART"
+from vfleet.engines.chartdir import ChartNotFound, find_chart
+
 # Helm's install order (pkg/release/util/kind_sorter.go), so `render` prints objects in the
 # order they are applied; kinds not listed go last, as Helm puts them.
 INSTALL_ORDER = (
@@ -47,20 +47,11 @@ class Rendered:
 
 
 def chart_dir(explicit: str | Path | None = None) -> Path:
-    """--chart, else $VFLEET_CHART, else the chart of the source tree this module is in (an
-    editable install), else ./charts/vfleet (a clone's root, where the package is installed)."""
-    for candidate in (explicit, os.environ.get(CHART_ENV)):
-        if candidate:
-            path = Path(candidate)
-            if not (path / "Chart.yaml").is_file():
-                raise KubeError(f"{path}: not a Helm chart (no Chart.yaml)")
-            return path
-    here = Path(__file__).resolve()
-    for parent in (*here.parents, Path.cwd()):
-        path = parent / "charts" / "vfleet"
-        if (path / "Chart.yaml").is_file():
-            return path
-    raise KubeError(f"the vfleet chart was not found; give --chart DIR or set {CHART_ENV}")
+    """The chart to render: see `vfleet.engines.chartdir.find_chart` for where it is looked for."""
+    try:
+        return find_chart(explicit)
+    except ChartNotFound as exc:
+        raise KubeError(str(exc)) from None
 
 
 @contextmanager

@@ -1,11 +1,12 @@
 """A `Fleet` as values of the vfleet Helm chart (`charts/vfleet`). Pure.
 
 The chart's values are vllm-stack's (`servingEngineSpec.modelSpec[]`, `routerSpec`, ...) plus
-vfleet keys, so every model becomes one `modelSpec` entry whatever format it was read from:
-vfleet fleet files, vllm-stack, TKE and T9k values, Kubernetes manifests. The typed fields are
-written as typed keys (`vllmConfig.maxModelLen`, `requestGPU`, ...), so the chart builds the same
-`vllm serve` line as `vfleet.engines.vllm.serve_command`; keys an importer kept for Kubernetes
-(`Model.kubernetes`, `Fleet.kubernetes`) are put back where the chart reads them.
+vfleet keys, so every model becomes one `modelSpec` entry. Only the typed `Fleet` is read, never
+the format a file was written in: the importers already turned what each format means into
+typed fields. Engine settings become typed keys (`vllmConfig.maxModelLen`, `requestGPU`, ...),
+so the chart builds the same `vllm serve` line as `vfleet.engines.vllm.serve_command`; the typed
+Kubernetes settings (`Model.kubernetes`, `Fleet.kubernetes`) become the chart keys that carry
+them, and their `chartValues` are merged in as written.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vfleet.engines.sim import sim_command
-from vfleet.fleetspec.models import Autoscaling, EngineSettings, Fleet, Model, RouterSpec, Source
+from vfleet.fleetspec.models import (
+    Autoscaling,
+    EngineSettings,
+    Fleet,
+    Model,
+    ModelKubernetes,
+    RouterSpec,
+    Source,
+)
 
-# T9k's DataCube fetches the weights into the model's volume before the server starts: that is
-# the chart's download Job.
-_JOB_FORMATS = {"t9k"}
 _STARTUP_DEFAULT_S = 900.0
 
 
@@ -30,12 +36,10 @@ class ChartValues:
 
 
 def chart_values(fleet: Fleet) -> ChartValues:
-    """The chart values that deploy `fleet`, and notes on what was adapted or left out."""
+    """The chart values that deploy `fleet`. What a file's format meant, and what of it was
+    left out, the importers already said in their notes; `notes` is empty."""
     notes: list[str] = []
-    fmt = fleet.imported_from or "vfleet"
-    engine_spec: dict[str, Any] = {
-        "modelSpec": [_model(fleet, m, fmt, notes) for m in fleet.models]
-    }
+    engine_spec: dict[str, Any] = {"modelSpec": [_model(fleet, m) for m in fleet.models]}
     values: dict[str, Any] = {
         "servingEngineSpec": engine_spec,
         "routerSpec": _router(fleet, fleet.router),
@@ -43,14 +47,17 @@ def chart_values(fleet: Fleet) -> ChartValues:
     if fleet.router.api_keys:
         # the router reads VFLEET_API_KEYS as a comma-separated list
         engine_spec["vllmApiKey"] = ",".join(fleet.router.api_keys)
-    kube = copy.deepcopy(fleet.kubernetes)
-    engine_extra = kube.pop("servingEngineSpec", None)
+    extra = copy.deepcopy(fleet.kubernetes.chart_values)
+    engine_extra = extra.pop("servingEngineSpec", None)
     if isinstance(engine_extra, dict):
         for key, value in engine_extra.items():
             if key == "vllmApiKey" and isinstance(value, str):
-                continue  # already the router's key (the importer read it)
+                continue  # a key clients send is router.apiKeys, set above
             engine_spec.setdefault(key, value)
-    return ChartValues(deep_merge(values, kube), notes)
+    values = deep_merge(values, extra)
+    if fleet.kubernetes.extra_objects:
+        values["extraObjects"] = [copy.deepcopy(o) for o in fleet.kubernetes.extra_objects]
+    return ChartValues(values, notes)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -64,13 +71,14 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model(fleet: Fleet, m: Model, fmt: str, notes: list[str]) -> dict[str, Any]:
+def _model(fleet: Fleet, m: Model) -> dict[str, Any]:
     engine = fleet.engine_of(m)
+    kube = m.kubernetes
     spec: dict[str, Any] = {"name": m.name}
     if engine != "vllm":
         spec["engine"] = engine
     spec["modelURL"] = m.source.id if m.source.kind == "hf" else m.source.uri
-    spec["source"] = source_values(m.source, hostpath=fmt != "vllm-stack")
+    spec["source"] = source_values(m.source, host_path=kube.host_path)
     spec["servedModelNames"] = list(m.served_names)
     spec["replicaCount"] = m.replicas
     spec["requestGPU"] = gpu_request(m)
@@ -95,21 +103,37 @@ def _model(fleet: Fleet, m: Model, fmt: str, notes: list[str]) -> dict[str, Any]
         spec["command"] = sim_command(m, m.source.id, "0.0.0.0", 8000, executable=("vfleet",))
     else:
         spec.update(_storage(m))
-        if fmt in _JOB_FORMATS and m.source.kind in ("hf", "git", "s3"):
-            spec["download"] = {"mode": "job"}
-            if m.storage and m.storage.sub_path:
-                spec["download"]["dir"] = m.storage.sub_path.strip("/")
-    kube = _model_kubernetes(m, fmt, notes)
-    if m.autoscaling is not None and "keda" not in kube:
+    if kube.download is not None:
+        # over the sim's "none": a file that asks for a download gets it
+        download = kube.download.model_dump(by_alias=True, exclude_none=True)
+        spec["download"] = deep_merge(spec.get("download", {}), download)
+    extra = copy.deepcopy(kube.chart_values)
+    if m.autoscaling is not None and "keda" not in extra:  # a KEDA block scales it as written
         spec["autoscaling"] = autoscaling_values(m.autoscaling)
-    hold = {key: getattr(m.hold, name) for name, key in _HOLD_KEYS.items()
-            if name in m.hold.model_fields_set}  # fmt: skip
+    hold = {
+        key: getattr(m.hold, name)
+        for name, key in _HOLD_KEYS.items()
+        if name in m.hold.model_fields_set
+    }
     if hold:
         spec["hold"] = hold
-    cfg_extra = kube.pop("vllmConfig", None)
+    spec.update(kubernetes_values(kube))
+    cfg_extra = extra.pop("vllmConfig", None)
     if isinstance(cfg_extra, dict):
         spec.setdefault("vllmConfig", {}).update(cfg_extra)
-    return deep_merge(spec, kube)
+    return deep_merge(spec, extra)
+
+
+def kubernetes_values(k: ModelKubernetes) -> dict[str, Any]:
+    """The typed Kubernetes settings of a model as the modelSpec keys that carry them."""
+    out: dict[str, Any] = {}
+    if k.lws_group_size > 1:
+        out["lwsGroupSize"] = k.lws_group_size
+    for name, key in _KUBERNETES_KEYS.items():
+        value = getattr(k, name)
+        if value:
+            out[key] = copy.deepcopy(list(value) if isinstance(value, tuple) else value)
+    return out
 
 
 def autoscaling_values(a: Autoscaling) -> dict[str, Any]:
@@ -134,6 +158,22 @@ _AUTOSCALING_KEYS = {
     "max_scale_down_rate": "maxScaleDownRate",
 }
 _HOLD_KEYS = {"timeout_s": "timeoutS", "max_queued": "maxQueued"}
+# ModelKubernetes field -> modelSpec key, in the order the keys are written
+_KUBERNETES_KEYS = {
+    "image_pull_policy": "imagePullPolicy",
+    "image_pull_secret": "imagePullSecret",
+    "init_containers": "extraInitContainers",
+    "volumes": "extraVolumes",
+    "volume_mounts": "extraVolumeMounts",
+    "security_context": "containerSecurityContext",
+    "node_selector": "nodeSelector",
+    "tolerations": "tolerations",
+    "affinity": "affinity",
+    "labels": "labels",
+    "pod_labels": "podLabels",
+    "annotations": "annotations",
+    "pod_annotations": "podAnnotations",
+}
 
 
 def gpu_request(m: Model) -> float | int:
@@ -151,7 +191,7 @@ def split_image(image: str) -> tuple[str, str]:
     return image, ""
 
 
-def source_values(src: Source, hostpath: bool) -> dict[str, Any]:
+def source_values(src: Source, host_path: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": src.kind, "id": src.id}
     if src.path:
         out["path"] = src.path
@@ -161,8 +201,8 @@ def source_values(src: Source, hostpath: bool) -> dict[str, Any]:
             out[key] = value
     if src.include:
         out["include"] = list(src.include)
-    if src.kind == "local" and hostpath:
-        out["hostPath"] = True  # a directory on the node (TKE model.local, hostPath volumes)
+    if src.kind == "local" and host_path:
+        out["hostPath"] = True  # a directory on the node, mounted as a hostPath volume
     return out
 
 
@@ -224,88 +264,16 @@ def _storage(m: Model) -> dict[str, Any]:
     return out
 
 
-def _model_kubernetes(m: Model, fmt: str, notes: list[str]) -> dict[str, Any]:
-    """The Kubernetes-only keys an importer kept, as modelSpec keys."""
-    kube = copy.deepcopy(m.kubernetes)
-    if fmt == "tke":
-        return _tke(m, kube)
-    if fmt == "t9k":
-        return _t9k(m, kube, notes)
-    if fmt == "kubernetes-manifests":
-        return _manifests(kube)
-    return kube  # vfleet and vllm-stack: modelSpec keys as written
-
-
-def _tke(m: Model, kube: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    server = kube.get("server") or {}
-    if int(server.get("lwsGroupSize") or 1) > 1:
-        out["lwsGroupSize"] = int(server["lwsGroupSize"])
-    for key in ("imagePullPolicy", "nodeSelector", "tolerations"):
-        if server.get(key):
-            out[key] = server[key]
-    if kube.get("labels"):
-        out["labels"] = kube["labels"]
-        out["podLabels"] = kube["labels"]
-    if kube.get("podAnnotations"):
-        out["podAnnotations"] = kube["podAnnotations"]
-    return out
-
-
-def _t9k(m: Model, kube: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    server = kube.get("server") or {}
-    volumes = list(server.get("extraVolumes") or []) + list(server.get("extraVolume") or [])
-    if volumes:
-        out["extraVolumes"] = volumes
-    if server.get("extraVolumeMounts"):
-        out["extraVolumeMounts"] = server["extraVolumeMounts"]
-    if server.get("securityContext"):
-        out["containerSecurityContext"] = server["securityContext"]
-    if server.get("nodeSelector"):
-        out["nodeSelector"] = server["nodeSelector"]
-    if "initializer" in kube:
-        notes.append(
-            f"{m.name}: T9k's initializer (a kubectl image that waits for the DataCube) is not "
-            "needed: engine pods wait for the download Job's markers"
-        )
-    return out
-
-
-def _manifests(kube: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if kube.get("initContainers"):
-        out["extraInitContainers"] = kube["initContainers"]
-    if kube.get("volumes"):
-        out["extraVolumes"] = kube["volumes"]
-    for key in ("nodeSelector", "tolerations", "podLabels"):
-        if kube.get(key):
-            out[key] = kube[key]
-    return out
-
-
 def namespace_of(fleet: Fleet) -> str | None:
     """The namespace the input files name (a manifest's metadata.namespace), if any."""
-    for m in fleet.models:
-        ns = m.kubernetes.get("namespace")
-        if isinstance(ns, str) and ns:
-            return ns
-    return None
+    return next((m.kubernetes.namespace for m in fleet.models if m.kubernetes.namespace), None)
 
 
 def _router(fleet: Fleet, r: RouterSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {"policy": r.policy, "replicaCount": r.replicas}
-    if r.model_policies:
-        by_name = {m.name: m.served_names for m in fleet.models}
-        policies: dict[str, str] = {}
-        for name, policy in r.model_policies.items():
-            for served in by_name.get(name, (name,)):
-                policies[served] = policy
-        out["modelPolicies"] = policies
-    if r.rate_limit_per_minute:
-        out["rateLimitPerMinute"] = r.rate_limit_per_minute
-    if r.token_limit_per_minute:
-        out["tokenLimitPerMinute"] = r.token_limit_per_minute
-    if r.workers > 1:
-        out["workers"] = r.workers
-    return deep_merge(out, r.kubernetes)
+    """routerSpec: the router settings `vfleet up` gives its router too (one function for
+    both), the replica count, and the Kubernetes keys an importer kept."""
+    from vfleet.engines.router import chart_router_values
+
+    settings = chart_router_values(fleet)
+    out: dict[str, Any] = {"policy": settings.pop("policy"), "replicaCount": r.replicas}
+    return deep_merge({**out, **settings}, r.kubernetes)

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.live import Live
 
 from vfleet.download.errors import DownloadError
+from vfleet.engines.router import router_options
+from vfleet.engines.rulefile import load_rules
 from vfleet.fleetspec.importers.common import slug
 from vfleet.fleetspec.load import load
 from vfleet.fleetspec.models import Fleet
@@ -29,7 +31,14 @@ from vfleet.local.gpus import detect_gpus, free_ports, parse_gpus, port_free, vl
 from vfleet.local.packer import PackError
 from vfleet.local.plan import Options, Plan, PlanError, build, needs_download, planned_slots
 from vfleet.local.rundir import RunDir, default_run_dir, pid_alive
-from vfleet.local.supervisor import RouterSettings, StartError, Supervisor, demand_names
+from vfleet.local.supervisor import (
+    ROUTER_DRAIN_S,
+    RouterSettings,
+    StartError,
+    Supervisor,
+    demand_names,
+)
+from vfleet.local.weights import on_disk
 
 RUN_DIR = click.option(
     "--run-dir",
@@ -181,7 +190,9 @@ def _prepare(
             vllm_version=vllm_version(exe) if exe else None,
             vllm_executable=(exe,) if exe else ("vllm",),
             fetched=_fetch(fleet, engine, cache_dir),
+            on_disk=on_disk(fleet, pvc_root),
             max_replicas_cap=max_replicas_cap,
+            engine_rules=load_rules(),
         )
         n = sum(planned_slots(m, max_replicas_cap) for m in fleet.models)
         # One call for every port, the router's too: separate calls may get the same port back.
@@ -231,23 +242,14 @@ def default_cache_dir() -> Path:
 
 
 def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str, Any]:
-    r = fleet.router
-    policies = {
-        served: policy
-        for m in fleet.models
-        if (policy := r.model_policies.get(m.name))
-        for served in m.served_names
-    }
-    for name, policy in r.model_policies.items():  # also keyed by served name directly
-        if name not in {m.name for m in fleet.models}:
-            policies[name] = policy
-    cfg: dict[str, Any] = {
+    """The router's config file: the spec's router settings (as the chart gets them, from
+    vfleet.engines.router) and what only a local fleet has (its endpoints file, address)."""
+    return {
         "endpoints_file": str(run.endpoints_file),
         "host": host,
         "port": port,
-        "policy": r.policy,
-        "workers": r.workers,
         "health_interval_s": 1.0,
+        "drain_timeout_s": ROUTER_DRAIN_S,
         # Every name a client may ask for: one with no engine up (scaled to zero, starting)
         # is held until one is ready, not answered 404.
         "models": sorted({name for m in fleet.models for name in demand_names(m)}),
@@ -256,16 +258,8 @@ def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str,
             for m in fleet.models
             for name in demand_names(m)
         },
+        **router_options(fleet),
     }
-    if policies:
-        cfg["model_policies"] = policies
-    if r.api_keys:
-        cfg["api_keys"] = list(r.api_keys)
-    if r.rate_limit_per_minute:
-        cfg["rate_limit_per_minute"] = r.rate_limit_per_minute
-    if r.token_limit_per_minute:
-        cfg["token_limit_per_minute"] = r.token_limit_per_minute
-    return cfg
 
 
 def _foreground(sup: Supervisor, interactive: bool) -> None:

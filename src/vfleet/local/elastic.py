@@ -10,25 +10,44 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
+from vfleet.http import client
 from vfleet.local import ttft
 from vfleet.local.scaler import Load, ModelScaler, demand_of, make_sample, next_wait
 from vfleet.router.endpoints import parse_load
-from vfleet.router.probe import http_get
-
-if TYPE_CHECKING:
-    from vfleet.local.supervisor import Supervisor
 
 LONG_POLL_S = 1.0  # one long-poll of the router's demand, while a model is at zero
 IDLE_POLL_S = 0.05  # pause when the router answers at once for a model that is not at zero
 RETRY_S = 0.5  # pause when the router does not answer
 
 
+class Scaled(Protocol):
+    """What the loop needs of the supervisor (`local.supervisor.Supervisor` is one)."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def replicas(self, model: str) -> tuple[int, int]:
+        """(wanted, healthy) slots of `model`."""
+        ...
+
+    def ready_urls(self, model: str) -> list[str]:
+        """The engines of `model` that are wanted and healthy."""
+        ...
+
+    async def demand(self, wait_s: float = 0.0) -> dict[str, Any] | None: ...
+
+    def scale(self, model: str, desired: int) -> None: ...
+
+    def publish(self) -> None: ...
+
+
 class Elastic:
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Scaled, scalers: Sequence[ModelScaler]) -> None:
         self.sup = sup
-        self.scalers = list(sup.scalers.values())
+        self.scalers = list(scalers)
 
     async def run(self) -> None:
         now = time.monotonic()
@@ -73,11 +92,7 @@ class Elastic:
         self.sup.scale(s.name, decision.desired)
 
     async def loads(self, model: str) -> list[Load]:
-        urls = [
-            e.url
-            for e in self.sup.engines
-            if e.spec.model == model and e.wanted and e.state == "healthy"
-        ]
+        urls = self.sup.ready_urls(model)
         found = await asyncio.gather(*(engine_load(u) for u in urls))
         return [x for x in found if x is not None]
 
@@ -86,10 +101,10 @@ async def engine_load(url: str, timeout_s: float = 1.0) -> Load | None:
     """An engine's running, waiting, KV usage and TTFT histogram from its /metrics; None when
     it does not answer."""
     try:
-        status, body = await http_get(url, "/metrics", timeout_s)
-    except (OSError, TimeoutError, ValueError, IndexError):
+        response = await client.get(url, "/metrics", timeout_s)
+    except (OSError, ValueError):
         return None
-    if status != 200:
+    if response.status != 200:
         return None
-    text = body.decode(errors="replace")
+    text = response.body.decode(errors="replace")
     return Load(*parse_load(text), url=url, ttft=ttft.parse_buckets(text))

@@ -1,8 +1,11 @@
-"""Placing replicas on GPUs. Pure: requests and devices in, placements or a clear error out.
+"""Placing replicas on GPUs: requests, devices and the engine rules in, placements or a clear
+error out.
 
 Shares are whole percent of one device. A replica asking for whole GPUs gets devices nobody
 else uses; shares go best-fit, largest first, so small replicas fill the gaps big ones leave.
-A device is never promised more than 100% of its compute or its memory.
+A device is never promised more than 100% of its compute or its memory. A share's memory,
+when the model sets none, follows the share-to-memory rule of the engine rules passed in (the
+chart's engine-rules.yaml, which the chart applies to time-sliced GPUs). Pure.
 """
 
 from __future__ import annotations
@@ -10,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vfleet.engines.rules import EngineRules
+
 FULL = 100
-# The memory share vLLM may take when the model does not say: a little under its compute share,
-# because vLLM's own profiling overshoots and neighbours on one device would otherwise collide.
-HEADROOM = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +40,16 @@ class PackError(ValueError):
     pass
 
 
-def derived_memory(share_pct: int) -> float:
-    return int(share_pct * HEADROOM) / 100
+def derived_memory(share_pct: int, engine_rules: EngineRules) -> float:
+    """The memory fraction vLLM may take for a share when the model does not say: a little
+    under the share (vLLM's profiling overshoots; neighbours on one device would collide).
+    Every process sees the whole device here, as with time-slicing on Kubernetes."""
+    return engine_rules.share_memory(share_pct)
 
 
-def pack(requests: Sequence[Request], devices: Sequence[int]) -> list[Placement]:
+def pack(
+    requests: Sequence[Request], devices: Sequence[int], engine_rules: EngineRules
+) -> list[Placement]:
     free = dict.fromkeys(devices, FULL)  # compute percent left on each device
     mem = dict.fromkeys(devices, 1.0)  # memory fraction left on each device
     placed: dict[tuple[str, int], Placement] = {}
@@ -62,7 +69,11 @@ def pack(requests: Sequence[Request], devices: Sequence[int]) -> list[Placement]
                 req.model, req.replica, chosen, FULL, req.memory
             )
         else:
-            memory = req.memory if req.memory is not None else derived_memory(req.share_pct)
+            memory = (
+                req.memory
+                if req.memory is not None
+                else derived_memory(req.share_pct, engine_rules)
+            )
             fits = [d for d in devices if free[d] >= req.share_pct and mem[d] >= memory - 1e-9]
             if not fits:
                 missing.append(req)
@@ -96,14 +107,16 @@ def _explain(requests: Sequence[Request], missing: list[Request], devices: Seque
     )
 
 
-def fewest_devices(requests: Sequence[Request], limit: int = 1024) -> int:
+def fewest_devices(
+    requests: Sequence[Request], engine_rules: EngineRules, limit: int = 1024
+) -> int:
     """The smallest number of (simulated) GPUs the requests pack onto."""
     whole = sum(r.devices for r in requests)
     shares = sum(r.share_pct for r in requests)
     n = max(1 if requests else 0, whole + -(-shares // FULL))
     while n <= limit:
         try:
-            pack(requests, range(n))
+            pack(requests, range(n), engine_rules)
             return n
         except PackError:
             n += 1
@@ -111,19 +124,22 @@ def fewest_devices(requests: Sequence[Request], limit: int = 1024) -> int:
 
 
 def pack_optional(
-    required: Sequence[Request], optional: Sequence[Request], devices: Sequence[int]
+    required: Sequence[Request],
+    optional: Sequence[Request],
+    devices: Sequence[int],
+    engine_rules: EngineRules,
 ) -> list[Placement]:
     """`required` must fit (PackError otherwise); `optional` requests (autoscaling's standby
     replicas) join in the order given while they still fit. A model's optional replicas stay
     contiguous: once one does not fit, its later ones are not tried."""
-    placed = pack(required, devices)
+    placed = pack(required, devices, engine_rules)
     chosen = list(required)
     full: set[str] = set()
     for req in optional:
         if req.model in full:
             continue
         try:
-            placed = pack([*chosen, req], devices)
+            placed = pack([*chosen, req], devices, engine_rules)
         except PackError:
             full.add(req.model)
             continue

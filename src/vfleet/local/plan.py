@@ -3,16 +3,18 @@
 An autoscaled model gets a slot (GPU share, port, command) for each replica it may reach, as
 many as fit; the first minReplicas start with the fleet, the rest wait for the autoscaler.
 
-Pure: the fleet, the devices and the free ports come in; nothing is started here, so a bad
-spec fails before any process exists.
+Pure: the fleet, the devices, the free ports and what the caller found on disk (`Options`:
+downloaded weights, local and PVC paths that exist, see `local.weights`) come in; nothing is
+read or started here, so a bad spec fails before any process exists.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
+from vfleet.engines.rules import EngineRules
 from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, serve_command
 from vfleet.fleetspec.models import Fleet, HealthCheck, Model
@@ -65,7 +67,11 @@ class Options:
     vllm_version: Version | None = None
     vllm_executable: tuple[str, ...] = ("vllm",)
     fetched: dict[str, str] = field(default_factory=dict)  # model name -> downloaded weights
+    # model name -> its local or PVC weights (`disk_path`), where they exist on this machine
+    on_disk: dict[str, str] = field(default_factory=dict)
     max_replicas_cap: int = 8  # bound on an autoscaled model's replicas on one machine
+    # the chart's engine rules (vfleet.engines.rulefile.load_rules): flags, share memory
+    engine_rules: EngineRules | None = None
 
 
 def planned_slots(model: Model, cap: int) -> int:
@@ -109,6 +115,7 @@ def requests_of(fleet: Fleet, cap: int, notices: list[str]) -> tuple[list[Reques
 def build(fleet: Fleet, opts: Options, ports: Iterator[int], gpus: Sequence[int] = ()) -> Plan:
     """`gpus`: the devices found on this machine, used when --gpus is not given."""
     notices: list[str] = []
+    rules = _rules(opts)
     required, optional = requests_of(fleet, opts.max_replicas_cap, notices)
     reqs = required + optional
     engines = {m.name: opts.engine or fleet.engine_of(m) for m in fleet.models}
@@ -117,13 +124,13 @@ def build(fleet: Fleet, opts: Options, ports: Iterator[int], gpus: Sequence[int]
     if opts.devices is not None:
         devices = tuple(opts.devices)
     elif needs_gpu and all(engines[r.model] == "sim" for r in needs_gpu):
-        devices, simulated = tuple(range(fewest_devices(needs_gpu))), True
+        devices, simulated = tuple(range(fewest_devices(needs_gpu, rules))), True
     else:
         devices = tuple(gpus)
         if needs_gpu and not devices:
             names = ", ".join(sorted({r.model for r in needs_gpu if engines[r.model] == "vllm"}))
             raise PlanError(f"no GPUs found for {names}: give --gpus 0,1 or run with --engine sim")
-    placements = pack_optional(required, optional, devices)
+    placements = pack_optional(required, optional, devices, rules)
     order = {m.name: i for i, m in enumerate(fleet.models)}
     placements.sort(key=lambda p: (order[p.model], p.replica))
     by_name = {m.name: m for m in fleet.models}
@@ -145,10 +152,16 @@ def build(fleet: Fleet, opts: Options, ports: Iterator[int], gpus: Sequence[int]
     return Plan(out, devices, simulated, notices, slots)
 
 
+def _rules(opts: Options) -> EngineRules:
+    if opts.engine_rules is None:  # the caller's job: this module reads no files
+        raise PlanError("no engine rules given (Options.engine_rules)")
+    return opts.engine_rules
+
+
 def _engine(
     model: Model, p: Placement, engine: str, port: int, opts: Options, notices: list[str]
 ) -> EngineSpec:
-    ref = opts.fetched.get(model.name) or model_ref(model, engine, opts.pvc_root)
+    ref = opts.fetched.get(model.name) or model_ref(model, engine, opts)
     env = _env(model, notices if p.replica == 0 else [])
     if p.devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, p.devices))
@@ -160,7 +173,14 @@ def _engine(
     memory = p.memory if shared and model.vllm.gpu_memory_utilization is None else None
     if engine == "vllm":
         cmd = serve_command(
-            model, ref, opts.host, port, opts.vllm_version, memory, opts.vllm_executable
+            model,
+            ref,
+            opts.host,
+            port,
+            opts.vllm_version,
+            memory,
+            opts.vllm_executable,
+            engine_rules=_rules(opts),
         )
         if p.replica == 0:
             notices.extend(f"{model.name}: {n}" for n in cmd.notices)
@@ -188,25 +208,34 @@ def _engine(
     )
 
 
-def model_ref(model: Model, engine: str, pvc_root: str | None) -> str:
-    """What the engine is told to load: a path on this machine or a hub id."""
+def disk_path(model: Model, pvc_root: str | None) -> str | None:
+    """Where a local or PVC model's weights are on this machine, as the spec and --pvc-root
+    name them (unchecked, `~` unexpanded); None for other sources and a PVC without a root."""
     src = model.source
     if src.kind == "local":
-        path = Path(src.id).expanduser()
-        if not path.exists():
+        return src.id
+    if src.kind == "pvc" and pvc_root:
+        return posixpath.join(pvc_root, src.id, src.path).rstrip("/")
+    return None
+
+
+def model_ref(model: Model, engine: str, opts: Options) -> str:
+    """What the engine is told to load: a path on this machine or a hub id."""
+    src = model.source
+    found = opts.on_disk.get(model.name)
+    if src.kind == "local":
+        if found is None:
             raise PlanError(f"{model.name}: model path {src.id} does not exist")
-        return str(path)
+        return found
     if src.kind == "pvc":
-        if pvc_root:
-            path = Path(pvc_root).expanduser() / src.id / src.path
-            if path.exists():
-                return str(path)
-            if engine == "vllm":
-                raise PlanError(
-                    f"{model.name}: {path} does not exist (PVC {src.id!r} under "
-                    f"--pvc-root {pvc_root})"
-                )
-        elif engine == "vllm":
+        if found is not None:
+            return found
+        if engine == "vllm" and opts.pvc_root:
+            raise PlanError(
+                f"{model.name}: {disk_path(model, opts.pvc_root)} does not exist (PVC "
+                f"{src.id!r} under --pvc-root {opts.pvc_root})"
+            )
+        if engine == "vllm":
             raise PlanError(
                 f"{model.name} reads its weights from PVC {src.id!r}; give "
                 "--pvc-root DIR (holding DIR/<claim>/<path>) or use --engine sim"

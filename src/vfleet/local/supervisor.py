@@ -28,20 +28,23 @@ import yaml
 
 from vfleet.autoscale import ScalePolicy, policy_for
 from vfleet.fleetspec.models import Autoscaling, Fleet, Model
+from vfleet.http import client
 from vfleet.local import procs
 from vfleet.local.elastic import Elastic, engine_load
 from vfleet.local.plan import EngineSpec, Plan
 from vfleet.local.rundir import RunDir
 from vfleet.local.scaler import ModelScaler, SlotView, pick, routed
-from vfleet.router.probe import http_get
 
 log = logging.getLogger("vfleet.local")
 
 BACKOFF_MAX_S = 30.0
-STABLE_S = 60.0  # running this long resets the restart backoff
+STABLE_S = 60.0  # a process that ran this long before exiting is restarted after 1 s again
 START_POLL_S = 0.025  # /health poll of a starting engine: a woken model serves within ms
 ROUTER_FORGET_S = 30.0  # bound on waiting for the router to stop routing to a drained engine
 DRAIN_POLL_S = 0.1
+# The router's own bound on draining at SIGTERM (written to its config): shutdown gives it this
+# plus --grace before SIGKILL, so requests in flight are not cut by the engines' grace.
+ROUTER_DRAIN_S = 30.0
 MIN_PERIOD_S = 0.1  # shortest autoscaling period
 
 
@@ -50,17 +53,14 @@ def restart_delay(failures: int) -> float:
     return min(BACKOFF_MAX_S, 2.0 ** max(0, failures - 1))
 
 
+def failures_after_exit(failures: int, ran_s: float, stable_s: float) -> int:
+    """Consecutive failures, counting an exit after `ran_s` seconds of running: one that ran
+    `stable_s` or longer had recovered, so its exit starts the count (and the backoff) anew."""
+    return 1 if ran_s >= stable_s else failures + 1
+
+
 class StartError(RuntimeError):
     pass
-
-
-async def answers(url: str, path: str, timeout_s: float) -> bool:
-    """Whether `GET url+path` returns 200 within `timeout_s`; any failure is a no."""
-    try:
-        status, _ = await http_get(url, path, timeout_s)
-    except (OSError, TimeoutError, ValueError, IndexError):
-        return False
-    return status == 200
 
 
 @dataclass
@@ -149,7 +149,7 @@ class RouterSettings:
     @property
     def auth(self) -> bytes:
         keys = self.config.get("api_keys") or []
-        return f"authorization: Bearer {keys[0]}\r\n".encode() if keys else b""
+        return client.bearer(keys[0] if keys else None)
 
 
 class Supervisor:
@@ -163,6 +163,7 @@ class Supervisor:
         on_change: Callable[[dict[str, Any]], None] = lambda state: None,
         grace_s: float = 10.0,
         drain_timeout_s: float = 60.0,
+        stable_s: float = STABLE_S,
     ) -> None:
         self.fleet, self.plan, self.run, self.router = fleet, plan, run, router
         self.engines = [Engine(e) for e in plan.engines]
@@ -173,10 +174,13 @@ class Supervisor:
         self.on_change = on_change
         self.grace_s = grace_s
         self.drain_timeout_s = drain_timeout_s
+        self.stable_s = stable_s
         self.phase = "starting"
         self.error: str | None = None
         self.router_proc: asyncio.subprocess.Process | None = None
         self.router_restarts = 0
+        self.router_failures = 0  # consecutive, for the backoff
+        self.router_started_at = 0.0  # monotonic, of the last spawn
         self.stopping = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.lanes: dict[object, asyncio.Lock] = {}
@@ -273,7 +277,7 @@ class Supervisor:
                 e.keeper = self.spawn_task(self._keep(e, running=True), f"keep {e.spec.key}")
         self.spawn_task(self.watch_router(), "router watch")
         if self.scalers:
-            self.spawn_task(Elastic(self).run(), "autoscaler")
+            self.spawn_task(Elastic(self, list(self.scalers.values())).run(), "autoscaler")
 
     # -- start --------------------------------------------------------------------------------
 
@@ -352,7 +356,7 @@ class Supervisor:
             if e.proc.returncode is not None:
                 e.exit_code = e.proc.returncode
                 return False
-            if await answers(e.url, "/health", 2.0):
+            if await client.answers(e.url, "/health", 2.0):
                 if not e.wanted:
                     return False
                 self.set_state(e, "healthy")
@@ -366,6 +370,7 @@ class Supervisor:
         os.chmod(self.run.router_config, 0o600)
         argv = [sys.executable, "-m", "vfleet", "router", "--config", str(self.run.router_config)]
         self.router_proc = await procs.spawn(argv, self.run.log("router"), {}, "router")
+        self.router_started_at = time.monotonic()
         url = self.router.local_url
         # Ready means every model it knows has a healthy engine; a fleet entirely at zero has
         # none, and its router is up once it answers at all (it holds the first requests).
@@ -375,7 +380,7 @@ class Supervisor:
             if self.router_proc.returncode is not None:
                 last = procs.tail(self.run.log("router"))
                 raise StartError(f"router exited with code {self.router_proc.returncode}: {last}")
-            if await answers(url, path, 2.0):
+            if await client.answers(url, path, 2.0):
                 return
             await asyncio.sleep(0.1)
         raise StartError(f"router not ready after 30s (log: {self.run.log('router')})")
@@ -399,7 +404,7 @@ class Supervisor:
             if not e.wanted or self.stopping:
                 return
             e.exit_code = e.proc.returncode
-            e.failures = 1 if time.monotonic() - started > STABLE_S else e.failures + 1
+            e.failures = failures_after_exit(e.failures, time.monotonic() - started, self.stable_s)
             self.set_state(e, "crashed")
             log.warning("engine %s exited with code %s; restarting", e.spec.key, e.exit_code)
             with contextlib.suppress(TimeoutError):
@@ -417,7 +422,7 @@ class Supervisor:
         failed = 0
         while proc.returncode is None:
             await asyncio.sleep(check.interval_s)
-            if await answers(e.url, "/health", check.timeout_s):
+            if await client.answers(e.url, "/health", check.timeout_s):
                 failed = 0
                 if e.state == "unhealthy" and e.wanted:
                     self.set_state(e, "healthy")
@@ -431,14 +436,18 @@ class Supervisor:
                 return
 
     async def watch_router(self) -> None:
+        """Restart the router whenever it exits, with backoff by consecutive failures (a router
+        that ran `stable_s` first is restarted after 1 s again, however often it failed)."""
         while not self.stopping:
             assert self.router_proc is not None
             code = await self.router_proc.wait()
             if self.stopping:
                 return
+            ran_s = time.monotonic() - self.router_started_at
+            self.router_failures = failures_after_exit(self.router_failures, ran_s, self.stable_s)
             log.warning("router exited with code %s; restarting", code)
             self.router_restarts += 1
-            await asyncio.sleep(restart_delay(self.router_restarts))
+            await asyncio.sleep(restart_delay(self.router_failures))
             with contextlib.suppress(StartError):
                 await self._start_router()
             self.publish()
@@ -449,6 +458,14 @@ class Supervisor:
         """(wanted, healthy) slots of a model."""
         mine = [e for e in self.engines if e.spec.model == model]
         return sum(e.wanted for e in mine), sum(e.wanted and e.state == "healthy" for e in mine)
+
+    def ready_urls(self, model: str) -> list[str]:
+        """The engines of `model` that are wanted and healthy."""
+        return [
+            e.url
+            for e in self.engines
+            if e.spec.model == model and e.wanted and e.state == "healthy"
+        ]
 
     def scale(self, model: str, desired: int) -> None:
         """Start or drain slots of `model` until `desired` are wanted (as far as free slots
@@ -523,11 +540,9 @@ class Supervisor:
         None when the router does not answer."""
         path = f"/vfleet/demand?wait_s={wait_s:g}" if wait_s > 0 else "/vfleet/demand"
         try:
-            status, body = await http_get(
-                self.router.local_url, path, wait_s + 2.0, self.router.auth
-            )
-            doc = orjson.loads(body) if status == 200 else None
-        except (OSError, TimeoutError, ValueError, IndexError, orjson.JSONDecodeError):
+            response = await client.get(self.router.local_url, path, wait_s + 2.0, self.router.auth)
+            doc = orjson.loads(response.body) if response.status == 200 else None
+        except (OSError, ValueError):  # orjson.JSONDecodeError is a ValueError
             return None
         return doc if isinstance(doc, dict) else None
 
@@ -544,7 +559,7 @@ class Supervisor:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.router_proc is not None:
-            await procs.stop([self.router_proc], self.grace_s)
+            await procs.stop([self.router_proc], ROUTER_DRAIN_S + self.grace_s)
         await procs.stop([e.proc for e in self.engines if e.proc is not None], self.grace_s)
         for e in self.engines:
             e.state = "stopped"

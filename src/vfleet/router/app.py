@@ -33,16 +33,20 @@ import orjson
 import uvloop
 import yaml
 
+from vfleet.errors import Unauthorized, error_json
 from vfleet.http.limits import raise_nofile_limit
-from vfleet.http.server import protocol_factory
+from vfleet.http.server import Connection, Edge, Handler, Request
+from vfleet.router import auth
 from vfleet.router.activator import Activator, HoldLimits
 from vfleet.router.config import BackendSpec, RouterConfig, load_endpoints_file, parse_endpoints
 from vfleet.router.demand import DemandRow, DemandTable
 from vfleet.router.endpoints import Registry
 from vfleet.router.policies import Policy, make_policy
-from vfleet.router.probe import FastProber, http_get, probe_due
+from vfleet.router.probe import FastProber, http_get
+from vfleet.router.prober import Prober
 from vfleet.router.proxy import Limits, Router
 from vfleet.router.ratelimit import RateLimiter
+from vfleet.router.tls import CertReloader
 from vfleet.router.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -55,6 +59,8 @@ log = logging.getLogger("vfleet.router")
 Listed = list[tuple[str, tuple[str, ...], bool]]
 FIRST_LIST_WAIT_S = 5.0  # start-up waits this long at most for the first Kubernetes pod list
 FILE_CHECK_S = 0.05  # seconds between checks of the endpoints file for changes
+ADMIN_ROUTES = ("/metrics", "/ui")  # and what is under /ui/: they describe the fleet
+ADMIN_CHALLENGE = b'www-authenticate: Bearer realm="vfleet-admin"\r\n'
 
 
 @dataclass(slots=True)
@@ -88,6 +94,36 @@ def hold_limits(cfg: RouterConfig) -> Callable[[str], HoldLimits]:
         for model, over in cfg.model_hold.items()
     }
     return lambda model: per_model.get(model, default)
+
+
+def admin_gate(
+    handle: Handler, api_keys: tuple[bytes, ...], admin_keys: tuple[bytes, ...], router: Router
+) -> Handler:
+    """`handle`, with ADMIN_ROUTES open only to an admin key once any key is configured.
+
+    /metrics names every engine URL, model and load figure: with client keys on it is not
+    for clients. Without an admin key configured such routes answer 401 to everyone. With no
+    keys at all nothing changes (and `handle` is returned as it is, off the hot path)."""
+    if not api_keys and not admin_keys:
+        return handle
+    if admin_keys:
+        message = "This route needs the admin key."
+    else:
+        message = ("This route needs the admin key, and the router has none: give it one "
+                   "(--admin-key-file or VFLEET_ADMIN_KEY).")  # fmt: skip
+    refusal = error_json(Unauthorized(message))
+
+    def gated(req: Request, conn: Connection) -> None:
+        path = req.path
+        if path in ADMIN_ROUTES or path.startswith("/ui/"):
+            header = req.headers.get(b"authorization", b"")
+            if auth.verify(header, admin_keys) is None:
+                router.metrics.rejected["admin_auth"] += 1
+                conn.respond(401, refusal, extra_headers=ADMIN_CHALLENGE)
+                return
+        handle(req, conn)
+
+    return gated
 
 
 def build_router(
@@ -169,19 +205,6 @@ async def _poll_feed(cfg: RouterConfig, url: str, feeds: Feeds) -> None:
         await asyncio.sleep(min(0.5, cfg.health_interval_s))
 
 
-async def _probe_loop(cfg: RouterConfig, router: Router) -> None:
-    """Keep endpoint health and load current (the regular, backed-off probes)."""
-    while True:
-        try:
-            up = await probe_due(router.registry, time.monotonic(), cfg.health_interval_s,
-                                 cfg.health_timeout_s, router.backend_auth)  # fmt: skip
-            for ep in up:
-                router.endpoint_up(ep)
-        except Exception:
-            log.exception("health probe round failed")
-        await asyncio.sleep(min(0.5, cfg.health_interval_s))
-
-
 async def serve(
     cfg: RouterConfig,
     sock: socket.socket | None = None,
@@ -217,31 +240,48 @@ async def serve(
     if cfg.endpoints_url:
         tasks.append(loop.create_task(_guarded(_poll_feed(cfg, cfg.endpoints_url, feeds),
                                                "endpoints feed")))  # fmt: skip
-    # One probe round first, so the router starts knowing who is up.
-    await probe_due(router.registry, time.monotonic(), cfg.health_interval_s,
-                    cfg.health_timeout_s, router.backend_auth)  # fmt: skip
-    tasks.append(loop.create_task(_guarded(_probe_loop(cfg, router), "health probes")))
+    # Endpoints are known before the port opens, and probed: the port opens once each model
+    # has a ready engine (or every probe answered, or the probe timeout passed), so no request
+    # meets an empty registry, and a hung engine delays neither the start nor its peers.
+    prober = Prober(router.registry, cfg.health_interval_s, cfg.health_timeout_s,
+                    router.backend_auth, router.endpoint_up)  # fmt: skip
+    await prober.first_round()
+    tasks.append(loop.create_task(_guarded(prober.run(), "health probes")))
     fast = FastProber(router.registry, cfg.health_interval_s, cfg.health_timeout_s,
                       router.backend_auth, lambda: router.activator.queues,
                       router.endpoint_up)  # fmt: skip
     tasks.append(loop.create_task(_guarded(fast.run(), "fast probes")))
+    tls = None
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        tls = CertReloader(cfg.tls_cert, cfg.tls_key)
+        tasks.append(loop.create_task(_guarded(tls.run(cfg.tls_reload_s), "TLS reload")))
+    handle = admin_gate(router.handle, router.api_keys,
+                        tuple(k.encode() for k in cfg.admin_keys), router)  # fmt: skip
     # One factory per listening socket: the connection bound and deadline timers are shared.
-    factory = protocol_factory(router.handle, cfg.edge_limits())
+    edge = Edge(cfg.edge_limits())
+    factory = edge.factory(handle)
+    context = tls.server if tls is not None else None
+    # A handshake is bounded like a request head: a client that never finishes it is dropped.
+    handshake_s = cfg.client_header_timeout_s if tls is not None else None
     if sock is None:
         server = await loop.create_server(
-            factory, cfg.host, cfg.port, reuse_address=True, backlog=4096
-        )
+            factory, cfg.host, cfg.port, reuse_address=True, backlog=4096, ssl=context,
+            ssl_handshake_timeout=handshake_s,
+        )  # fmt: skip
     else:
-        server = await loop.create_server(factory, sock=sock, backlog=4096)
+        server = await loop.create_server(factory, sock=sock, backlog=4096, ssl=context,
+                                          ssl_handshake_timeout=handshake_s)  # fmt: skip
     port = server.sockets[0].getsockname()[1]
     gc.freeze()
     healthy = sum(ep.healthy for ep in router.registry.endpoints.values())
+    scheme = "https" if tls is not None else "http"
     # one write with its newline (stderr writes through): workers print at the same moment
     sys.stderr.write(f"vfleet router: {len(router.registry.endpoints)} endpoints ({healthy} "
-                     f"healthy), ready on http://{cfg.host}:{port}\n")  # fmt: skip
+                     f"healthy), ready on {scheme}://{cfg.host}:{port}\n")  # fmt: skip
     try:
         await stop.wait()
         server.close()  # stop accepting; requests already in flight (or held) finish first
+        edge.drain()  # and idle keep-alive connections close: clients go elsewhere
         if router.polls is not None:
             router.polls.answer_all()
         await _drain(router, cfg.drain_timeout_s)

@@ -35,7 +35,16 @@ class RouterConfig:
     model_policies: dict[str, str] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     api_keys: tuple[str, ...] = ()
+    # Keys for what describes the fleet (/metrics: engine URLs, models, load; /ui): when set,
+    # only these open it. Unset: open while client keys are off, else closed to all (401).
+    admin_keys: tuple[str, ...] = ()
     backend_api_key: str | None = None
+    # TLS on the listening port: PEM certificate chain and private key, re-read when either
+    # file changes (checked every tls_reload_s; connections made after a reload get the new
+    # certificate, open ones keep theirs).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_reload_s: float = 10.0
     rate_limit_per_minute: float = 0.0  # requests per API key per minute; 0 = no limit
     token_limit_per_minute: float = 0.0  # estimated tokens per API key per minute; 0 = none
     max_body_bytes: int = 32 * 1024 * 1024
@@ -129,6 +138,10 @@ class RouterConfig:
         for peer in self.peers:
             if not peer.startswith("http://") or not peer.removeprefix("http://").strip("/"):
                 raise ValueError(f"peer {peer!r} must look like http://HOST:PORT")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and its key (--tls-cert, --tls-key)")
+        if self.tls_reload_s <= 0:
+            raise ValueError("tls_reload_s must be above 0")
         if self.keda_port is None and (self.peers or self.k8s_peer_selector):
             raise ValueError("peers are asked for demand by the KEDA scaler: set --keda-port")
 
@@ -185,7 +198,7 @@ def load_config_file(path: str) -> dict[str, Any]:
             else BackendSpec(b["url"], tuple(b.get("models", ())), b.get("state") == "starting")
             for b in raw["backends"]
         )
-    for key in ("api_keys", "models", "peers"):
+    for key in ("api_keys", "admin_keys", "models", "peers"):
         if key in raw:
             raw[key] = tuple(raw[key])
     return raw
@@ -204,5 +217,17 @@ def read_key_file(path: str) -> tuple[str, ...]:
 
 
 def env_api_keys() -> tuple[str, ...]:
-    keys = os.environ.get("VFLEET_API_KEYS", "")
-    return tuple(k for k in keys.split(",") if k)
+    return _env_keys("VFLEET_API_KEYS")
+
+
+def env_admin_keys() -> tuple[str, ...]:
+    """VFLEET_ADMIN_KEY: one admin key, or several separated by commas (a rotation)."""
+    return _env_keys("VFLEET_ADMIN_KEY")
+
+
+def env_backend_api_key() -> str | None:
+    return os.environ.get("VFLEET_BACKEND_API_KEY") or None
+
+
+def _env_keys(name: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())

@@ -9,10 +9,14 @@ given the same sequence of calls it always makes the same choices.
 
 Endpoints are always considered in url order, never in the order the caller lists them, so that
 the snapshot's ordering cannot change a decision.
+
+Each policy declares in `needs` which request `Field`s its `RouteKey` must carry; the router reads
+only those from a request (parsing a prompt for prefix hashes costs time no other policy needs).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
 from bisect import bisect_left, bisect_right
@@ -41,10 +45,21 @@ _RING_PERSON: Final = b"vfleet.ring"
 _SESSION_PERSON: Final = b"vfleet.session"
 
 
+class Field(enum.Enum):
+    """A request fact a policy may route on (see `RouteKey`)."""
+
+    SESSION = "session"  # the session header or the body's `user`
+    PREFIX = "prefix"  # hashes of the prompt's leading chunks
+
+
+NO_FIELDS: Final[frozenset[Field]] = frozenset()
+
+
 class Policy(Protocol):
     """Chooses a healthy endpoint for a request, or None when no endpoint is healthy."""
 
     name: str
+    needs: frozenset[Field]  # what the request's RouteKey must carry besides the model
 
     def choose(self, endpoints: Sequence[EndpointState], key: RouteKey) -> EndpointState | None: ...
 
@@ -137,6 +152,7 @@ class RoundRobin:
     """Each healthy endpoint in turn, in url order."""
 
     name: str = "round_robin"
+    needs: frozenset[Field] = NO_FIELDS
 
     def __init__(self) -> None:
         self._rotation = _Rotation()
@@ -150,6 +166,7 @@ class LeastLoad:
     """The healthy endpoint with the lowest `load_score`; equal scores take turns."""
 
     name: str = "least_load"
+    needs: frozenset[Field] = NO_FIELDS
 
     def __init__(self) -> None:
         self._rotation = _Rotation()
@@ -180,6 +197,7 @@ class SessionAffinity:
     """
 
     name: str = "session"
+    needs: frozenset[Field] = frozenset({Field.SESSION})
 
     def __init__(self, balance: float = SESSION_BALANCE, vnodes: int = SESSION_VNODES) -> None:
         if not balance >= 1.0:
@@ -254,6 +272,7 @@ class PrefixAffinity:
     """
 
     name: str = "prefix"
+    needs: frozenset[Field] = frozenset({Field.PREFIX})
 
     def __init__(
         self,

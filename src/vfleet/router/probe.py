@@ -1,8 +1,8 @@
 """Health probes: the loops that keep the registry's view of each engine current.
 
 Each endpoint due for a probe gets GET /health, then /v1/models (what it serves, LoRA adapters
-included) and /metrics (its load). Failures eject it with backoff; success puts it back. A
-stdlib-only minimal HTTP/1.1 GET keeps this off the request hot path and free of extra clients.
+included) and /metrics (its load). Failures eject it with backoff; success puts it back. The
+probes use the control plane's small client (`vfleet.http.client`), off the request hot path.
 
 Engines that matter right now are probed fast instead, every `FAST_PROBE_S` and without backoff
 (`FastProber`): those listed as starting, newly listed ones, and down endpoints of a model with
@@ -19,8 +19,8 @@ from collections.abc import Callable, Collection
 
 import orjson
 
+from vfleet.http import client
 from vfleet.router.endpoints import Endpoint, Registry, parse_load
-from vfleet.router.upstream import host_port
 
 log = logging.getLogger("vfleet.router.probe")
 
@@ -28,32 +28,10 @@ log = logging.getLogger("vfleet.router.probe")
 async def http_get(
     url: str, path: str, timeout_s: float, headers: bytes = b""
 ) -> tuple[int, bytes]:
-    host, port = host_port(url)
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    try:
-        authority = url.removeprefix("http://").partition("/")[0]
-        writer.write(b"GET %s HTTP/1.1\r\nhost: %s\r\nconnection: close\r\n%s\r\n"
-                     % (path.encode(), authority.encode(), headers))  # fmt: skip
-        raw = await asyncio.wait_for(reader.read(-1), timeout_s)
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    if b"transfer-encoding: chunked" in head.lower():
-        body = _dechunk(body)
-    return status, body
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = []
-    while data:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out.append(rest[:size])
-        data = rest[size + 2 :]
-    return b"".join(out)
+    """(status, body) of GET url+path; `vfleet.http.client.get` under the name router.app and
+    router.keda.peers still import (they can call the client directly)."""
+    response = await client.get(url, path, timeout_s, headers)
+    return response.status, response.body
 
 
 async def probe(ep: Endpoint, timeout_s: float, auth: bytes) -> bool:
@@ -62,33 +40,34 @@ async def probe(ep: Endpoint, timeout_s: float, auth: bytes) -> bool:
 
 
 async def answers_health(ep: Endpoint, timeout_s: float) -> bool:
-    try:
-        status, _ = await http_get(ep.url, "/health", timeout_s)
-    except (OSError, TimeoutError, ValueError, IndexError):
-        return False
-    return status == 200
+    return await client.answers(ep.url, "/health", timeout_s)
 
 
 async def refresh(ep: Endpoint, timeout_s: float, auth: bytes) -> bool:
     """The endpoint's models and load (/v1/models, /metrics); False when it stopped answering."""
     try:
-        status, body = await http_get(ep.url, "/v1/models", timeout_s, auth)
-        if status == 200:
-            data = orjson.loads(body).get("data", [])
+        models = await client.get(ep.url, "/v1/models", timeout_s, auth)
+        if models.status == 200:
+            doc = orjson.loads(models.body)
+            data = doc.get("data", []) if isinstance(doc, dict) else []
             ep.cards = [c for c in data if isinstance(c, dict) and "id" in c]
-        status, body = await http_get(ep.url, "/metrics", timeout_s)
-        if status == 200:
-            ep.running, ep.waiting, ep.kv_usage = parse_load(body.decode(errors="replace"))
+        metrics = await client.get(ep.url, "/metrics", timeout_s)
+        if metrics.status == 200:
+            ep.running, ep.waiting, ep.kv_usage = parse_load(metrics.body.decode(errors="replace"))
         return True
-    except (OSError, TimeoutError, ValueError, IndexError, orjson.JSONDecodeError):
+    except (OSError, ValueError):  # orjson.JSONDecodeError is a ValueError
         return False
 
 
-async def probe_due(registry: Registry, now: float, interval_s: float, timeout_s: float,
-                    auth: bytes) -> list[Endpoint]:  # fmt: skip
+async def probe_due(
+    registry: Registry, now: float, interval_s: float, timeout_s: float, auth: bytes
+) -> list[Endpoint]:
     """Probe the endpoints due (starting ones are the fast prober's); those that came up."""
-    due = [ep for ep in registry.endpoints.values()
-           if ep.next_probe_at <= now and not (ep.starting and not ep.healthy)]  # fmt: skip
+    due = [
+        ep
+        for ep in registry.endpoints.values()
+        if ep.next_probe_at <= now and not (ep.starting and not ep.healthy)
+    ]
     results = await asyncio.gather(*(probe(ep, timeout_s, auth) for ep in due))
     up = []
     for ep, ok in zip(due, results, strict=True):
@@ -109,9 +88,11 @@ FAST_PROBE_S = 0.02  # seconds between fast probes of one endpoint
 
 def fast_due(registry: Registry, held: Collection[str]) -> list[Endpoint]:
     """Down endpoints worth probing at once: starting, never probed, or serving a held model."""
-    return [ep for ep in registry.endpoints.values()
-            if not ep.healthy and (ep.starting or ep.unprobed
-                                   or any(m in held for m in ep.models))]  # fmt: skip
+    return [
+        ep
+        for ep in registry.endpoints.values()
+        if not ep.healthy and (ep.starting or ep.unprobed or any(m in held for m in ep.models))
+    ]
 
 
 class FastProber:
@@ -122,9 +103,15 @@ class FastProber:
     from then on probed with backoff like any other. `on_up` hears of each endpoint that
     comes up."""
 
-    def __init__(self, registry: Registry, interval_s: float, timeout_s: float, auth: bytes,
-                 held: Callable[[], Collection[str]],
-                 on_up: Callable[[Endpoint], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        registry: Registry,
+        interval_s: float,
+        timeout_s: float,
+        auth: bytes,
+        held: Callable[[], Collection[str]],
+        on_up: Callable[[Endpoint], None],
+    ) -> None:
         self.registry = registry
         self.interval_s = interval_s
         self.timeout_s = timeout_s

@@ -14,7 +14,8 @@ class Bucket:
 @dataclass(slots=True)
 class RateLimiter:
     """`per_minute` requests per key on average, bursts up to `burst` (default: a tenth of a
-    minute's worth, at least 1). Keys are the configured API keys, so the table stays bounded."""
+    minute's worth, at least 1). Keys are verified key identities (`vfleet.router.auth`), one
+    per configured API key whatever the header's spelling, so the table stays bounded."""
 
     per_minute: float
     burst: float = 0.0

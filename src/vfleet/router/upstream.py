@@ -3,8 +3,11 @@
 `UpstreamPool.send()` writes one request on an idle pooled connection (or a new one) and reports
 the response to a `Sink` as it arrives: head, body chunks (de-chunked by httptools, passed on as
 they are, never parsed), end, or an error that says whether any byte of the response had
-arrived, which decides whether the router may retry. Timeouts: connect, first byte, and idle
-gap between body chunks.
+arrived. Timeouts: connect, first byte, and idle gap between body chunks.
+
+Flow control: the sink may `pause()` a connection while its client cannot take more (reading from
+the engine stops, so at most one read's worth is held per slow client) and `resume()` it later.
+While paused, the idle deadline measures the client's stall instead of the engine's silence.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
+
+from vfleet.errors import UpstreamConnectError, UpstreamError, UpstreamReset, UpstreamTimeout
 
 HOP_BY_HOP = frozenset(
     {
@@ -35,19 +40,10 @@ HOP_BY_HOP = frozenset(
 SWEEP_S = 0.1  # how often deadlines are checked; timeouts fire up to this late
 
 
-class UpstreamError(Exception):
-    """The engine failed this request; `started` when part of the response had arrived."""
-
-    def __init__(self, kind: str, url: str, started: bool) -> None:
-        super().__init__(f"{kind} from {url}")
-        self.kind = kind  # "connect", "timeout", "reset"
-        self.url = url
-        self.started = started
-
-
 class Sink(Protocol):
-    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool,
-                length: int | None) -> None: ...  # fmt: skip
+    def on_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool, length: int | None
+    ) -> None: ...
 
     def on_body(self, data: bytes) -> None: ...
 
@@ -56,11 +52,22 @@ class Sink(Protocol):
     def on_error(self, err: UpstreamError) -> None: ...
 
 
-class _Upstream(asyncio.Protocol):
+class UpstreamConn(asyncio.Protocol):
     """One connection to an engine; one request at a time."""
 
-    __slots__ = ("_headers", "_interim", "_parser", "_pool", "_started", "deadline", "key",
-                 "sink", "timeouts", "transport")  # fmt: skip
+    __slots__ = (
+        "_headers",
+        "_interim",
+        "_parser",
+        "_paused",
+        "_pool",
+        "_started",
+        "deadline",
+        "key",
+        "sink",
+        "timeouts",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
         self._pool = pool
@@ -71,6 +78,7 @@ class _Upstream(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._started = False
         self._interim = False  # parsing a 1xx response, which is not the answer
+        self._paused = False  # reading paused: the client's send buffer is full
         self.deadline = 0.0  # loop time by which the next byte must arrive; 0 = none
         self.timeouts = (0.0, 0.0)  # first byte, idle gap
 
@@ -89,11 +97,27 @@ class _Upstream(asyncio.Protocol):
         self.transport.write(data)
 
     def abort(self) -> None:
-        """The client went away: drop this connection so the engine aborts the request."""
+        """The client went away (or the answer is not wanted): drop this connection so the
+        engine aborts the request."""
         self.sink = None
         self._pool.active.discard(self)
         if self.transport is not None:
             self.transport.abort()
+
+    def pause(self) -> None:
+        """Stop reading the response until `resume()` (the client's buffer is full)."""
+        t = self.transport
+        if not self._paused and t is not None and not t.is_closing():
+            self._paused = True
+            t.pause_reading()
+            self._arm_idle()  # from now on it times the client's stall
+
+    def resume(self) -> None:
+        t = self.transport
+        if self._paused and t is not None and not t.is_closing():
+            self._paused = False
+            t.resume_reading()
+            self._arm_idle()
 
     # -- parsing ----------------------------------------------------------------------------
 
@@ -101,7 +125,7 @@ class _Upstream(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            self._fail("reset")
+            self._fail(UpstreamReset)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -146,6 +170,9 @@ class _Upstream(asyncio.Protocol):
         if sink is not None:
             sink.on_end()
         if keep and self.transport is not None and not self.transport.is_closing():
+            if self._paused:  # paused by the last chunk's write: pooled, it must read again
+                self._paused = False
+                self.transport.resume_reading()
             self._pool.release(self)
         elif self.transport is not None:
             self.transport.close()
@@ -156,18 +183,18 @@ class _Upstream(asyncio.Protocol):
         self._pool.forget(self)
         self._pool.active.discard(self)
         if self.sink is not None:
-            self._fail("reset")
+            self._fail(UpstreamReset)
 
     def timeout(self) -> None:
-        self._fail("timeout")
+        self._fail(UpstreamTimeout)
         if self.transport is not None:
             self.transport.abort()
 
-    def _fail(self, kind: str) -> None:
+    def _fail(self, error: type[UpstreamError]) -> None:
         self._pool.active.discard(self)
         sink, self.sink = self.sink, None
         if sink is not None:
-            sink.on_error(UpstreamError(kind, self.key, self._started))
+            sink.on_error(error(f"{error.what} from {self.key}", self.key, self._started))
 
     def _arm_idle(self) -> None:
         idle = self.timeouts[1]
@@ -190,8 +217,8 @@ class UpstreamPool:
         self.loop = loop
         self.connect_s = connect_s
         self.max_idle = max_idle
-        self._idle: dict[str, deque[_Upstream]] = {}
-        self.active: set[_Upstream] = set()  # connections with a request in flight
+        self._idle: dict[str, deque[UpstreamConn]] = {}
+        self.active: set[UpstreamConn] = set()  # connections with a request in flight
         self._sweeper = loop.call_later(SWEEP_S, self._sweep)
 
     def _sweep(self) -> None:
@@ -202,8 +229,15 @@ class UpstreamPool:
             up.timeout()
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
-    def send(self, url: str, data: bytes, sink: Sink, first_byte_s: float, idle_s: float,
-             on_conn: Callable[[_Upstream], None]) -> None:  # fmt: skip
+    def send(
+        self,
+        url: str,
+        data: bytes,
+        sink: Sink,
+        first_byte_s: float,
+        idle_s: float,
+        on_conn: Callable[[UpstreamConn], None],
+    ) -> None:
         """Send `data` (a whole request) to `url`; `on_conn` gets the connection (for aborts)."""
         idle = self._idle.get(url)
         while idle:
@@ -213,22 +247,30 @@ class UpstreamPool:
                 up.send(data, sink, first_byte_s, idle_s)
                 return
         task = self.loop.create_task(self._connect(url))
-        task.add_done_callback(lambda t: self._connected(t, url, data, sink, first_byte_s, idle_s,
-                                                          on_conn))  # fmt: skip
+        task.add_done_callback(
+            lambda t: self._connected(t, url, data, sink, first_byte_s, idle_s, on_conn)
+        )
 
-    async def _connect(self, url: str) -> _Upstream:
+    async def _connect(self, url: str) -> UpstreamConn:
         host, port = host_port(url)
         _, proto = await asyncio.wait_for(
-            self.loop.create_connection(lambda: _Upstream(self, url), host, port),
+            self.loop.create_connection(lambda: UpstreamConn(self, url), host, port),
             self.connect_s,
         )
         return proto
 
-    def _connected(self, task: asyncio.Task[_Upstream], url: str, data: bytes, sink: Sink,
-                   first_byte_s: float, idle_s: float,
-                   on_conn: Callable[[_Upstream], None]) -> None:  # fmt: skip
+    def _connected(
+        self,
+        task: asyncio.Task[UpstreamConn],
+        url: str,
+        data: bytes,
+        sink: Sink,
+        first_byte_s: float,
+        idle_s: float,
+        on_conn: Callable[[UpstreamConn], None],
+    ) -> None:
         if task.cancelled() or task.exception() is not None:
-            sink.on_error(UpstreamError("connect", url, False))
+            sink.on_error(UpstreamConnectError(f"cannot connect to {url}", url))
             return
         up = task.result()
         on_conn(up)
@@ -236,14 +278,14 @@ class UpstreamPool:
             return  # the client left while this connection was opening
         up.send(data, sink, first_byte_s, idle_s)
 
-    def release(self, up: _Upstream) -> None:
+    def release(self, up: UpstreamConn) -> None:
         idle = self._idle.setdefault(up.key, deque())
         if len(idle) < self.max_idle:
             idle.append(up)
         elif up.transport is not None:
             up.transport.close()
 
-    def forget(self, up: _Upstream) -> None:
+    def forget(self, up: UpstreamConn) -> None:
         idle = self._idle.get(up.key)
         if idle is not None and up in idle:
             idle.remove(up)

@@ -1,31 +1,65 @@
 """In-flight requests of the simulator: one job per HTTP request, told of progress by the engine.
 
 A job owns its sequences until they finish, turns their progress into the HTTP answer (a whole
-body, SSE chunks, or a pooling result) and releases everything when the client leaves.
+body, SSE chunks, or a pooling result) and releases everything when the client leaves. What a
+job needs of the server is one `InFlight`: the engine, the table of jobs in flight and the
+constants of every answer. The HTTP shell (`sim.server`) owns it and reads it; jobs change
+nothing else of the server, and this module does not import it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from vfleet.http.server import Connection
 from vfleet.sim import api, responses
+from vfleet.sim.engine import Engine
 from vfleet.sim.errors import ApiError
+from vfleet.sim.faults import FaultState
 from vfleet.sim.scheduler import Finish, Sequence
 
-if TYPE_CHECKING:
-    from vfleet.sim.server import SimServer
+
+class InFlight:
+    """The jobs in flight on one engine, and what they answer with.
+
+    `load` counts them for vLLM's `/load` when server load tracking is on (otherwise it stays
+    0, as vLLM's does); `faults` is read at each stream flush, as `/sim/faults` may change it."""
+
+    __slots__ = ("engine", "faults", "fingerprint", "jobs", "load", "track_load")
+
+    def __init__(
+        self, engine: Engine, faults: FaultState, fingerprint: str, track_load: bool
+    ) -> None:
+        self.engine = engine
+        self.faults = faults
+        self.fingerprint = fingerprint
+        self.track_load = track_load
+        self.jobs: set[Job] = set()
+        self.load = 0
+
+    def add(self, job: Job) -> None:
+        self.jobs.add(job)
+        if self.track_load:
+            self.load += 1
+
+    def remove(self, job: Job) -> bool:
+        """Take `job` out of the table; False when it was not (or no longer) in it."""
+        if job not in self.jobs:
+            return False
+        self.jobs.discard(job)
+        if self.track_load:
+            self.load -= 1
+        return True
 
 
 class Job:
     """Base of the in-flight request kinds; `finish()` answers once every sequence is done."""
 
-    __slots__ = ("conn", "done", "seqs", "srv")
+    __slots__ = ("conn", "done", "inflight", "seqs")
 
-    def __init__(self, srv: SimServer, conn: Connection, seqs: list[Sequence]) -> None:
-        self.srv = srv
+    def __init__(self, inflight: InFlight, conn: Connection, seqs: list[Sequence]) -> None:
+        self.inflight = inflight
         self.conn = conn
         self.seqs = seqs
         self.done = 0
@@ -33,12 +67,10 @@ class Job:
     def start(self) -> None:
         for seq in self.seqs:
             seq.tag = self
-        self.srv.jobs.add(self)
-        if self.srv.cfg.enable_server_load_tracking:
-            self.srv.server_load += 1
+        self.inflight.add(self)
         self.conn.on_close = self.cancel
         self.begin()
-        self.srv.engine.submit(self.seqs)
+        self.inflight.engine.submit(self.seqs)
 
     def begin(self) -> None:
         """Called before the sequences are submitted (streams send their headers here)."""
@@ -48,7 +80,7 @@ class Job:
             self.done += 1
 
     def flush(self) -> None:
-        if self.done == len(self.seqs) and self in self.srv.jobs:
+        if self.done == len(self.seqs) and self in self.inflight.jobs:
             self._release()
             self.finish()
 
@@ -58,21 +90,18 @@ class Job:
     def cancel(self) -> None:
         """The client went away: stop computing for it."""
         self._release()
-        self.srv.engine.abort(self.seqs)
+        self.inflight.engine.abort(self.seqs)
 
     def abort_all(self) -> None:
         """Sleep with mode=abort: end the request now with what it has."""
         live = [seq for seq in self.seqs if seq.finish is None]
-        self.srv.engine.abort(live)
+        self.inflight.engine.abort(live)
         for seq in live:
             self.on_progress(seq)
         self.flush()
 
     def _release(self) -> None:
-        if self in self.srv.jobs:
-            self.srv.jobs.discard(self)
-            if self.srv.cfg.enable_server_load_tracking:
-                self.srv.server_load -= 1
+        if self.inflight.remove(self):
             # Break the job <-> sequence cycle so both are freed by reference counting,
             # without waiting for (and paying for) the cyclic garbage collector.
             for seq in self.seqs:
@@ -94,14 +123,14 @@ class FullJob(Job):
 
     def __init__(
         self,
-        srv: SimServer,
+        inflight: InFlight,
         conn: Connection,
         seqs: list[Sequence],
         rid: str,
         model: str,
         g: api.GenerateRequest,
     ) -> None:
-        super().__init__(srv, conn, seqs)
+        super().__init__(inflight, conn, seqs)
         self.rid, self.model, self.g = rid, model, g
 
     def finish(self) -> None:
@@ -115,7 +144,9 @@ class FullJob(Job):
             _prompt_tokens(self.seqs, self.g.sampling.n), sum(s.n_out for s in self.seqs)
         )
         build = responses.chat_completion if self.g.chat else responses.completion
-        body = build(self.rid, int(time.time()), self.model, choices, use, self.srv.fingerprint)
+        body = build(
+            self.rid, int(time.time()), self.model, choices, use, self.inflight.fingerprint
+        )
         self.conn.respond(200, body)
 
 
@@ -126,14 +157,14 @@ class StreamJob(Job):
 
     def __init__(
         self,
-        srv: SimServer,
+        inflight: InFlight,
         conn: Connection,
         seqs: list[Sequence],
         rid: str,
         model: str,
         g: api.GenerateRequest,
     ) -> None:
-        super().__init__(srv, conn, seqs)
+        super().__init__(inflight, conn, seqs)
         self.g = g
         self.enc = responses.ChunkEncoder(g.chat, rid, int(time.time()), model)
         self.sent = [0] * len(seqs)  # output bytes sent per choice
@@ -162,7 +193,7 @@ class StreamJob(Job):
                 self._add(enc.delta(i, text), seq.n_out)
             return
         self.done += 1
-        fp = None if self.g.sampling.include_usage else self.srv.fingerprint
+        fp = None if self.g.sampling.include_usage else self.inflight.fingerprint
         self._add(enc.final(i, text, seq.finish.value, seq.stop_reason, fp), seq.n_out)
 
     def _add(self, chunk: bytes, completion_tokens: int) -> None:
@@ -171,15 +202,15 @@ class StreamJob(Job):
         self.pending.append(chunk)
 
     def flush(self) -> None:
-        if not self.pending or self not in self.srv.jobs:
+        if not self.pending or self not in self.inflight.jobs:
             return
-        limit = self.srv.faults.config.drop_stream_after_chunks
+        limit = self.inflight.faults.config.drop_stream_after_chunks
         if limit and self.chunks + len(self.pending) >= limit:
             # Fault injection: deliver exactly `limit` events, then cut the connection.
             self.conn.send(b"".join(self.pending[: limit - self.chunks]))
             self.pending.clear()
             self._release()
-            self.srv.engine.abort(self.seqs)
+            self.inflight.engine.abort(self.seqs)
             self.conn.close()
             return
         data = b"".join(self.pending)
@@ -191,7 +222,7 @@ class StreamJob(Job):
         if self.g.sampling.include_usage:
             prompt = _prompt_tokens(self.seqs, self.g.sampling.n)
             completion = sum(s.n_out for s in self.seqs)
-            data += self.enc.usage(prompt, completion, self.srv.fingerprint)
+            data += self.enc.usage(prompt, completion, self.inflight.fingerprint)
         self._release()
         self.conn.end_stream(data + responses.DONE)
 
@@ -203,12 +234,12 @@ class PoolJob(Job):
 
     def __init__(
         self,
-        srv: SimServer,
+        inflight: InFlight,
         conn: Connection,
         seqs: list[Sequence],
         answer: Callable[[list[Sequence]], bytes],
     ) -> None:
-        super().__init__(srv, conn, seqs)
+        super().__init__(inflight, conn, seqs)
         self.answer = answer
 
     def finish(self) -> None:

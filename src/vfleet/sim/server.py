@@ -36,7 +36,7 @@ from vfleet.sim.errors import (
     not_found_model,
 )
 from vfleet.sim.faults import Action, FaultState
-from vfleet.sim.jobs import FullJob, Job, PoolJob, StreamJob
+from vfleet.sim.jobs import FullJob, InFlight, Job, PoolJob, StreamJob
 from vfleet.sim.scheduler import Sequence
 
 log = logging.getLogger("vfleet.sim")
@@ -66,9 +66,12 @@ class SimServer:
         self.engine = engine
         self.faults = FaultState(cfg.faults, cfg.seed)
         self.loras: dict[str, str] = dict(cfg.lora_modules)
-        self.fingerprint = responses.fingerprint(cfg.model_path)
-        self.server_load = 0
-        self.jobs: set[Job] = set()
+        self.inflight = InFlight(
+            engine,
+            self.faults,
+            responses.fingerprint(cfg.model_path),
+            cfg.enable_server_load_tracking,
+        )
         self.routes = self._routes()
         self._rid_prefix = f"{random.getrandbits(32):08x}"
         self._rid_count = count()
@@ -176,7 +179,7 @@ class SimServer:
         conn.respond(200, orjson.dumps({"version": responses.VLLM_VERSION}))
 
     def _load(self, req: Request, conn: Connection) -> None:
-        conn.respond(200, orjson.dumps({"server_load": self.server_load}))
+        conn.respond(200, orjson.dumps({"server_load": self.inflight.load}))
 
     def _metrics(self, req: Request, conn: Connection) -> None:
         conn.respond(200, self.engine.render_metrics(), METRICS_TYPE)
@@ -238,7 +241,7 @@ class SimServer:
         if mode not in ("abort", "wait", "keep"):
             raise ApiError(400, f"Invalid sleep mode: {mode}", param="mode")
         if mode == "abort":
-            for job in list(self.jobs):
+            for job in list(self.inflight.jobs):
                 job.abort_all()
         self.engine.sleep(max(int(level_s), 0), pause_only=level_s == "0")
         conn.respond(200, b"", b"")
@@ -331,9 +334,9 @@ class SimServer:
         rid = req.header(b"x-request-id") or s.request_id or self.new_request_id()
         job: Job
         if s.stream:
-            job = StreamJob(self, conn, seqs, rid, model, g)
+            job = StreamJob(self.inflight, conn, seqs, rid, model, g)
         else:
-            job = FullJob(self, conn, seqs, rid, model, g)
+            job = FullJob(self.inflight, conn, seqs, rid, model, g)
         job.start()
 
     # -- pooling ----------------------------------------------------------------------------
@@ -361,7 +364,7 @@ class SimServer:
             tokens = sum(len(seq.prompt) for seq in done)
             return responses.embeddings(rid, int(time.time()), self.cfg.name, vectors, tokens)
 
-        PoolJob(self, conn, seqs, answer).start()
+        PoolJob(self.inflight, conn, seqs, answer).start()
 
     def _score(self, req: Request, conn: Connection) -> None:
         self._scoring(req, conn, api.parse_score(api.parse_json(req.body)))
@@ -371,8 +374,10 @@ class SimServer:
 
     def _scoring(self, req: Request, conn: Connection, r: api.ScoreRequest) -> None:
         self.resolve_model(r.model)
-        pairs = [(r.queries[0] if len(r.queries) == 1 else r.queries[i], d)
-                 for i, d in enumerate(r.documents)]  # fmt: skip
+        pairs = [
+            (r.queries[0] if len(r.queries) == 1 else r.queries[i], d)
+            for i, d in enumerate(r.documents)
+        ]
         if not pairs:
             raise ApiError(400, "At least one document is required", param="documents")
         seqs = self._pooling_seqs(tuple(tokenizer.encode(q + "\n" + d) for q, d in pairs))
@@ -388,7 +393,7 @@ class SimServer:
                 return responses.rerank(rid, self.cfg.name, r.documents, values, r.top_n, tokens)
             return responses.scores(rid, int(time.time()), self.cfg.name, values, tokens)
 
-        PoolJob(self, conn, seqs, answer).start()
+        PoolJob(self.inflight, conn, seqs, answer).start()
 
     def _pooling_seqs(self, inputs: tuple[list[int], ...]) -> list[Sequence]:
         max_len = self.cfg.scheduler.max_model_len

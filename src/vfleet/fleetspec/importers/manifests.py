@@ -128,24 +128,21 @@ def _model(
                 draft.put((*at, key), str(res[key]), (*csrc, "resources", part, key))
     if container.get("env"):
         draft.put((*at, "env"), env_list(draft, container["env"], (*csrc, "env")), (*csrc, "env"))
-    kube = {
-        k: pod[k]
-        for k in ("initContainers", "volumes", "nodeSelector", "tolerations")
-        if pod.get(k)
-    }
+    kube = (*at, "kubernetes")
+    for key in ("initContainers", "volumes", "nodeSelector", "tolerations"):
+        if pod.get(key):
+            draft.put((*kube, key), pod[key], ("spec", "template", "spec", key))
     if meta.get("namespace"):
-        kube["namespace"] = meta["namespace"]
+        draft.put((*kube, "namespace"), meta["namespace"], ("metadata", "namespace"))
     labels = spec.get("template", {}).get("metadata", {}).get("labels")
     if labels:  # the file's own Services and Ingresses select the pods by these
-        kube["podLabels"] = labels
+        draft.put((*kube, "podLabels"), labels, ("spec", "template", "metadata", "labels"))
     for i, init in enumerate(sequence(draft, pod.get("initContainers"), ())):
         draft.note(
             ("spec", "template", "spec", "initContainers", i),
             f"init container {init.get('name')!r} kept for Kubernetes; locally the "
             "weights are read from the model source",
         )
-    if kube:
-        draft.put((*at, "kubernetes"), kube)
 
 
 def _prior(draft: Draft, at: tuple[Any, ...], key: str) -> Any:

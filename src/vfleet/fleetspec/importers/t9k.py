@@ -17,6 +17,7 @@ from vfleet.fleetspec.importers.common import (
     mapping,
     number,
     put_args,
+    sequence,
     server_resources,
     slug,
 )
@@ -34,7 +35,6 @@ SERVER = {
     "securityContext",
     "nodeSelector",
 }
-SERVER_K8S = {"extraVolumeMounts", "extraVolume", "extraVolumes", "securityContext", "nodeSelector"}
 
 
 def detect(doc: Any) -> bool:
@@ -46,13 +46,16 @@ def detect(doc: Any) -> bool:
 
 
 def build(draft: Draft, values: dict[str, Any]) -> None:
-    kube: dict[str, Any] = {}
-    draft.unknown((), values, {"server", "datacube", "initializer"}, kube)
+    # Keys of another chart mean nothing to vfleet's: unknown ones are warned about, not kept.
+    draft.unknown((), values, {"server", "datacube", "initializer"}, None)
     if "initializer" in values:
-        kube["initializer"] = values["initializer"]
+        draft.note(
+            ("initializer",),
+            "T9k's initializer (a kubectl image that waits for the DataCube) is not needed: "
+            "engine pods wait for the download Job's markers",
+        )
     server = mapping(draft, values.get("server"), ("server",))
-    server_k8s = {k: v for k, v in server.items() if k in SERVER_K8S}
-    draft.unknown(("server",), server, SERVER, server_k8s)
+    draft.unknown(("server",), server, SERVER, None)
     at: tuple[Any, ...] = ("models", 0)
     model = mapping(draft, server.get("model"), ("server", "model"))
     name = str(model.get("deployName") or "")
@@ -72,10 +75,26 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
         draft.put(
             (*at, "env"), env_list(draft, server["env"], ("server", "env")), ("server", "env")
         )
-    if server_k8s:
-        kube["server"] = server_k8s
-    if kube:
-        draft.put((*at, "kubernetes"), kube)
+    _kubernetes(draft, server, (*at, "kubernetes"))
+
+
+def _kubernetes(draft: Draft, server: dict[str, Any], at: tuple[Any, ...]) -> None:
+    """The app's extra volumes (both spellings), mounts, security context and node selector."""
+    src = ("server",)
+    volumes = [
+        *sequence(draft, server.get("extraVolumes"), (*src, "extraVolumes")),
+        *sequence(draft, server.get("extraVolume"), (*src, "extraVolume")),
+    ]
+    if volumes:
+        key = "extraVolumes" if server.get("extraVolumes") else "extraVolume"
+        draft.put((*at, "volumes"), volumes, (*src, key))
+    for key, native in (
+        ("extraVolumeMounts", "volumeMounts"),
+        ("securityContext", "securityContext"),
+        ("nodeSelector", "nodeSelector"),
+    ):
+        if server.get(key):
+            draft.put((*at, native), server[key], (*src, key))
 
 
 def _image(draft: Draft, image: dict[str, Any], at: tuple[Any, ...]) -> None:
@@ -98,7 +117,6 @@ def _source(
         ("storageClass", "storageClass"),
         ("accessModes", "accessModes"),
         ("existingClaim", "existingClaim"),
-        ("subPath", "subPath"),
     ):
         if volume.get(key) not in (None, "", []):
             storage[native] = volume[key]
@@ -147,6 +165,13 @@ def _source(
             (*csrc, "source"),
             f"unknown DataCube source {kind!r}; use huggingface, git, s3 or leave it empty",
         )
+    # The DataCube fills the volume before the server starts: a download Job on Kubernetes, into
+    # the volume's sub-path.
+    download: dict[str, Any] = {"mode": "job"}
+    if volume.get("subPath") not in (None, "", []):
+        download["dir"] = str(volume["subPath"]).strip("/")
+        draft.origins[(*at, "kubernetes", "download", "dir")] = (*vsrc, "subPath")
+    draft.put((*at, "kubernetes", "download"), download, (*csrc, "source"))
 
 
 def _autoscaling(draft: Draft, auto: dict[str, Any], at: tuple[Any, ...]) -> None:

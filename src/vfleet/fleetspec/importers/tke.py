@@ -11,7 +11,15 @@ import re
 from typing import Any
 
 from vfleet.fleetspec.draft import Draft
-from vfleet.fleetspec.importers.common import env_list, mapping, put_args, server_resources, slug
+from vfleet.fleetspec.importers.common import (
+    env_list,
+    mapping,
+    number,
+    put_args,
+    server_resources,
+    slug,
+)
+from vfleet.fleetspec.source import Path_
 
 SERVER_MAPPED = {"replicas", "image", "apiKey", "resources", "args", "extraArgs", "env"}
 SERVER_K8S = {"lwsGroupSize", "imagePullPolicy", "service", "nodeSelector", "tolerations"}
@@ -137,9 +145,8 @@ def _holds(stack: list[tuple[Any, int]], key: str) -> bool:
 
 
 def build(draft: Draft, values: dict[str, Any]) -> None:
-    kube: dict[str, Any] = {}
-    draft.unknown((), values, {"model", "server", "labels", "podAnnotations"}, kube)
-    kube.update({k: values[k] for k in ("labels", "podAnnotations") if values.get(k)})
+    # Keys of another chart mean nothing to vfleet's: unknown ones are warned about, not kept.
+    draft.unknown((), values, {"model", "server", "labels", "podAnnotations"}, None)
     model = mapping(draft, values.get("model"), ("model",))
     server = mapping(draft, values.get("server"), ("server",))
     at: tuple[Any, ...] = ("models", 0)
@@ -157,9 +164,8 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
         )
     else:
         draft.put((*at, "source"), {"kind": "hf", "id": served}, ("model", "name"))
-    server_k8s = {k: v for k, v in server.items() if k in SERVER_K8S}
-    draft.unknown(("server",), server, SERVER_MAPPED | SERVER_K8S, server_k8s)
-    if int(server.get("lwsGroupSize") or 1) > 1:
+    draft.unknown(("server",), server, SERVER_MAPPED | SERVER_K8S, None)
+    if (number(server.get("lwsGroupSize")) or 1) > 1:
         draft.note(
             ("server", "lwsGroupSize"),
             "a model spanning nodes runs as a LeaderWorkerSet "
@@ -183,10 +189,9 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
     if server.get("env"):
         env = env_list(draft, server["env"], ("server", "env"))
         draft.put((*at, "env"), env, ("server", "env"))
-    if server_k8s:
-        kube["server"] = server_k8s
-    if "service" in server_k8s:
-        svc = mapping(draft, server_k8s["service"], ("server", "service"))
+    _kubernetes(draft, values, server, (*at, "kubernetes"))
+    if "service" in server:
+        svc = mapping(draft, server["service"], ("server", "service"))
         if svc.get("port"):
             draft.put(
                 ("router", "kubernetes", "servicePort"), svc["port"], ("server", "service", "port")
@@ -195,5 +200,17 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
             draft.put(
                 ("router", "kubernetes", "serviceType"), svc["type"], ("server", "service", "type")
             )
-    if kube:
-        draft.put((*at, "kubernetes"), kube)
+
+
+def _kubernetes(draft: Draft, values: dict[str, Any], server: dict[str, Any], at: Path_) -> None:
+    """The chart's pod settings; its labels go on both the workload and the pods."""
+    if server.get("lwsGroupSize"):
+        draft.put((*at, "lwsGroupSize"), server["lwsGroupSize"], ("server", "lwsGroupSize"))
+    for key in ("imagePullPolicy", "nodeSelector", "tolerations"):
+        if server.get(key):
+            draft.put((*at, key), server[key], ("server", key))
+    if values.get("labels"):
+        draft.put((*at, "labels"), values["labels"], ("labels",))
+        draft.put((*at, "podLabels"), values["labels"], ("labels",))
+    if values.get("podAnnotations"):
+        draft.put((*at, "podAnnotations"), values["podAnnotations"], ("podAnnotations",))

@@ -1,7 +1,8 @@
 """vLLM production-stack (`vllm-stack` chart) values onto the fleet spec.
 
-Keys are read as that chart's templates read them; keys that only mean something on Kubernetes
-are kept under `kubernetes` for vfleet's chart, which accepts the same values.
+Keys are read as that chart's templates read them. Kubernetes-only keys with a typed field go to
+the model's `kubernetes` fields; the rest, unknown keys included, stay chart values as written
+(`kubernetes.chartValues`), since vfleet's chart accepts vllm-stack's values.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ MODEL_K8S = {
     "keda",
     "raySpec",
     "sidecar",
+}
+# modelSpec keys with a typed field in the fleet's `kubernetes` (the rest go to chartValues).
+MODEL_TYPED = {
+    "labels": "labels",
+    "podLabels": "podLabels",
+    "annotations": "annotations",
+    "podAnnotations": "podAnnotations",
+    "tolerations": "tolerations",
+    "affinity": "affinity",
+    "extraVolumes": "volumes",
+    "extraVolumeMounts": "volumeMounts",
+    "imagePullSecret": "imagePullSecret",
 }
 MODEL_MAPPED = {
     "name",
@@ -190,9 +203,13 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
     kube: dict[str, Any] = {}
     draft.unknown((), values, {"servingEngineSpec", "routerSpec"} | TOP_K8S, kube)
     kube.update({k: v for k, v in values.items() if k in TOP_K8S})
+    if kube.get("extraObjects"):
+        draft.put(("kubernetes", "extraObjects"), kube.pop("extraObjects"), ("extraObjects",))
     engine = mapping(draft, values.get("servingEngineSpec"), ("servingEngineSpec",))
     eng_k8s = {k: v for k, v in engine.items() if k in ENGINE_K8S}
     draft.unknown(("servingEngineSpec",), engine, ENGINE_K8S | {"modelSpec"}, eng_k8s)
+    if isinstance(engine.get("vllmApiKey"), str):
+        del eng_k8s["vllmApiKey"]  # a string is the key clients send: the router's apiKeys
     if eng_k8s:
         kube["servingEngineSpec"] = eng_k8s
     if isinstance(engine.get("vllmApiKey"), str) and engine["vllmApiKey"]:
@@ -211,11 +228,16 @@ def build(draft: Draft, values: dict[str, Any]) -> None:
         n += 1
     _router(draft, mapping(draft, values.get("routerSpec"), ("routerSpec",)))
     if kube:
-        draft.put(("kubernetes",), kube)
+        draft.put(("kubernetes", "chartValues"), kube)
 
 
 def _model(draft: Draft, spec: dict[str, Any], src: tuple[Any, ...], at: tuple[Any, ...]) -> None:
-    kube = {k: v for k, v in spec.items() if k in MODEL_K8S}
+    kube: dict[str, Any] = {}  # modelSpec keys for the chart as written
+    for key, value in spec.items():
+        if key in MODEL_TYPED and value:
+            draft.put((*at, "kubernetes", MODEL_TYPED[key]), value, (*src, key))
+        elif key in MODEL_K8S:
+            kube[key] = value
     draft.unknown(src, spec, MODEL_K8S | MODEL_MAPPED, kube)
     for key, native in (("name", "name"), ("replicaCount", "replicas"), ("requestGPU", "gpu")):
         if key in spec:
@@ -227,7 +249,12 @@ def _model(draft: Draft, spec: dict[str, Any], src: tuple[Any, ...], at: tuple[A
         raise draft.doc.error(src, "a modelSpec entry needs a name", draft.docno)
     if "modelURL" not in spec:
         raise draft.doc.error(src, "a modelSpec entry needs modelURL", draft.docno)
-    draft.put((*at, "source"), parse_source_uri(str(spec["modelURL"])), (*src, "modelURL"))
+    source = parse_source_uri(str(spec["modelURL"]))
+    draft.put((*at, "source"), source, (*src, "modelURL"))
+    if source["kind"] == "local":
+        # `vllm serve /path` reads a path inside the container (the image or a mounted volume),
+        # not a directory on the node.
+        draft.put((*at, "kubernetes", "hostPath"), False, (*src, "modelURL"))
     # vllm-stack runs `vllm serve <modelURL>`: clients use modelURL unless extraArgs rename it.
     draft.put((*at, "servedNames"), [str(spec["modelURL"])], (*src, "modelURL"))
     if spec.get("modelRevision"):
@@ -285,7 +312,7 @@ def _model(draft: Draft, spec: dict[str, Any], src: tuple[Any, ...], at: tuple[A
     if isinstance(keda, dict) and keda.get("enabled"):
         _keda(draft, keda, (*src, "keda"), at)
     if kube:
-        draft.put((*at, "kubernetes"), kube)
+        draft.put((*at, "kubernetes", "chartValues"), kube)
 
 
 def _keda(draft: Draft, keda: dict[str, Any], src: tuple[Any, ...], at: tuple[Any, ...]) -> None:

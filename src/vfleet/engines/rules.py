@@ -1,0 +1,154 @@
+"""The engine rules vfleet shares with its Helm chart, as typed values. Pure.
+
+`charts/vfleet/files/engine-rules.yaml` holds the vLLM flag table (spec field, chart key, flag),
+the task flags and the version they changed in, the rewrites of flags older guides use, and the
+GPU-share-to-memory rule. The chart's templates read the same file through `.Files.Get`, so
+`vfleet up` and `helm install` cannot drift apart. `vfleet.engines.rulefile` finds and reads the
+file; the command lines, the flag reader and the GPU packer get the parsed `EngineRules` passed in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Version = tuple[int, ...]
+SettingType = Literal["int", "float", "str", "switch", "flag"]
+_TYPES = ("int", "float", "str", "switch", "flag")
+
+
+class RulesError(ValueError):
+    """The rules file is missing or malformed; one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One typed vLLM setting: fleet-spec field, chart key and the flag it becomes."""
+
+    field: str
+    key: str
+    flag: str
+    type: SettingType
+    aliases: tuple[str, ...] = ()
+    negated: str | None = None  # switch only: the flag for false
+    default: int | float | None = None  # a value equal to it is left out
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """A flag older guides use, rewritten from vLLM `since` on."""
+
+    flag: str
+    since: Version
+    drop: bool = False
+    to: str | None = None
+    one: str | None = None  # the new flag when exactly one value is given
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRules:
+    settings: tuple[Setting, ...]
+    runner_since: Version
+    convert: Mapping[str, str]  # vfleet task -> --convert value
+    from_task: Mapping[str, str]  # --task value -> vfleet task
+    from_convert: Mapping[str, str]  # --convert value -> vfleet task
+    owned: frozenset[str]  # flags vfleet assigns (--host, --port)
+    rewrites: tuple[Rewrite, ...]
+    headroom_pct: int
+
+    def share_memory(self, share_pct: int, sliced: bool = False) -> float:
+        """--gpu-memory-utilization for a `share_pct`% GPU share: of the whole device, or of
+        the slice when the device shows only the slice (HAMi). Integer percent arithmetic, as
+        the chart's templates do it, so both give the same number."""
+        if sliced:
+            return self.headroom_pct / 100
+        return share_pct * self.headroom_pct // 100 / 100
+
+
+def parse_version(text: str | None) -> Version | None:
+    """'0.26.0' -> (0, 26, 0); local or dev suffixes are ignored; None when unknown."""
+    if not text:
+        return None
+    parts = []
+    for piece in text.strip().split("+")[0].split(".")[:3]:
+        digits = re.match(r"\d+", piece)  # '1rc2' -> 1: a pre-release of 0.11.1 is 0.11.1
+        if not digits:
+            break
+        parts.append(int(digits.group()))
+        if digits.end() < len(piece):
+            break
+    return tuple(parts) or None
+
+
+def since(version: Version | None, first: Version) -> bool:
+    return version is None or version >= first  # unknown: assume a current vLLM
+
+
+def parse(raw: Any, where: str = "engine rules") -> EngineRules:
+    """The rules from the file's YAML; RulesError names what is wrong."""
+    try:
+        task = raw["task"]
+        return EngineRules(
+            settings=tuple(_setting(s) for s in raw["settings"]),
+            runner_since=_version(task["runnerSince"]),
+            convert=_names(task["convert"]),
+            from_task=_names(task["fromTask"]),
+            from_convert=_names(task["fromConvert"]),
+            owned=frozenset(str(f) for f in raw["owned"]),
+            rewrites=tuple(_rewrite(r) for r in raw["rewrites"]),
+            headroom_pct=_percent(raw["gpuShare"]["headroomPercent"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise RulesError(f"{where}: {detail}") from None
+
+
+def _setting(raw: Mapping[str, Any]) -> Setting:
+    kind = raw["type"]
+    if kind not in _TYPES:
+        raise ValueError(f"setting {raw.get('field')}: type {kind!r} is not one of {_TYPES}")
+    if kind == "switch" and not raw.get("negated"):
+        raise ValueError(f"setting {raw['field']}: a switch needs `negated`")
+    return Setting(
+        field=str(raw["field"]),
+        key=str(raw["key"]),
+        flag=str(raw["flag"]),
+        type=kind,
+        aliases=tuple(str(a) for a in raw.get("aliases") or ()),
+        negated=raw.get("negated"),
+        default=raw.get("default"),
+    )
+
+
+def _rewrite(raw: Mapping[str, Any]) -> Rewrite:
+    drop, to = bool(raw.get("drop")), raw.get("to")
+    if drop == bool(to):
+        raise ValueError(f"rewrite {raw.get('flag')}: give either `drop: true` or `to`")
+    return Rewrite(
+        flag=str(raw["flag"]),
+        since=_version(raw["since"]),
+        drop=drop,
+        to=str(to) if to else None,
+        one=str(raw["one"]) if raw.get("one") else None,
+        why=str(raw.get("why") or ""),
+    )
+
+
+def _version(text: Any) -> Version:
+    version = parse_version(str(text))
+    if version is None:
+        raise ValueError(f"{text!r} is not a version")
+    return version
+
+
+def _names(raw: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _percent(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise ValueError(f"gpuShare.headroomPercent {value!r}: a whole percent, 1-100")
+    return value

@@ -1,0 +1,267 @@
+"""TLS on the router (`--tls-cert/--tls-key`): real TLS clients (the openai SDK, http.client)
+against a router process with self-signed certificates made here, the certificate replaced on
+disk while it serves, and unusable files refused before serving."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import http.client
+import ipaddress
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import SimProcess, start_sim
+
+READY_TLS = re.compile(r"ready on https://([\d.]+):(\d+)")
+
+
+@dataclass
+class Pair:
+    cert: bytes  # PEM
+    key: bytes  # PEM
+
+    @property
+    def fingerprint(self) -> str:
+        der = x509.load_pem_x509_certificate(self.cert).public_bytes(serialization.Encoding.DER)
+        return hashlib.sha256(der).hexdigest()
+
+
+def make_pair(name: str) -> Pair:
+    """A self-signed certificate for 127.0.0.1 (CN `name`) and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    ip = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([ip]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    private = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+    return Pair(cert.public_bytes(pem), private)
+
+
+def client_context(*trusted: Pair) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata="".join(p.cert.decode() for p in trusted))
+
+
+def replace(path: Path, data: bytes) -> None:
+    """Write `data` to `path` as a certificate manager does: a new file renamed over the old."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TlsRouter:
+    proc: subprocess.Popen[str]
+    port: int
+    log: list[str]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def served_fingerprint(self) -> str:
+        """The SHA-256 of the certificate a new connection is shown (not verified here)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=ctx)
+        try:
+            conn.connect()
+            assert conn.sock is not None
+            der = conn.sock.getpeercert(binary_form=True)
+            assert der is not None
+            return hashlib.sha256(der).hexdigest()
+        finally:
+            conn.close()
+
+
+def _drain(proc: subprocess.Popen[str], log: list[str]) -> None:
+    try:
+        for line in proc.stderr or ():
+            log.append(line)
+    except ValueError:  # closed by stop()
+        pass
+
+
+def start_tls_router(config: Path) -> TlsRouter:
+    cmd = [sys.executable, "-m", "vfleet", "router", "--config", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    log: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        log.append(line)
+        m = READY_TLS.search(line)
+        if m:
+            threading.Thread(target=_drain, args=(proc, log), daemon=True).start()
+            return TlsRouter(proc, int(m.group(2)), log)
+    proc.kill()
+    proc.wait(timeout=10)
+    proc.stderr.close()
+    raise AssertionError("TLS router did not become ready: " + "".join(log))
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    sp = start_sim("--model", "demo", "--profile", "instant")
+    yield sp
+    sp.stop()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path, Pair]:
+    first = make_pair("first")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(first.cert)
+    key.write_bytes(first.key)
+    key.chmod(0o600)
+    return cert, key, first
+
+
+@pytest.fixture
+def tls_router(sim: SimProcess, files: tuple[Path, Path, Pair],
+               tmp_path: Path) -> Iterator[TlsRouter]:  # fmt: skip
+    cert, key, _ = files
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({
+        "backends": [sim.url], "host": "127.0.0.1", "port": 0, "tls_cert": str(cert),
+        "tls_key": str(key), "tls_reload_s": 0.05, "health_interval_s": 0.5,
+    }))  # fmt: skip
+    router = start_tls_router(config)
+    yield router
+    router.stop()
+
+
+def test_the_openai_sdk_over_tls(tls_router: TlsRouter, files: tuple[Path, Path, Pair]) -> None:
+    trusted = client_context(files[2])
+    http_client = openai.DefaultHttpx2Client(verify=trusted)
+    with openai.OpenAI(base_url=f"https://127.0.0.1:{tls_router.port}/v1", api_key="unused",
+                       max_retries=0, timeout=10, http_client=http_client) as client:  # fmt: skip
+        assert [m.id for m in client.models.list()] == ["demo"]
+        chat = client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        assert chat.choices[0].message.content
+        stream = client.completions.create(model="demo", prompt="hi", max_tokens=4, stream=True,
+                                           extra_body={"ignore_eos": True})  # fmt: skip
+        assert sum(1 for _ in stream) == 4
+
+
+def test_an_untrusted_client_and_plain_http_get_nothing(
+    tls_router: TlsRouter, files: tuple[Path, Path, Pair]
+) -> None:
+    stranger = client_context(make_pair("stranger"))
+    conn = http.client.HTTPSConnection("127.0.0.1", tls_router.port, timeout=10,
+                                       context=stranger)  # fmt: skip
+    with pytest.raises(ssl.SSLCertVerificationError):
+        conn.request("GET", "/health")
+    conn.close()
+    plain = http.client.HTTPConnection("127.0.0.1", tls_router.port, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        plain.request("GET", "/health")
+        plain.getresponse()
+    plain.close()
+
+
+def _get(conn: http.client.HTTPSConnection, path: str) -> tuple[int, bytes]:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def test_a_renewed_certificate_is_served_to_new_connections(
+    tls_router: TlsRouter, files: tuple[Path, Path, Pair]
+) -> None:
+    cert, key, first = files
+    second = make_pair("second")
+    assert tls_router.served_fingerprint() == first.fingerprint
+    kept = http.client.HTTPSConnection("127.0.0.1", tls_router.port, timeout=10,
+                                       context=client_context(first))  # fmt: skip
+    assert _get(kept, "/health")[0] == 200
+
+    # Half a rotation (the certificate before its key) fails to load: the old pair serves on.
+    replace(cert, second.cert)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("TLS reload failed" in x for x in tls_router.log):
+        time.sleep(0.05)
+    assert any("TLS reload failed" in line for line in tls_router.log), tls_router.log
+    assert tls_router.served_fingerprint() == first.fingerprint
+
+    replace(key, second.key)  # the rotation completes
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and tls_router.served_fingerprint() != second.fingerprint:
+        time.sleep(0.05)
+    assert tls_router.served_fingerprint() == second.fingerprint
+    fresh = http.client.HTTPSConnection("127.0.0.1", tls_router.port, timeout=10,
+                                        context=client_context(second))  # fmt: skip
+    status, body = _get(fresh, "/v1/models")
+    assert status == 200 and json.loads(body)["data"][0]["id"] == "demo"
+    fresh.close()
+    # the connection opened before the renewal keeps its session
+    assert _get(kept, "/health")[0] == 200
+    kept.close()
+
+
+@pytest.mark.parametrize("problem", ["missing", "mismatched", "one_only"])
+def test_unusable_tls_files_are_refused_before_serving(
+    problem: str, sim: SimProcess, files: tuple[Path, Path, Pair], tmp_path: Path
+) -> None:
+    cert, key, _ = files
+    args = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    if problem == "missing":
+        args[1] = str(tmp_path / "nope.crt")
+    elif problem == "mismatched":
+        other = tmp_path / "other.key"
+        other.write_bytes(make_pair("other").key)
+        args[3] = str(other)
+    else:
+        args = args[:2]
+    out = subprocess.run(
+        [sys.executable, "-m", "vfleet", "router", "--backend", sim.url, "--port", "0", *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
+    assert "Traceback" not in out.stderr
+    assert "TLS" in lines[0]
