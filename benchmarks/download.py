@@ -87,8 +87,13 @@ def scenario(
     try:
         assert server.stdout is not None
         url = server.stdout.readline().strip()
-        env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1",
-               "HF_HOME": str(work / "hf-home"), "NO_PROXY": "127.0.0.1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(work / "hf-home"),
+            "NO_PROXY": "127.0.0.1",
+        }
         env.pop("HF_TOKEN", None)
         out: dict[str, float] = {}
         for label, cmd in (
@@ -137,8 +142,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vfleet-bench-dl-") as tmp:
         work = Path(tmp)
         total = make_repo(work / "repo", args.gib)
-        print(f"repo: {total / 2**30:.2f} GiB in 6 files; cap {args.cap_mbps:g} MB/s; "
-              f"stream cap {args.stream_mbps:g} MB/s")  # fmt: skip
+        print(
+            f"repo: {total / 2**30:.2f} GiB in 6 files; cap {args.cap_mbps:g} MB/s; "
+            f"stream cap {args.stream_mbps:g} MB/s"
+        )
         results = {
             "link": scenario("link", work / "repo", total, cap, None, work),
             "stream": scenario("stream", work / "repo", total, cap, args.stream_mbps * MB, work),

@@ -34,8 +34,12 @@ def rss_mb(pid: int) -> float:
 
 
 def wrk(url: str, seconds: int, script: str) -> int:
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s", "-s", script,
-                          url], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s", "-s", script, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     m = re.search(r"(\d+) requests in", out)
     if not m or "Non-2xx" in out:
         raise SystemExit(f"wrk: {out}")
@@ -52,16 +56,42 @@ def main() -> int:
     vfleet = shutil.which("vfleet", path=str(Path(sys.executable).parent))
     if vfleet is None or not shutil.which("wrk"):
         raise SystemExit("needs wrk and a venv with vfleet installed")
-    procs = [subprocess.Popen(["taskset", "-c", "1", args.python, f"{args.harness}/fake_backend.py",
-                               "--port", str(p)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for p in (8181, 8182)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                "1",
+                args.python,
+                f"{args.harness}/fake_backend.py",
+                "--port",
+                str(p),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for p in (8181, 8182)
+    ]
     time.sleep(1.0)
     router = subprocess.Popen(
-        ["taskset", "-c", "0", vfleet, "router", "--port", "8180", "--policy", "round_robin",
-         "--backend", "http://127.0.0.1:8181=fake-model",
-         "--backend", "http://127.0.0.1:8182=fake-model"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "taskset",
+            "-c",
+            "0",
+            vfleet,
+            "router",
+            "--port",
+            "8180",
+            "--policy",
+            "round_robin",
+            "--backend",
+            "http://127.0.0.1:8181=fake-model",
+            "--backend",
+            "http://127.0.0.1:8182=fake-model",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     procs.append(router)
     try:
         time.sleep(2.0)
@@ -74,9 +104,11 @@ def main() -> int:
         while sent < args.requests:
             sent += wrk(url, 20, f.name)
         after = rss_mb(router.pid)
-        print(f"warm-up {warm:,} requests; then {sent:,} requests in "
-              f"{time.monotonic() - start:.0f} s; router RSS {before:.1f} MB -> {after:.1f} MB "
-              f"(growth {after - before:+.1f} MB)")  # fmt: skip
+        print(
+            f"warm-up {warm:,} requests; then {sent:,} requests in "
+            f"{time.monotonic() - start:.0f} s; router RSS {before:.1f} MB -> {after:.1f} MB "
+            f"(growth {after - before:+.1f} MB)"
+        )
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

@@ -40,16 +40,32 @@ def main() -> int:
         return 2
     vfleet_bin = shutil.which("vfleet", path=str(Path(sys.executable).parent))
     if vfleet_bin is None:
-        print("no `vfleet` next to this interpreter: run me from a venv with vfleet installed",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "no `vfleet` next to this interpreter: run me from a venv with vfleet installed",
+            file=sys.stderr,
+        )
         return 2
     out = args.out or tempfile.mkdtemp(prefix="vfleet-router-bench-")
     env = {**os.environ, "VFLEET_BIN": vfleet_bin, "BENCH_ROOT": args.bench_root}
     subprocess.run(
-        [str(py), "run_bench.py", "--reps", str(args.reps), "--systems", args.systems,
-         "--phases", args.phases, "--wrk-duration", str(args.wrk_duration), "--out", out],
-        cwd=harness, env=env, check=True,
-    )  # fmt: skip
+        [
+            str(py),
+            "run_bench.py",
+            "--reps",
+            str(args.reps),
+            "--systems",
+            args.systems,
+            "--phases",
+            args.phases,
+            "--wrk-duration",
+            str(args.wrk_duration),
+            "--out",
+            out,
+        ],
+        cwd=harness,
+        env=env,
+        check=True,
+    )
     report = subprocess.run(
         [sys.executable, "report.py", out], cwd=harness, check=True, capture_output=True, text=True
     )

@@ -77,10 +77,17 @@ def wait_until(what: str, cond: Any, timeout_s: float) -> None:
 
 
 def chat(url: str, timeout_s: float) -> float:
-    body = json.dumps({"model": MODEL, "max_tokens": 1, "ignore_eos": True,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()  # fmt: skip
-    req = urllib.request.Request(url + "/v1/chat/completions", data=body,
-                                 headers={"content-type": "application/json"})  # fmt: skip
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "max_tokens": 1,
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    ).encode()
+    req = urllib.request.Request(
+        url + "/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+    )
     t0 = time.time()
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         resp.read()
@@ -150,9 +157,16 @@ def main() -> int:
         wait_until("the fleet", lambda: read_state(run).get("phase") == "ready", 120)
         url = read_state(run)["router"]["url"]
         for rep in range(args.reps):
-            wait_until("zero replicas", lambda: not any(
-                e["state"] in ("starting", "healthy", "unhealthy", "draining")
-                for e in engines(read_state(run))), args.timeout)  # fmt: skip
+            wait_until(
+                "zero replicas",
+                lambda: (
+                    not any(
+                        e["state"] in ("starting", "healthy", "unhealthy", "draining")
+                        for e in engines(read_state(run))
+                    )
+                ),
+                args.timeout,
+            )
             poller = ReadyPoller([e["url"] for e in engines(read_state(run))])
             poller.start()
             t0 = chat(url, args.timeout)
@@ -165,14 +179,24 @@ def main() -> int:
             warm = time.time() - t_warm
             spawned = float(row["spawned_at"])
             ready = poller.ready_at if poller.ready_at is not None else t_done
-            rows.append({"first": t_done - t0, "engine": ready - spawned, "warm": warm,
-                         "detect": spawned - t0, "release": t_done - ready,
-                         "overhead": (t_done - t0) - (ready - spawned) - warm})  # fmt: skip
+            rows.append(
+                {
+                    "first": t_done - t0,
+                    "engine": ready - spawned,
+                    "warm": warm,
+                    "detect": spawned - t0,
+                    "release": t_done - ready,
+                    "overhead": (t_done - t0) - (ready - spawned) - warm,
+                }
+            )
             r = rows[-1]
-            print(f"rep {rep + 1}: first {r['first'] * 1e3:.0f} ms, engine start-up "
-                  f"{r['engine'] * 1e3:.0f} ms, warm {r['warm'] * 1e3:.1f} ms, overhead "
-                  f"{r['overhead'] * 1e3:.1f} ms (detect {r['detect'] * 1e3:.1f}, release "
-                  f"{r['release'] * 1e3:.1f})", flush=True)  # fmt: skip
+            print(
+                f"rep {rep + 1}: first {r['first'] * 1e3:.0f} ms, engine start-up "
+                f"{r['engine'] * 1e3:.0f} ms, warm {r['warm'] * 1e3:.1f} ms, overhead "
+                f"{r['overhead'] * 1e3:.1f} ms (detect {r['detect'] * 1e3:.1f}, release "
+                f"{r['release'] * 1e3:.1f})",
+                flush=True,
+            )
     finally:
         up.send_signal(signal.SIGTERM)
         try:
@@ -192,10 +216,14 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
 
     print(f"\n{args.engine} engine, {len(rows)} wake-ups from zero through vfleet up\n")
     print("| ms | p50 | p99 | max |\n|---|---|---|---|")
-    for key, what in (("first", "first request (client)"), ("engine", "engine start-up (own)"),
-                      ("warm", "same request, warm"), ("overhead", "overhead beyond start-up"),
-                      ("detect", "  request -> engine spawned"),
-                      ("release", "  engine ready -> answer")):  # fmt: skip
+    for key, what in (
+        ("first", "first request (client)"),
+        ("engine", "engine start-up (own)"),
+        ("warm", "same request, warm"),
+        ("overhead", "overhead beyond start-up"),
+        ("detect", "  request -> engine spawned"),
+        ("release", "  engine ready -> answer"),
+    ):
         print(f"| {what} | {ms(key, 0.5)} | {ms(key, 0.99)} | {ms(key, 1.0)} |")
     ratio = statistics.median(r["first"] / r["engine"] for r in rows)
     print(f"\nfirst request / engine start-up (median ratio): {ratio:.3f}")

@@ -30,11 +30,20 @@ import tempfile
 import time
 from pathlib import Path
 
-COMPLETION = {"model": "demo", "prompt": "hello world, this is a small prompt", "max_tokens": 8,
-              "ignore_eos": True}  # fmt: skip
+COMPLETION = {
+    "model": "demo",
+    "prompt": "hello world, this is a small prompt",
+    "max_tokens": 8,
+    "ignore_eos": True,
+}
 STREAM_TOKENS = 64
-CHAT_STREAM = {"model": "demo", "messages": [{"role": "user", "content": "stream please"}],
-               "max_tokens": STREAM_TOKENS, "ignore_eos": True, "stream": True}  # fmt: skip
+CHAT_STREAM = {
+    "model": "demo",
+    "messages": [{"role": "user", "content": "stream please"}],
+    "max_tokens": STREAM_TOKENS,
+    "ignore_eos": True,
+    "stream": True,
+}
 
 TRIVIAL = r"""
 import asyncio, sys, uvloop
@@ -146,8 +155,21 @@ def build_kind() -> str:
 
 
 def measure_sim(args: argparse.Namespace) -> tuple[float, float, bytes, bytes]:
-    sim, sim_url = start([*pin(0), sys.executable, "-m", "vfleet", "sim", "--model", "demo",
-                          "--port", "0", "--profile", "instant"])  # fmt: skip
+    sim, sim_url = start(
+        [
+            *pin(0),
+            sys.executable,
+            "-m",
+            "vfleet",
+            "sim",
+            "--model",
+            "demo",
+            "--port",
+            "0",
+            "--profile",
+            "instant",
+        ]
+    )
     try:
         small = fetch(sim_url, "/v1/completions", COMPLETION)
         streamed = fetch(sim_url, "/v1/chat/completions", CHAT_STREAM)

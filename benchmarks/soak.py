@@ -67,8 +67,9 @@ def start_ready(cmd: list[str], timeout_s: float = 60.0) -> tuple[subprocess.Pop
     """Start `cmd`, wait (bounded) for its `ready on URL` line; keep draining its stderr."""
     # A session of its own: a Ctrl-C at the terminal reaches the soak, which ends the load and
     # still reports, not the servers under test.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     assert proc.stderr is not None
     tail: list[str] = []
     deadline = time.monotonic() + timeout_s
@@ -95,13 +96,34 @@ def _drain(proc: subprocess.Popen[str]) -> None:
 
 
 def sim_cmd(model: str, args: argparse.Namespace, slow: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "vfleet", "sim", "--host", "127.0.0.1", "--port", "0",
-           "--model", model, "--profile", "instant", "--max-model-len", "512"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "vfleet",
+        "sim",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--profile",
+        "instant",
+        "--max-model-len",
+        "512",
+    ]
     if slow:  # every stream decodes in the same step: room for all of them at once
         per = math.ceil(args.streams / args.stream_engines) + 64
-        cmd += ["--step-base-ms", str(args.stream_step_ms), "--max-num-seqs", str(per),
-                "--max-num-batched-tokens", str(per * 16),
-                "--num-gpu-blocks", str(per * 8)]  # fmt: skip
+        cmd += [
+            "--step-base-ms",
+            str(args.stream_step_ms),
+            "--max-num-seqs",
+            str(per),
+            "--max-num-batched-tokens",
+            str(per * 16),
+            "--num-gpu-blocks",
+            str(per * 8),
+        ]
     return cmd
 
 
@@ -144,8 +166,10 @@ def rss_and_fds(pids: list[int]) -> tuple[float, int]:
 
 def post(path: str, body: dict[str, Any]) -> bytes:
     data = json.dumps(body).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n")  # fmt: skip
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
     return head.encode() + data
 
 
@@ -262,27 +286,48 @@ class Load:
 
 
 async def client_main(load: Load, args: dict[str, Any], share: dict[str, int]) -> None:
-    fast = post("/v1/chat/completions", {
-        "model": "fast", "max_tokens": args["max_tokens"], "ignore_eos": True,
-        "messages": [{"role": "user", "content": "Say hello."}]})  # fmt: skip
-    slow = post("/v1/chat/completions", {
-        "model": "slow", "max_tokens": args["stream_tokens"], "ignore_eos": True, "stream": True,
-        "messages": [{"role": "user", "content": "Tell a long story."}]})  # fmt: skip
+    fast = post(
+        "/v1/chat/completions",
+        {
+            "model": "fast",
+            "max_tokens": args["max_tokens"],
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Say hello."}],
+        },
+    )
+    slow = post(
+        "/v1/chat/completions",
+        {
+            "model": "slow",
+            "max_tokens": args["stream_tokens"],
+            "ignore_eos": True,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Tell a long story."}],
+        },
+    )
     ramp = args["ramp_s"]
-    streams = [asyncio.create_task(load.stream(slow, ramp * i / max(1, share["streams"])))
-               for i in range(share["streams"])]  # fmt: skip
+    streams = [
+        asyncio.create_task(load.stream(slow, ramp * i / max(1, share["streams"])))
+        for i in range(share["streams"])
+    ]
     conns = share["connections"]
     # Warm-up: every stream open, the warm-up requests answered, and every stream slot recycled
     # once (a stream finished and the next one opened on its connection), so the baseline is a
     # steady state with all the buffers the load needs already allocated.
     step_s = args["stream_step_ms"] / 1000
     deadline = time.monotonic() + ramp + 5 * step_s * args["stream_tokens"] + 300
-    while (load.row[C_STREAMS_OPEN] < share["streams"] and time.monotonic() < deadline
-           and not load.stop.is_set()):  # fmt: skip
+    while (
+        load.row[C_STREAMS_OPEN] < share["streams"]
+        and time.monotonic() < deadline
+        and not load.stop.is_set()
+    ):
         await asyncio.sleep(0.2)
     await asyncio.gather(*(load.requests(n, fast) for n in split(share["warmup"], conns)))
-    while (load.row[C_STREAMS_DONE] < share["streams"] and time.monotonic() < deadline
-           and not load.stop.is_set()):  # fmt: skip
+    while (
+        load.row[C_STREAMS_DONE] < share["streams"]
+        and time.monotonic() < deadline
+        and not load.stop.is_set()
+    ):
         await asyncio.sleep(0.2)
     load.row[C_WARM] = 1
     while not load.stop.is_set() and not args["go"].is_set():  # the main phase starts together
@@ -440,11 +485,29 @@ def main() -> int:
                 procs.append(proc)
                 backends += ["--backend", f"{url}={model}"]
         conns = args.streams + args.connections
-        router, url = start_ready([
-            sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1", "--port", "0",
-            "--policy", "least_load", "--workers", str(workers), *backends,
-            "--max-connections", str(math.ceil(conns * 1.5) + 256),
-            "--idle-timeout", "600", "--keepalive-timeout", "600"])  # fmt: skip
+        router, url = start_ready(
+            [
+                sys.executable,
+                "-m",
+                "vfleet",
+                "router",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--policy",
+                "least_load",
+                "--workers",
+                str(workers),
+                *backends,
+                "--max-connections",
+                str(math.ceil(conns * 1.5) + 256),
+                "--idle-timeout",
+                "600",
+                "--keepalive-timeout",
+                "600",
+            ]
+        )
         procs.append(router)
         time.sleep(0.5 if workers == 1 else 2.0)  # every worker listening
         shared = {k: v for k, v in vars(args).items() if k not in ("out", "json")}
@@ -466,12 +529,26 @@ def main() -> int:
             now = time.monotonic() - started
             rss, fds = rss_and_fds(tree(router.pid))
             c = totals(counters)
-            samples.append(Sample(now, rss, fds, c[C_OK], c[C_ERR], c[C_STREAMS_OPEN],
-                                  c[C_STREAMS_DONE], c[C_STREAM_ERR], phase))  # fmt: skip
+            samples.append(
+                Sample(
+                    now,
+                    rss,
+                    fds,
+                    c[C_OK],
+                    c[C_ERR],
+                    c[C_STREAMS_OPEN],
+                    c[C_STREAMS_DONE],
+                    c[C_STREAM_ERR],
+                    phase,
+                )
+            )
             if now >= next_print:
-                print(f"{now:6.0f} s {phase:9} rss {rss:7.1f} MB fds {fds:6,} ok {c[C_OK]:,} "
-                      f"err {c[C_ERR]:,} streams open {c[C_STREAMS_OPEN]:,} done "
-                      f"{c[C_STREAMS_DONE]:,} err {c[C_STREAM_ERR]:,}", flush=True)  # fmt: skip
+                print(
+                    f"{now:6.0f} s {phase:9} rss {rss:7.1f} MB fds {fds:6,} ok {c[C_OK]:,} "
+                    f"err {c[C_ERR]:,} streams open {c[C_STREAMS_OPEN]:,} done "
+                    f"{c[C_STREAMS_DONE]:,} err {c[C_STREAM_ERR]:,}",
+                    flush=True,
+                )
                 next_print = now + 10
             if router.poll() is not None:
                 raise SystemExit(f"the router exited ({router.returncode}) during the soak")

@@ -125,16 +125,25 @@ def sim_factory() -> Iterator[Callable[..., SimProcess]]:
 @pytest.fixture(scope="module")
 def gen_sim() -> Iterator[SimProcess]:
     """A generate model with instant steps, shared by a module's read-mostly tests."""
-    sp = start_sim("--model", "demo", "--profile", "instant", "--max-model-len", "512",
-                   "--num-gpu-blocks", "256")  # fmt: skip
+    sp = start_sim(
+        "--model",
+        "demo",
+        "--profile",
+        "instant",
+        "--max-model-len",
+        "512",
+        "--num-gpu-blocks",
+        "256",
+    )
     yield sp
     sp.stop()
 
 
 @pytest.fixture(scope="module")
 def embed_sim() -> Iterator[SimProcess]:
-    sp = start_sim("--model", "embedder", "--task", "embed", "--profile", "instant",
-                   "--embedding-dim", "64")  # fmt: skip
+    sp = start_sim(
+        "--model", "embedder", "--task", "embed", "--profile", "instant", "--embedding-dim", "64"
+    )
     yield sp
     sp.stop()
 

@@ -10,9 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Never let a test reach a real hub, pick up a developer's token or go through a proxy.
-_DROP = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "AWS_PROFILE",
-         "MODELSCOPE_API_TOKEN", "MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN",
-         "JOB_COMPLETION_INDEX", "JOB_COMPLETION_TOTAL")  # fmt: skip
+_DROP = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+    "AWS_PROFILE",
+    "MODELSCOPE_API_TOKEN",
+    "MODELSCOPE_ENDPOINT",
+    "MODELSCOPE_DOMAIN",
+    "JOB_COMPLETION_INDEX",
+    "JOB_COMPLETION_TOTAL",
+)
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:

@@ -310,10 +310,16 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._json({"Code": 10010205001, "Success": False, "Message": "no revision"})
         if segs[3:] == ["repo", "files"]:
             files = [
-                {"Path": f.path, "Name": f.path.rsplit("/", 1)[-1], "Size": f.size,
-                 "Sha256": f.sha256, "Type": "blob", "Revision": repo.commit}
+                {
+                    "Path": f.path,
+                    "Name": f.path.rsplit("/", 1)[-1],
+                    "Size": f.size,
+                    "Sha256": f.sha256,
+                    "Type": "blob",
+                    "Revision": repo.commit,
+                }
                 for f in repo.files.values()
-            ]  # fmt: skip
+            ]
             return self._json({"Code": 200, "Success": True, "Data": {"Files": files}})
         if segs[3:] == ["repo"]:
             f = repo.files.get(query.get("FilePath", [""])[0])

@@ -132,8 +132,15 @@ def _conditions(ready: bool) -> list[dict[str, str]]:
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}  # fmt: skip
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -254,14 +261,19 @@ class FakeKube:
         self.update(name, change, namespace)
 
     def set_labels(self, name: str, labels: dict[str, str], namespace: str = "default") -> None:
-        self.update(name, lambda pod: pod["metadata"].__setitem__("labels", dict(labels)),
-                    namespace)  # fmt: skip
+        self.update(
+            name, lambda pod: pod["metadata"].__setitem__("labels", dict(labels)), namespace
+        )
 
     def terminate(self, name: str, namespace: str = "default") -> None:
         """Start a graceful deletion: deletionTimestamp set, the pod still exists."""
-        self.update(name, lambda pod: pod["metadata"].update(
-            deletionTimestamp="2026-01-01T00:01:00Z", deletionGracePeriodSeconds=30),
-            namespace)  # fmt: skip
+        self.update(
+            name,
+            lambda pod: pod["metadata"].update(
+                deletionTimestamp="2026-01-01T00:01:00Z", deletionGracePeriodSeconds=30
+            ),
+            namespace,
+        )
 
     def delete(self, name: str, namespace: str = "default") -> None:
         with self._cond:
@@ -321,10 +333,16 @@ class FakeKube:
         """A BOOKMARK at the current version on every watch that allows them; the version."""
         with self._cond:
             version = str(self._version)
-            line = _line("BOOKMARK", {"kind": "Pod", "apiVersion": "v1",
-                                      "metadata": {"resourceVersion": version,
-                                                   "creationTimestamp": None},
-                                      "spec": {"containers": None}, "status": {}})  # fmt: skip
+            line = _line(
+                "BOOKMARK",
+                {
+                    "kind": "Pod",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": version, "creationTimestamp": None},
+                    "spec": {"containers": None},
+                    "status": {},
+                },
+            )
             for w in self._watches:
                 if w.bookmarks:
                     w.lines.append(line)
@@ -371,8 +389,13 @@ class FakeKube:
             while self._paused:
                 self._cond.wait(0.1)
 
-    def _list(self, namespace: str | None, selector: str, limit: int, token: str | None,
-              ) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def _list(
+        self,
+        namespace: str | None,
+        selector: str,
+        limit: int,
+        token: str | None,
+    ) -> tuple[int, dict[str, Any]]:
         matches = parse_selector(selector)
         with self._cond:
             start = 0
@@ -382,19 +405,23 @@ class FakeKube:
                 version, start = int(state["rv"]), int(state["start"])
                 if version < self._oldest:
                     return 410, status_body(410, "Expired", "continue token expired")
-            pods = sorted((k, p) for k, p in self._pods.items()
-                          if _selected(p, namespace, matches))  # fmt: skip
+            pods = sorted((k, p) for k, p in self._pods.items() if _selected(p, namespace, matches))
             page = pods[start : start + limit] if limit else pods[start:]
             meta: dict[str, Any] = {"resourceVersion": str(version)}
             if limit and start + limit < len(pods):
                 state = json.dumps({"rv": version, "start": start + limit}).encode()
                 meta["continue"] = base64.b64encode(state).decode()
-            body = {"kind": "PodList", "apiVersion": "v1", "metadata": meta,
-                    "items": [json.loads(json.dumps(p)) for _, p in page]}  # fmt: skip
+            body = {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": meta,
+                "items": [json.loads(json.dumps(p)) for _, p in page],
+            }
             return 200, body
 
-    def _open_watch(self, namespace: str | None, selector: str, version: str | None,
-                    bookmarks: bool) -> tuple[int, _Watch | None]:  # fmt: skip
+    def _open_watch(
+        self, namespace: str | None, selector: str, version: str | None, bookmarks: bool
+    ) -> tuple[int, _Watch | None]:
         w = _Watch(namespace, parse_selector(selector), bookmarks)
         with self._cond:
             if version not in (None, "") and not version.isdigit():
@@ -489,8 +516,11 @@ class _Handler(BaseHTTPRequestHandler):
         if params.get("watch") in ("1", "true"):
             self._watch(namespace, selector, params)
         else:
-            self._json(*kube._list(namespace, selector, int(params.get("limit") or 0),
-                                   params.get("continue")))  # fmt: skip
+            self._json(
+                *kube._list(
+                    namespace, selector, int(params.get("limit") or 0), params.get("continue")
+                )
+            )
 
     def _json(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -502,8 +532,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _watch(self, namespace: str | None, selector: str, params: dict[str, str]) -> None:
         kube = self.kube
-        status, w = kube._open_watch(namespace, selector, params.get("resourceVersion"),
-                                     params.get("allowWatchBookmarks") == "true")  # fmt: skip
+        status, w = kube._open_watch(
+            namespace,
+            selector,
+            params.get("resourceVersion"),
+            params.get("allowWatchBookmarks") == "true",
+        )
         if w is None:
             reason = "Expired" if status == 410 else "BadRequest"
             self._json(status, status_body(status, reason, "too old or invalid resource version"))

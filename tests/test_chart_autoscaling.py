@@ -65,9 +65,18 @@ def test_t9k_seed_scales_through_the_router_scaler() -> None:
     r = _rendered("seed")
     (scaled,) = _kind(r, "ScaledObject")
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 3)
-    assert _triggers(r) == [{"type": "external-push", "name": "demand", "metadata": {
-        "scalerAddress": f"{SCALER}.{NAMESPACE}.svc:9090", "models": "Qwen2.5-7B-Instruct",
-        "metric": "concurrency", "target": "32"}}]  # fmt: skip
+    assert _triggers(r) == [
+        {
+            "type": "external-push",
+            "name": "demand",
+            "metadata": {
+                "scalerAddress": f"{SCALER}.{NAMESPACE}.svc:9090",
+                "models": "Qwen2.5-7B-Instruct",
+                "metric": "concurrency",
+                "target": "32",
+            },
+        }
+    ]
     router = _router_container(r)
     args = router["args"]
     assert args[args.index("--keda-port") + 1] == "9090"
@@ -75,8 +84,15 @@ def test_t9k_seed_scales_through_the_router_scaler() -> None:
     assert {"name": "keda", "containerPort": 9090, "protocol": "TCP"} in router["ports"]
     (svc,) = [o for o in _kind(r, "Service") if o["metadata"]["name"] == SCALER]
     assert svc["spec"]["type"] == "ClusterIP"  # never exposed with the router's LoadBalancer
-    assert svc["spec"]["ports"] == [{"name": "keda", "port": 9090, "targetPort": "keda",
-                                     "protocol": "TCP", "appProtocol": "grpc"}]  # fmt: skip
+    assert svc["spec"]["ports"] == [
+        {
+            "name": "keda",
+            "port": 9090,
+            "targetPort": "keda",
+            "protocol": "TCP",
+            "appProtocol": "grpc",
+        }
+    ]
 
 
 def test_scale_to_zero_with_knative_windows() -> None:
@@ -173,10 +189,16 @@ def _behavior_is_valid(scaled: dict[str, Any]) -> None:
     behavior = scaled["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {})
     if "behavior" not in behavior:
         return
-    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-           "metadata": {"name": "x"},
-           "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 2,
-                    "behavior": behavior["behavior"]}}  # fmt: skip
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "x"},
+        "spec": {
+            "scaleTargetRef": {"kind": "Deployment", "name": "x"},
+            "maxReplicas": 2,
+            "behavior": behavior["behavior"],
+        },
+    }
     for version in (VERSIONS[0], VERSIONS[-1]):
         validator = _validator(version, "HorizontalPodAutoscaler", "autoscaling/v2")
         assert validator is not None

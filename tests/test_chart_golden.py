@@ -16,8 +16,18 @@ from test_chart_render import GOLDEN, SEEDS
 from vfleet.cli import main
 
 GOLDEN_FILE = GOLDEN / "000-embedding.yaml"
-ARGS = ["k8s", "render", "-f", str(SEEDS / "000-pv.yaml"), "-f", str(SEEDS / "000-embedding.yaml"),
-        "--release", "vllm", "--namespace", "llm"]  # fmt: skip
+ARGS = [
+    "k8s",
+    "render",
+    "-f",
+    str(SEEDS / "000-pv.yaml"),
+    "-f",
+    str(SEEDS / "000-embedding.yaml"),
+    "--release",
+    "vllm",
+    "--namespace",
+    "llm",
+]
 
 
 def _render() -> str:
@@ -68,5 +78,13 @@ def test_seed_000_what_matters() -> None:
     service = by["Service", "vllm-router-service"]  # what the seed port-forwards to
     assert service["spec"]["ports"][0]["port"] == 80
     kinds = sorted({o["kind"] for o in objects})
-    assert kinds == ["Deployment", "PersistentVolume", "PersistentVolumeClaim", "Pod", "Role",
-                     "RoleBinding", "Service", "ServiceAccount"]  # fmt: skip
+    assert kinds == [
+        "Deployment",
+        "PersistentVolume",
+        "PersistentVolumeClaim",
+        "Pod",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]

@@ -181,13 +181,15 @@ def test_router_discovers_the_engine_pods(name: str) -> None:
 def test_rbac_is_pods_read_only(name: str) -> None:
     case = case_of(name)
     role = case.one("Role", f"{RELEASE}-pod-reader")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"],
-                              "verbs": ["get", "list", "watch"]}]  # fmt: skip
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
     assert not case.kind("ClusterRole")
     binding = case.one("RoleBinding", f"{RELEASE}-pod-reader")
     account = f"{RELEASE}-router-service-account"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account,
-                                    "namespace": NAMESPACE}]  # fmt: skip
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]
     router = case.one("Deployment", f"{RELEASE}-deployment-router")
     assert router["spec"]["template"]["spec"]["serviceAccountName"] == account
 

@@ -79,8 +79,9 @@ def _values(case: Case) -> dict[str, Any]:
 
 
 def _router(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    deploy = next(o for o in objects if o["kind"] == "Deployment"
-                  and o["metadata"]["name"].endswith("router"))  # fmt: skip
+    deploy = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("router")
+    )
     return deploy["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
 
 
@@ -129,8 +130,10 @@ def _pod_labels(obj: dict[str, Any]) -> list[dict[str, str]]:
     spec = obj["spec"]
     if obj["kind"] == "LeaderWorkerSet":
         lwt = spec["leaderWorkerTemplate"]
-        return [lwt["leaderTemplate"]["metadata"]["labels"],
-                lwt["workerTemplate"]["metadata"]["labels"]]  # fmt: skip
+        return [
+            lwt["leaderTemplate"]["metadata"]["labels"],
+            lwt["workerTemplate"]["metadata"]["labels"],
+        ]
     return [spec["template"]["metadata"]["labels"]]
 
 
@@ -139,15 +142,19 @@ def test_the_network_policy_admits_only_the_router_to_engines() -> None:
     (policy,) = case.kind("NetworkPolicy")
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress"]
-    engines = [o for o in _workloads(case.rendered.objects)
-               if o["kind"] in ("Deployment", "LeaderWorkerSet")
-               and not o["metadata"]["name"].endswith("router")]  # fmt: skip
+    engines = [
+        o
+        for o in _workloads(case.rendered.objects)
+        if o["kind"] in ("Deployment", "LeaderWorkerSet")
+        and not o["metadata"]["name"].endswith("router")
+    ]
     assert engines
     for obj in engines:
         for labels in _pod_labels(obj):
             assert _labels_match(spec["podSelector"], labels), obj["metadata"]["name"]
-    router_labels = _pod_labels(next(o for o in case.kind("Deployment")
-                                     if o["metadata"]["name"].endswith("router")))[0]  # fmt: skip
+    router_labels = _pod_labels(
+        next(o for o in case.kind("Deployment") if o["metadata"]["name"].endswith("router"))
+    )[0]
     assert not _labels_match(spec["podSelector"], router_labels)
     rules = spec["ingress"]
     router_rule, prometheus_rule, replica_rule = rules
@@ -190,11 +197,15 @@ def test_a_model_may_relax_its_container_and_keeps_the_rest() -> None:
     model = values["servingEngineSpec"]["modelSpec"][0]
     model["containerSecurityContext"] = {"readOnlyRootFilesystem": False}
     rendered = helm.render(values, release=RELEASE, namespace=NAMESPACE)
-    engine = next(o for o in rendered.objects if o["kind"] == "Deployment"
-                  and not o["metadata"]["name"].endswith("router"))  # fmt: skip
+    engine = next(
+        o
+        for o in rendered.objects
+        if o["kind"] == "Deployment" and not o["metadata"]["name"].endswith("router")
+    )
     container = engine["spec"]["template"]["spec"]["containers"][0]
     assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
         "readOnlyRootFilesystem": False,
-    }  # fmt: skip
+    }
     assert "/tmp" not in {m["mountPath"] for m in container.get("volumeMounts", [])}

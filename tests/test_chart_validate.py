@@ -84,11 +84,15 @@ def _pod_templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
     lwt = obj["spec"]["leaderWorkerTemplate"]
     name = obj["metadata"]["name"]
     return [
-        {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{name}-{part}"},
-         "template": copy.deepcopy(lwt[part])}
+        {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": f"{name}-{part}"},
+            "template": copy.deepcopy(lwt[part]),
+        }
         for part in ("leaderTemplate", "workerTemplate")
         if part in lwt
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -62,8 +62,16 @@ def test_help() -> None:
 def test_sim_help_lists_the_fault_and_engine_options() -> None:
     res = vfleet("sim", "--help")
     assert res.returncode == 0, res.stderr
-    for opt in ("--model", "--port", "--kv-events-config", "--max-model-len", "--lora-modules",
-                "--error-rate", "--crash-after-requests", "--startup-delay"):  # fmt: skip
+    for opt in (
+        "--model",
+        "--port",
+        "--kv-events-config",
+        "--max-model-len",
+        "--lora-modules",
+        "--error-rate",
+        "--crash-after-requests",
+        "--startup-delay",
+    ):
         assert opt in res.stdout, opt
 
 
@@ -107,8 +115,9 @@ def test_kv_events_config_with_an_unknown_publisher() -> None:
 
 
 def test_kv_events_config_with_a_negative_buffer() -> None:
-    cfg = json.dumps({"enable_kv_cache_events": True, "endpoint": "tcp://127.0.0.1:1",
-                      "buffer_steps": -1})  # fmt: skip
+    cfg = json.dumps(
+        {"enable_kv_cache_events": True, "endpoint": "tcp://127.0.0.1:1", "buffer_steps": -1}
+    )
     assert "buffer_steps" in sim_fails("--kv-events-config", cfg)
 
 
@@ -118,8 +127,13 @@ def test_kv_events_endpoint_with_an_unknown_transport() -> None:
 
 
 def test_kv_events_replay_endpoint_in_use(busy_port: int) -> None:
-    cfg = json.dumps({"enable_kv_cache_events": True, "endpoint": "tcp://127.0.0.1:1",
-                      "replay_endpoint": f"tcp://127.0.0.1:{busy_port}"})  # fmt: skip
+    cfg = json.dumps(
+        {
+            "enable_kv_cache_events": True,
+            "endpoint": "tcp://127.0.0.1:1",
+            "replay_endpoint": f"tcp://127.0.0.1:{busy_port}",
+        }
+    )
     assert str(busy_port) in sim_fails("--kv-events-config", cfg)
 
 

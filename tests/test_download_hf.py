@@ -57,8 +57,16 @@ def test_download_matches_repo_and_rerun_skips(
 def test_include_exclude(hub: HubServer, tmp_path: Path) -> None:
     env = clean_env(tmp_path, HF_ENDPOINT=hub.url)
     out = tmp_path / "out"
-    r = run("hf://org/model", "--to", str(out), "--include", "*.json",
-            "--exclude", "tokenizer/*", env=env)  # fmt: skip
+    r = run(
+        "hf://org/model",
+        "--to",
+        str(out),
+        "--include",
+        "*.json",
+        "--exclude",
+        "tokenizer/*",
+        env=env,
+    )
     assert r.code == 0, r.stderr
     assert list(tree(out)) == ["config.json"]
     none = run("hf://org/model", "--to", str(out), "--include", "*.gguf", env=env)
@@ -75,8 +83,12 @@ def test_private_repo_needs_the_token_and_it_never_reaches_the_cdn(
     assert anon.code == 1
     assert "repository not found" in anon.stderr and "HF_TOKEN" in anon.stderr
     assert "Traceback" not in anon.stderr
-    bad = run("hf://org/private", "--to", str(out),
-              env=clean_env(tmp_path, HF_ENDPOINT=hub.url, HF_TOKEN="hf_wrong"))  # fmt: skip
+    bad = run(
+        "hf://org/private",
+        "--to",
+        str(out),
+        env=clean_env(tmp_path, HF_ENDPOINT=hub.url, HF_TOKEN="hf_wrong"),
+    )
     assert bad.code == 1 and "access denied" in bad.stderr
     # The token file, as `hf auth login` writes it, works as well as HF_TOKEN.
     (tmp_path / "hf").mkdir(exist_ok=True)

@@ -26,9 +26,21 @@ from vfleet.download.plan import (
 
 @pytest.mark.parametrize(
     "name",
-    ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a/.", "", "a\\..\\b", "C:x", "a\0b",
-     ".vfleet/download/shards/x", "dir/.f.vfleet-part"],
-)  # fmt: skip
+    [
+        "../x",
+        "a/../../x",
+        "/etc/passwd",
+        "a//b",
+        "./a",
+        "a/.",
+        "",
+        "a\\..\\b",
+        "C:x",
+        "a\0b",
+        ".vfleet/download/shards/x",
+        "dir/.f.vfleet-part",
+    ],
+)
 def test_unsafe_paths_are_refused(name: str) -> None:
     with pytest.raises(UnsafePath):
         safe_path(name)

@@ -45,8 +45,12 @@ def test_url_list_with_digest_fragment(hub: tuple[HubServer, Path], tmp_path: Pa
 
 
 def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_git_repo_with_lfs_pointers(hub: tuple[HubServer, Path], tmp_path: Path) -> None:

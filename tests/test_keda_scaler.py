@@ -84,8 +84,10 @@ def held() -> Iterator[Held]:
     def send(router: SimProcess, model: str) -> socket.socket:
         body = json.dumps({"model": model, "prompt": "x", "max_tokens": 1}).encode()
         sock = raw_socket(router.url)
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
-                     b"\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+            b"\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
         socks.append(sock)
         return sock
 
@@ -118,8 +120,9 @@ def _active(stub: Any, ref: pb.ScaledObjectRef) -> bool:
 
 
 def _router(router_factory: Factory, sim: SimProcess, *args: str) -> SimProcess:
-    return router_factory("--backend", sim.url, "--model", "cold", "--keda-port", "0",
-                          "--hold-timeout", "60", *args)  # fmt: skip
+    return router_factory(
+        "--backend", sim.url, "--model", "cold", "--keda-port", "0", "--hold-timeout", "60", *args
+    )
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -156,8 +159,10 @@ def test_stream_pushes_active_when_a_request_is_held(
         sent = time.monotonic()
         sock = held(router, "cold")
         assert next(stream).result is True
-        print(f"\nworkers={workers}: StreamIsActive pushed active "
-              f"{(time.monotonic() - sent) * 1000:.1f} ms after the request was sent")  # fmt: skip
+        print(
+            f"\nworkers={workers}: StreamIsActive pushed active "
+            f"{(time.monotonic() - sent) * 1000:.1f} ms after the request was sent"
+        )
         sock.close()
         assert next(stream).result is False
     finally:
@@ -170,10 +175,28 @@ def test_metrics_sum_the_demand_of_peered_routers(
 ) -> None:
     sim = sim_factory("--model", "warm", "--profile", "instant")
     port_b = _free_port()
-    a = _router(router_factory, sim, "--workers", workers, "--model", "other",
-                "--peer", f"http://127.0.0.1:{port_b}")  # fmt: skip
-    b = _router(router_factory, sim, "--workers", workers, "--model", "other",
-                "--port", str(port_b), "--peer", a.url)  # fmt: skip
+    a = _router(
+        router_factory,
+        sim,
+        "--workers",
+        workers,
+        "--model",
+        "other",
+        "--peer",
+        f"http://127.0.0.1:{port_b}",
+    )
+    b = _router(
+        router_factory,
+        sim,
+        "--workers",
+        workers,
+        "--model",
+        "other",
+        "--port",
+        str(port_b),
+        "--peer",
+        a.url,
+    )
     assert b.port == port_b
     stubs = [channels(a), channels(b)]
     ref = _ref("cold")
@@ -202,8 +225,16 @@ def test_peers_found_in_kubernetes_are_summed_but_not_this_pod(
     with FakeKube() as kube:
         peer = router_factory("--backend", sim.url, "--model", "cold", "--hold-timeout", "60")
         engines = "app.kubernetes.io/component=engine"
-        me = _router(router_factory, sim, "--k8s-api-url", kube.url, "--k8s-selector", engines,
-                     "--k8s-peer-selector", selector)  # fmt: skip
+        me = _router(
+            router_factory,
+            sim,
+            "--k8s-api-url",
+            kube.url,
+            "--k8s-selector",
+            engines,
+            "--k8s-peer-selector",
+            selector,
+        )
         stub = channels(me)
         # this router's own pod matches the selector too: it must not count itself twice
         kube.add_pod(socket.gethostname(), port=me.port, labels=labels)
@@ -251,8 +282,9 @@ def test_rps_metric_counts_requests(
     sim = sim_factory("--model", "warm", "--profile", "instant")
     router = _router(router_factory, sim)
     stub = channels(router)
-    ref = pb.ScaledObjectRef(name="x", namespace="y",
-                             scalerMetadata={"models": "warm", "metric": "rps"})  # fmt: skip
+    ref = pb.ScaledObjectRef(
+        name="x", namespace="y", scalerMetadata={"models": "warm", "metric": "rps"}
+    )
     assert _rps(stub, ref) == 0  # the first sample starts the window
     body = {"model": "warm", "prompt": "x", "max_tokens": 1}
     for _ in range(5):
@@ -282,8 +314,9 @@ def _maps(sp: SimProcess) -> str:
 
 def test_peers_need_a_keda_port(router_factory: Factory) -> None:
     with pytest.raises(AssertionError, match="set --keda-port"):
-        router_factory("--backend", "http://127.0.0.1:1", "--peer", "http://127.0.0.1:2",
-                       timeout_s=10)  # fmt: skip
+        router_factory(
+            "--backend", "http://127.0.0.1:1", "--peer", "http://127.0.0.1:2", timeout_s=10
+        )
 
 
 def _free_port() -> int:
@@ -301,9 +334,14 @@ def test_metadata() -> None:
     assert q.metric_name == "vfleet-qwen-qwen3-8b"
     assert parse_metadata({"model": "a"}).models == ("a",)
     assert parse_metadata({"models": "a", "metric": "rps", "window": "30"}).window_s == 30
-    for bad in ({}, {"models": " , "}, {"models": "a", "target": "x"},
-                {"models": "a", "target": "0"}, {"models": "a", "window": "inf"},
-                {"models": "a", "metric": "gpu"}):  # fmt: skip
+    for bad in (
+        {},
+        {"models": " , "},
+        {"models": "a", "target": "x"},
+        {"models": "a", "target": "0"},
+        {"models": "a", "window": "inf"},
+        {"models": "a", "metric": "gpu"},
+    ):
         with pytest.raises(MetadataError):
             parse_metadata(bad)
     assert target_sizes(2.5) == (2, 2.5) and target_sizes(0.2) == (1, 0.2)
@@ -318,9 +356,17 @@ def test_demand_sums_sources_and_models() -> None:
 
 
 def test_peer_demand_body() -> None:
-    body = json.dumps({"models": {"a": {"inflight": 1, "held": 2, "requests": 3},
-                                  "b": {"held": -1, "inflight": True}, "c": 5},
-                       "endpoints": {}, "workers": 2}).encode()  # fmt: skip
+    body = json.dumps(
+        {
+            "models": {
+                "a": {"inflight": 1, "held": 2, "requests": 3},
+                "b": {"held": -1, "inflight": True},
+                "c": 5,
+            },
+            "endpoints": {},
+            "workers": 2,
+        }
+    ).encode()
     assert parse_demand_body(body) == {"a": Counts(1, 2, 3), "b": Counts()}
     for bad in (b"[]", b"{}", b"not json"):
         with pytest.raises(ValueError):

@@ -141,8 +141,11 @@ def test_models_from_annotation_then_label(
 
 
 def test_list_page_reads_version_items_and_continue() -> None:
-    body = {"kind": "PodList", "metadata": {"resourceVersion": "42", "continue": "tok"},
-            "items": [pod("a"), "junk", pod("b")]}  # fmt: skip
+    body = {
+        "kind": "PodList",
+        "metadata": {"resourceVersion": "42", "continue": "tok"},
+        "items": [pod("a"), "junk", pod("b")],
+    }
     items, version, token = list_page(body)
     assert [i["metadata"]["name"] for i in items] == ["a", "b"]
     assert (version, token) == ("42", "tok")
@@ -191,8 +194,9 @@ def test_deleted_removes_even_a_pod_whose_last_state_looked_ready() -> None:
 
 def test_a_pod_recreated_under_the_same_name_is_another_pod() -> None:
     t = from_list([pod("p", uid="old", port=1)], "10", RULES)
-    t = apply_event(t, {"type": "ADDED", "object": pod("p", uid="new", version="11", port=2)},
-                    RULES)  # fmt: skip
+    t = apply_event(
+        t, {"type": "ADDED", "object": pod("p", uid="new", version="11", port=2)}, RULES
+    )
     assert isinstance(t, PodTable) and set(t.pods) == {"old", "new"}
     late = {"type": "DELETED", "object": pod("p", uid="old", version="12", port=1)}
     t = apply_event(t, late, RULES)
@@ -201,9 +205,16 @@ def test_a_pod_recreated_under_the_same_name_is_another_pod() -> None:
 
 def test_bookmarks_move_only_the_version_and_keep_the_same_pods() -> None:
     t = from_list([pod(uid="u", port=1)], "10", RULES)
-    bookmark = {"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1",
-                "metadata": {"resourceVersion": "99", "creationTimestamp": None},
-                "spec": {"containers": None}, "status": {}}}  # fmt: skip
+    bookmark = {
+        "type": "BOOKMARK",
+        "object": {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": "99", "creationTimestamp": None},
+            "spec": {"containers": None},
+            "status": {},
+        },
+    }
     after = apply_event(t, bookmark, RULES)
     assert isinstance(after, PodTable) and after.version == "99" and after.pods is t.pods
 
@@ -220,16 +231,28 @@ def test_an_event_that_changes_nothing_keeps_the_pods_object() -> None:
 @pytest.mark.parametrize(
     ("event", "code"),
     [
-        ({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
-                                      "message": "too old resource version: 1 (5)"}}, 410),
-        ({"type": "ERROR", "object": {"kind": "Status", "code": 500, "reason": "InternalError"}},
-         500),
+        (
+            {
+                "type": "ERROR",
+                "object": {
+                    "kind": "Status",
+                    "code": 410,
+                    "reason": "Expired",
+                    "message": "too old resource version: 1 (5)",
+                },
+            },
+            410,
+        ),
+        (
+            {"type": "ERROR", "object": {"kind": "Status", "code": 500, "reason": "InternalError"}},
+            500,
+        ),
         ({"type": "ERROR", "object": None}, 0),
         ({"type": "SURPRISE", "object": {}}, 0),
         (["not", "an", "event"], 0),
     ],
     ids=["gone", "internal", "no-status", "unknown-type", "not-an-object"],
-)  # fmt: skip
+)
 def test_errors_and_nonsense_ask_for_a_list(event: Any, code: int) -> None:
     t = from_list([pod(uid="u", port=1)], "10", RULES)
     result = apply_event(t, event, RULES)

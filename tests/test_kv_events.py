@@ -64,9 +64,19 @@ REMOVED_KEYS, REMOVED_TYPES = schema(sample_events(), "BlockRemoved")
 
 
 def test_sample_schema_is_what_vllm_documents() -> None:
-    stored_keys = {"type", "block_hashes", "parent_block_hash", "token_ids", "block_size",
-                   "lora_id", "medium", "lora_name", "extra_keys", "group_idx",
-                   "kv_cache_spec_kind"}  # fmt: skip
+    stored_keys = {
+        "type",
+        "block_hashes",
+        "parent_block_hash",
+        "token_ids",
+        "block_size",
+        "lora_id",
+        "medium",
+        "lora_name",
+        "extra_keys",
+        "group_idx",
+        "kv_cache_spec_kind",
+    }
     assert stored_keys == STORED_KEYS
     assert {"type", "block_hashes", "medium", "group_idx"} == REMOVED_KEYS
     assert STORED_TYPES["parent_block_hash"] == {"NoneType", "int"}
@@ -180,8 +190,9 @@ def start_publisher(
     replay_ep = f"tcp://127.0.0.1:{free_port()}" if replay else ""
     if replay:
         cfg["replay_endpoint"] = replay_ep
-    sim = start_sim("--model", "m", "--profile", "instant", "--kv-events-config", json.dumps(cfg),
-                    *args)  # fmt: skip
+    sim = start_sim(
+        "--model", "m", "--profile", "instant", "--kv-events-config", json.dumps(cfg), *args
+    )
     sub.wait_connected()
     return Publisher(sim, sub, replay_ep)
 

@@ -153,8 +153,15 @@ def test_demand_sums_served_names_and_ignores_the_rest() -> None:
 
 
 def test_model_scaler_records_changes_not_every_decision() -> None:
-    policy = ScalePolicy(min_replicas=0, max_replicas=4, target=2, stable_window_s=4,
-                         panic_window_s=1, scale_to_zero_grace_s=2, period_s=0.5)  # fmt: skip
+    policy = ScalePolicy(
+        min_replicas=0,
+        max_replicas=4,
+        target=2,
+        stable_window_s=4,
+        panic_window_s=1,
+        scale_to_zero_grace_s=2,
+        period_s=0.5,
+    )
     s = ModelScaler("m", ("m",), policy, desired=0)
     t, current = 0.0, 0
     for concurrency in [6, 6, 6, 6, 6, 6] + [0] * 30:

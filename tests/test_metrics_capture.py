@@ -185,8 +185,16 @@ def idle_metrics(sp: SimProcess) -> tuple[Exposition, str]:
 
 @pytest.fixture(scope="module")
 def scraped() -> Iterator[Scraped]:
-    sp = start_sim("--model", "/models/qwen3", "--served-model-name", "qwen3-rand",
-                   "--profile", "instant", "--max-model-len", "4096")  # fmt: skip
+    sp = start_sim(
+        "--model",
+        "/models/qwen3",
+        "--served-model-name",
+        "qwen3-rand",
+        "--profile",
+        "instant",
+        "--max-model-len",
+        "4096",
+    )
     try:
         traffic = send_traffic(sp.url)
         exp, ctype = idle_metrics(sp)

@@ -66,8 +66,7 @@ def emb() -> Iterator[SimProcess]:
 @pytest.fixture(scope="module")
 def router(sim_a: SimProcess, sim_b: SimProcess, emb: SimProcess) -> Iterator[SimProcess]:
     """Two engines serving `demo` and one serving `emb`, behind the default policy."""
-    rp = start_router("--backend", sim_a.url, "--backend", sim_b.url, "--backend", emb.url,
-                      *HEALTH)  # fmt: skip
+    rp = start_router("--backend", sim_a.url, "--backend", sim_b.url, "--backend", emb.url, *HEALTH)
     yield rp
     rp.stop()
 
@@ -219,16 +218,24 @@ PASSTHROUGH = [
     pytest.param("/v1/chat/completions", {**CHAT, "stream": True}, id="chat-stream"),
     pytest.param("/v1/completions", COMPLETION, id="completions"),
     pytest.param("/v1/completions", {**COMPLETION, "stream": True}, id="completions-stream"),
-    pytest.param("/v1/embeddings", {"model": "emb", "input": ["hello world", "bye"]},
-                 id="embeddings"),
-    pytest.param("/v1/rerank", {"model": "emb", "query": "a cat",
-                                "documents": ["cats purr", "the sky"]}, id="rerank"),
-    pytest.param("/v1/score", {"model": "emb", "text_1": "a cat",
-                               "text_2": ["cats purr", "the sky"]}, id="score"),
+    pytest.param(
+        "/v1/embeddings", {"model": "emb", "input": ["hello world", "bye"]}, id="embeddings"
+    ),
+    pytest.param(
+        "/v1/rerank",
+        {"model": "emb", "query": "a cat", "documents": ["cats purr", "the sky"]},
+        id="rerank",
+    ),
+    pytest.param(
+        "/v1/score",
+        {"model": "emb", "text_1": "a cat", "text_2": ["cats purr", "the sky"]},
+        id="score",
+    ),
     pytest.param("/tokenize", {"model": "demo", "prompt": "hello tokenizer"}, id="tokenize"),
-    pytest.param("/detokenize", {"model": "demo", "tokens": [1819043176, 1864393583]},
-                 id="detokenize"),
-]  # fmt: skip
+    pytest.param(
+        "/detokenize", {"model": "demo", "tokens": [1819043176, 1864393583]}, id="detokenize"
+    ),
+]
 
 
 @pytest.mark.parametrize(("path", "body"), PASSTHROUGH)
@@ -305,13 +312,19 @@ def test_metrics_names(rc: Client, router: SimProcess, sim_a: SimProcess) -> Non
     assert resp.status == 200
     assert resp.headers["content-type"].startswith("text/plain")
     text = resp.body.decode()
-    for name in ("vfleet_router_requests_total", "vfleet_router_retries_total",
-                 "vfleet_router_rejected_total", "vfleet_router_endpoint_healthy",
-                 "vfleet_router_endpoint_inflight", "vfleet_router_time_to_first_byte_seconds",
-                 "vfleet_router_request_duration_seconds"):  # fmt: skip
+    for name in (
+        "vfleet_router_requests_total",
+        "vfleet_router_retries_total",
+        "vfleet_router_rejected_total",
+        "vfleet_router_endpoint_healthy",
+        "vfleet_router_endpoint_inflight",
+        "vfleet_router_time_to_first_byte_seconds",
+        "vfleet_router_request_duration_seconds",
+    ):
         assert f"# TYPE {name} " in text, name
-    assert router_metric(router.url, "vfleet_router_requests_total", model="demo",
-                         status="200") >= 1  # fmt: skip
+    assert (
+        router_metric(router.url, "vfleet_router_requests_total", model="demo", status="200") >= 1
+    )
     assert metric_value(text, "vfleet_router_endpoint_healthy", endpoint=sim_a.url) == 1
     assert metric_value(text, "vfleet_router_request_duration_seconds_count") >= 1
 
@@ -384,8 +397,11 @@ def test_interim_100_continue_from_the_engine_is_not_the_answer() -> None:
     try:
         c = Client(rp.url)
         try:
-            alice = c.post("/v1/completions", {"model": "demo", "prompt": "alice's secret"},
-                           headers={"Expect": "100-continue"})  # fmt: skip
+            alice = c.post(
+                "/v1/completions",
+                {"model": "demo", "prompt": "alice's secret"},
+                headers={"Expect": "100-continue"},
+            )
         except http.client.HTTPException as exc:
             alice = Response(0, {}, repr(exc).encode())
         bob = c.post("/v1/completions", {"model": "demo", "prompt": "bob"})
@@ -402,8 +418,9 @@ def test_interim_100_continue_from_the_engine_is_not_the_answer() -> None:
 
 
 def test_openai_client_through_the_router(router: SimProcess) -> None:
-    with openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0,
-                       timeout=10) as client:  # fmt: skip
+    with openai.OpenAI(
+        base_url=router.url + "/v1", api_key="unused", max_retries=0, timeout=10
+    ) as client:
         assert {m.id for m in client.models.list().data} == {"demo", "emb"}
 
         stream = client.chat.completions.create(
@@ -431,16 +448,19 @@ def test_openai_client_through_the_router(router: SimProcess) -> None:
 def test_openai_client_with_router_api_key(router_factory: Factory, sim_a: SimProcess) -> None:
     rp = router_factory("--backend", sim_a.url, "--api-key", "sk-router", *HEALTH)
     no_key = {"Authorization": openai.omit}  # the request carries no Authorization header
-    with openai.OpenAI(base_url=rp.url + "/v1", api_key="sk-wrong", max_retries=0,
-                       timeout=10) as client:  # fmt: skip
+    with openai.OpenAI(
+        base_url=rp.url + "/v1", api_key="sk-wrong", max_retries=0, timeout=10
+    ) as client:
         for headers in (no_key, None):
             with pytest.raises(openai.AuthenticationError):
                 client.models.list(extra_headers=headers)
             with pytest.raises(openai.AuthenticationError):
-                client.completions.create(model="demo", prompt="hi", max_tokens=2,
-                                          extra_headers=headers)  # fmt: skip
-    with openai.OpenAI(base_url=rp.url + "/v1", api_key="sk-router", max_retries=0,
-                       timeout=10) as client:  # fmt: skip
+                client.completions.create(
+                    model="demo", prompt="hi", max_tokens=2, extra_headers=headers
+                )
+    with openai.OpenAI(
+        base_url=rp.url + "/v1", api_key="sk-router", max_retries=0, timeout=10
+    ) as client:
         assert [m.id for m in client.models.list().data] == ["demo"]
         out = client.completions.create(model="demo", prompt="hi", max_tokens=2)
         assert out.usage is not None and out.usage.completion_tokens >= 1
@@ -452,8 +472,9 @@ def test_openai_client_with_router_api_key(router_factory: Factory, sim_a: SimPr
 def test_round_robin_splits_evenly(
     router_factory: Factory, sim_a: SimProcess, sim_b: SimProcess
 ) -> None:
-    rp = router_factory("--backend", sim_a.url, "--backend", sim_b.url, "--policy",
-                        "round_robin", *HEALTH)  # fmt: skip
+    rp = router_factory(
+        "--backend", sim_a.url, "--backend", sim_b.url, "--policy", "round_robin", *HEALTH
+    )
     c = Client(rp.url)
     assert served([sim_a, sim_b], lambda: c.post("/v1/completions", COMPLETION), n=10) == [5, 5]
 
@@ -461,8 +482,9 @@ def test_round_robin_splits_evenly(
 def test_session_policy_keeps_a_user_on_one_engine(
     router_factory: Factory, sim_a: SimProcess, sim_b: SimProcess
 ) -> None:
-    rp = router_factory("--backend", sim_a.url, "--backend", sim_b.url, "--policy", "session",
-                        *HEALTH)  # fmt: skip
+    rp = router_factory(
+        "--backend", sim_a.url, "--backend", sim_b.url, "--policy", "session", *HEALTH
+    )
     c = Client(rp.url)
     seen: dict[str, set[int]] = {}
     for _ in range(3):  # interleaved, so a rotating policy would move users
@@ -484,8 +506,10 @@ def test_least_load_prefers_the_idle_engine(sim_factory: Factory, router_factory
     with raw_socket(rp.url) as sock:
         sock.sendall(http_request("POST", "/v1/completions", long))
         read_events(sock, 2)
-        running = [metric_value(Client(s.url).get("/metrics").body.decode(),
-                                "vllm:num_requests_running") for s in (x, y)]  # fmt: skip
+        running = [
+            metric_value(Client(s.url).get("/metrics").body.decode(), "vllm:num_requests_running")
+            for s in (x, y)
+        ]
         assert sorted(running) == [0, 1], running
         busy = running.index(1)
         delta = served([x, y], lambda: c.post("/v1/completions", COMPLETION), n=6)
@@ -495,8 +519,9 @@ def test_least_load_prefers_the_idle_engine(sim_factory: Factory, router_factory
 def test_prefix_policy_keeps_identical_long_prompts_together(
     router_factory: Factory, sim_a: SimProcess, sim_b: SimProcess
 ) -> None:
-    rp = router_factory("--backend", sim_a.url, "--backend", sim_b.url, "--policy", "prefix",
-                        *HEALTH)  # fmt: skip
+    rp = router_factory(
+        "--backend", sim_a.url, "--backend", sim_b.url, "--policy", "prefix", *HEALTH
+    )
     c = Client(rp.url)
     for topic in ("cats", "dogs"):
         body = {**COMPLETION, "prompt": f"You are an expert on {topic}. " * 40 + "Question?"}
@@ -511,8 +536,9 @@ def test_dead_backend_is_ejected_and_traffic_flows(
     router_factory: Factory, sim_a: SimProcess
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    rp = router_factory("--backend", dead, "--backend", sim_a.url, "--policy", "round_robin",
-                        *HEALTH)  # fmt: skip
+    rp = router_factory(
+        "--backend", dead, "--backend", sim_a.url, "--policy", "round_robin", *HEALTH
+    )
     c = Client(rp.url)
     for _ in range(8):
         resp = c.post("/v1/completions", COMPLETION)
@@ -525,8 +551,9 @@ def test_engine_that_dies_is_ejected_and_requests_retry(
     sim_factory: Factory, router_factory: Factory, sim_a: SimProcess
 ) -> None:
     x = sim_factory("--model", "demo", *INSTANT)
-    rp = router_factory("--backend", x.url, "--backend", sim_a.url, "--policy", "round_robin",
-                        *HEALTH)  # fmt: skip
+    rp = router_factory(
+        "--backend", x.url, "--backend", sim_a.url, "--policy", "round_robin", *HEALTH
+    )
     c = Client(rp.url)
     assert served([x, sim_a], lambda: c.post("/v1/completions", COMPLETION), n=2) == [1, 1]
     assert x.stop() == 0
@@ -557,8 +584,9 @@ def test_crashing_engine_requests_are_retried(
     sim_factory: Factory, router_factory: Factory, sim_a: SimProcess
 ) -> None:
     x = sim_factory("--model", "demo", *INSTANT, "--crash-after-requests", "2")
-    rp = router_factory("--backend", x.url, "--backend", sim_a.url, "--policy", "round_robin",
-                        *HEALTH)  # fmt: skip
+    rp = router_factory(
+        "--backend", x.url, "--backend", sim_a.url, "--policy", "round_robin", *HEALTH
+    )
     c = Client(rp.url)
     for _ in range(8):
         resp = c.post("/v1/completions", COMPLETION)
@@ -571,8 +599,17 @@ def test_hanging_engine_times_out_and_requests_retry(
     sim_factory: Factory, router_factory: Factory, sim_a: SimProcess
 ) -> None:
     h = sim_factory("--model", "demo", *INSTANT, "--hang-rate", "1.0")
-    rp = router_factory("--backend", h.url, "--backend", sim_a.url, "--policy", "round_robin",
-                        "--first-byte-timeout", "0.5", *HEALTH)  # fmt: skip
+    rp = router_factory(
+        "--backend",
+        h.url,
+        "--backend",
+        sim_a.url,
+        "--policy",
+        "round_robin",
+        "--first-byte-timeout",
+        "0.5",
+        *HEALTH,
+    )
     c = Client(rp.url)
     for _ in range(4):
         t0 = time.monotonic()
@@ -644,8 +681,9 @@ def test_router_api_key(router_factory: Factory, sim_a: SimProcess) -> None:
     rp = router_factory("--backend", sim_a.url, "--api-key", "k-one", *HEALTH)
     c = Client(rp.url)
     for headers in (None, bearer("wrong"), {"Authorization": "k-one"}, bearer("")):
-        assert_openai_error(c.post("/v1/completions", COMPLETION, headers=headers), 401,
-                            "authentication_error")  # fmt: skip
+        assert_openai_error(
+            c.post("/v1/completions", COMPLETION, headers=headers), 401, "authentication_error"
+        )
         assert_openai_error(c.get("/v1/models", headers=headers), 401, "authentication_error")
     assert c.post("/v1/completions", COMPLETION, headers=bearer("k-one")).status == 200
     assert c.get("/v1/models", headers=bearer("k-one")).status == 200
@@ -670,8 +708,9 @@ def test_api_keys_from_the_environment(router_factory: Factory, sim_a: SimProces
 
 def test_backend_api_key_is_sent_to_engines(sim_factory: Factory, router_factory: Factory) -> None:
     s = sim_factory("--model", "demo", *INSTANT, "--api-key", "engine-key")
-    rp = router_factory("--backend", s.url, "--api-key", "client-key", "--backend-api-key",
-                        "engine-key", *HEALTH)  # fmt: skip
+    rp = router_factory(
+        "--backend", s.url, "--api-key", "client-key", "--backend-api-key", "engine-key", *HEALTH
+    )
     c = Client(rp.url)
     auth = bearer("client-key")
     assert [m["id"] for m in c.get("/v1/models", headers=auth).json()["data"]] == ["demo"]
@@ -752,15 +791,18 @@ def test_rate_limit_per_key_answers_429_with_retry_after(
     sim = sim_factory("--model", "demo", "--profile", "instant")
     keys = tmp_path / "keys.txt"
     keys.write_text("# clients\nkey-a\n\nkey-b\n")
-    router = router_factory("--backend", sim.url, "--api-key-file", str(keys),
-                            "--rate-limit", "60")  # fmt: skip
+    router = router_factory("--backend", sim.url, "--api-key-file", str(keys), "--rate-limit", "60")
     body = json.dumps({"model": "demo", "prompt": "x", "max_tokens": 1}).encode()
 
     def post(key: str) -> tuple[int, dict[str, str]]:
         conn = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
         try:
-            conn.request("POST", "/v1/completions", body=body, headers={
-                "Content-Type": "application/json", "Authorization": f"Bearer {key}"})  # fmt: skip
+            conn.request(
+                "POST",
+                "/v1/completions",
+                body=body,
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+            )
             resp = conn.getresponse()
             resp.read()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}
@@ -805,8 +847,10 @@ def test_endpoints_url_feed_and_per_model_timeouts(
     try:
         router = router_factory("--config", str(config))
         c = Client(router.url)
-        assert wait_for(lambda: {m["id"] for m in c.get("/v1/models").json()["data"]}
-                        == {"demo", "slow"}, timeout_s=5)  # fmt: skip
+        assert wait_for(
+            lambda: {m["id"] for m in c.get("/v1/models").json()["data"]} == {"demo", "slow"},
+            timeout_s=5,
+        )
         ok = c.post("/v1/completions", {"model": "demo", "prompt": "x", "max_tokens": 1})
         assert ok.status == 200
         start = time.monotonic()

@@ -62,10 +62,10 @@ def test_burst_at_zero_is_held_then_served_in_order_once_the_engine_is_ready(
 ) -> None:
     feed = tmp_path / "endpoints.json"
     write_endpoints(feed, [])
-    router = router_factory("--endpoints-file", str(feed), "--model", "cold",
-                            "--hold-timeout", "60")  # fmt: skip
-    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0,
-                           timeout=60)  # fmt: skip
+    router = router_factory(
+        "--endpoints-file", str(feed), "--model", "cold", "--hold-timeout", "60"
+    )
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     clients, steps = 100, 3
     got: dict[int, list[int]] = {}
     failed: list[BaseException] = []
@@ -76,9 +76,11 @@ def test_burst_at_zero_is_held_then_served_in_order_once_the_engine_is_ready(
             for step in range(steps):
                 # Each request asks for its own length: the answers show which request each is.
                 resp = client.completions.create(
-                    model="cold", prompt=f"client {i} step {step}", max_tokens=1 + step,
+                    model="cold",
+                    prompt=f"client {i} step {step}",
+                    max_tokens=1 + step,
                     extra_body={"ignore_eos": True},
-                )  # fmt: skip
+                )
                 assert resp.usage is not None
                 tokens.append(resp.usage.completion_tokens)
             got[i] = tokens
@@ -92,10 +94,12 @@ def test_burst_at_zero_is_held_then_served_in_order_once_the_engine_is_ready(
         assert wait_for(lambda: held(router.url) == clients, timeout_s=20)
         # The engine is listed as starting before it is up, as the supervisor does on a wake.
         port = free_port()
-        write_endpoints(feed, [{"url": f"http://127.0.0.1:{port}", "models": ["cold"],
-                                "state": "starting"}])  # fmt: skip
-        sim_factory("--model", "cold", "--profile", "instant", "--port", str(port),
-                    "--startup-delay", "2")  # fmt: skip
+        write_endpoints(
+            feed, [{"url": f"http://127.0.0.1:{port}", "models": ["cold"], "state": "starting"}]
+        )
+        sim_factory(
+            "--model", "cold", "--profile", "instant", "--port", str(port), "--startup-delay", "2"
+        )
     finally:
         for t in threads:
             t.join(timeout=60)
@@ -107,8 +111,11 @@ def test_burst_at_zero_is_held_then_served_in_order_once_the_engine_is_ready(
     assert metric_value(text, "vfleet_router_held_requests", model="cold") == 0
     assert metric_value(text, "vfleet_router_hold_seconds_count", model="cold") == clients
     assert 'status="503"' not in text
-    assert demand(router.url)["models"]["cold"] == {"inflight": 0, "held": 0,
-                                                    "requests": clients * steps}  # fmt: skip
+    assert demand(router.url)["models"]["cold"] == {
+        "inflight": 0,
+        "held": 0,
+        "requests": clients * steps,
+    }
 
 
 def test_engine_listed_as_starting_is_not_served_before_its_health_answers(
@@ -124,10 +131,12 @@ def test_engine_listed_as_starting_is_not_served_before_its_health_answers(
     sock = send_held(router.url)  # a model only a starting engine serves: held, not refused
     try:
         assert wait_for(lambda: held(router.url) == 1)
-        assert metric_value(metrics(router.url), "vfleet_router_endpoint_healthy",
-                            endpoint=url) == 0  # fmt: skip
-        sim_factory("--model", "cold", "--profile", "instant", "--port", str(port),
-                    "--startup-delay", "1")  # fmt: skip
+        assert (
+            metric_value(metrics(router.url), "vfleet_router_endpoint_healthy", endpoint=url) == 0
+        )
+        sim_factory(
+            "--model", "cold", "--profile", "instant", "--port", str(port), "--startup-delay", "1"
+        )
         sock.settimeout(20)
         reply = sock.recv(65536)
         assert reply.startswith(b"HTTP/1.1 200"), reply
@@ -154,8 +163,9 @@ def test_held_request_for_a_model_whose_engines_are_all_down_gets_503_at_its_dea
 
 def test_full_hold_queue_gives_429_with_retry_after(router_factory: Factory) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    router = router_factory("--backend", dead, "--model", "cold", "--hold-max-queued", "2",
-                            "--hold-timeout", "30")  # fmt: skip
+    router = router_factory(
+        "--backend", dead, "--model", "cold", "--hold-max-queued", "2", "--hold-timeout", "30"
+    )
     socks = [send_held(router.url) for _ in range(2)]
     try:
         assert wait_for(lambda: held(router.url) == 2)
@@ -166,8 +176,7 @@ def test_full_hold_queue_gives_429_with_retry_after(router_factory: Factory) -> 
         text = metrics(router.url)
         assert metric_value(text, "vfleet_router_hold_rejected_total", model="cold") == 1
         assert metric_value(text, "vfleet_router_held_requests", model="cold") == 2
-        assert metric_value(text, "vfleet_router_requests_total", model="cold",
-                            status="429") == 1  # fmt: skip
+        assert metric_value(text, "vfleet_router_requests_total", model="cold", status="429") == 1
     finally:
         for s in socks:
             s.close()
@@ -205,10 +214,10 @@ def test_release_cap_lets_held_requests_through_as_engines_finish(
     config.write_text("hold_release_max_inflight: 1\nhold_timeout_s: 30\n")
     feed = tmp_path / "endpoints.json"
     write_endpoints(feed, [])
-    router = router_factory("--config", str(config), "--endpoints-file", str(feed),
-                            "--model", "cold")  # fmt: skip
-    socks = [send_held(router.url, {**HOLD, "max_tokens": 5, "ignore_eos": True})
-             for _ in range(5)]  # fmt: skip
+    router = router_factory(
+        "--config", str(config), "--endpoints-file", str(feed), "--model", "cold"
+    )
+    socks = [send_held(router.url, {**HOLD, "max_tokens": 5, "ignore_eos": True}) for _ in range(5)]
     try:
         assert wait_for(lambda: held(router.url) == 5)
         sim = sim_factory("--model", "cold", "--profile", "instant", "--step-base-ms", "5")

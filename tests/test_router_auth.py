@@ -23,20 +23,41 @@ FLAG_WARNING = "visible to every local user"
 # -- pure -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", [
-    b"Bearer sk-beta", b"bearer sk-beta", b"BEARER sk-beta", b"bEaReR sk-beta",
-    b"Bearer  sk-beta", b"Bearer\tsk-beta", b"  Bearer sk-beta  ", b"Bearer sk-beta\t",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Bearer sk-beta",
+        b"bearer sk-beta",
+        b"BEARER sk-beta",
+        b"bEaReR sk-beta",
+        b"Bearer  sk-beta",
+        b"Bearer\tsk-beta",
+        b"  Bearer sk-beta  ",
+        b"Bearer sk-beta\t",
+    ],
+)
 def test_spellings_of_one_credential_verify_to_one_identity(header: bytes) -> None:
     assert auth.verify(header, KEYS) == 1
-    assert auth.limit_key(header, KEYS) == auth.identity(1) == auth.limit_key(b"Bearer sk-beta",
-                                                                              KEYS)  # fmt: skip
+    assert (
+        auth.limit_key(header, KEYS) == auth.identity(1) == auth.limit_key(b"Bearer sk-beta", KEYS)
+    )
 
 
-@pytest.mark.parametrize("header", [
-    b"", b"Bearer", b"Bearer ", b"Bearersk-beta", b"Basic sk-beta", b"sk-beta",
-    b"Bearer sk-bet", b"Bearer sk-beta2", b"Bearer sk-beta sk-alpha", b"Token sk-alpha",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"",
+        b"Bearer",
+        b"Bearer ",
+        b"Bearersk-beta",
+        b"Basic sk-beta",
+        b"sk-beta",
+        b"Bearer sk-bet",
+        b"Bearer sk-beta2",
+        b"Bearer sk-beta sk-alpha",
+        b"Token sk-alpha",
+    ],
+)
 def test_anything_else_is_refused(header: bytes) -> None:
     assert auth.verify(header, KEYS) is None
 
@@ -73,11 +94,20 @@ def test_spelling_variants_share_one_rate_limit(
     keys = _key_file(tmp_path, "keys", "sk-alpha", "sk-beta")
     router = router_factory("--backend", sim.url, "--api-key-file", keys, "--rate-limit", "60")
     c = Client(router.url)
-    spellings = ["Bearer sk-alpha", "bearer sk-alpha", "BEARER sk-alpha", "Bearer  sk-alpha",
-                 "Bearer\tsk-alpha", "bEARER sk-alpha", "BeArEr sk-alpha"]  # fmt: skip
+    spellings = [
+        "Bearer sk-alpha",
+        "bearer sk-alpha",
+        "BEARER sk-alpha",
+        "Bearer  sk-alpha",
+        "Bearer\tsk-alpha",
+        "bEARER sk-alpha",
+        "BeArEr sk-alpha",
+    ]
     # 60 a minute: a burst of 6, then 429, however the scheme is spelt
-    statuses = [c.post("/v1/completions", COMPLETION, headers={"Authorization": h}).status
-                for h in spellings]  # fmt: skip
+    statuses = [
+        c.post("/v1/completions", COMPLETION, headers={"Authorization": h}).status
+        for h in spellings
+    ]
     assert statuses == [200] * 6 + [429]
     other = c.post("/v1/completions", COMPLETION, headers={"Authorization": "bearer sk-beta"})
     assert other.status == 200  # another key, its own bucket
@@ -88,8 +118,7 @@ def test_metrics_need_the_admin_key_and_ready_names_no_engine(
 ) -> None:
     keys = _key_file(tmp_path, "keys", "sk-client")
     admin = _key_file(tmp_path, "admin", "sk-admin")
-    router = router_factory("--backend", sim.url, "--api-key-file", keys,
-                            "--admin-key-file", admin)  # fmt: skip
+    router = router_factory("--backend", sim.url, "--api-key-file", keys, "--admin-key-file", admin)
     c = Client(router.url)
     for headers in (None, {"Authorization": "Bearer sk-client"}, {"Authorization": "sk-admin"}):
         resp = c.get("/metrics", headers=headers)
@@ -106,11 +135,14 @@ def test_metrics_need_the_admin_key_and_ready_names_no_engine(
     assert sim.url.encode() not in ready.body
     assert str(sim.port).encode() not in ready.body
     # the admin key is not a client key
-    admin_as_client = c.post("/v1/completions", COMPLETION,
-                             headers={"Authorization": "Bearer sk-admin"})  # fmt: skip
+    admin_as_client = c.post(
+        "/v1/completions", COMPLETION, headers={"Authorization": "Bearer sk-admin"}
+    )
     assert admin_as_client.status == 401
-    assert c.post("/v1/completions", COMPLETION,
-                  headers={"Authorization": "Bearer sk-client"}).status == 200  # fmt: skip
+    assert (
+        c.post("/v1/completions", COMPLETION, headers={"Authorization": "Bearer sk-client"}).status
+        == 200
+    )
 
 
 def test_admin_key_from_the_environment(router_factory: Factory, sim: SimProcess) -> None:
@@ -144,8 +176,10 @@ def test_a_key_on_the_command_line_works_with_a_warning(
 ) -> None:
     router = router_factory("--backend", sim.url, "--api-key", "sk-flag")
     c = Client(router.url)
-    assert c.post("/v1/completions", COMPLETION,
-                  headers={"Authorization": "Bearer sk-flag"}).status == 200  # fmt: skip
+    assert (
+        c.post("/v1/completions", COMPLETION, headers={"Authorization": "Bearer sk-flag"}).status
+        == 200
+    )
     warnings = [line for line in router.log if FLAG_WARNING in line]
     assert len(warnings) == 1, router.log
     assert "sk-flag" not in warnings[0]

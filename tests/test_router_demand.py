@@ -41,11 +41,13 @@ def test_rows_are_summed_per_model_and_endpoint() -> None:
     assert table.endpoints() == {"http://e1": 1}
     assert table.held() == 3
     assert table.as_dict() == {
-        "models": {"m": {"inflight": 2, "held": 3, "requests": 5},
-                   "n": {"inflight": 0, "held": 0, "requests": 1}},
+        "models": {
+            "m": {"inflight": 2, "held": 3, "requests": 5},
+            "n": {"inflight": 0, "held": 0, "requests": 1},
+        },
         "endpoints": {"http://e1": 1},
         "workers": 3,
-    }  # fmt: skip
+    }
 
 
 def test_endpoint_slot_is_reclaimed_once_unlisted_and_idle() -> None:
@@ -264,8 +266,9 @@ def test_demand_needs_an_api_key_when_keys_are_set(router_factory: Factory) -> N
 
 def test_demand_is_summed_over_workers(router_factory: Factory) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    router = router_factory("--backend", dead, "--model", "cold", "--hold-timeout", "30",
-                            "--workers", "2")  # fmt: skip
+    router = router_factory(
+        "--backend", dead, "--model", "cold", "--hold-timeout", "30", "--workers", "2"
+    )
     # Both workers listening, connections spread over them (SO_REUSEPORT hashes each address).
     assert wait_for(lambda: sum("ready on" in line for line in router.log) == 2)
     n = 24
@@ -278,9 +281,14 @@ def test_demand_is_summed_over_workers(router_factory: Factory) -> None:
             assert body["workers"] == 2
             assert body["models"]["cold"]["held"] == n
         # Each worker's own gauge shows only its share: no one worker holds them all.
-        shares = [metric_value(Client(router.url).get("/metrics").body.decode(),
-                               "vfleet_router_held_requests", model="cold")
-                  for _ in range(20)]  # fmt: skip
+        shares = [
+            metric_value(
+                Client(router.url).get("/metrics").body.decode(),
+                "vfleet_router_held_requests",
+                model="cold",
+            )
+            for _ in range(20)
+        ]
         assert max(shares) < n, shares
     finally:
         for s in socks:
@@ -290,8 +298,9 @@ def test_demand_is_summed_over_workers(router_factory: Factory) -> None:
 
 def test_long_poll_answers_when_a_request_is_held(router_factory: Factory) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    router = router_factory("--backend", dead, "--model", "cold", "--hold-timeout", "30",
-                            "--workers", "2")  # fmt: skip
+    router = router_factory(
+        "--backend", dead, "--model", "cold", "--hold-timeout", "30", "--workers", "2"
+    )
     assert demand(router.url, "?wait_s=0.05")["models"]["cold"]["held"] == 0  # times out empty
     answers: list[tuple[float, dict[str, Any]]] = []
 
@@ -323,11 +332,23 @@ def test_counts_return_to_zero_after_mixed_traffic(
     ok = sim_factory("--model", "m", "--profile", "instant", "--step-base-ms", "5")
     bad = sim_factory("--model", "m", "--profile", "instant", "--error-rate", "1.0")
     dead = f"http://127.0.0.1:{free_port()}"
-    router = router_factory("--backend", ok.url, "--backend", bad.url, "--backend", f"{dead}=cold",
-                            "--policy", "round_robin", "--hold-timeout", "0.5")  # fmt: skip
+    router = router_factory(
+        "--backend",
+        ok.url,
+        "--backend",
+        bad.url,
+        "--backend",
+        f"{dead}=cold",
+        "--policy",
+        "round_robin",
+        "--hold-timeout",
+        "0.5",
+    )
     c = Client(router.url, 20)
-    statuses = [c.post("/v1/completions", {"model": "m", "prompt": "x", "max_tokens": 3}).status
-                for _ in range(8)]  # fmt: skip
+    statuses = [
+        c.post("/v1/completions", {"model": "m", "prompt": "x", "max_tokens": 3}).status
+        for _ in range(8)
+    ]
     assert sorted(set(statuses)) == [200, 500], statuses
     # A stream the client drops after its first chunk.
     body = {"model": "m", "prompt": "x", "max_tokens": 500, "ignore_eos": True, "stream": True}

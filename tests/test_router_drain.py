@@ -43,8 +43,9 @@ class Stream:
 
     def __init__(self, url: str) -> None:
         self.http = http.client.HTTPConnection(*_address(url), timeout=30)
-        self.http.request("POST", "/v1/completions", json.dumps(STREAM),
-                          {"Content-Type": "application/json"})  # fmt: skip
+        self.http.request(
+            "POST", "/v1/completions", json.dumps(STREAM), {"Content-Type": "application/json"}
+        )
         self.resp = self.http.getresponse()
         assert self.resp.status == 200
         self.first = self.resp.readline()

@@ -72,8 +72,11 @@ def endpoint_health(router: SimProcess) -> dict[str, bool]:
     """Every endpoint the router knows, and whether it passes health probes."""
     text = Client(router.url).get("/metrics").body.decode()
     prefix = 'vfleet_router_endpoint_healthy{endpoint="'
-    return {line[len(prefix) :].partition('"')[0]: float(line.rpartition(" ")[2]) == 1.0
-            for line in text.splitlines() if line.startswith(prefix)}  # fmt: skip
+    return {
+        line[len(prefix) :].partition('"')[0]: float(line.rpartition(" ")[2]) == 1.0
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
 
 
 def known(router: SimProcess) -> set[str]:
@@ -82,14 +85,18 @@ def known(router: SimProcess) -> set[str]:
 
 def becomes(router: SimProcess, urls: set[str], timeout_s: float = 10.0) -> bool:
     """Wait (bounded) until the router knows exactly `urls`, all of them healthy."""
-    return wait_for(lambda: endpoint_health(router) == dict.fromkeys(urls, True),
-                    timeout_s=timeout_s)  # fmt: skip
+    return wait_for(
+        lambda: endpoint_health(router) == dict.fromkeys(urls, True), timeout_s=timeout_s
+    )
 
 
 def successes(sim: SimProcess) -> float:
     text = Client(sim.url).get("/metrics").body.decode()
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith("vllm:request_success_total{"))  # fmt: skip
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total{")
+    )
 
 
 def serve_some(router: SimProcess, sims: list[SimProcess], n: int = 6) -> list[float]:
@@ -117,9 +124,12 @@ def pod_port(sim: SimProcess, **kw: Any) -> dict[str, Any]:
 
 
 def test_only_ready_running_undeleted_matching_pods_serve(
-    kube: FakeKube, router_factory: Factory, sim_a: SimProcess, sim_b: SimProcess,
+    kube: FakeKube,
+    router_factory: Factory,
+    sim_a: SimProcess,
+    sim_b: SimProcess,
     sim_other: SimProcess,
-) -> None:  # fmt: skip
+) -> None:
     kube.add_pod("ready", **pod_port(sim_a))
     kube.add_pod("not-ready", **pod_port(sim_b, ready=False))
     kube.add_pod("pending", **pod_port(sim_b, phase="Pending", ip=None))
@@ -206,8 +216,9 @@ def test_silently_stale_watch_is_corrected_by_the_periodic_relist(
     assert serve_some(router, [sim_a, sim_b]) == [6, 0]
 
 
-@pytest.mark.parametrize("how", ["error-event-on-open-watch", "error-event-on-resume",
-                                 "http-410-on-resume"])  # fmt: skip
+@pytest.mark.parametrize(
+    "how", ["error-event-on-open-watch", "error-event-on-resume", "http-410-on-resume"]
+)
 def test_410_gone_makes_the_router_list_again(
     how: str, router_factory: Factory, sim_a: SimProcess, sim_b: SimProcess
 ) -> None:
@@ -253,16 +264,23 @@ def test_bookmarks_move_the_version_the_watch_resumes_from(
 
 
 def test_models_from_the_label_or_from_the_engine(
-    kube: FakeKube, router_factory: Factory, sim_a: SimProcess, sim_b: SimProcess,
+    kube: FakeKube,
+    router_factory: Factory,
+    sim_a: SimProcess,
+    sim_b: SimProcess,
     sim_other: SimProcess,
-) -> None:  # fmt: skip
+) -> None:
     kube.add_pod("a", **pod_port(sim_a, labels={**LABELS, "vfleet.io/model": "demo"}))
     kube.add_pod("b", **pod_port(sim_b, labels={**LABELS, "vfleet.io/model": "labelled"}))
     kube.add_pod("c", **pod_port(sim_other))  # no label: /v1/models says "other"
     router = start_kube_router(router_factory, kube)
     c = Client(router.url)
-    assert wait_for(lambda: {m["id"] for m in c.get("/v1/models").json()["data"]}
-                    == {"demo", "labelled", "other"}, timeout_s=10)  # fmt: skip
+    assert wait_for(
+        lambda: (
+            {m["id"] for m in c.get("/v1/models").json()["data"]} == {"demo", "labelled", "other"}
+        ),
+        timeout_s=10,
+    )
     # The label decides: b is not asked for demo, though its engine serves it.
     assert serve_some(router, [sim_a, sim_b]) == [6, 0]
     other = c.post("/v1/completions", {**COMPLETION, "model": "other"})
@@ -273,8 +291,9 @@ def test_port_from_the_annotation_or_the_default_flag(
     kube: FakeKube, router_factory: Factory, sim_a: SimProcess, sim_b: SimProcess
 ) -> None:
     kube.add_pod("no-named-port", port=None, labels=dict(LABELS))
-    kube.add_pod("annotated", port=1, labels=dict(LABELS),
-                 annotations={"vfleet.io/port": str(sim_b.port)})  # fmt: skip
+    kube.add_pod(
+        "annotated", port=1, labels=dict(LABELS), annotations={"vfleet.io/port": str(sim_b.port)}
+    )
     router = start_kube_router(router_factory, kube, "--k8s-port", str(sim_a.port))
     assert becomes(router, {sim_a.url, sim_b.url})
 
@@ -282,8 +301,20 @@ def test_port_from_the_annotation_or_the_default_flag(
 @pytest.fixture
 def sim_v6() -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A sim on the IPv6 loopback (start_sim only knows 127.0.0.1)."""
-    cmd = [sys.executable, "-m", "vfleet", "sim", "--host", "::1", "--port", "0", "--model", "demo",
-           "--profile", "instant"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "vfleet",
+        "sim",
+        "--host",
+        "::1",
+        "--port",
+        "0",
+        "--model",
+        "demo",
+        "--profile",
+        "instant",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     line = proc.stderr.readline()  # the ready line (bounded by the test timeout)
@@ -334,9 +365,18 @@ def test_unreachable_api_server_keeps_the_router_up_and_retrying(
     router_factory: Factory, sim_a: SimProcess, sim_b: SimProcess
 ) -> None:
     port = free_port()
-    router = router_factory("--k8s-api-url", f"http://127.0.0.1:{port}", "--k8s-selector",
-                            SELECTOR, "--backend", sim_a.url, "--health-interval", "0.2",
-                            "--k8s-resync", "2")  # retries back off to 2 s at most  # fmt: skip
+    router = router_factory(
+        "--k8s-api-url",
+        f"http://127.0.0.1:{port}",
+        "--k8s-selector",
+        SELECTOR,
+        "--backend",
+        sim_a.url,
+        "--health-interval",
+        "0.2",
+        "--k8s-resync",
+        "2",
+    )  # retries back off to 2 s at most
     assert becomes(router, {sim_a.url})  # static backends serve meanwhile
     assert serve_some(router, [sim_a], n=2) == [2]
     assert wait_for(lambda: sum("listing pods again in" in line for line in router.log) >= 3)
@@ -374,30 +414,50 @@ def test_kubeconfig_credentials_and_namespace_are_used(
             "users:\n- name: me\n  user:\n    token: s3cret\n"
             "contexts:\n- name: test\n  context: {cluster: fake, user: me, namespace: llm}\n"
         )
-        router = router_factory("--k8s-selector", SELECTOR, "--health-interval", "0.2",
-                                env={"KUBECONFIG": str(config)})  # fmt: skip
+        router = router_factory(
+            "--k8s-selector", SELECTOR, "--health-interval", "0.2", env={"KUBECONFIG": str(config)}
+        )
         assert becomes(router, {sim_a.url})
         assert kube.lists()[0].path == "/api/v1/namespaces/llm/pods"
 
 
 def run_router(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1", "--port", "0", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "env", "needle"),
     [
-        (("--k8s-selector", SELECTOR), {"KUBECONFIG": "/nonexistent/kubeconfig"},
-         "/nonexistent/kubeconfig"),
+        (
+            ("--k8s-selector", SELECTOR),
+            {"KUBECONFIG": "/nonexistent/kubeconfig"},
+            "/nonexistent/kubeconfig",
+        ),
         (("--k8s-selector", " "), {}, "k8s_selector is empty"),
         (("--k8s-namespace", "llm", "--backend", "http://127.0.0.1:1"), {}, "--k8s-selector"),
-        (("--k8s-selector", SELECTOR, "--k8s-api-url", "http://127.0.0.1:1",
-          "--k8s-resync", "0"), {}, "k8s_resync_s"),
+        (
+            (
+                "--k8s-selector",
+                SELECTOR,
+                "--k8s-api-url",
+                "http://127.0.0.1:1",
+                "--k8s-resync",
+                "0",
+            ),
+            {},
+            "k8s_resync_s",
+        ),
     ],
     ids=["missing-kubeconfig", "empty-selector", "namespace-without-selector", "zero-resync"],
-)  # fmt: skip
+)
 def test_unusable_settings_are_one_line_errors(
     args: tuple[str, ...], env: dict[str, str], needle: str
 ) -> None:
@@ -440,8 +500,9 @@ def test_large_pod_sets_are_listed_in_pages(kube: FakeKube) -> None:
         kube.add_pod(f"p{i}", port=9000 + i, labels=dict(LABELS))
     target = load_target(RouterConfig(k8s_selector=SELECTOR, k8s_api_url=kube.url))
     assert isinstance(target, KubeTarget)
-    target = KubeTarget(target.config, target.namespace, target.selector, target.rules,
-                        resync_s=60.0, page_size=2)  # fmt: skip
+    target = KubeTarget(
+        target.config, target.namespace, target.selector, target.rules, resync_s=60.0, page_size=2
+    )
     published: list[list[PodEndpoint]] = []
 
     async def main() -> None:
@@ -454,8 +515,9 @@ def test_large_pod_sets_are_listed_in_pages(kube: FakeKube) -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
-    assert sorted(ep.url for ep in published[0]) == [f"http://127.0.0.1:{9000 + i}"
-                                                     for i in range(5)]  # fmt: skip
+    assert sorted(ep.url for ep in published[0]) == [
+        f"http://127.0.0.1:{9000 + i}" for i in range(5)
+    ]
     pages = kube.lists()
     assert [r.params.get("limit") for r in pages] == ["2", "2", "2"]
     assert "continue" not in pages[0].params and all("continue" in r.params for r in pages[1:])

@@ -25,8 +25,9 @@ def test_known_model_without_engine_is_held_then_503_with_retry_after(
     sim_factory: Factory, router_factory: Factory
 ) -> None:
     sim = sim_factory("--model", "warm", "--profile", "instant")
-    router = router_factory("--backend", sim.url, "--model", "cold", "--model", "warm",
-                            "--hold-timeout", "0.3")  # fmt: skip
+    router = router_factory(
+        "--backend", sim.url, "--model", "cold", "--model", "warm", "--hold-timeout", "0.3"
+    )
     resp = Client(router.url).post("/v1/chat/completions", {"model": "cold", "messages": []})
     assert resp.status == 503
     assert "no ready replica" in resp.error["message"]
@@ -35,8 +36,12 @@ def test_known_model_without_engine_is_held_then_503_with_retry_after(
     assert status == 404  # names the router was not told about stay unknown
     assert _chat(router.url, "warm")[0] == 200
     metrics = request(router.url, "GET", "/metrics")[1].decode()
-    assert metric_value(metrics, "vfleet_router_requests_total",
-                        model="cold", endpoint="-", status="503") == 1  # fmt: skip
+    assert (
+        metric_value(
+            metrics, "vfleet_router_requests_total", model="cold", endpoint="-", status="503"
+        )
+        == 1
+    )
     assert metric_value(metrics, "vfleet_router_hold_timeouts_total", model="cold") == 1
 
 
@@ -54,8 +59,9 @@ def test_held_request_is_served_once_an_engine_appears(
 ) -> None:
     feed = tmp_path / "endpoints.json"
     feed.write_text("[]")
-    router = router_factory("--endpoints-file", str(feed), "--model", "cold",
-                            "--health-interval", "0.2")  # fmt: skip
+    router = router_factory(
+        "--endpoints-file", str(feed), "--model", "cold", "--health-interval", "0.2"
+    )
     result: list[tuple[int, bytes]] = []
     t = threading.Thread(target=lambda: result.append(_chat(router.url, "cold", timeout=30)))
     t.start()

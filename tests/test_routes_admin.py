@@ -18,11 +18,21 @@ from conftest import SimProcess, start_sim
 from httpclient import Client, Conn, RawReader, Response, http_request, raw_socket, wait_for
 
 MAX_LEN = 512  # gen_sim's --max-model-len
-PERMISSION_KEYS = ["id", "object", "created", "allow_create_engine", "allow_sampling",
-                   "allow_logprobs", "allow_search_indices", "allow_view", "allow_fine_tuning",
-                   "organization", "group", "is_blocking"]  # fmt: skip
-CARD_KEYS = ["id", "object", "created", "owned_by", "root", "parent", "max_model_len",
-             "permission"]  # fmt: skip
+PERMISSION_KEYS = [
+    "id",
+    "object",
+    "created",
+    "allow_create_engine",
+    "allow_sampling",
+    "allow_logprobs",
+    "allow_search_indices",
+    "allow_view",
+    "allow_fine_tuning",
+    "organization",
+    "group",
+    "is_blocking",
+]
+CARD_KEYS = ["id", "object", "created", "owned_by", "root", "parent", "max_model_len", "permission"]
 UNAUTHORIZED = {"error": "Unauthorized"}
 NOT_FOUND = {"detail": "Not Found"}
 MSGS = [{"role": "user", "content": "hello"}]
@@ -36,8 +46,15 @@ def gen(gen_sim: SimProcess) -> Client:
 @pytest.fixture(scope="module")
 def slow_sim() -> Iterator[SimProcess]:
     """10 ms per engine step, so requests stay in flight long enough to observe."""
-    sp = start_sim("--model", "slow", "--profile", "instant", "--step-base-ms", "10",
-                   "--enable-server-load-tracking")  # fmt: skip
+    sp = start_sim(
+        "--model",
+        "slow",
+        "--profile",
+        "instant",
+        "--step-base-ms",
+        "10",
+        "--enable-server-load-tracking",
+    )
     yield sp
     sp.stop()
 
@@ -45,17 +62,29 @@ def slow_sim() -> Iterator[SimProcess]:
 @pytest.fixture(scope="module")
 def static_sim() -> Iterator[SimProcess]:
     """Two served names and an adapter loaded at start; 5 ms steps; no load tracking."""
-    sp = start_sim("--model", "/models/base", "--served-model-name", "base",
-                   "--served-model-name", "alias", "--lora-modules", "sql=/adapters/sql",
-                   "--profile", "instant", "--step-base-ms", "5")  # fmt: skip
+    sp = start_sim(
+        "--model",
+        "/models/base",
+        "--served-model-name",
+        "base",
+        "--served-model-name",
+        "alias",
+        "--lora-modules",
+        "sql=/adapters/sql",
+        "--profile",
+        "instant",
+        "--step-base-ms",
+        "5",
+    )
     yield sp
     sp.stop()
 
 
 @pytest.fixture(scope="module")
 def auth_sim() -> Iterator[SimProcess]:
-    sp = start_sim("--model", "locked", "--profile", "instant", "--api-key", "key-one",
-                   "--api-key", "key-two")  # fmt: skip
+    sp = start_sim(
+        "--model", "locked", "--profile", "instant", "--api-key", "key-one", "--api-key", "key-two"
+    )
     yield sp
     sp.stop()
 
@@ -67,16 +96,19 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 
 
 def completion(c: Client, max_tokens: int, **body: Any) -> Response:
-    return c.post("/v1/completions", {"prompt": "in flight", "max_tokens": max_tokens,
-                                      "ignore_eos": True, **body})  # fmt: skip
+    return c.post(
+        "/v1/completions",
+        {"prompt": "in flight", "max_tokens": max_tokens, "ignore_eos": True, **body},
+    )
 
 
 def metric(c: Client, name: str, **labels: str) -> float:
     return c.metric(name, **labels)
 
 
-def check_card(card: dict[str, Any], id_: str, root: str, parent: str | None,
-               max_len: int | None) -> None:  # fmt: skip
+def check_card(
+    card: dict[str, Any], id_: str, root: str, parent: str | None, max_len: int | None
+) -> None:
     assert list(card) == CARD_KEYS
     assert card["id"] == id_ and card["root"] == root and card["parent"] == parent
     assert card["max_model_len"] == max_len
@@ -87,9 +119,14 @@ def check_card(card: dict[str, Any], id_: str, root: str, parent: str | None,
     assert re.fullmatch(r"modelperm-[0-9a-f]{32}", perm["id"])
     assert perm["object"] == "model_permission"
     assert perm["created"] == card["created"]
-    assert (perm["allow_create_engine"], perm["allow_sampling"], perm["allow_logprobs"],
-            perm["allow_search_indices"], perm["allow_view"], perm["allow_fine_tuning"]) == (
-        False, True, True, False, True, False)  # fmt: skip
+    assert (
+        perm["allow_create_engine"],
+        perm["allow_sampling"],
+        perm["allow_logprobs"],
+        perm["allow_search_indices"],
+        perm["allow_view"],
+        perm["allow_fine_tuning"],
+    ) == (False, True, True, False, True, False)
     assert perm["organization"] == "*" and perm["group"] is None
     assert perm["is_blocking"] is False
 
@@ -155,8 +192,12 @@ def test_metrics(gen: Client) -> None:
 
 
 def test_unknown_route_is_404(gen: Client) -> None:
-    for method, path in (("GET", "/nope"), ("POST", "/v1/nope"), ("GET", "/v1"),
-                         ("GET", "/v1/models/demo/extra")):  # fmt: skip
+    for method, path in (
+        ("GET", "/nope"),
+        ("POST", "/v1/nope"),
+        ("GET", "/v1"),
+        ("GET", "/v1/models/demo/extra"),
+    ):
         resp = gen.request(method, path)
         assert resp.status == 404, path
         assert resp.json() == NOT_FOUND
@@ -164,9 +205,16 @@ def test_unknown_route_is_404(gen: Client) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/completions"), ("GET", "/v1/chat/completions"), ("POST", "/v1/models"),
-     ("DELETE", "/health"), ("POST", "/version"), ("GET", "/tokenize"), ("PUT", "/load")],
-)  # fmt: skip
+    [
+        ("GET", "/v1/completions"),
+        ("GET", "/v1/chat/completions"),
+        ("POST", "/v1/models"),
+        ("DELETE", "/health"),
+        ("POST", "/version"),
+        ("GET", "/tokenize"),
+        ("PUT", "/load"),
+    ],
+)
 def test_wrong_method_is_405(gen: Client, method: str, path: str) -> None:
     resp = gen.request(method, path)
     assert resp.status == 405
@@ -270,9 +318,15 @@ def test_detokenize_round_trip(gen: Client, text: str) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"tokens": [-1]}, {"tokens": ["a"]}, {"tokens": "abc"}, {"tokens": [1.5]}, {},
-     {"tokens": [1, None]}],
-)  # fmt: skip
+    [
+        {"tokens": [-1]},
+        {"tokens": ["a"]},
+        {"tokens": "abc"},
+        {"tokens": [1.5]},
+        {},
+        {"tokens": [1, None]},
+    ],
+)
 def test_detokenize_bad_tokens_are_400(gen: Client, body: dict[str, Any]) -> None:
     resp = gen.post("/detokenize", body)
     assert resp.status == 400, resp.body
@@ -290,8 +344,12 @@ def test_tokenize_bad_bodies_are_400(gen: Client, body: dict[str, Any]) -> None:
 def test_tokenize_unknown_model_is_404(gen: Client, path: str) -> None:
     resp = gen.post(path, {"model": "who", "prompt": "x", "tokens": [1]})
     assert resp.status == 404
-    assert resp.error == {"message": "The model `who` does not exist.", "type": "NotFoundError",
-                          "param": "model", "code": 404}  # fmt: skip
+    assert resp.error == {
+        "message": "The model `who` does not exist.",
+        "type": "NotFoundError",
+        "param": "model",
+        "code": 404,
+    }
 
 
 def test_tokenize_invalid_json_is_400(gen: Client) -> None:
@@ -311,8 +369,10 @@ def test_lora_load_list_use_unload(gen: Client) -> None:
         cards = gen.get("/v1/models").json()["data"]
         assert [c["id"] for c in cards] == ["demo", "ad1"]
         check_card(cards[1], "ad1", "/loras/ad1", "demo", None)
-        for path, body in (("/v1/completions", {"prompt": "x"}),
-                           ("/v1/chat/completions", {"messages": MSGS})):  # fmt: skip
+        for path, body in (
+            ("/v1/completions", {"prompt": "x"}),
+            ("/v1/chat/completions", {"messages": MSGS}),
+        ):
             resp = gen.post(path, {"model": "ad1", "max_tokens": 2, **body})
             assert resp.status == 200, resp.body
             assert resp.json()["model"] == "ad1"
@@ -350,8 +410,12 @@ def test_lora_load_twice_is_400(gen: Client) -> None:
 def test_lora_unload_unknown_is_404(gen: Client) -> None:
     resp = gen.post("/v1/unload_lora_adapter", {"lora_name": "never-loaded"})
     assert resp.status == 404
-    assert resp.error == {"message": "The lora adapter 'never-loaded' cannot be found.",
-                          "type": "NotFoundError", "param": None, "code": 404}  # fmt: skip
+    assert resp.error == {
+        "message": "The lora adapter 'never-loaded' cannot be found.",
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
 
 
 @pytest.mark.parametrize(
@@ -466,8 +530,13 @@ def bearer(key: str) -> dict[str, str]:
 
 def test_api_key_guards_v1(auth_sim: SimProcess) -> None:
     c = Client(auth_sim.url)
-    for headers in (None, bearer("wrong"), {"Authorization": "Basic key-one"},
-                    {"Authorization": "key-one"}, bearer("")):  # fmt: skip
+    for headers in (
+        None,
+        bearer("wrong"),
+        {"Authorization": "Basic key-one"},
+        {"Authorization": "key-one"},
+        bearer(""),
+    ):
         resp = c.get("/v1/models", headers=headers)
         assert resp.status == 401, headers
         assert resp.json() == UNAUTHORIZED
@@ -496,10 +565,17 @@ def test_lora_routes_are_guarded(auth_sim: SimProcess) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "body"),
-    [("GET", "/health", None), ("GET", "/metrics", None), ("GET", "/version", None),
-     ("GET", "/ping", None), ("GET", "/load", None), ("POST", "/tokenize", {"prompt": "x"}),
-     ("POST", "/detokenize", {"tokens": [120]}), ("GET", "/is_sleeping", None)],
-)  # fmt: skip
+    [
+        ("GET", "/health", None),
+        ("GET", "/metrics", None),
+        ("GET", "/version", None),
+        ("GET", "/ping", None),
+        ("GET", "/load", None),
+        ("POST", "/tokenize", {"prompt": "x"}),
+        ("POST", "/detokenize", {"tokens": [120]}),
+        ("GET", "/is_sleeping", None),
+    ],
+)
 def test_unguarded_routes_need_no_key(
     auth_sim: SimProcess, method: str, path: str, body: Any
 ) -> None:
@@ -511,8 +587,13 @@ def test_api_key_is_checked_before_routing(auth_sim: SimProcess) -> None:
     # vLLM's AuthenticationMiddleware runs before the router, so any /v1, /v2 or /inference path
     # without a valid key is 401, whether or not a route exists for it or its method.
     c = Client(auth_sim.url)
-    guarded = [("GET", "/v1/nope"), ("POST", "/v1/embeddings"), ("POST", "/v2/rerank"),
-               ("GET", "/v1/completions"), ("GET", "/inference/v1/generate")]  # fmt: skip
+    guarded = [
+        ("GET", "/v1/nope"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/v2/rerank"),
+        ("GET", "/v1/completions"),
+        ("GET", "/inference/v1/generate"),
+    ]
     for method, path in guarded:
         resp = c.request(method, path)
         assert resp.status == 401, (method, path, resp.body)
@@ -527,8 +608,9 @@ def test_api_key_token_is_compared_exactly(auth_sim: SimProcess) -> None:
 
 
 def test_vllm_api_key_env(sim_factory: Callable[..., SimProcess]) -> None:
-    sp = sim_factory("--model", "envkeyed", "--profile", "instant",
-                     env={"VLLM_API_KEY": "from-env"})  # fmt: skip
+    sp = sim_factory(
+        "--model", "envkeyed", "--profile", "instant", env={"VLLM_API_KEY": "from-env"}
+    )
     c = Client(sp.url)
     assert c.get("/v1/models").status == 401
     assert c.get("/v1/models", headers=bearer("from-env")).status == 200
@@ -536,8 +618,15 @@ def test_vllm_api_key_env(sim_factory: Callable[..., SimProcess]) -> None:
 
 
 def test_api_key_flag_overrides_env(sim_factory: Callable[..., SimProcess]) -> None:
-    sp = sim_factory("--model", "m", "--profile", "instant", "--api-key", "flag",
-                     env={"VLLM_API_KEY": "from-env"})  # fmt: skip
+    sp = sim_factory(
+        "--model",
+        "m",
+        "--profile",
+        "instant",
+        "--api-key",
+        "flag",
+        env={"VLLM_API_KEY": "from-env"},
+    )
     c = Client(sp.url)
     assert c.get("/v1/models", headers=bearer("flag")).status == 200
     assert c.get("/v1/models", headers=bearer("from-env")).status == 401
@@ -554,8 +643,9 @@ def test_keep_alive_serves_many_requests_on_one_connection(gen_sim: SimProcess) 
         assert conn.request("GET", "/v1/models").status == 200
         out = conn.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": 3})
         assert out.status == 200
-        stream = conn.request("POST", "/v1/completions",
-                              {"prompt": "x", "max_tokens": 3, "stream": True})  # fmt: skip
+        stream = conn.request(
+            "POST", "/v1/completions", {"prompt": "x", "max_tokens": 3, "stream": True}
+        )
         assert stream.body.endswith(b"data: [DONE]\n\n")
         assert conn.request("POST", "/v1/completions", data=b"{").status == 400
         assert conn.request("GET", "/nope").status == 404
@@ -565,14 +655,18 @@ def test_keep_alive_serves_many_requests_on_one_connection(gen_sim: SimProcess) 
 
 def test_pipelined_requests_are_answered_in_order(slow_sim: SimProcess) -> None:
     reqs = [
-        http_request("POST", "/v1/completions",
-                     {"prompt": "p", "max_tokens": 20, "ignore_eos": True}),
+        http_request(
+            "POST", "/v1/completions", {"prompt": "p", "max_tokens": 20, "ignore_eos": True}
+        ),
         http_request("GET", "/version"),
-        http_request("POST", "/v1/completions",
-                     {"prompt": "p", "max_tokens": 5, "ignore_eos": True, "stream": True}),
+        http_request(
+            "POST",
+            "/v1/completions",
+            {"prompt": "p", "max_tokens": 5, "ignore_eos": True, "stream": True},
+        ),
         http_request("POST", "/tokenize", {"prompt": "abcdefgh"}),
         http_request("GET", "/missing"),
-    ]  # fmt: skip
+    ]
     with raw_socket(slow_sim.url) as sock:
         sock.sendall(b"".join(reqs))
         reader = RawReader(sock)

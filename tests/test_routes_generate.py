@@ -21,21 +21,72 @@ FILLER = (
     "tokens at a steady pace, one step at a time, until the request is finished. "
 )
 MAX_LEN = 512  # gen_sim's --max-model-len
-COMPLETION_KEYS = ["id", "object", "created", "model", "choices", "service_tier",
-                   "system_fingerprint", "usage", "kv_transfer_params", "ec_transfer_params",
-                   "metrics"]  # fmt: skip
-COMPLETION_CHOICE_KEYS = ["index", "text", "logprobs", "finish_reason", "stop_reason",
-                          "token_ids", "prompt_logprobs", "prompt_token_ids",
-                          "routed_experts"]  # fmt: skip
-CHAT_KEYS = ["id", "object", "created", "model", "choices", "service_tier", "system_fingerprint",
-             "usage", "prompt_logprobs", "prompt_token_ids", "prompt_text", "kv_transfer_params",
-             "ec_transfer_params", "metrics"]  # fmt: skip
-CHAT_CHOICE_KEYS = ["index", "message", "logprobs", "finish_reason", "stop_reason", "token_ids",
-                    "routed_experts"]  # fmt: skip
-MESSAGE = {"role": "assistant", "refusal": None, "annotations": None, "audio": None,
-           "function_call": None, "reasoning": None}  # fmt: skip
-STREAM_CHOICE_KEYS = ["index", "text", "logprobs", "finish_reason", "stop_reason",
-                      "prompt_token_ids", "token_ids"]  # fmt: skip
+COMPLETION_KEYS = [
+    "id",
+    "object",
+    "created",
+    "model",
+    "choices",
+    "service_tier",
+    "system_fingerprint",
+    "usage",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "metrics",
+]
+COMPLETION_CHOICE_KEYS = [
+    "index",
+    "text",
+    "logprobs",
+    "finish_reason",
+    "stop_reason",
+    "token_ids",
+    "prompt_logprobs",
+    "prompt_token_ids",
+    "routed_experts",
+]
+CHAT_KEYS = [
+    "id",
+    "object",
+    "created",
+    "model",
+    "choices",
+    "service_tier",
+    "system_fingerprint",
+    "usage",
+    "prompt_logprobs",
+    "prompt_token_ids",
+    "prompt_text",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "metrics",
+]
+CHAT_CHOICE_KEYS = [
+    "index",
+    "message",
+    "logprobs",
+    "finish_reason",
+    "stop_reason",
+    "token_ids",
+    "routed_experts",
+]
+MESSAGE = {
+    "role": "assistant",
+    "refusal": None,
+    "annotations": None,
+    "audio": None,
+    "function_call": None,
+    "reasoning": None,
+}
+STREAM_CHOICE_KEYS = [
+    "index",
+    "text",
+    "logprobs",
+    "finish_reason",
+    "stop_reason",
+    "prompt_token_ids",
+    "token_ids",
+]
 USAGE_KEYS = ["prompt_tokens", "total_tokens", "completion_tokens", "prompt_tokens_details"]
 MSGS = [{"role": "user", "content": "Tell me about foxes."}]
 
@@ -48,8 +99,16 @@ def gen(gen_sim: SimProcess) -> Client:
 @pytest.fixture(scope="module")
 def alias_sim() -> Iterator[SimProcess]:
     """Two served names for one model."""
-    sp = start_sim("--model", "/models/qwen", "--served-model-name", "first",
-                   "--served-model-name", "second", "--profile", "instant")  # fmt: skip
+    sp = start_sim(
+        "--model",
+        "/models/qwen",
+        "--served-model-name",
+        "first",
+        "--served-model-name",
+        "second",
+        "--profile",
+        "instant",
+    )
     yield sp
     sp.stop()
 
@@ -142,8 +201,10 @@ def test_model_may_be_omitted(gen: Client) -> None:
 def test_response_model_is_the_first_served_name(alias_sim: SimProcess) -> None:
     # vLLM answers with models.model_name(None) = the first served name, whichever alias was used.
     c = Client(alias_sim.url)
-    for path, body in (("/v1/completions", {"prompt": "hi"}), ("/v1/chat/completions",
-                                                                {"messages": MSGS})):  # fmt: skip
+    for path, body in (
+        ("/v1/completions", {"prompt": "hi"}),
+        ("/v1/chat/completions", {"messages": MSGS}),
+    ):
         resp = c.post(path, {"model": "second", "max_tokens": 2, **body})
         assert resp.status == 200, resp.body
         assert resp.json()["model"] == "first", path
@@ -233,8 +294,9 @@ def test_x_request_id_header_becomes_the_id(gen: Client) -> None:
     assert resp.json()["id"] == "cmpl-my-trace-123"
     resp = gen.post("/v1/chat/completions", {"messages": MSGS, "max_tokens": 2}, headers=hdr)
     assert resp.json()["id"] == "chatcmpl-my-trace-123"
-    sse = gen.sse("/v1/chat/completions", {"messages": MSGS, "max_tokens": 2, "stream": True},
-                  headers=hdr)  # fmt: skip
+    sse = gen.sse(
+        "/v1/chat/completions", {"messages": MSGS, "max_tokens": 2, "stream": True}, headers=hdr
+    )
     assert {e["id"] for e in sse.events} == {"chatcmpl-my-trace-123"}
 
 
@@ -264,8 +326,13 @@ def test_lora_adapter_name_is_echoed(gen: Client) -> None:
 
 
 def test_completion_stream(gen: Client) -> None:
-    body = {"model": "demo", "prompt": "stream it", "max_tokens": 20, "ignore_eos": True,
-            "stream": True}  # fmt: skip
+    body = {
+        "model": "demo",
+        "prompt": "stream it",
+        "max_tokens": 20,
+        "ignore_eos": True,
+        "stream": True,
+    }
     sse = gen.sse("/v1/completions", body)
     assert sse.done_last
     ev = sse.events
@@ -291,17 +358,32 @@ def test_completion_stream(gen: Client) -> None:
 
 
 def test_completion_stream_usage_chunk(gen: Client) -> None:
-    body = {"prompt": "usage please", "max_tokens": 9, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "prompt": "usage please",
+        "max_tokens": 9,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     sse = gen.sse("/v1/completions", body)
     assert sse.done_last
     *content, usage = sse.events
     assert usage["choices"] == []
-    assert list(usage) == ["id", "object", "created", "model", "choices", "usage",
-                           "system_fingerprint"]  # fmt: skip
+    assert list(usage) == [
+        "id",
+        "object",
+        "created",
+        "model",
+        "choices",
+        "usage",
+        "system_fingerprint",
+    ]
     prompt = tokenize_count(gen, {"prompt": "usage please"})
-    assert usage["usage"] == {"prompt_tokens": prompt, "total_tokens": prompt + 9,
-                              "completion_tokens": 9}  # fmt: skip
+    assert usage["usage"] == {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + 9,
+        "completion_tokens": 9,
+    }
     assert content[-1]["choices"][0]["finish_reason"] == "length"
     # With include_usage the fingerprint moves from the last content chunk to the usage chunk.
     assert all("system_fingerprint" not in e for e in content)
@@ -309,14 +391,19 @@ def test_completion_stream_usage_chunk(gen: Client) -> None:
 
 
 def test_chat_stream(gen: Client) -> None:
-    body = {"model": "demo", "messages": MSGS, "max_tokens": 12, "ignore_eos": True,
-            "stream": True}  # fmt: skip
+    body = {"model": "demo", "messages": MSGS, "max_tokens": 12, "ignore_eos": True, "stream": True}
     sse = gen.sse("/v1/chat/completions", body)
     assert sse.done_last
     first, *rest = sse.events
     assert first["object"] == "chat.completion.chunk"
-    assert first["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                 "logprobs": None, "finish_reason": None}]  # fmt: skip
+    assert first["choices"] == [
+        {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+    ]
     assert first["prompt_token_ids"] is None and first["prompt_text"] is None
     assert rest
     for e in rest[:-1]:
@@ -337,23 +424,36 @@ def test_chat_stream(gen: Client) -> None:
 
 
 def test_chat_stream_usage_chunk(gen: Client) -> None:
-    body = {"messages": MSGS, "max_tokens": 5, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "messages": MSGS,
+        "max_tokens": 5,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     sse = gen.sse("/v1/chat/completions", body)
     assert sse.done_last
     usage = sse.events[-1]
     assert usage["choices"] == [] and usage["object"] == "chat.completion.chunk"
     prompt = tokenize_count(gen, {"messages": MSGS})
-    assert usage["usage"] == {"prompt_tokens": prompt, "total_tokens": prompt + 5,
-                              "completion_tokens": 5}  # fmt: skip
+    assert usage["usage"] == {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + 5,
+        "completion_tokens": 5,
+    }
     assert usage["system_fingerprint"].startswith("vllm-0.26.0-")
     assert [e for e in sse.events if not e["choices"]] == [usage]
 
 
 def test_chat_stream_continuous_usage(gen: Client) -> None:
     # continuous_usage_stats (with include_usage) puts `usage` on every chunk, vLLM-style.
-    body = {"messages": MSGS, "max_tokens": 6, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
+    body = {
+        "messages": MSGS,
+        "max_tokens": 6,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
     sse = gen.sse("/v1/chat/completions", body)
     assert sse.done_last
     assert all("usage" in e for e in sse.events), sse.events
@@ -385,17 +485,22 @@ def test_chat_stream_n_finishes_each_choice_once(gen: Client) -> None:
 
 
 def test_completion_stream_batched_prompts(gen: Client) -> None:
-    body = {"prompt": ["one", "two"], "n": 2, "max_tokens": 3, "ignore_eos": True,
-            "stream": True}  # fmt: skip
+    body = {"prompt": ["one", "two"], "n": 2, "max_tokens": 3, "ignore_eos": True, "stream": True}
     sse = gen.sse("/v1/completions", body)
-    finals = sorted(e["choices"][0]["index"] for e in sse.events
-                    if e["choices"][0]["finish_reason"])  # fmt: skip
+    finals = sorted(
+        e["choices"][0]["index"] for e in sse.events if e["choices"][0]["finish_reason"]
+    )
     assert finals == [0, 1, 2, 3]
 
 
 def test_stream_stop_string(gen: Client) -> None:
-    body = {"prompt": "stream stop", "max_tokens": 200, "ignore_eos": True, "stream": True,
-            "stop": "lazy"}  # fmt: skip
+    body = {
+        "prompt": "stream stop",
+        "max_tokens": 200,
+        "ignore_eos": True,
+        "stream": True,
+        "stop": "lazy",
+    }
     sse = gen.sse("/v1/completions", body)
     text = "".join(e["choices"][0]["text"] for e in sse.events)
     assert "lazy" not in text and in_filler(text + "lazy")
@@ -410,8 +515,12 @@ def test_stream_stop_string(gen: Client) -> None:
 def test_unknown_model_is_404(gen: Client, path: str) -> None:
     resp = gen.post(path, {"model": "no-such-model", "prompt": "x", "messages": MSGS})
     assert resp.status == 404
-    assert resp.error == {"message": "The model `no-such-model` does not exist.",
-                          "type": "NotFoundError", "param": "model", "code": 404}  # fmt: skip
+    assert resp.error == {
+        "message": "The model `no-such-model` does not exist.",
+        "type": "NotFoundError",
+        "param": "model",
+        "code": 404,
+    }
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
@@ -492,14 +601,18 @@ def test_prompt_over_max_model_len_is_400(gen: Client) -> None:
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
 def test_prompt_plus_max_tokens_over_max_model_len_is_400(gen: Client, path: str) -> None:
     prompt = "word " * 300  # about 375 tokens
-    resp = gen.post(path, {"prompt": prompt, "messages": [{"role": "user", "content": prompt}],
-                           "max_tokens": 200})  # fmt: skip
+    resp = gen.post(
+        path,
+        {"prompt": prompt, "messages": [{"role": "user", "content": prompt}], "max_tokens": 200},
+    )
     assert resp.status == 400
     assert "maximum context length" in resp.error["message"]
     assert resp.error["param"] == "input_tokens"
     # The same prompt with room left for the output is served.
-    resp = gen.post(path, {"prompt": prompt, "messages": [{"role": "user", "content": prompt}],
-                           "max_tokens": 20})  # fmt: skip
+    resp = gen.post(
+        path,
+        {"prompt": prompt, "messages": [{"role": "user", "content": prompt}], "max_tokens": 20},
+    )
     assert resp.status == 200, resp.body
 
 
@@ -520,8 +633,15 @@ def test_empty_prompt_is_400(gen: Client) -> None:
 def test_stream_options_without_stream_is_400(gen: Client) -> None:
     # validate_stream_options: "Stream options can only be defined when `stream=True`."
     for path in ("/v1/completions", "/v1/chat/completions"):
-        resp = gen.post(path, {"prompt": "hi", "messages": MSGS, "max_tokens": 2,
-                               "stream_options": {"include_usage": True}})  # fmt: skip
+        resp = gen.post(
+            path,
+            {
+                "prompt": "hi",
+                "messages": MSGS,
+                "max_tokens": 2,
+                "stream_options": {"include_usage": True},
+            },
+        )
         assert resp.status == 400, (path, resp.body)
         assert "Stream options can only be defined when `stream=True`." in resp.error["message"]
 
@@ -533,8 +653,9 @@ def test_non_json_content_type_is_400(gen: Client) -> None:
     assert resp.status == 400
     assert resp.error["type"] == "Bad Request"
     assert "Unsupported Media Type" in resp.error["message"]
-    ok = gen.post("/v1/completions", data=body,
-                  headers={"Content-Type": "application/json; charset=utf-8"})  # fmt: skip
+    ok = gen.post(
+        "/v1/completions", data=body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
     assert ok.status == 200, ok.body
 
 

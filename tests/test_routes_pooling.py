@@ -77,8 +77,12 @@ def test_embedding_of_a_string(emb: Client) -> None:
     use = out["usage"]
     assert list(use) == POOL_USAGE_KEYS
     n = len(token_ids(emb, "hello world"))
-    assert use == {"prompt_tokens": n, "total_tokens": n, "completion_tokens": 0,
-                   "prompt_tokens_details": None}  # fmt: skip
+    assert use == {
+        "prompt_tokens": n,
+        "total_tokens": n,
+        "completion_tokens": 0,
+        "prompt_tokens_details": None,
+    }
 
 
 def test_embedding_of_a_list_of_strings(emb: Client) -> None:
@@ -108,8 +112,16 @@ def test_embedding_of_token_ids(emb: Client) -> None:
 def test_embeddings_are_deterministic_across_processes(
     emb: Client, sim_factory: Callable[..., SimProcess]
 ) -> None:
-    twin = sim_factory("--model", "embedder", "--task", "embed", "--profile", "instant",
-                       "--embedding-dim", str(DIM))  # fmt: skip
+    twin = sim_factory(
+        "--model",
+        "embedder",
+        "--task",
+        "embed",
+        "--profile",
+        "instant",
+        "--embedding-dim",
+        str(DIM),
+    )
     texts = ["same text, same vector", "another sentence"]
     a = vectors(embed(emb, input=texts))
     b = vectors(embed(Client(twin.url), input=texts))
@@ -175,8 +187,12 @@ def test_embedding_invalid_json_is_400(emb: Client) -> None:
 def test_embedding_unknown_model_is_404(emb: Client) -> None:
     resp = emb.post("/v1/embeddings", {"model": "nope", "input": "x"})
     assert resp.status == 404
-    assert resp.error == {"message": "The model `nope` does not exist.", "type": "NotFoundError",
-                          "param": "model", "code": 404}  # fmt: skip
+    assert resp.error == {
+        "message": "The model `nope` does not exist.",
+        "type": "NotFoundError",
+        "param": "model",
+        "code": 404,
+    }
 
 
 def test_embedding_input_over_max_model_len_is_400(emb: Client) -> None:
@@ -219,8 +235,10 @@ def test_score_pairwise_lists(emb: Client) -> None:
     resp = emb.post("/v1/score", {"queries": [QUERY, UNRELATED], "documents": [RELATED, UNRELATED]})
     assert resp.status == 200, resp.body
     scores = [d["score"] for d in resp.json()["data"]]
-    single = [emb.post("/v1/score", {"queries": q, "documents": d}).json()["data"][0]["score"]
-              for q, d in ((QUERY, RELATED), (UNRELATED, UNRELATED))]  # fmt: skip
+    single = [
+        emb.post("/v1/score", {"queries": q, "documents": d}).json()["data"][0]["score"]
+        for q, d in ((QUERY, RELATED), (UNRELATED, UNRELATED))
+    ]
     assert scores == single
 
 
@@ -301,8 +319,9 @@ def test_rerank_bad_requests_are_400(emb: Client, body: dict[str, Any]) -> None:
 
 
 def test_rerank_x_request_id(emb: Client) -> None:
-    resp = emb.post("/v1/rerank", {"query": "q", "documents": ["a"]},
-                    headers={"X-Request-Id": "rr-1"})  # fmt: skip
+    resp = emb.post(
+        "/v1/rerank", {"query": "q", "documents": ["a"]}, headers={"X-Request-Id": "rr-1"}
+    )
     assert resp.json()["id"] == "score-rr-1"
 
 

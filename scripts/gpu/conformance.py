@@ -35,7 +35,7 @@ class Reply:
 
 
 def call(base: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-         raw: bytes | None = None) -> Reply:  # fmt: skip
+         raw: bytes | None = None) -> Reply:
     url = urllib.parse.urlsplit(base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
@@ -184,7 +184,7 @@ def generate_probes(model: str, key: str | None) -> list[Probe]:
         Probe("unload unknown lora", "POST", "/v1/unload_lora_adapter", headers=auth,
               exact=(*err, "message"), body={"lora_name": "nope"}),
         Probe("is_sleeping", "GET", "/is_sleeping"),
-    ]  # fmt: skip
+    ]
 
 
 def embed_probes(model: str) -> list[Probe]:
@@ -201,7 +201,7 @@ def embed_probes(model: str) -> list[Probe]:
               body={"model": model, "messages": [{"role": "user", "content": "x"}]}),
         Probe("embeddings missing input", "POST", "/v1/embeddings", exact=("type", "code"),
               body={"model": model}),
-    ]  # fmt: skip
+    ]
 
 
 def compare(probe: Probe, vllm: str, sim: str) -> dict[str, Any]:
@@ -243,7 +243,7 @@ def compare_metrics(vllm: str, sim: str) -> dict[str, Any]:
         f"{k}: vLLM {fa[k]} vs sim {fb[k]}" for k in sorted(set(fa) & set(fb)) if fa[k] != fb[k]
     ]
     return {"probe": "metrics families", "ok": not problems, "problems": problems,
-            "extra_in_sim": sorted(set(fb) - set(fa))}  # fmt: skip
+            "extra_in_sim": sorted(set(fb) - set(fa))}
 
 
 def main() -> int:

@@ -15,14 +15,38 @@ from faults.edgekit import CLOSED, connect, read_all, status_of
 from httpclient import request
 
 FRAGMENTS = [
-    b"GET ", b"POST ", b"HEAD ", b"PUT ", b"/health", b"/v1/completions", b"/v1/models", b"?a=b",
-    b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", b"Host: x\r\n", b"Host: y\r\n", b"Content-Length: 5\r\n",
-    b"Content-Length: 99999999999\r\n", b"Transfer-Encoding: chunked\r\n",
-    b"Content-Type: application/json\r\n", b"Expect: 100-continue\r\n", b"Expect: nope\r\n",
-    b"Connection: close\r\n", b"Connection: Upgrade\r\nUpgrade: websocket\r\n", b"\r\n", b"\n",
-    b"5\r\nhello\r\n", b"0\r\n\r\n", b'{"model":"demo","prompt":"x","max_tokens":2}', b":", b" ",
-    b"\x00", b"\xff\xfe", b"a" * 300, b"X-Long: " + b"b" * 20000,
-]  # fmt: skip
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"/health",
+    b"/v1/completions",
+    b"/v1/models",
+    b"?a=b",
+    b" HTTP/1.1\r\n",
+    b" HTTP/1.0\r\n",
+    b"Host: x\r\n",
+    b"Host: y\r\n",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: 99999999999\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Content-Type: application/json\r\n",
+    b"Expect: 100-continue\r\n",
+    b"Expect: nope\r\n",
+    b"Connection: close\r\n",
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\n",
+    b"\r\n",
+    b"\n",
+    b"5\r\nhello\r\n",
+    b"0\r\n\r\n",
+    b'{"model":"demo","prompt":"x","max_tokens":2}',
+    b":",
+    b" ",
+    b"\x00",
+    b"\xff\xfe",
+    b"a" * 300,
+    b"X-Long: " + b"b" * 20000,
+]
 REQUEST = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 
 inputs = st.one_of(
@@ -38,8 +62,12 @@ def server(request: pytest.FixtureRequest) -> SimProcess:
     return sp
 
 
-@settings(max_examples=120, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(
+    max_examples=120,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(data=inputs)
 def test_any_input_gets_a_status_line_or_a_close(server: SimProcess, data: bytes) -> None:
     with connect(server.url) as sock:

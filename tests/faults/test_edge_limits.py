@@ -45,8 +45,10 @@ def test_a_100_mb_request_line_gets_414_long_before_it_is_sent(server: SimProces
         sent, answered = send_until_answered(big, b"", FILLER, 100 * MB)
         reply = read_all(big)
     after = rss_kb(server.proc.pid)
-    print(f"100 MB request line: {sent / MB:.1f} MB sent before the answer; "
-          f"RSS {before} -> {after} kB")  # fmt: skip
+    print(
+        f"100 MB request line: {sent / MB:.1f} MB sent before the answer; "
+        f"RSS {before} -> {after} kB"
+    )
     assert answered and sent < 25 * MB
     assert status_of(reply) == 414 and reply.endswith(CLOSED)
     assert b"aaaa" not in reply  # the input is never echoed
@@ -73,8 +75,10 @@ def test_a_30_mb_header_value_gets_431_as_it_arrives(server: SimProcess) -> None
 
 def test_a_lying_content_length_gets_413_without_waiting_for_the_body(server: SimProcess) -> None:
     # 2 of 2,000,000,000 declared bytes arrive: the answer cannot wait for the rest.
-    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 2000000000\r\n\r\n{}")  # fmt: skip
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2000000000\r\n\r\n{}"
+    )
     with connect(server.url) as sock:
         sock.sendall(head)
         reply = read_all(sock)
@@ -85,8 +89,10 @@ def test_a_lying_content_length_gets_413_without_waiting_for_the_body(server: Si
 
 def test_a_chunked_body_over_the_limit_is_refused_as_it_grows(server: SimProcess) -> None:
     # No declared length: the body is counted while it arrives and refused past 64 MiB.
-    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b"%x\r\n%s\r\n" % (len(FILLER), FILLER)
     with connect(server.url) as sock:
         sent, answered = send_until_answered(sock, head, chunk, 200 * MB)

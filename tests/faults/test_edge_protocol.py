@@ -26,13 +26,17 @@ def server(request: pytest.FixtureRequest) -> SimProcess:
 
 
 def _post_head(length: int, extra: bytes = b"") -> bytes:
-    return (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n%s\r\n" % (length, extra))  # fmt: skip
+    return (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n%s\r\n" % (length, extra)
+    )
 
 
 def test_an_upgrade_request_gets_one_response_and_a_close(server: SimProcess) -> None:
-    req = (b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-           b"Sec-WebSocket-Version: 13\r\n\r\n\x81\x85frame")  # fmt: skip
+    req = (
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n\x81\x85frame"
+    )
     with connect(server.url) as sock:
         sock.sendall(req)
         reply = read_all(sock)
@@ -79,9 +83,11 @@ def test_expectations_that_are_refused(server: SimProcess) -> None:
 
 
 def test_http_1_1_needs_exactly_one_host(server: SimProcess) -> None:
-    for head in (b"GET /health HTTP/1.1\r\n\r\n",
-                 b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-                 b"GET /health HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"):  # fmt: skip
+    for head in (
+        b"GET /health HTTP/1.1\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /health HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+    ):
         with connect(server.url) as sock:
             sock.sendall(head)
             reply = read_all(sock)
@@ -94,13 +100,16 @@ def test_http_1_1_needs_exactly_one_host(server: SimProcess) -> None:
 
 def test_pipelined_requests_are_answered_in_order(server: SimProcess) -> None:
     reqs = [
-        http_request("POST", "/v1/completions",
-                     {"model": "demo", "prompt": "p", "max_tokens": 5, "ignore_eos": True}),
+        http_request(
+            "POST",
+            "/v1/completions",
+            {"model": "demo", "prompt": "p", "max_tokens": 5, "ignore_eos": True},
+        ),
         http_request("GET", "/health"),
         http_request("POST", "/v1/completions", STREAM),
         http_request("GET", "/v1/models"),
         http_request("GET", "/nope"),
-    ]  # fmt: skip
+    ]
     with connect(server.url) as sock:
         sock.sendall(b"".join(reqs))
         reader = RawReader(sock)

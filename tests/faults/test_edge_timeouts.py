@@ -43,8 +43,10 @@ def test_slowloris_headers_get_408(quick: SimProcess) -> None:
 
 
 def test_a_stalled_body_gets_408(quick: SimProcess) -> None:
-    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n{\"prompt\": ")  # fmt: skip
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"prompt": '
+    )
     with connect(quick.url) as sock:
         sock.sendall(head)
         reply = read_all(sock, timeout_s=10)

@@ -82,8 +82,18 @@ class Load:
 
 def test_a_restarted_router_answers_no_503(sims: list[SimProcess]) -> None:
     port = _free_port()
-    cmd = [sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1", "--port", str(port),
-           "--health-interval", "0.5"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "vfleet",
+        "router",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--health-interval",
+        "0.5",
+    ]
     for sp in sims:
         cmd += ["--backend", sp.url]
     router = start_ready(cmd, "router")
@@ -131,18 +141,25 @@ def test_a_hung_engine_delays_neither_start_nor_service(
     hung = sims[0]
     os.kill(hung.proc.pid, signal.SIGSTOP)  # its port accepts, nothing answers
     config = tmp_path / "router.yaml"
-    config.write_text(yaml.safe_dump({
-        "backends": [f"{sp.url}=demo" for sp in sims], "health_interval_s": 0.5,
-        "health_timeout_s": 60.0,
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "backends": [f"{sp.url}=demo" for sp in sims],
+                "health_interval_s": 0.5,
+                "health_timeout_s": 60.0,
+            }
+        )
+    )
     router = start_router("--config", str(config))
     try:
         c = Client(router.url)
         statuses = [c.post("/v1/completions", COMPLETION).status for _ in range(30)]
         assert statuses == [200] * 30
         metrics = c.get("/metrics").body.decode()
-        up = {sp.url: metric_value(metrics, "vfleet_router_endpoint_healthy", endpoint=sp.url)
-              for sp in sims}  # fmt: skip
+        up = {
+            sp.url: metric_value(metrics, "vfleet_router_endpoint_healthy", endpoint=sp.url)
+            for sp in sims
+        }
         assert up == {hung.url: 0.0, sims[1].url: 1.0, sims[2].url: 1.0}
     finally:
         router.stop()
@@ -155,9 +172,15 @@ def test_probes_of_healthy_engines_do_not_wait_for_a_hung_one(
     engine's /health starts failing, and the router notices on that engine's own schedule."""
     hung, failing, healthy = sims
     config = tmp_path / "router.yaml"
-    config.write_text(yaml.safe_dump({
-        "backends": [sp.url for sp in sims], "health_interval_s": 0.2, "health_timeout_s": 60.0,
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "backends": [sp.url for sp in sims],
+                "health_interval_s": 0.2,
+                "health_timeout_s": 60.0,
+            }
+        )
+    )
     router = start_router("--config", str(config))
     try:
         c = Client(router.url)
@@ -183,9 +206,15 @@ def test_requests_a_hung_engine_swallows_are_served_elsewhere(
 ) -> None:
     hung = sim_factory("--model", "demo", "--profile", "instant", "--hang-rate", "1")
     good = [sim_factory("--model", "demo", "--profile", "instant") for _ in range(2)]
-    router = router_factory(*(a for sp in (hung, *good) for a in ("--backend", sp.url)),
-                            "--policy", "round_robin", "--first-byte-timeout", "0.5",
-                            "--health-interval", "0.5")  # fmt: skip
+    router = router_factory(
+        *(a for sp in (hung, *good) for a in ("--backend", sp.url)),
+        "--policy",
+        "round_robin",
+        "--first-byte-timeout",
+        "0.5",
+        "--health-interval",
+        "0.5",
+    )
     c = Client(router.url)
     statuses = [c.post("/v1/completions", COMPLETION).status for _ in range(9)]
     assert statuses == [200] * 9

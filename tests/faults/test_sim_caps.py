@@ -20,8 +20,10 @@ from conftest import SimProcess, start_sim
 from httpclient import Client, request
 
 MSGS = [{"role": "user", "content": "hi"}]
-N_CAP = ("n must be at most {cap}, got {n}. To increase this limit, set the "
-         "VLLM_MAX_N_SEQUENCES environment variable.")  # fmt: skip
+N_CAP = (
+    "n must be at most {cap}, got {n}. To increase this limit, set the "
+    "VLLM_MAX_N_SEQUENCES environment variable."
+)
 
 
 def _bad(resp_error: dict[str, object], message: str, param: str | None = None) -> None:
@@ -49,8 +51,15 @@ def test_n_below_one(gen_sim: SimProcess, path: str) -> None:
 
 
 def test_the_n_cap_follows_vllm_max_n_sequences() -> None:
-    sim = start_sim("--model", "demo", "--profile", "instant", "--max-model-len", "512",
-                    env={"VLLM_MAX_N_SEQUENCES": "4"})  # fmt: skip
+    sim = start_sim(
+        "--model",
+        "demo",
+        "--profile",
+        "instant",
+        "--max-model-len",
+        "512",
+        env={"VLLM_MAX_N_SEQUENCES": "4"},
+    )
     try:
         c = Client(sim.url)
         resp = c.post("/v1/completions", {"prompt": "hi", "n": 5, "max_tokens": 2})
@@ -77,20 +86,27 @@ def test_best_of_is_ignored_like_vllm(gen_sim: SimProcess) -> None:
 def test_max_tokens_beyond_the_context(gen_sim: SimProcess) -> None:
     resp = Client(gen_sim.url).post("/v1/completions", {"prompt": "x", "max_tokens": 100000})
     assert resp.status == 400
-    _bad(resp.error, "max_tokens=100000 cannot be greater than max_model_len=max_total_tokens="
-                     "512. Please request fewer output tokens. (parameter=max_tokens, "
-                     "value=100000)", "max_tokens")  # fmt: skip
+    _bad(
+        resp.error,
+        "max_tokens=100000 cannot be greater than max_model_len=max_total_tokens="
+        "512. Please request fewer output tokens. (parameter=max_tokens, "
+        "value=100000)",
+        "max_tokens",
+    )
 
 
 def test_a_prompt_longer_than_max_model_len(gen_sim: SimProcess) -> None:
     c = Client(gen_sim.url)
     resp = c.post("/v1/completions", {"prompt": list(range(1, 601)), "max_tokens": 4, "n": 10**6})
     assert resp.status == 400  # the prompt is measured before n is checked, as in vLLM
-    _bad(resp.error, "This model's maximum context length is 512 tokens. However, you requested "
-                     "4 output tokens and your prompt contains 600 input tokens, for a total of "
-                     "604 tokens. Please reduce the length of the input prompt or the number of "
-                     "requested output tokens. (parameter=input_tokens, value=600)",
-         "input_tokens")  # fmt: skip
+    _bad(
+        resp.error,
+        "This model's maximum context length is 512 tokens. However, you requested "
+        "4 output tokens and your prompt contains 600 input tokens, for a total of "
+        "604 tokens. Please reduce the length of the input prompt or the number of "
+        "requested output tokens. (parameter=input_tokens, value=600)",
+        "input_tokens",
+    )
     # A long text prompt (2 MB) is refused as quickly, and the sim stays responsive.
     resp = c.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "w" * 2**21}]})
     assert resp.status == 400 and resp.error["param"] == "input_tokens"
@@ -111,8 +127,12 @@ SAMPLING = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=60, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(body=SAMPLING, chat=st.booleans())
 def test_any_sampling_request_is_answered_or_refused_like_vllm(
     gen_sim: SimProcess, body: dict[str, object], chat: bool

@@ -63,8 +63,9 @@ def make_pair(name: str) -> Pair:
         .sign(key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    private = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())  # fmt: skip
+    private = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return Pair(cert.public_bytes(pem), private)
 
 
@@ -159,14 +160,24 @@ def files(tmp_path: Path) -> tuple[Path, Path, Pair]:
 
 
 @pytest.fixture
-def tls_router(sim: SimProcess, files: tuple[Path, Path, Pair],
-               tmp_path: Path) -> Iterator[TlsRouter]:  # fmt: skip
+def tls_router(
+    sim: SimProcess, files: tuple[Path, Path, Pair], tmp_path: Path
+) -> Iterator[TlsRouter]:
     cert, key, _ = files
     config = tmp_path / "router.yaml"
-    config.write_text(yaml.safe_dump({
-        "backends": [sim.url], "host": "127.0.0.1", "port": 0, "tls_cert": str(cert),
-        "tls_key": str(key), "tls_reload_s": 0.05, "health_interval_s": 0.5,
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "backends": [sim.url],
+                "host": "127.0.0.1",
+                "port": 0,
+                "tls_cert": str(cert),
+                "tls_key": str(key),
+                "tls_reload_s": 0.05,
+                "health_interval_s": 0.5,
+            }
+        )
+    )
     router = start_tls_router(config)
     yield router
     router.stop()
@@ -175,15 +186,21 @@ def tls_router(sim: SimProcess, files: tuple[Path, Path, Pair],
 def test_the_openai_sdk_over_tls(tls_router: TlsRouter, files: tuple[Path, Path, Pair]) -> None:
     trusted = client_context(files[2])
     http_client = openai.DefaultHttpx2Client(verify=trusted)
-    with openai.OpenAI(base_url=f"https://127.0.0.1:{tls_router.port}/v1", api_key="unused",
-                       max_retries=0, timeout=10, http_client=http_client) as client:  # fmt: skip
+    with openai.OpenAI(
+        base_url=f"https://127.0.0.1:{tls_router.port}/v1",
+        api_key="unused",
+        max_retries=0,
+        timeout=10,
+        http_client=http_client,
+    ) as client:
         assert [m.id for m in client.models.list()] == ["demo"]
         chat = client.chat.completions.create(
             model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=3
         )
         assert chat.choices[0].message.content
-        stream = client.completions.create(model="demo", prompt="hi", max_tokens=4, stream=True,
-                                           extra_body={"ignore_eos": True})  # fmt: skip
+        stream = client.completions.create(
+            model="demo", prompt="hi", max_tokens=4, stream=True, extra_body={"ignore_eos": True}
+        )
         assert sum(1 for _ in stream) == 4
 
 
@@ -191,8 +208,7 @@ def test_an_untrusted_client_and_plain_http_get_nothing(
     tls_router: TlsRouter, files: tuple[Path, Path, Pair]
 ) -> None:
     stranger = client_context(make_pair("stranger"))
-    conn = http.client.HTTPSConnection("127.0.0.1", tls_router.port, timeout=10,
-                                       context=stranger)  # fmt: skip
+    conn = http.client.HTTPSConnection("127.0.0.1", tls_router.port, timeout=10, context=stranger)
     with pytest.raises(ssl.SSLCertVerificationError):
         conn.request("GET", "/health")
     conn.close()
@@ -215,8 +231,9 @@ def test_a_renewed_certificate_is_served_to_new_connections(
     cert, key, first = files
     second = make_pair("second")
     assert tls_router.served_fingerprint() == first.fingerprint
-    kept = http.client.HTTPSConnection("127.0.0.1", tls_router.port, timeout=10,
-                                       context=client_context(first))  # fmt: skip
+    kept = http.client.HTTPSConnection(
+        "127.0.0.1", tls_router.port, timeout=10, context=client_context(first)
+    )
     assert _get(kept, "/health")[0] == 200
 
     # Half a rotation (the certificate before its key) fails to load: the old pair serves on.
@@ -232,8 +249,9 @@ def test_a_renewed_certificate_is_served_to_new_connections(
     while time.monotonic() < deadline and tls_router.served_fingerprint() != second.fingerprint:
         time.sleep(0.05)
     assert tls_router.served_fingerprint() == second.fingerprint
-    fresh = http.client.HTTPSConnection("127.0.0.1", tls_router.port, timeout=10,
-                                        context=client_context(second))  # fmt: skip
+    fresh = http.client.HTTPSConnection(
+        "127.0.0.1", tls_router.port, timeout=10, context=client_context(second)
+    )
     status, body = _get(fresh, "/v1/models")
     assert status == 200 and json.loads(body)["data"][0]["id"] == "demo"
     fresh.close()
@@ -258,8 +276,11 @@ def test_unusable_tls_files_are_refused_before_serving(
         args = args[:2]
     out = subprocess.run(
         [sys.executable, "-m", "vfleet", "router", "--backend", sim.url, "--port", "0", *args],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr

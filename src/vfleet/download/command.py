@@ -21,27 +21,62 @@ from vfleet.download.progress import JsonReporter, Reporter, RichReporter
 
 @click.command("download")
 @click.argument("source", nargs=-1)
-@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory the files land in (created if missing).")  # fmt: skip
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory the files land in (created if missing).",
+)
 @click.option("--revision", help="Branch, tag or commit (hub and git sources). Default: main.")
 @click.option("--include", multiple=True, help="Glob of paths to download (repeatable).")
 @click.option("--exclude", multiple=True, help="Glob of paths to skip (repeatable).")
-@click.option("--shard", "shard_text", metavar="I/N",
-              help="Download shard I (from 0) of N, balanced by bytes. "
-              "Default: JOB_COMPLETION_INDEX/JOB_COMPLETION_TOTAL.")  # fmt: skip
-@click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Concurrent connections.")  # fmt: skip
-@click.option("--chunk-mib", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="Chunk size in MiB: unit of parallel fetch and of resume.")  # fmt: skip
-@click.option("--wait-all", type=click.IntRange(1), default=None, metavar="N",
-              help="After downloading (or with no SOURCE: instead), wait until all N shard "
-              "markers exist.")  # fmt: skip
-@click.option("--wait-timeout", type=click.FloatRange(0), default=86400.0, show_default=True,
-              help="Seconds --wait-all waits before failing.")  # fmt: skip
-@click.option("--endpoint", help="Hub or S3 endpoint URL (default: HF_ENDPOINT, "
-              "MODELSCOPE_ENDPOINT, AWS_ENDPOINT_URL_S3 or the public service).")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True,
-              help="JSON lines on stdout (the default when stdout is not a terminal).")  # fmt: skip
+@click.option(
+    "--shard",
+    "shard_text",
+    metavar="I/N",
+    help="Download shard I (from 0) of N, balanced by bytes. "
+    "Default: JOB_COMPLETION_INDEX/JOB_COMPLETION_TOTAL.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Concurrent connections.",
+)
+@click.option(
+    "--chunk-mib",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="Chunk size in MiB: unit of parallel fetch and of resume.",
+)
+@click.option(
+    "--wait-all",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="After downloading (or with no SOURCE: instead), wait until all N shard markers exist.",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(0),
+    default=86400.0,
+    show_default=True,
+    help="Seconds --wait-all waits before failing.",
+)
+@click.option(
+    "--endpoint",
+    help="Hub or S3 endpoint URL (default: HF_ENDPOINT, "
+    "MODELSCOPE_ENDPOINT, AWS_ENDPOINT_URL_S3 or the public service).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="JSON lines on stdout (the default when stdout is not a terminal).",
+)
 def download(
     source: tuple[str, ...],
     to: Path,

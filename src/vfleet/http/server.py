@@ -324,7 +324,7 @@ class HttpProtocol(asyncio.Protocol):
         "_served",
         "_size",
         "_url",
-    )  # fmt: skip
+    )
 
     def __init__(
         self,

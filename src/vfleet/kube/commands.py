@@ -19,17 +19,24 @@ from vfleet.kube import render as helm
 from vfleet.kube.values import chart_values, deep_merge, namespace_of
 
 _files = click.option(
-    "-f", "--file", "files", multiple=True, required=True,
+    "-f",
+    "--file",
+    "files",
+    multiple=True,
+    required=True,
     help="A fleet, vllm-stack/TKE/T9k values or manifests (repeatable: objects join the fleet).",
-)  # fmt: skip
+)
 _release = click.option("--release", help="Release name (default: the fleet's name, or vfleet).")
 _namespace = click.option(
     "-n", "--namespace", help="Namespace (default: the one the files name, else default)."
 )
 _set = click.option(
-    "--set", "sets", multiple=True, metavar="KEY=VALUE",
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="A chart value as helm --set takes it (repeatable), e.g. routerSpec.replicaCount=2.",
-)  # fmt: skip
+)
 _chart = click.option(
     "--chart", type=click.Path(file_okay=False), help="Another copy of the chart."
 )
@@ -44,9 +51,12 @@ class _Job:
     """What every subcommand reads first: the fleet, its chart values, release and namespace."""
 
     def __init__(
-        self, files: tuple[str, ...], release: str | None, namespace: str | None,
+        self,
+        files: tuple[str, ...],
+        release: str | None,
+        namespace: str | None,
         sets: tuple[str, ...],
-    ) -> None:  # fmt: skip
+    ) -> None:
         try:
             loaded = load(files)
         except SpecError as exc:
@@ -86,17 +96,26 @@ def with_sets(values: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:
 
 @k8s.command()
 @_files
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Write one file per object here instead of YAML on stdout.")  # fmt: skip
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write one file per object here instead of YAML on stdout.",
+)
 @_release
 @_namespace
 @_set
 @_chart
 @click.option("--values-only", is_flag=True, help="Print the chart values instead of manifests.")
 def render(
-    files: tuple[str, ...], out: Path | None, release: str | None, namespace: str | None,
-    sets: tuple[str, ...], chart: str | None, values_only: bool,
-) -> None:  # fmt: skip
+    files: tuple[str, ...],
+    out: Path | None,
+    release: str | None,
+    namespace: str | None,
+    sets: tuple[str, ...],
+    chart: str | None,
+    values_only: bool,
+) -> None:
     """Print the Kubernetes objects for FILES (nothing is sent to a cluster)."""
     job = _Job(files, release, namespace, sets)
     job.echo_notes()
@@ -125,23 +144,41 @@ _kubeconfig = click.option(
 )
 _context = click.option("--kube-context", "context", help="Kubeconfig context.")
 _wait = click.option("--wait", is_flag=True, help="Wait until every object is ready.")
-_timeout = click.option("--timeout", type=click.IntRange(1), default=600, show_default=True,
-                        help="Seconds Helm may take.")  # fmt: skip
+_timeout = click.option(
+    "--timeout",
+    type=click.IntRange(1),
+    default=600,
+    show_default=True,
+    help="Seconds Helm may take.",
+)
 
 
 def _apply(
-    upgrade: bool, files: tuple[str, ...], release: str | None, namespace: str | None,
-    sets: tuple[str, ...], chart: str | None, kubeconfig: str | None, context: str | None,
-    wait: bool, timeout: int, create_namespace: bool = False,
-) -> None:  # fmt: skip
+    upgrade: bool,
+    files: tuple[str, ...],
+    release: str | None,
+    namespace: str | None,
+    sets: tuple[str, ...],
+    chart: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+    wait: bool,
+    timeout: int,
+    create_namespace: bool = False,
+) -> None:
     job = _Job(files, release, namespace, sets)
     job.echo_notes()
     try:
         summary = helm.install(
-            _cluster(job.namespace, kubeconfig, context), job.values, job.release,
-            chart=chart, upgrade=upgrade, wait=wait, timeout_s=timeout,
+            _cluster(job.namespace, kubeconfig, context),
+            job.values,
+            job.release,
+            chart=chart,
+            upgrade=upgrade,
+            wait=wait,
+            timeout_s=timeout,
             create_namespace=create_namespace,
-        )  # fmt: skip
+        )
     except helm.KubeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(describe(summary))
@@ -162,13 +199,31 @@ def _apply(
 @_timeout
 @click.option("--create-namespace", is_flag=True, help="Create the namespace if it is missing.")
 def install(
-    files: tuple[str, ...], release: str | None, namespace: str | None, sets: tuple[str, ...],
-    chart: str | None, kubeconfig: str | None, context: str | None, wait: bool, timeout: int,
+    files: tuple[str, ...],
+    release: str | None,
+    namespace: str | None,
+    sets: tuple[str, ...],
+    chart: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+    wait: bool,
+    timeout: int,
     create_namespace: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Install FILES as a Helm release of the vfleet chart."""
-    _apply(False, files, release, namespace, sets, chart, kubeconfig, context, wait, timeout,
-           create_namespace)  # fmt: skip
+    _apply(
+        False,
+        files,
+        release,
+        namespace,
+        sets,
+        chart,
+        kubeconfig,
+        context,
+        wait,
+        timeout,
+        create_namespace,
+    )
 
 
 @k8s.command()
@@ -182,9 +237,16 @@ def install(
 @_wait
 @_timeout
 def upgrade(
-    files: tuple[str, ...], release: str | None, namespace: str | None, sets: tuple[str, ...],
-    chart: str | None, kubeconfig: str | None, context: str | None, wait: bool, timeout: int,
-) -> None:  # fmt: skip
+    files: tuple[str, ...],
+    release: str | None,
+    namespace: str | None,
+    sets: tuple[str, ...],
+    chart: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+    wait: bool,
+    timeout: int,
+) -> None:
     """Upgrade the release to what FILES now say."""
     _apply(True, files, release, namespace, sets, chart, kubeconfig, context, wait, timeout)
 

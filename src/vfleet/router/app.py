@@ -34,6 +34,7 @@ import uvloop
 import yaml
 
 from vfleet.errors import Unauthorized, error_json
+from vfleet.http import client
 from vfleet.http.limits import raise_nofile_limit
 from vfleet.http.server import Connection, Edge, Handler, Request
 from vfleet.router import auth
@@ -42,7 +43,7 @@ from vfleet.router.config import BackendSpec, RouterConfig, load_endpoints_file,
 from vfleet.router.demand import DemandRow, DemandTable
 from vfleet.router.endpoints import Registry
 from vfleet.router.policies import Policy, make_policy
-from vfleet.router.probe import FastProber, http_get
+from vfleet.router.probe import FastProber
 from vfleet.router.prober import Prober
 from vfleet.router.proxy import Limits, Router
 from vfleet.router.ratelimit import RateLimiter
@@ -109,8 +110,10 @@ def admin_gate(
     if admin_keys:
         message = "This route needs the admin key."
     else:
-        message = ("This route needs the admin key, and the router has none: give it one "
-                   "(--admin-key-file or VFLEET_ADMIN_KEY).")  # fmt: skip
+        message = (
+            "This route needs the admin key, and the router has none: give it one "
+            "(--admin-key-file or VFLEET_ADMIN_KEY)."
+        )
     refusal = error_json(Unauthorized(message))
 
     def gated(req: Request, conn: Connection) -> None:
@@ -199,9 +202,9 @@ async def _poll_feed(cfg: RouterConfig, url: str, feeds: Feeds) -> None:
     base, _, path = url.removeprefix("http://").partition("/")
     while True:
         with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
-            status, body = await http_get("http://" + base, "/" + path, cfg.health_timeout_s)
-            if status == 200:
-                feeds.set_specs("url", parse_endpoints(orjson.loads(body), url))
+            got = await client.get("http://" + base, "/" + path, cfg.health_timeout_s)
+            if got.status == 200:
+                feeds.set_specs("url", parse_endpoints(orjson.loads(got.body), url))
         await asyncio.sleep(min(0.5, cfg.health_interval_s))
 
 
@@ -235,28 +238,43 @@ async def serve(
     if cfg.endpoints_file:
         with contextlib.suppress(OSError, ValueError, yaml.YAMLError):
             feeds.set_specs("file", load_endpoints_file(cfg.endpoints_file))
-        tasks.append(loop.create_task(_guarded(_watch_file(cfg.endpoints_file, feeds),
-                                               "endpoints file watch")))  # fmt: skip
+        tasks.append(
+            loop.create_task(
+                _guarded(_watch_file(cfg.endpoints_file, feeds), "endpoints file watch")
+            )
+        )
     if cfg.endpoints_url:
-        tasks.append(loop.create_task(_guarded(_poll_feed(cfg, cfg.endpoints_url, feeds),
-                                               "endpoints feed")))  # fmt: skip
+        tasks.append(
+            loop.create_task(_guarded(_poll_feed(cfg, cfg.endpoints_url, feeds), "endpoints feed"))
+        )
     # Endpoints are known before the port opens, and probed: the port opens once each model
     # has a ready engine (or every probe answered, or the probe timeout passed), so no request
     # meets an empty registry, and a hung engine delays neither the start nor its peers.
-    prober = Prober(router.registry, cfg.health_interval_s, cfg.health_timeout_s,
-                    router.backend_auth, router.endpoint_up)  # fmt: skip
+    prober = Prober(
+        router.registry,
+        cfg.health_interval_s,
+        cfg.health_timeout_s,
+        router.backend_auth,
+        router.endpoint_up,
+    )
     await prober.first_round()
     tasks.append(loop.create_task(_guarded(prober.run(), "health probes")))
-    fast = FastProber(router.registry, cfg.health_interval_s, cfg.health_timeout_s,
-                      router.backend_auth, lambda: router.activator.queues,
-                      router.endpoint_up)  # fmt: skip
+    fast = FastProber(
+        router.registry,
+        cfg.health_interval_s,
+        cfg.health_timeout_s,
+        router.backend_auth,
+        lambda: router.activator.queues,
+        router.endpoint_up,
+    )
     tasks.append(loop.create_task(_guarded(fast.run(), "fast probes")))
     tls = None
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         tls = CertReloader(cfg.tls_cert, cfg.tls_key)
         tasks.append(loop.create_task(_guarded(tls.run(cfg.tls_reload_s), "TLS reload")))
-    handle = admin_gate(router.handle, router.api_keys,
-                        tuple(k.encode() for k in cfg.admin_keys), router)  # fmt: skip
+    handle = admin_gate(
+        router.handle, router.api_keys, tuple(k.encode() for k in cfg.admin_keys), router
+    )
     # One factory per listening socket: the connection bound and deadline timers are shared.
     edge = Edge(cfg.edge_limits())
     factory = edge.factory(handle)
@@ -265,19 +283,27 @@ async def serve(
     handshake_s = cfg.client_header_timeout_s if tls is not None else None
     if sock is None:
         server = await loop.create_server(
-            factory, cfg.host, cfg.port, reuse_address=True, backlog=4096, ssl=context,
+            factory,
+            cfg.host,
+            cfg.port,
+            reuse_address=True,
+            backlog=4096,
+            ssl=context,
             ssl_handshake_timeout=handshake_s,
-        )  # fmt: skip
+        )
     else:
-        server = await loop.create_server(factory, sock=sock, backlog=4096, ssl=context,
-                                          ssl_handshake_timeout=handshake_s)  # fmt: skip
+        server = await loop.create_server(
+            factory, sock=sock, backlog=4096, ssl=context, ssl_handshake_timeout=handshake_s
+        )
     port = server.sockets[0].getsockname()[1]
     gc.freeze()
     healthy = sum(ep.healthy for ep in router.registry.endpoints.values())
     scheme = "https" if tls is not None else "http"
     # one write with its newline (stderr writes through): workers print at the same moment
-    sys.stderr.write(f"vfleet router: {len(router.registry.endpoints)} endpoints ({healthy} "
-                     f"healthy), ready on {scheme}://{cfg.host}:{port}\n")  # fmt: skip
+    sys.stderr.write(
+        f"vfleet router: {len(router.registry.endpoints)} endpoints ({healthy} "
+        f"healthy), ready on {scheme}://{cfg.host}:{port}\n"
+    )
     try:
         await stop.wait()
         server.close()  # stop accepting; requests already in flight (or held) finish first

@@ -105,10 +105,15 @@ class DemandTable:
 
     def as_dict(self) -> dict[str, Any]:
         """What `GET /vfleet/demand` answers."""
-        models = {name: {"inflight": d.inflight, "held": d.held, "requests": d.requests}
-                  for name, d in sorted(self.models().items())}  # fmt: skip
-        return {"models": models, "endpoints": dict(sorted(self.endpoints().items())),
-                "workers": self.workers}  # fmt: skip
+        models = {
+            name: {"inflight": d.inflight, "held": d.held, "requests": d.requests}
+            for name, d in sorted(self.models().items())
+        }
+        return {
+            "models": models,
+            "endpoints": dict(sorted(self.endpoints().items())),
+            "workers": self.workers,
+        }
 
     def clear_row(self, worker: int) -> None:
         """Forget what a worker that has exited had live: its in-flight and held counts and the

@@ -120,8 +120,14 @@ class Registry:
 
 
 def _card(model: str, created: int) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": created, "owned_by": "vfleet",
-            "root": model, "parent": None}  # fmt: skip
+    return {
+        "id": model,
+        "object": "model",
+        "created": created,
+        "owned_by": "vfleet",
+        "root": model,
+        "parent": None,
+    }
 
 
 def parse_load(metrics_text: str) -> tuple[int, int, float]:

@@ -179,8 +179,9 @@ def apply_event(table: PodTable, event: Any, rules: PodRules) -> PodTable | Watc
     kind = event.get("type")
     obj = _dict(event.get("object"))
     if kind == "ERROR":
-        return WatchError(_status_code(obj.get("code")), str(obj.get("reason", "")),
-                          str(obj.get("message", "")))  # fmt: skip
+        return WatchError(
+            _status_code(obj.get("code")), str(obj.get("reason", "")), str(obj.get("message", ""))
+        )
     if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
         return WatchError(0, "BadEvent", f"unknown watch event type {kind!r}")
     version = _dict(obj.get("metadata")).get("resourceVersion")

@@ -88,8 +88,9 @@ def load_target(cfg: RouterConfig) -> KubeTarget | None:
         return None
     try:
         if cfg.k8s_api_url:
-            kube = KubeConfig.from_one(cluster=Cluster(server=cfg.k8s_api_url), user=User(),
-                                       namespace=cfg.k8s_namespace)  # fmt: skip
+            kube = KubeConfig.from_one(
+                cluster=Cluster(server=cfg.k8s_api_url), user=User(), namespace=cfg.k8s_namespace
+            )
         else:
             kube = KubeConfig.from_env()
         single = kube.get()
@@ -151,18 +152,30 @@ class Discovery:
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
-        log.warning("kubernetes: %s (%s) in namespace %s; listing pods again in %.1f s",
-                    exc, type(exc).__name__, self.target.namespace,
-                    backoff_s(self._failures, self.target.resync_s))  # fmt: skip
+        log.warning(
+            "kubernetes: %s (%s) in namespace %s; listing pods again in %.1f s",
+            exc,
+            type(exc).__name__,
+            self.target.namespace,
+            backoff_s(self._failures, self.target.resync_s),
+        )
 
     def _replace(self, pods: Mapping[str, PodEndpoint], relist: bool = False) -> None:
         added, gone = changes(self._pods, pods)
         for ep in added:
-            log.info("kubernetes: pod %s serves at %s (%s)", ep.name, ep.url,
-                     ",".join(ep.models) or "models from /v1/models")  # fmt: skip
+            log.info(
+                "kubernetes: pod %s serves at %s (%s)",
+                ep.name,
+                ep.url,
+                ",".join(ep.models) or "models from /v1/models",
+            )
         for ep in gone:
-            log.info("kubernetes: pod %s (%s) no longer serves%s", ep.name, ep.url,
-                     " (found by a full list)" if relist else "")  # fmt: skip
+            log.info(
+                "kubernetes: pod %s (%s) no longer serves%s",
+                ep.name,
+                ep.url,
+                " (found by a full list)" if relist else "",
+            )
         self._pods = pods
         self.publish(list(pods.values()))
         self.listed.set()
@@ -193,9 +206,13 @@ class Discovery:
             if left <= 0:
                 self._failures = 0
                 return RESYNC
-            params = {"labelSelector": self.target.selector, "watch": "1",
-                      "resourceVersion": table.version, "allowWatchBookmarks": "true",
-                      "timeoutSeconds": str(math.ceil(left))}  # fmt: skip
+            params = {
+                "labelSelector": self.target.selector,
+                "watch": "1",
+                "resourceVersion": table.version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": str(math.ceil(left)),
+            }
             opened = loop.time()
             self._seen = False
             try:
@@ -216,8 +233,12 @@ class Discovery:
             # The server ended the stream (its timeout): go on from the last version seen.
             await asyncio.sleep(backoff_s(self._failures, self.target.resync_s))
 
-    async def _follow(self, client: httpx2.AsyncClient, params: dict[str, str], table: PodTable,
-                      ) -> tuple[PodTable, str | None]:  # fmt: skip
+    async def _follow(
+        self,
+        client: httpx2.AsyncClient,
+        params: dict[str, str],
+        table: PodTable,
+    ) -> tuple[PodTable, str | None]:
         """Apply one watch stream's events: (table, why a full list is due, or None)."""
         timeout = httpx2.Timeout(REQUEST_TIMEOUT_S, read=None)
         async with client.stream("GET", self.target.path, params=params, timeout=timeout) as resp:

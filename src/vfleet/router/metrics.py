@@ -9,10 +9,41 @@ from dataclasses import dataclass, field
 from vfleet.prom import Histogram, fmt, labels
 from vfleet.router.endpoints import Registry
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                   30.0, 60.0)  # fmt: skip
-HOLD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-                300.0, 600.0)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+HOLD_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 
 
 @dataclass(slots=True)
@@ -45,32 +76,46 @@ class RouterMetrics:
         for (model, url, status), n in sorted(self.requests.items()):
             lbl = labels({"model": model, "endpoint": url, "status": str(status)})
             out.append(f"vfleet_router_requests_total{lbl} {fmt(n)}\n")
-        out += ["# HELP vfleet_router_retries_total Requests retried on another endpoint.\n",
-                "# TYPE vfleet_router_retries_total counter\n"]  # fmt: skip
+        out += [
+            "# HELP vfleet_router_retries_total Requests retried on another endpoint.\n",
+            "# TYPE vfleet_router_retries_total counter\n",
+        ]
         for model, n in sorted(self.retries.items()):
             out.append(f"vfleet_router_retries_total{labels({'model': model})} {fmt(n)}\n")
-        out += ["# HELP vfleet_router_rejected_total Requests refused by the router, by reason.\n",
-                "# TYPE vfleet_router_rejected_total counter\n"]  # fmt: skip
+        out += [
+            "# HELP vfleet_router_rejected_total Requests refused by the router, by reason.\n",
+            "# TYPE vfleet_router_rejected_total counter\n",
+        ]
         for reason, n in sorted(self.rejected.items()):
             out.append(f"vfleet_router_rejected_total{labels({'reason': reason})} {fmt(n)}\n")
-        out += ["# HELP vfleet_router_endpoint_healthy 1 when the endpoint passes health probes.\n",
-                "# TYPE vfleet_router_endpoint_healthy gauge\n"]  # fmt: skip
+        out += [
+            "# HELP vfleet_router_endpoint_healthy 1 when the endpoint passes health probes.\n",
+            "# TYPE vfleet_router_endpoint_healthy gauge\n",
+        ]
         eps = sorted(registry.endpoints.values(), key=lambda e: e.url)
         for ep in eps:
-            out.append(f"vfleet_router_endpoint_healthy{labels({'endpoint': ep.url})} "
-                       f"{fmt(float(ep.healthy))}\n")  # fmt: skip
-        out += ["# HELP vfleet_router_endpoint_inflight Requests in flight to the endpoint.\n",
-                "# TYPE vfleet_router_endpoint_inflight gauge\n"]  # fmt: skip
+            out.append(
+                f"vfleet_router_endpoint_healthy{labels({'endpoint': ep.url})} "
+                f"{fmt(float(ep.healthy))}\n"
+            )
+        out += [
+            "# HELP vfleet_router_endpoint_inflight Requests in flight to the endpoint.\n",
+            "# TYPE vfleet_router_endpoint_inflight gauge\n",
+        ]
         for ep in eps:
-            out.append(f"vfleet_router_endpoint_inflight{labels({'endpoint': ep.url})} "
-                       f"{fmt(ep.inflight)}\n")  # fmt: skip
+            out.append(
+                f"vfleet_router_endpoint_inflight{labels({'endpoint': ep.url})} "
+                f"{fmt(ep.inflight)}\n"
+            )
         for name, hist, what in (
             ("time_to_first_byte_seconds", self.ttft, "Router-seen time to the first body byte."),
             ("request_duration_seconds", self.duration, "Router-seen request duration."),
             ("inter_chunk_latency_seconds", self.itl, "Router-seen gaps between streamed chunks."),
         ):
-            out += [f"# HELP vfleet_router_{name} {what}\n",
-                    f"# TYPE vfleet_router_{name} histogram\n"]  # fmt: skip
+            out += [
+                f"# HELP vfleet_router_{name} {what}\n",
+                f"# TYPE vfleet_router_{name} histogram\n",
+            ]
             acc = 0
             for le, n in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
                 acc += n
@@ -81,8 +126,10 @@ class RouterMetrics:
         return "".join(out).encode()
 
     def _render_holds(self, out: list[str], held: Mapping[str, int]) -> None:
-        out += ["# HELP vfleet_router_held_requests Requests waiting for a ready engine.\n",
-                "# TYPE vfleet_router_held_requests gauge\n"]  # fmt: skip
+        out += [
+            "# HELP vfleet_router_held_requests Requests waiting for a ready engine.\n",
+            "# TYPE vfleet_router_held_requests gauge\n",
+        ]
         for model, n in sorted(held.items()):
             out.append(f"vfleet_router_held_requests{labels({'model': model})} {fmt(n)}\n")
         for name, counter, what in (
@@ -90,12 +137,16 @@ class RouterMetrics:
             ("hold_timeouts_total", self.hold_timeouts, "Held requests answered 503 at deadline."),
             ("hold_rejected_total", self.hold_rejected, "Requests refused: hold queue full."),
         ):
-            out += [f"# HELP vfleet_router_{name} {what}\n",
-                    f"# TYPE vfleet_router_{name} counter\n"]  # fmt: skip
+            out += [
+                f"# HELP vfleet_router_{name} {what}\n",
+                f"# TYPE vfleet_router_{name} counter\n",
+            ]
             for model, n in sorted(counter.items()):
                 out.append(f"vfleet_router_{name}{labels({'model': model})} {fmt(n)}\n")
-        out += ["# HELP vfleet_router_hold_seconds Seconds requests waited for a ready engine.\n",
-                "# TYPE vfleet_router_hold_seconds histogram\n"]  # fmt: skip
+        out += [
+            "# HELP vfleet_router_hold_seconds Seconds requests waited for a ready engine.\n",
+            "# TYPE vfleet_router_hold_seconds histogram\n",
+        ]
         for model, hist in sorted(self.hold_seconds.items()):
             acc = 0
             for le, n in zip((*hist.bounds, float("inf")), hist.counts, strict=True):

@@ -25,15 +25,6 @@ from vfleet.router.endpoints import Endpoint, Registry, parse_load
 log = logging.getLogger("vfleet.router.probe")
 
 
-async def http_get(
-    url: str, path: str, timeout_s: float, headers: bytes = b""
-) -> tuple[int, bytes]:
-    """(status, body) of GET url+path; `vfleet.http.client.get` under the name router.app and
-    router.keda.peers still import (they can call the client directly)."""
-    response = await client.get(url, path, timeout_s, headers)
-    return response.status, response.body
-
-
 async def probe(ep: Endpoint, timeout_s: float, auth: bytes) -> bool:
     """Refresh one endpoint; True when it answered /health with 200."""
     return await answers_health(ep, timeout_s) and await refresh(ep, timeout_s, auth)

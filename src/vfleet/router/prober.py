@@ -31,8 +31,14 @@ class Prober:
     """Probes each endpoint when its `next_probe_at` comes, one probe per endpoint at a time;
     endpoints listed as starting and still down are left to the fast prober."""
 
-    def __init__(self, registry: Registry, interval_s: float, timeout_s: float, auth: bytes,
-                 on_up: Callable[[Endpoint], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        registry: Registry,
+        interval_s: float,
+        timeout_s: float,
+        auth: bytes,
+        on_up: Callable[[Endpoint], None],
+    ) -> None:
         self.registry = registry
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -79,8 +85,9 @@ class Prober:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            await asyncio.wait(list(self.busy.values()), timeout=left,
-                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            await asyncio.wait(
+                list(self.busy.values()), timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
 
     def _settled(self) -> bool:
         """Every endpoint's models are known, and each model has a ready endpoint."""

@@ -59,8 +59,9 @@ class CertReloader:
         self.stamp = _stamp((cert, key))
         self.reloads = 0
 
-    def _pick(self, conn: ssl.SSLObject | ssl.SSLSocket, _name: str | None,
-              ctx: ssl.SSLContext) -> None:  # fmt: skip
+    def _pick(
+        self, conn: ssl.SSLObject | ssl.SSLSocket, _name: str | None, ctx: ssl.SSLContext
+    ) -> None:
         current = self.current
         if current is not ctx:
             conn.context = current

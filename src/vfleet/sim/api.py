@@ -286,8 +286,12 @@ def _texts(v: Any, key: str) -> tuple[str, ...]:
     raise wrong_type((key,), "string", v)
 
 
-_SCORE_FORMS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"),
-                ("text_1", "text_2"))  # fmt: skip
+_SCORE_FORMS = (
+    ("queries", "documents"),
+    ("queries", "items"),
+    ("data_1", "data_2"),
+    ("text_1", "text_2"),
+)
 
 
 def parse_score(body: Body) -> ScoreRequest:

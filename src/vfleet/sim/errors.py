@@ -62,9 +62,10 @@ def validation_error(
 
 
 UNSUPPORTED_MEDIA = ApiError(
-    400, "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
+    400,
+    "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
     "Bad Request",
-)  # fmt: skip
+)
 
 
 def missing(loc: tuple[Any, ...], body: Any) -> ApiError:

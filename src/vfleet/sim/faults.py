@@ -35,8 +35,12 @@ class FaultConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {v}")
-        for name in ("crash_after_requests", "crash_after_s", "drop_stream_after_chunks",
-                     "startup_delay_s"):  # fmt: skip
+        for name in (
+            "crash_after_requests",
+            "crash_after_s",
+            "drop_stream_after_chunks",
+            "startup_delay_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
 

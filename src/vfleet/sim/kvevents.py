@@ -38,8 +38,14 @@ class KVEventsConfig:
     topic: str = ""
 
     def __post_init__(self) -> None:
-        types = {"enable_kv_cache_events": bool, "buffer_steps": int, "hwm": int,
-                 "max_queue_size": int, "endpoint": str, "topic": str}  # fmt: skip
+        types = {
+            "enable_kv_cache_events": bool,
+            "buffer_steps": int,
+            "hwm": int,
+            "max_queue_size": int,
+            "endpoint": str,
+            "topic": str,
+        }
         for key, kind in types.items():
             value = getattr(self, key)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

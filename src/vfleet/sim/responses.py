@@ -142,8 +142,11 @@ def chat_completion(
 
 def with_usage(chunk: bytes, prompt: int, completion: int) -> bytes:
     """A stream chunk with `usage` added (stream_options.continuous_usage_stats)."""
-    use = {"prompt_tokens": prompt, "total_tokens": prompt + completion,
-           "completion_tokens": completion}  # fmt: skip
+    use = {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+    }
     assert chunk.endswith(b"}\n\n")
     return chunk[:-3] + b',"usage":' + orjson.dumps(use) + b"}\n\n"
 
@@ -200,8 +203,11 @@ class ChunkEncoder:
         return self._head + b',"choices":[%s]%s}\n\n' % (orjson.dumps(choice), extra)
 
     def usage(self, prompt: int, completion: int, fp: str) -> bytes:
-        use = {"prompt_tokens": prompt, "total_tokens": prompt + completion,
-               "completion_tokens": completion}  # fmt: skip
+        use = {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + completion,
+            "completion_tokens": completion,
+        }
         return self._head + b',"choices":[],"usage":%s,"system_fingerprint":%s}\n\n' % (
             orjson.dumps(use),
             orjson.dumps(fp),

@@ -113,9 +113,14 @@ class GitSource(HttpSource):
         self._git("config", "remote.origin.promisor", "true")
         self._git("config", "remote.origin.partialclonefilter", f"blob:limit={POINTER_MAX}")
         self._git(
-            "fetch", "-q", "--depth", "1", f"--filter=blob:limit={POINTER_MAX}", "origin",
+            "fetch",
+            "-q",
+            "--depth",
+            "1",
+            f"--filter=blob:limit={POINTER_MAX}",
+            "origin",
             self.revision,
-        )  # fmt: skip
+        )
         commit = self._git("rev-parse", "FETCH_HEAD").decode().strip()
         tree = self._git("ls-tree", "-r", "-l", "-z", commit).split(b"\0")
         small: list[tuple[str, str, int]] = []

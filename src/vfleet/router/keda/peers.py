@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from vfleet.http import client
 from vfleet.router.keda.query import Counts, parse_demand_body
-from vfleet.router.probe import http_get
 
 if TYPE_CHECKING:
     from vfleet.router.config import RouterConfig
@@ -96,15 +96,18 @@ class Peers:
     async def _read(self, url: str, wait_s: float) -> dict[str, Counts] | None:
         path = f"{DEMAND_PATH}?wait_s={wait_s:g}" if wait_s > 0 else DEMAND_PATH
         try:
-            status, body = await http_get(url, path, self.timeout_s + wait_s, self.auth)
-            if status != 200:
-                raise ValueError(f"HTTP {status}")
-            reading = parse_demand_body(body)
+            got = await client.get(url, path, self.timeout_s + wait_s, self.auth)
+            if got.status != 200:
+                raise ValueError(f"HTTP {got.status}")
+            reading = parse_demand_body(got.body)
         except (OSError, TimeoutError, ValueError, IndexError) as exc:
             if url not in self._failing:
                 self._failing.add(url)
-                log.warning("peer %s: no demand reading (%s); skipped until it answers",
-                            url, str(exc) or type(exc).__name__)  # fmt: skip
+                log.warning(
+                    "peer %s: no demand reading (%s); skipped until it answers",
+                    url,
+                    str(exc) or type(exc).__name__,
+                )
             return None
         if url in self._failing:
             self._failing.discard(url)

@@ -59,8 +59,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class ExternalScaler:
     """The four RPCs KEDA calls (StreamMetricSpec, optional in KEDA, is declined)."""
 
-    def __init__(self, local: LocalDemand, peers: Peers, poll_s: float = STREAM_POLL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        local: LocalDemand,
+        peers: Peers,
+        poll_s: float = STREAM_POLL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.local = local
         self.peers = peers
         self.poll_s = poll_s
@@ -73,8 +78,11 @@ class ExternalScaler:
         query = await _query(request.scalerMetadata, context)
         return pb.IsActiveResponse(result=demand(query.models, await self._readings()) > 0)
 
-    async def StreamIsActive(self, request: pb.ScaledObjectRef, context: Context,
-                             ) -> AsyncIterator[pb.IsActiveResponse]:  # fmt: skip
+    async def StreamIsActive(
+        self,
+        request: pb.ScaledObjectRef,
+        context: Context,
+    ) -> AsyncIterator[pb.IsActiveResponse]:
         query = await _query(request.scalerMetadata, context)
         who = f"{request.namespace}/{request.name}"
         log.info("KEDA: %s follows the demand for %s", who, ",".join(query.models))
@@ -89,16 +97,23 @@ class ExternalScaler:
                     yield pb.IsActiveResponse(result=active)
                 await asyncio.sleep(self.poll_s)
 
-    async def GetMetricSpec(self, request: pb.ScaledObjectRef, context: Context,
-                            ) -> pb.GetMetricSpecResponse:  # fmt: skip
+    async def GetMetricSpec(
+        self,
+        request: pb.ScaledObjectRef,
+        context: Context,
+    ) -> pb.GetMetricSpecResponse:
         query = await _query(request.scalerMetadata, context)
         size, size_float = target_sizes(query.target)
-        spec = pb.MetricSpec(metricName=query.metric_name, targetSize=size,
-                             targetSizeFloat=size_float)  # fmt: skip
+        spec = pb.MetricSpec(
+            metricName=query.metric_name, targetSize=size, targetSizeFloat=size_float
+        )
         return pb.GetMetricSpecResponse(metricSpecs=[spec])
 
-    async def GetMetrics(self, request: pb.GetMetricsRequest, context: Context,
-                         ) -> pb.GetMetricsResponse:  # fmt: skip
+    async def GetMetrics(
+        self,
+        request: pb.GetMetricsRequest,
+        context: Context,
+    ) -> pb.GetMetricsResponse:
         ref = request.scaledObjectRef
         query = await _query(ref.scalerMetadata, context)
         value = 0.0
@@ -108,8 +123,11 @@ class ExternalScaler:
             readings = {LOCAL: self.local(), **await self.peers.read_all()}
             window = self._rate_window((ref.namespace, ref.name, query))
             value = window.add(self.clock(), requests_by_source(query.models, readings))
-        metric = pb.MetricValue(metricName=request.metricName or query.metric_name,
-                                metricValue=round(value), metricValueFloat=value)  # fmt: skip
+        metric = pb.MetricValue(
+            metricName=request.metricName or query.metric_name,
+            metricValue=round(value),
+            metricValueFloat=value,
+        )
         return pb.GetMetricsResponse(metricValues=[metric])
 
     async def StreamMetricSpec(self, request: pb.ScaledObjectRef, context: Context) -> None:
@@ -160,8 +178,9 @@ class ScalerServer:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def start_scaler(cfg: RouterConfig, local: LocalDemand,
-                       peer_target: KubeTarget | None = None) -> ScalerServer:  # fmt: skip
+async def start_scaler(
+    cfg: RouterConfig, local: LocalDemand, peer_target: KubeTarget | None = None
+) -> ScalerServer:
     """Serve the scaler on cfg.host:cfg.keda_port in the running loop; OSError if it cannot."""
     assert cfg.keda_port is not None
     auth = b"authorization: Bearer %s\r\n" % cfg.api_keys[0].encode() if cfg.api_keys else b""
@@ -183,8 +202,10 @@ async def start_scaler(cfg: RouterConfig, local: LocalDemand,
         discovery = Discovery(peer_target, peers.set_pods)
         started.tasks.append(asyncio.get_running_loop().create_task(_guarded(discovery.run())))
     # one write with its newline: worker processes print their own lines at the same time
-    sys.stderr.write(f"vfleet router: KEDA external scaler (gRPC) on {cfg.host}:{port}, "
-                     f"{len(cfg.peers)} static peers\n")  # fmt: skip
+    sys.stderr.write(
+        f"vfleet router: KEDA external scaler (gRPC) on {cfg.host}:{port}, "
+        f"{len(cfg.peers)} static peers\n"
+    )
     return started
 
 
@@ -212,8 +233,9 @@ class ScalerThread:
     children, on an event loop of its own thread (started after the fork: grpc and fork do not
     mix; the main thread keeps its blocking wait and signal handling)."""
 
-    def __init__(self, cfg: RouterConfig, local: LocalDemand,
-                 peer_target: KubeTarget | None) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: RouterConfig, local: LocalDemand, peer_target: KubeTarget | None
+    ) -> None:
         self._args = (cfg, local, peer_target)
         self._started = threading.Event()
         self._error: BaseException | None = None
