@@ -10,7 +10,8 @@ never from the chart's output:
 - the router's flags carry `vfleet.engines.router.router_options`, what `vfleet up` writes
   into its router's config file;
 - the engine rules are one file: a changed rewrite and share-to-memory rule in a copy of the
-  chart change both a real `vfleet up`'s engine command and the chart's render.
+  chart change both a real `vfleet up`'s engine command and the chart's render, and so do
+  renamed port, served-name, revision, LoRA and tool-calling flags.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def on_vllm(fleet: Fleet) -> Fleet:
 @functools.cache
 def vllm_case(name: str, sharing: str) -> Case:
     fleet = on_vllm(load(CASES[name]).fleet)
-    values = chart_values(fleet).values
+    values = chart_values(fleet, engine_rules=RULES).values
     values["servingEngineSpec"].setdefault("gpuSharing", {})["mode"] = sharing
     rendered = helm.render(values, release=RELEASE, namespace=NAMESPACE)
     return Case(name, fleet, values, rendered)
@@ -443,7 +444,7 @@ def test_changing_the_rules_file_changes_vfleet_up_and_the_chart(tmp_path: Path)
     assert "--cudagraph-capture-sizes" not in local and "--disable-log-requests" not in local
 
     # the chart, from the same edited copy
-    values = chart_values(fleet).values
+    values = chart_values(fleet, engine_rules=edited).values
     values["servingEngineSpec"]["gpuSharing"] = {"mode": "timeslicing"}
     rendered = helm.render(values, release=RELEASE, namespace=NAMESPACE, chart=chart)
     case = Case("edited", fleet, values, rendered)
@@ -460,3 +461,81 @@ def test_changing_the_rules_file_changes_vfleet_up_and_the_chart(tmp_path: Path)
     shipped = helm.render(values, release=RELEASE, namespace=NAMESPACE)
     argv = engine_argv(engine_container(Case("shipped", fleet, values, shipped), "chat"))
     assert "--cudagraph-capture-sizes" in argv and NEW_FLAG not in argv
+
+
+FEATURES = """\
+name: features
+models:
+  - name: chat
+    source: hf://org/chat@v2
+    vllm:
+      lora: {enabled: true, maxLoras: 2, maxLoraRank: 16, modules: {sql: /data/sql}}
+      toolCalling: {enabled: true, parser: hermes}
+"""
+# flags the rules file names, each renamed in a copy of the chart
+RENAMED = {
+    "--port": "--port-from-the-rules-file",
+    "--served-model-name": "--names-from-the-rules-file",
+    "--revision": "--revision-from-the-rules-file",
+    "--enable-lora": "--lora-from-the-rules-file",
+    "--max-lora-rank": "--rank-from-the-rules-file",
+    "--lora-modules": "--adapters-from-the-rules-file",
+    "--enable-auto-tool-choice": "--tools-from-the-rules-file",
+    "--tool-call-parser": "--parser-from-the-rules-file",
+}
+
+
+def test_renamed_model_lora_and_tool_flags_change_serve_command_and_the_chart(
+    tmp_path: Path,
+) -> None:
+    """The port, served-name, revision, LoRA and tool-calling flags are the rules file's:
+    renamed in a copy of the chart, serve_command and that chart's render both write the new
+    names."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    path = chart / "files" / "engine-rules.yaml"
+    text = path.read_text(encoding="utf-8")
+    for old, new in RENAMED.items():
+        assert text.count(f'"{old}"') == 1, old
+        text = text.replace(f'"{old}"', f'"{new}"')
+    path.write_text(text, encoding="utf-8")
+    edited = parse(yaml.safe_load(text))
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text(FEATURES, encoding="utf-8")
+    fleet = load([spec]).fleet
+    (model,) = fleet.models
+
+    python = serve_command(model, "org/chat", "0.0.0.0", 8000, (0, 26, 0), engine_rules=edited)
+    values = chart_values(fleet, engine_rules=edited).values
+    rendered = helm.render(values, release=RELEASE, namespace=NAMESPACE, chart=chart)
+    chart_argv = engine_argv(engine_container(Case("renamed", fleet, values, rendered), "chat"))
+    assert chart_argv == expected_argv(model, model_spec(values, "chat"), "hami", edited)
+    for argv in (python.argv, chart_argv):
+        assert not set(RENAMED) & set(argv), argv
+        assert argv[argv.index("--port-from-the-rules-file") + 1] == "8000"
+        i = argv.index("--names-from-the-rules-file")
+        assert argv[i : i + 4] == [
+            "--names-from-the-rules-file",
+            "chat",
+            "--revision-from-the-rules-file",
+            "v2",
+        ]
+        i = argv.index("--lora-from-the-rules-file")
+        assert argv[i:] == [
+            "--lora-from-the-rules-file",
+            "--max-loras",
+            "2",
+            "--rank-from-the-rules-file",
+            "16",
+            "--adapters-from-the-rules-file",
+            "sql=/data/sql",
+            "--tools-from-the-rules-file",
+            "--parser-from-the-rules-file",
+            "hermes",
+        ]
+
+    # the shipped chart, from the same values, still writes vLLM's names
+    shipped = helm.render(values, release=RELEASE, namespace=NAMESPACE)
+    argv = engine_argv(engine_container(Case("shipped", fleet, values, shipped), "chat"))
+    assert set(RENAMED) <= set(argv)
+    assert argv == expected_argv(model, model_spec(values, "chat"), "hami")

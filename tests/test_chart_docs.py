@@ -23,7 +23,7 @@ def _defaults() -> dict[str, Any]:
 def test_the_values_reference_is_current() -> None:
     doc = (ROOT / "docs" / "kubernetes.md").read_text(encoding="utf-8")
     assert updated(doc, table(_schema(), _defaults())) == doc, "run python -m vfleet.kube.valuesdoc"
-    assert main(["--check"]) == 0
+    assert main(["--check", "--repo", str(ROOT)]) == 0
 
 
 def test_every_default_is_in_the_schema_with_a_description() -> None:

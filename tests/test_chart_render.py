@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from vfleet.engines.rulefile import load_rules
 from vfleet.fleetspec.load import load
 from vfleet.fleetspec.models import Fleet
 from vfleet.fleetspec.source import SpecError
@@ -77,7 +78,7 @@ class Case:
 @functools.cache
 def fleet_case(name: str, sets: tuple[tuple[str, Any], ...] = ()) -> Case:
     fleet = load(CASES[name]).fleet
-    values = chart_values(fleet).values
+    values = chart_values(fleet, engine_rules=load_rules(CHART)).values
     for dotted, value in sets:
         node = values
         *head, last = dotted.split(".")

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from test_chart_render import CASES, NAMESPACE, RELEASE, SEEDS, fleet_case, raw_case
+from test_chart_render import CASES, CHART, NAMESPACE, RELEASE, SEEDS, fleet_case, raw_case
 from vfleet.cli import main
+from vfleet.engines.rulefile import load_rules
 from vfleet.fleetspec.load import load
 from vfleet.kube import render as helm
 from vfleet.kube.commands import default_release
@@ -98,7 +99,11 @@ def test_values_depend_only_on_the_typed_fleet(tmp_path: Path, name: str) -> Non
     data.pop("importedFrom", None)
     again = _fleet(tmp_path, yaml.safe_dump(data, sort_keys=False))
     assert again.imported_from is None
-    assert chart_values(again).values == chart_values(fleet).values
+    rules = load_rules(CHART)
+    assert (
+        chart_values(again, engine_rules=rules).values
+        == chart_values(fleet, engine_rules=rules).values
+    )
 
 
 def test_typed_kubernetes_settings_become_chart_keys(tmp_path: Path) -> None:
@@ -131,7 +136,8 @@ models:
     kubernetes: {hostPath: false}
 """,
     )
-    big, baked = chart_values(fleet).values["servingEngineSpec"]["modelSpec"]
+    values = chart_values(fleet, engine_rules=load_rules(CHART)).values
+    big, baked = values["servingEngineSpec"]["modelSpec"]
     expected = {
         "labels": {"team": "a"},
         "podLabels": {"tier": "gpu"},
@@ -162,7 +168,8 @@ def test_vllm_stack_local_model_url_is_a_path_in_the_container(tmp_path: Path) -
     path.write_text("servingEngineSpec:\n  modelSpec:\n  - {name: a, modelURL: /models/a}\n")
     fleet = load([path]).fleet
     assert fleet.models[0].kubernetes.host_path is False
-    spec = chart_values(fleet).values["servingEngineSpec"]["modelSpec"][0]
+    spec = chart_values(fleet, engine_rules=load_rules(CHART)).values["servingEngineSpec"]
+    spec = spec["modelSpec"][0]
     assert spec["source"] == {"kind": "local", "id": "/models/a"}
 
 
@@ -173,7 +180,8 @@ def test_tke_labels_go_on_the_workload_and_the_pods(tmp_path: Path) -> None:
     )
     path = tmp_path / "tke.yaml"
     path.write_text(text, encoding="utf-8")
-    spec = chart_values(load([path]).fleet).values["servingEngineSpec"]["modelSpec"][0]
+    values = chart_values(load([path]).fleet, engine_rules=load_rules(CHART)).values
+    spec = values["servingEngineSpec"]["modelSpec"][0]
     assert spec["labels"] == spec["podLabels"] == {"team": "search"}
     assert (spec["lwsGroupSize"], spec["imagePullPolicy"]) == (2, "IfNotPresent")
 

@@ -127,6 +127,9 @@ def test_metrics_need_the_admin_key_and_ready_names_no_engine(
         assert resp.headers["www-authenticate"].startswith("Bearer")
         assert sim.url.encode() not in resp.body
         assert c.get("/ui", headers=headers).status == 401
+        demand = c.get("/vfleet/demand", headers=headers)  # names engine URLs too
+        assert demand.status == 401 and sim.url.encode() not in demand.body
+    assert c.get("/vfleet/demand", headers={"Authorization": "Bearer sk-admin"}).status == 200
     scraped = c.get("/metrics", headers={"Authorization": "bearer sk-admin"})
     assert scraped.status == 200
     assert sim.url in scraped.body.decode()  # the admin sees everything

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -254,14 +255,22 @@ def test_demand_shows_held_requests_then_zero(router_factory: Factory) -> None:
     assert wait_for(lambda: demand(router.url)["models"]["cold"]["held"] == 0)
 
 
-def test_demand_needs_an_api_key_when_keys_are_set(router_factory: Factory) -> None:
+def test_demand_needs_the_admin_key_when_keys_are_set(
+    router_factory: Factory, tmp_path: Path
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    router = router_factory("--backend", dead, "--model", "cold", "--api-key", "k1")
+    admin = tmp_path / "admin"
+    admin.write_text("adm\n")
+    router = router_factory(
+        "--backend", dead, "--model", "cold", "--api-key", "k1", "--admin-key-file", str(admin)
+    )
     c = Client(router.url)
     assert c.get("/vfleet/demand").status == 401
-    resp = c.get("/vfleet/demand", headers={"Authorization": "Bearer k1"})
+    # a client key is not enough: the answer names engine URLs
+    assert c.get("/vfleet/demand", headers={"Authorization": "Bearer k1"}).status == 401
+    resp = c.get("/vfleet/demand", headers={"Authorization": "Bearer adm"})
     assert resp.status == 200 and resp.json()["workers"] == 1
-    assert c.get("/vfleet/demand?wait_s=x", headers={"Authorization": "Bearer k1"}).status == 400
+    assert c.get("/vfleet/demand?wait_s=x", headers={"Authorization": "Bearer adm"}).status == 400
 
 
 def test_demand_is_summed_over_workers(router_factory: Factory) -> None:

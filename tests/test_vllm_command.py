@@ -19,7 +19,7 @@ from vfleet.engines.rulefile import load_rules, rules_path
 from vfleet.engines.rules import RulesError, parse
 from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, parse_version, serve_command, translate
-from vfleet.fleetspec.models import EngineSettings, Model
+from vfleet.fleetspec.models import EngineSettings, Lora, Model
 
 RULES = load_rules()
 
@@ -417,6 +417,12 @@ def test_every_rule_names_a_spec_field_and_a_chart_key() -> None:
     for s in r.settings:
         assert s.field in EngineSettings.model_fields, s.field
         assert s.key in chart_keys, s.key
+    assert r.lora.settings
+    for s in r.lora.settings:
+        assert s.field in Lora.model_fields, s.field
+        assert s.key in chart_keys, s.key
+    for keyed in (r.lora.enable, r.lora.modules, r.tools.enable, r.tools.parser):
+        assert keyed.key in chart_keys, keyed.key
     assert set(r.convert) == {"embed", "classify", "score", "reward"}
 
 
@@ -466,6 +472,9 @@ def test_rewrites_come_from_the_rules() -> None:
         (lambda d: d["rewrites"][0].update(to="--x"), "give either `drop: true` or `to`"),
         (lambda d: d["gpuShare"].update(headroomPercent=0.9), "a whole percent, 1-100"),
         (lambda d: d["task"].update(runnerSince="soon"), "'soon' is not a version"),
+        (lambda d: d["settings"][0].update(place="router"), "place 'router' is not one of"),
+        (lambda d: d["lora"].pop("enable"), "missing key 'enable'"),
+        (lambda d: d["model"]["revision"].pop("sources"), "missing key 'sources'"),
     ],
 )
 def test_a_broken_rules_file_is_one_clear_error(change: Any, message: str) -> None:
@@ -488,3 +497,27 @@ def test_rules_come_from_the_chart_vfleet_chart_names(tmp_path: Path, monkeypatc
     path.unlink()
     with pytest.raises(RulesError, match=re.escape("engine-rules.yaml")):
         load_rules()
+
+
+def test_lifting_reads_the_model_lora_and_tool_flags_the_rules_name() -> None:
+    """Renamed in the rules, the served-name, LoRA and tool flags are read under the new names
+    and written under them; the old names are no longer vfleet's."""
+    raw = rules_dict()
+    raw["model"]["served"] = "--names"
+    raw["lora"]["settings"][0]["flag"] = "--adapters-at-once"
+    raw["toolCalling"]["parser"]["flag"] = "--parser"
+    r = parse(raw)
+    out = lift(["--names", "a", "b", "--adapters-at-once", "3", "--parser", "hermes"], r)
+    assert out.model == {"served_names": ("a", "b")}
+    assert out.lora == {"max_loras": 3}
+    assert out.tools == {"parser": "hermes"}
+    assert out.rest == []
+    old = lift(["--served-model-name", "a", "--max-loras", "3", "--tool-call-parser", "x"], r)
+    assert (old.model, old.lora, old.tools) == ({}, {}, {})
+    assert old.rest == ["--served-model-name", "a", "--max-loras", "3", "--tool-call-parser", "x"]
+    m = model(vllm={"lora": {"maxLoras": 3}, "toolCalling": {"parser": "hermes"}})
+    argv = serve_command(m, "m", "h", 1, engine_rules=r).argv
+    assert argv[argv.index("--names") + 2 :] == ["--parser", "hermes"]  # LoRA is off
+    m = model(vllm={"lora": {"enabled": True, "maxLoras": 3}})
+    argv = serve_command(m, "m", "h", 1, engine_rules=r).argv
+    assert argv[argv.index("--enable-lora") :] == ["--enable-lora", "--adapters-at-once", "3"]

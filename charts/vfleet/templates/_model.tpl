@@ -23,6 +23,8 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- fail (printf "files/engine-rules.yaml is missing or not YAML: %v" ($rules.Error | default "empty")) -}}
 {{- end -}}
 {{- $headroom := int64 $rules.gpuShare.headroomPercent -}}
+{{- /* the sources vLLM downloads itself (and is given --revision for) */ -}}
+{{- $vllmFetches := $rules.model.revision.sources -}}
 {{- $engine := toString ($m.engine | default "vllm") -}}
 {{- $port := int64 ($E.containerPort | default 8000) -}}
 
@@ -93,7 +95,7 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- $mode := toString ($dl.mode | default $EDl.mode | default "auto") -}}
 {{- if eq $mode "auto" -}}
 {{- if has $kind (list "pvc" "local") -}}{{- $mode = "none" -}}
-{{- else if has $kind (list "hf" "modelscope") -}}{{- $mode = "engine" -}}
+{{- else if has $kind $vllmFetches -}}{{- $mode = "engine" -}}
 {{- else -}}{{- $mode = ternary "job" "init" (ne $claim "") -}}
 {{- end -}}
 {{- end -}}
@@ -103,7 +105,7 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- if and (has $mode (list "job" "init")) (has $kind (list "pvc" "local")) -}}
 {{- fail (printf "modelSpec %s: download.mode %s, but the weights are already at %s" $name $mode $uri) -}}
 {{- end -}}
-{{- if and (eq $mode "engine") (not (has $kind (list "hf" "modelscope"))) -}}
+{{- if and (eq $mode "engine") (not (has $kind $vllmFetches)) -}}
 {{- fail (printf "modelSpec %s: vLLM cannot fetch %s itself; use download.mode job or init" $name $uri) -}}
 {{- end -}}
 {{- if and (eq $mode "job") (not $claim) -}}
@@ -206,9 +208,10 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- end -}}
 {{- with $m.command -}}{{- $command = . -}}{{- end -}}
 {{- $models := $va.served -}}
-{{- range $k, $v := ($cfg.loraModules | default dict) -}}{{- $models = append $models $k -}}{{- end -}}
+{{- $loraModules := get $cfg $rules.lora.modules.key -}}
+{{- range $k, $v := ($loraModules | default dict) -}}{{- $models = append $models $k -}}{{- end -}}
 {{- /* dynamically loaded adapters only show in /v1/models: let the router ask there */ -}}
-{{- $annotateModels := not (and $m.enableLoRA (not $cfg.loraModules)) -}}
+{{- $annotateModels := not (and (get $m $rules.lora.enable.key) (not $loraModules)) -}}
 
 {{- /* scaling */ -}}
 {{- $keda := $m.keda | default dict -}}

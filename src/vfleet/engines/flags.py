@@ -1,8 +1,8 @@
 """Reading vLLM flags users wrote by hand (extraArgs, server.args, container args).
 
-Pure given the rules (`vfleet.engines.rules`: which flags are typed settings, which
---task/--convert values mean which task, which flags vfleet owns); without them, the chart's
-rules file is read. Flags that vfleet models with
+Pure given the rules (`vfleet.engines.rules`: which flags are typed settings, the names of the
+model, task, LoRA and tool-calling flags, which --task/--convert values mean which task, which
+flags vfleet owns); without them, the chart's rules file is read. Flags that vfleet models with
 a typed field are lifted out of the list so that the packer,
 the router and the simulator can see them (a `--tensor-parallel-size=4` in T9k's extraArgs decides
 how many GPUs a replica needs); the rest stays in order as extra arguments.
@@ -16,20 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vfleet.engines.rulefile import load_rules
-from vfleet.engines.rules import EngineRules
+from vfleet.engines.rules import EngineRules, Setting
 
-_LORA = {"--enable-lora", "--max-loras", "--max-lora-rank", "--lora-modules"}
-_TOOLS = {"--enable-auto-tool-choice", "--tool-call-parser"}
-_MODEL = {"--served-model-name", "--task", "--runner", "--convert", "--revision", "--model"}
-_MULTI = {"--served-model-name", "--lora-modules"}  # nargs='+'
-_BOOL_ONLY = {"--enable-lora", "--enable-auto-tool-choice"}
+# vLLM's --model names the weights like the positional argument; the chart never writes it.
+_MODEL_FLAG = "--model"
 
 
-def _settings(r: EngineRules) -> dict[str, tuple[str, str]]:
-    """flag -> (EngineSettings field, value kind), every spelling the rules list; a switch's
+def _settings(settings: tuple[Setting, ...]) -> dict[str, tuple[str, str]]:
+    """flag -> (spec field, value kind), every spelling the rules list; a switch's
     two flags read as "true" and "false"."""
     out: dict[str, tuple[str, str]] = {}
-    for s in r.settings:
+    for s in settings:
         kind = "true" if s.type in ("switch", "flag") else s.type
         for flag in (s.flag, *s.aliases):
             out[flag] = (s.field, kind)
@@ -71,7 +68,25 @@ def lift(args: Sequence[Any], engine_rules: EngineRules | None = None) -> Lifted
     `engine_rules`: default, the file of the chart vfleet uses (the importers read files
     anyway; the plan and the packer never call this)."""
     r = engine_rules or load_rules()
-    table = _settings(r)
+    table = _settings(r.settings)
+    lora_table = _settings(r.lora.settings)
+    known = {
+        *table,
+        *lora_table,
+        r.lora.enable.flag,
+        r.lora.modules.flag,
+        r.tools.enable.flag,
+        r.tools.parser.flag,
+        r.served_flag,
+        r.task_flag,
+        r.runner_flag,
+        r.convert_flag,
+        r.revision_flag,
+        _MODEL_FLAG,
+        *r.owned,
+    }
+    multi = {r.served_flag, r.lora.modules.flag}  # nargs='+'
+    bare = {r.lora.enable.flag, r.tools.enable.flag}
     out = Lifted()
     words = tokens(args)
     i = 0
@@ -79,14 +94,13 @@ def lift(args: Sequence[Any], engine_rules: EngineRules | None = None) -> Lifted
         word = words[i]
         flag, eq, inline = word.partition("=")
         flag = _norm(flag)
-        known = flag in table or flag in _LORA or flag in _TOOLS or flag in _MODEL
-        if not word.startswith("-") or not (known or flag in r.owned):
+        if not word.startswith("-") or flag not in known:
             out.rest.append(word)
             i += 1
             continue
         values: list[str] = []
         kind = table[flag][1] if flag in table else "str"
-        takes_value = kind not in ("true", "false") and flag not in _BOOL_ONLY
+        takes_value = kind not in ("true", "false") and flag not in bare
         if eq:
             values = [inline]
         elif takes_value:
@@ -94,7 +108,7 @@ def lift(args: Sequence[Any], engine_rules: EngineRules | None = None) -> Lifted
             while j < len(words) and not (words[j].startswith("-") and len(words[j]) > 1):
                 values.append(words[j])
                 j += 1
-                if flag not in _MULTI:
+                if flag not in multi:
                     break
             i = j - 1
         i += 1
@@ -102,13 +116,18 @@ def lift(args: Sequence[Any], engine_rules: EngineRules | None = None) -> Lifted
             out.notices.append(f"{flag} has no value; passed on as given")
             out.rest.append(word)
             continue
-        if not _apply(out, r, table, flag, values):
+        if not _apply(out, r, table, lora_table, flag, values):
             out.rest.extend([word] if eq else [word, *values])
     return out
 
 
 def _apply(
-    out: Lifted, r: EngineRules, table: dict[str, tuple[str, str]], flag: str, values: list[str]
+    out: Lifted,
+    r: EngineRules,
+    table: dict[str, tuple[str, str]],
+    lora_table: dict[str, tuple[str, str]],
+    flag: str,
+    values: list[str],
 ) -> bool:
     """Record one flag; False when its value does not parse (it then stays an extra arg)."""
     value = values[0] if values else ""
@@ -116,48 +135,51 @@ def _apply(
         out.notices.append(f"{flag} {value} dropped: vfleet assigns hosts and ports")
         return True
     if flag in table:
-        name, kind = table[flag]
-        if kind in ("true", "false"):
-            out.settings[name] = kind == "true"
-            return True
-        try:
-            out.settings[name] = {"int": int, "float": float, "str": str}[kind](value)
-        except ValueError:
-            return False  # e.g. --max-model-len 32k: vLLM's own parser decides
-        return True
-    if flag == "--served-model-name":
+        return _typed(out.settings, table[flag], value)
+    if flag in lora_table:
+        return _typed(out.lora, lora_table[flag], value)
+    if flag == r.served_flag:
         out.model["served_names"] = tuple(values)
-    elif flag == "--task":
+    elif flag == r.task_flag:
         if value not in r.from_task:
             return False
         out.model["task"] = r.from_task[value]
-    elif flag == "--runner":
+    elif flag == r.runner_flag:
         if value == "pooling":
             out.model.setdefault("task", "embed")
         elif value != "generate":
             return value == "auto"
-    elif flag == "--convert":
+    elif flag == r.convert_flag:
         if value not in r.from_convert:
             return value == "auto"
         out.model["task"] = r.from_convert[value]
-    elif flag in ("--revision", "--model"):
-        out.model[flag[2:]] = value
-    elif flag == "--enable-lora":
+    elif flag == r.revision_flag:
+        out.model["revision"] = value
+    elif flag == _MODEL_FLAG:
+        out.model["model"] = value
+    elif flag == r.lora.enable.flag:
         out.lora["enabled"] = True
-    elif flag == "--max-loras":
-        out.lora["max_loras"] = int(value) if value.isdigit() else None
-        return value.isdigit()
-    elif flag == "--max-lora-rank":
-        out.lora["max_lora_rank"] = int(value) if value.isdigit() else None
-        return value.isdigit()
-    elif flag == "--lora-modules":
+    elif flag == r.lora.modules.flag:
         mods = dict(v.partition("=")[::2] for v in values if "=" in v)
         if len(mods) != len(values):
             return False
         out.lora.setdefault("modules", {}).update(mods)
         out.lora["enabled"] = True
-    elif flag == "--enable-auto-tool-choice":
+    elif flag == r.tools.enable.flag:
         out.tools["enabled"] = True
-    elif flag == "--tool-call-parser":
+    elif flag == r.tools.parser.flag:
         out.tools["parser"] = value
+    return True
+
+
+def _typed(into: dict[str, Any], entry: tuple[str, str], value: str) -> bool:
+    """One typed setting's value into `into`; False when it does not parse."""
+    name, kind = entry
+    if kind in ("true", "false"):
+        into[name] = kind == "true"
+        return True
+    try:
+        into[name] = {"int": int, "float": float, "str": str}[kind](value)
+    except ValueError:
+        return False  # e.g. --max-model-len 32k: vLLM's own parser decides
     return True

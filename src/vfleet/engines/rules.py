@@ -1,9 +1,11 @@
 """The engine rules vfleet shares with its Helm chart, as typed values. Pure.
 
 `charts/vfleet/files/engine-rules.yaml` holds the vLLM flag table (spec field, chart key, flag),
-the task flags and the version they changed in, the rewrites of flags older guides use, and the
-GPU-share-to-memory rule. The chart's templates read the same file through `.Files.Get`, so
-`vfleet up` and `helm install` cannot drift apart. `vfleet.engines.rulefile` finds and reads the
+the task flags and the version they changed in, the model's own flags (served names, revision
+and the sources it is written for), the LoRA and tool-calling flags and when they are written,
+the rewrites of flags older guides use, and the GPU-share-to-memory rule. The chart's
+templates read the same file through `.Files.Get`, so `vfleet up` and `helm install` cannot
+drift apart. `vfleet.engines.rulefile` finds and reads the
 file; the command lines, the flag reader and the GPU packer get the parsed `EngineRules` passed in.
 """
 
@@ -16,7 +18,9 @@ from typing import Any, Literal
 
 Version = tuple[int, ...]
 SettingType = Literal["int", "float", "str", "switch", "flag"]
+Place = Literal["vllmConfig", "modelSpec"]
 _TYPES = ("int", "float", "str", "switch", "flag")
+_PLACES = ("vllmConfig", "modelSpec")
 
 
 class RulesError(ValueError):
@@ -34,6 +38,30 @@ class Setting:
     aliases: tuple[str, ...] = ()
     negated: str | None = None  # switch only: the flag for false
     default: int | float | None = None  # a value equal to it is left out
+    place: Place = "vllmConfig"  # the chart key's mapping: vllmConfig or the modelSpec entry
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedFlag:
+    """A flag and the chart key that asks for it."""
+
+    key: str
+    flag: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoraRules:
+    """LoRA flags, written only when LoRA is on (enabled, or modules listed)."""
+
+    enable: KeyedFlag  # key on the modelSpec entry
+    settings: tuple[Setting, ...]  # fields of the spec's vllm.lora, keys under vllmConfig
+    modules: KeyedFlag  # NAME=PATH values; key under vllmConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRules:
+    enable: KeyedFlag  # bare flag; key on the modelSpec entry
+    parser: KeyedFlag  # flag and parser name; key on the modelSpec entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +80,26 @@ class Rewrite:
 class EngineRules:
     settings: tuple[Setting, ...]
     runner_since: Version
+    task_flag: str  # --task X, before runner_since
+    runner_flag: str  # --runner generate|pooling, from runner_since on
+    convert_flag: str  # --convert Y, with --runner pooling
     convert: Mapping[str, str]  # vfleet task -> --convert value
     from_task: Mapping[str, str]  # --task value -> vfleet task
     from_convert: Mapping[str, str]  # --convert value -> vfleet task
-    owned: frozenset[str]  # flags vfleet assigns (--host, --port)
+    served_flag: str  # --served-model-name NAME...
+    revision_flag: str  # --revision REV
+    revision_sources: frozenset[str]  # source kinds vLLM fetches itself: --revision for these
+    lora: LoraRules
+    tools: ToolRules
+    host_flag: str  # --host H, vfleet's
+    port_flag: str  # --port P, vfleet's
     rewrites: tuple[Rewrite, ...]
     headroom_pct: int
+
+    @property
+    def owned(self) -> frozenset[str]:
+        """Flags vfleet assigns itself: dropped from hand-written ones."""
+        return frozenset((self.host_flag, self.port_flag))
 
     def share_memory(self, share_pct: int, sliced: bool = False) -> float:
         """--gpu-memory-utilization for a `share_pct`% GPU share: of the whole device, or of
@@ -90,14 +132,27 @@ def since(version: Version | None, first: Version) -> bool:
 def parse(raw: Any, where: str = "engine rules") -> EngineRules:
     """The rules from the file's YAML; RulesError names what is wrong."""
     try:
-        task = raw["task"]
+        task, model, lora, tools = raw["task"], raw["model"], raw["lora"], raw["toolCalling"]
         return EngineRules(
             settings=tuple(_setting(s) for s in raw["settings"]),
             runner_since=_version(task["runnerSince"]),
+            task_flag=str(task["flags"]["task"]),
+            runner_flag=str(task["flags"]["runner"]),
+            convert_flag=str(task["flags"]["convert"]),
             convert=_names(task["convert"]),
             from_task=_names(task["fromTask"]),
             from_convert=_names(task["fromConvert"]),
-            owned=frozenset(str(f) for f in raw["owned"]),
+            served_flag=str(model["served"]),
+            revision_flag=str(model["revision"]["flag"]),
+            revision_sources=frozenset(str(k) for k in model["revision"]["sources"]),
+            lora=LoraRules(
+                enable=_keyed(lora["enable"]),
+                settings=tuple(_setting(s) for s in lora["settings"]),
+                modules=_keyed(lora["modules"]),
+            ),
+            tools=ToolRules(enable=_keyed(tools["enable"]), parser=_keyed(tools["parser"])),
+            host_flag=str(raw["owned"]["host"]),
+            port_flag=str(raw["owned"]["port"]),
             rewrites=tuple(_rewrite(r) for r in raw["rewrites"]),
             headroom_pct=_percent(raw["gpuShare"]["headroomPercent"]),
         )
@@ -112,6 +167,9 @@ def _setting(raw: Mapping[str, Any]) -> Setting:
         raise ValueError(f"setting {raw.get('field')}: type {kind!r} is not one of {_TYPES}")
     if kind == "switch" and not raw.get("negated"):
         raise ValueError(f"setting {raw['field']}: a switch needs `negated`")
+    place = raw.get("place", "vllmConfig")
+    if place not in _PLACES:
+        raise ValueError(f"setting {raw['field']}: place {place!r} is not one of {_PLACES}")
     return Setting(
         field=str(raw["field"]),
         key=str(raw["key"]),
@@ -120,7 +178,12 @@ def _setting(raw: Mapping[str, Any]) -> Setting:
         aliases=tuple(str(a) for a in raw.get("aliases") or ()),
         negated=raw.get("negated"),
         default=raw.get("default"),
+        place=place,
     )
+
+
+def _keyed(raw: Mapping[str, Any]) -> KeyedFlag:
+    return KeyedFlag(key=str(raw["key"]), flag=str(raw["flag"]))
 
 
 def _rewrite(raw: Mapping[str, Any]) -> Rewrite:

@@ -1,10 +1,11 @@
 """`vllm serve` command lines from a model, for the vLLM version that will run them.
 
-Pure: the rules come in (`vfleet.engines.rules`, the chart's engine-rules.yaml). The typed
-settings become flags in the rules' order, the task becomes `--task` or `--runner/--convert`
-by version, and flags users still copy from older guides are rewritten for the installed
-version, each with a notice (`--disable-log-requests` dropped from 0.10.2, `--cuda-graph-sizes`
-renamed from 0.11.1, and whatever else the rules file lists).
+Pure: the rules come in (`vfleet.engines.rules`, the chart's engine-rules.yaml), and with them
+every flag name written here. The typed settings become flags in the rules' order, the task
+becomes `--task` or `--runner/--convert` by version, LoRA and tool calling follow, and flags
+users still copy from older guides are rewritten for the installed version, each with a notice
+(`--disable-log-requests` dropped from 0.10.2, `--cuda-graph-sizes` renamed from 0.11.1, and
+whatever else the rules file lists).
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vfleet.engines.rules import EngineRules, Rewrite, Setting, Version, parse_version, since
-from vfleet.fleetspec.models import Model
+from vfleet.engines.rules import (
+    EngineRules,
+    LoraRules,
+    Rewrite,
+    Setting,
+    ToolRules,
+    Version,
+    parse_version,
+    since,
+)
+from vfleet.fleetspec.models import Lora, Model, ToolCalling
 
 __all__ = ["Command", "Version", "parse_version", "serve_command", "translate"]
 
@@ -40,21 +50,18 @@ def serve_command(
     used only when the model does not set one."""
     r = engine_rules
     s = model.vllm
-    argv = [*executable, "serve", model_ref, "--host", host, "--port", str(port)]
-    argv += ["--served-model-name", *model.served_names]
+    argv = [*executable, "serve", model_ref, r.host_flag, host, r.port_flag, str(port)]
+    argv += [r.served_flag, *model.served_names]
     notices: list[str] = []
-    if model.source.revision and model.source.kind in ("hf", "modelscope"):
-        argv += ["--revision", model.source.revision]
+    if model.source.revision and model.source.kind in r.revision_sources:
+        argv += [r.revision_flag, model.source.revision]
     values = {setting.field: getattr(s, setting.field) for setting in r.settings}
     values["gpu_memory_utilization"] = s.gpu_memory_utilization or gpu_memory_utilization
     for setting in r.settings:
         argv += setting_flags(setting, values[setting.field])
     argv += _task(model.task, version, r)
-    argv += _lora(model)
-    if s.tool_calling.enabled:
-        argv.append("--enable-auto-tool-choice")
-    if s.tool_calling.parser:
-        argv += ["--tool-call-parser", s.tool_calling.parser]
+    argv += _lora(s.lora, r.lora)
+    argv += _tools(s.tool_calling, r.tools)
     argv += translate(list(s.extra_args), version, notices, engine_rules=r)
     return Command(argv, notices)
 
@@ -77,23 +84,27 @@ def _task(task: str, version: Version | None, r: EngineRules) -> list[str]:
     if task == "auto":
         return []
     if task == "generate":
-        return ["--runner", "generate"] if runner else []
+        return [r.runner_flag, "generate"] if runner else []
     if not runner:
-        return ["--task", task]
-    return ["--runner", "pooling", "--convert", r.convert[task]]
+        return [r.task_flag, task]
+    return [r.runner_flag, "pooling", r.convert_flag, r.convert[task]]
 
 
-def _lora(model: Model) -> list[str]:
-    lora = model.vllm.lora
+def _lora(lora: Lora, rules: LoraRules) -> list[str]:
     if not (lora.enabled or lora.modules):
         return []
-    out = ["--enable-lora"]
-    if lora.max_loras:
-        out += ["--max-loras", str(lora.max_loras)]
-    if lora.max_lora_rank:
-        out += ["--max-lora-rank", str(lora.max_lora_rank)]
+    out = [rules.enable.flag]
+    for setting in rules.settings:
+        out += setting_flags(setting, getattr(lora, setting.field))
     if lora.modules:
-        out += ["--lora-modules", *(f"{k}={v}" for k, v in lora.modules.items())]
+        out += [rules.modules.flag, *(f"{k}={v}" for k, v in lora.modules.items())]
+    return out
+
+
+def _tools(tools: ToolCalling, rules: ToolRules) -> list[str]:
+    out = [rules.enable.flag] if tools.enabled else []
+    if tools.parser:
+        out += [rules.parser.flag, tools.parser]
     return out
 
 

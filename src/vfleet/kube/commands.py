@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from vfleet.engines.rulefile import load_rules
+from vfleet.engines.rules import RulesError
 from vfleet.fleetspec.load import load
 from vfleet.fleetspec.models import NAME
 from vfleet.fleetspec.source import SpecError
@@ -56,13 +58,16 @@ class _Job:
         release: str | None,
         namespace: str | None,
         sets: tuple[str, ...],
+        chart: str | None,
     ) -> None:
         try:
             loaded = load(files)
-        except SpecError as exc:
+            # the rules of the chart the values are for: its keys and flags
+            rules = load_rules(chart)
+        except (SpecError, RulesError) as exc:
             raise click.ClickException(str(exc)) from None
         fleet = loaded.fleet
-        built = chart_values(fleet)
+        built = chart_values(fleet, engine_rules=rules)
         self.notes = [*loaded.notes, *built.notes]
         self.values = with_sets(built.values, sets)
         self.release = release or default_release(fleet.name)
@@ -117,7 +122,7 @@ def render(
     values_only: bool,
 ) -> None:
     """Print the Kubernetes objects for FILES (nothing is sent to a cluster)."""
-    job = _Job(files, release, namespace, sets)
+    job = _Job(files, release, namespace, sets, chart)
     job.echo_notes()
     if values_only:
         import yaml
@@ -166,7 +171,7 @@ def _apply(
     timeout: int,
     create_namespace: bool = False,
 ) -> None:
-    job = _Job(files, release, namespace, sets)
+    job = _Job(files, release, namespace, sets, chart)
     job.echo_notes()
     try:
         summary = helm.install(

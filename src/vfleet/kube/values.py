@@ -4,9 +4,11 @@ The chart's values are vllm-stack's (`servingEngineSpec.modelSpec[]`, `routerSpe
 vfleet keys, so every model becomes one `modelSpec` entry. Only the typed `Fleet` is read, never
 the format a file was written in: the importers already turned what each format means into
 typed fields. Engine settings become typed keys (`vllmConfig.maxModelLen`, `requestGPU`, ...),
-so the chart builds the same `vllm serve` line as `vfleet.engines.vllm.serve_command`; the typed
-Kubernetes settings (`Model.kubernetes`, `Fleet.kubernetes`) become the chart keys that carry
-them, and their `chartValues` are merged in as written.
+named by the engine rules the caller loaded (the chart's files/engine-rules.yaml, the table the
+chart reads them back with), so the chart builds the same `vllm serve` line as
+`vfleet.engines.vllm.serve_command`; the typed Kubernetes settings (`Model.kubernetes`,
+`Fleet.kubernetes`) become the chart keys that carry them, and their `chartValues` are merged in
+as written.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from vfleet.engines.rules import EngineRules, Setting
 from vfleet.engines.sim import sim_command
 from vfleet.fleetspec.models import (
     Autoscaling,
@@ -35,11 +38,13 @@ class ChartValues:
     notes: list[str] = field(default_factory=list)
 
 
-def chart_values(fleet: Fleet) -> ChartValues:
-    """The chart values that deploy `fleet`. What a file's format meant, and what of it was
+def chart_values(fleet: Fleet, *, engine_rules: EngineRules) -> ChartValues:
+    """The chart values that deploy `fleet`; `engine_rules` are the rules of the chart they are
+    for (`vfleet.engines.rulefile.load_rules`). What a file's format meant, and what of it was
     left out, the importers already said in their notes; `notes` is empty."""
     notes: list[str] = []
-    engine_spec: dict[str, Any] = {"modelSpec": [_model(fleet, m) for m in fleet.models]}
+    models = [_model(fleet, m, engine_rules) for m in fleet.models]
+    engine_spec: dict[str, Any] = {"modelSpec": models}
     values: dict[str, Any] = {
         "servingEngineSpec": engine_spec,
         "routerSpec": _router(fleet, fleet.router),
@@ -71,7 +76,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model(fleet: Fleet, m: Model) -> dict[str, Any]:
+def _model(fleet: Fleet, m: Model, r: EngineRules) -> dict[str, Any]:
     engine = fleet.engine_of(m)
     kube = m.kubernetes
     spec: dict[str, Any] = {"name": m.name}
@@ -91,7 +96,7 @@ def _model(fleet: Fleet, m: Model) -> dict[str, Any]:
         spec["repository"] = repo
         if tag:
             spec["tag"] = tag
-    spec.update(_engine(m.vllm))
+    spec.update(_engine(m.vllm, r))
     if m.task != "auto":
         spec.setdefault("vllmConfig", {})["task"] = m.task
     if m.env:
@@ -206,44 +211,38 @@ def source_values(src: Source, host_path: bool) -> dict[str, Any]:
     return out
 
 
-def _engine(s: EngineSettings) -> dict[str, Any]:
+def _engine(s: EngineSettings, r: EngineRules) -> dict[str, Any]:
+    """The model's vLLM settings under the chart keys the rules name: `vllmConfig` keys, and
+    the modelSpec entry's own (vllm-stack's chatTemplate, enableLoRA, enableTool, ...). Unset
+    values, and those at the rules' default, are left to the chart."""
     cfg: dict[str, Any] = {}
-    for key, value in (
-        ("maxModelLen", s.max_model_len),
-        ("gpuMemoryUtilization", s.gpu_memory_utilization),
-        ("maxNumSeqs", s.max_num_seqs),
-        ("maxNumBatchedTokens", s.max_num_batched_tokens),
-        ("quantization", s.quantization),
-        ("dtype", s.dtype),
-        ("enablePrefixCaching", s.enable_prefix_caching),
-        ("enableChunkedPrefill", s.enable_chunked_prefill),
-        ("maxLoras", s.lora.max_loras),
-        ("maxLoraRank", s.lora.max_lora_rank),
-    ):
-        if value is not None:
-            cfg[key] = value
-    if s.tensor_parallel_size > 1:
-        cfg["tensorParallelSize"] = s.tensor_parallel_size
-    if s.pipeline_parallel_size > 1:
-        cfg["pipelineParallelSize"] = s.pipeline_parallel_size
-    if s.enforce_eager:
-        cfg["enforceEager"] = True
-    if s.trust_remote_code:
-        cfg["trustRemoteCode"] = True
+    own: dict[str, Any] = {}
+    for setting in r.settings:
+        value = getattr(s, setting.field)
+        if _written(setting, value):
+            (own if setting.place == "modelSpec" else cfg)[setting.key] = value
+    for setting in r.lora.settings:
+        value = getattr(s.lora, setting.field)
+        if _written(setting, value):
+            cfg[setting.key] = value
     if s.lora.modules:
-        cfg["loraModules"] = dict(s.lora.modules)
+        cfg[r.lora.modules.key] = dict(s.lora.modules)
     if s.extra_args:
         cfg["extraArgs"] = list(s.extra_args)
-    out: dict[str, Any] = {"vllmConfig": cfg} if cfg else {}
-    if s.chat_template:
-        out["chatTemplate"] = s.chat_template
     if s.lora.enabled or s.lora.modules:
-        out["enableLoRA"] = True
+        own[r.lora.enable.key] = True
     if s.tool_calling.enabled:
-        out["enableTool"] = True
+        own[r.tools.enable.key] = True
     if s.tool_calling.parser:
-        out["toolCallParser"] = s.tool_calling.parser
-    return out
+        own[r.tools.parser.key] = s.tool_calling.parser
+    return {"vllmConfig": cfg, **own} if cfg else own
+
+
+def _written(setting: Setting, value: Any) -> bool:
+    """Whether a value is worth a key: the chart writes no flag for it otherwise."""
+    if value is None or (setting.type == "flag" and not value):
+        return False
+    return setting.default is None or value != setting.default
 
 
 def _storage(m: Model) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -68,8 +69,11 @@ def updated(doc: str, new_table: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    chart = chart_dir()
-    doc_path = chart.parents[1] / "docs" / "kubernetes.md"
+    """`[--check] [--repo DIR]`: the repository (default: the current directory) whose chart
+    and docs/kubernetes.md are compared or updated; a developer's tool, run from a clone."""
+    root = Path(argv[argv.index("--repo") + 1]) if "--repo" in argv else Path.cwd()
+    chart = chart_dir(root / "charts" / "vfleet")
+    doc_path = root / "docs" / "kubernetes.md"
     schema = json.loads((chart / "values.schema.json").read_text(encoding="utf-8"))
     defaults = yaml.safe_load((chart / "values.yaml").read_text(encoding="utf-8"))
     doc = doc_path.read_text(encoding="utf-8")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -243,7 +244,12 @@ def default_cache_dir() -> Path:
 
 def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str, Any]:
     """The router's config file: the spec's router settings (as the chart gets them, from
-    vfleet.engines.router) and what only a local fleet has (its endpoints file, address)."""
+    vfleet.engines.router) and what only a local fleet has (its endpoints file, address).
+
+    With client keys on, the router's /metrics and /vfleet/demand need an admin key: the
+    supervisor reads demand with one made for this run (the file is 0600 in a 0700 run dir)."""
+    options = router_options(fleet)
+    admin = {"admin_keys": [secrets.token_urlsafe(32)]} if options.get("api_keys") else {}
     return {
         "endpoints_file": str(run.endpoints_file),
         "host": host,
@@ -258,7 +264,8 @@ def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str,
             for m in fleet.models
             for name in demand_names(m)
         },
-        **router_options(fleet),
+        **options,
+        **admin,
     }
 
 

@@ -148,7 +148,9 @@ class RouterSettings:
 
     @property
     def auth(self) -> bytes:
-        keys = self.config.get("api_keys") or []
+        """The header the supervisor sends to the router: its admin key (/vfleet/demand is an
+        admin route when keys are on), else a client key."""
+        keys = self.config.get("admin_keys") or self.config.get("api_keys") or []
         return client.bearer(keys[0] if keys else None)
 
 

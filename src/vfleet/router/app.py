@@ -60,7 +60,9 @@ log = logging.getLogger("vfleet.router")
 Listed = list[tuple[str, tuple[str, ...], bool]]
 FIRST_LIST_WAIT_S = 5.0  # start-up waits this long at most for the first Kubernetes pod list
 FILE_CHECK_S = 0.05  # seconds between checks of the endpoints file for changes
-ADMIN_ROUTES = ("/metrics", "/ui")  # and what is under /ui/: they describe the fleet
+# With keys on, these need the admin key: they name engine URLs and the fleet's load (and what
+# is under /ui/). KEDA peer routers and `vfleet up` read /vfleet/demand with an admin key.
+ADMIN_ROUTES = ("/metrics", "/ui", "/vfleet/demand")
 ADMIN_CHALLENGE = b'www-authenticate: Bearer realm="vfleet-admin"\r\n'
 
 
@@ -102,9 +104,10 @@ def admin_gate(
 ) -> Handler:
     """`handle`, with ADMIN_ROUTES open only to an admin key once any key is configured.
 
-    /metrics names every engine URL, model and load figure: with client keys on it is not
-    for clients. Without an admin key configured such routes answer 401 to everyone. With no
-    keys at all nothing changes (and `handle` is returned as it is, off the hot path)."""
+    /metrics and /vfleet/demand name every engine URL, model and load figure: with client
+    keys on they are not for clients. Without an admin key configured such routes answer 401
+    to everyone. With no keys at all nothing changes (and `handle` is returned as it is, off
+    the hot path)."""
     if not api_keys and not admin_keys:
         return handle
     if admin_keys:

@@ -103,6 +103,11 @@ class Router:
         if path == "/ready":  # open, like /health: readiness probes carry no key
             self._ready(conn)
             return
+        if path == "/vfleet/demand" and req.method == "GET":
+            # like /metrics: when keys are on, the admin gate (router.app) lets only the admin
+            # key this far
+            self._demand(req, conn)
+            return
         if self.api_keys and not self._authorized(req):
             self.metrics.rejected["auth"] += 1
             respond_error(conn, Unauthorized("Invalid API key."))
@@ -110,8 +115,6 @@ class Router:
         if path in ("/v1/models", "/models"):
             cards = self.registry.model_cards(int(time.time()))
             conn.respond(200, orjson.dumps({"object": "list", "data": cards}))
-        elif path == "/vfleet/demand" and req.method == "GET":
-            self._demand(req, conn)
         elif req.too_large:
             self.metrics.rejected["too_large"] += 1
             conn.keep_alive = False

@@ -183,7 +183,14 @@ async def start_scaler(
 ) -> ScalerServer:
     """Serve the scaler on cfg.host:cfg.keda_port in the running loop; OSError if it cannot."""
     assert cfg.keda_port is not None
-    auth = b"authorization: Bearer %s\r\n" % cfg.api_keys[0].encode() if cfg.api_keys else b""
+    # Peers answer /vfleet/demand to an admin key when keys are on (a client key gets 401).
+    keys = cfg.admin_keys or cfg.api_keys
+    auth = b"authorization: Bearer %s\r\n" % keys[0].encode() if keys else b""
+    if cfg.api_keys and not cfg.admin_keys and (cfg.peers or cfg.k8s_peer_selector):
+        log.warning(
+            "API keys are on and no admin key is set: peer routers will refuse to "
+            "share their demand; give every router the same admin key"
+        )
     peers = Peers(static=cfg.peers, auth=auth, self_name=socket.gethostname())
     server = grpc.aio.server()
     pb_grpc.add_ExternalScalerServicer_to_server(ExternalScaler(local, peers), server)
