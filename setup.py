@@ -30,6 +30,7 @@ COMPILED = [
     "src/vfleet/router/policies.py",
     "src/vfleet/router/proxy.py",
     "src/vfleet/router/ratelimit.py",
+    "src/vfleet/router/sharedmetrics.py",
     "src/vfleet/router/state.py",
     "src/vfleet/router/upstream.py",
     "src/vfleet/sim/api.py",

@@ -6,6 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VFLEET_TEST_VENV:-.venv-test}"
+# tests/test_ui.py drives Debian's chromium headless through Playwright (no browser download):
+# installed here when missing, as root (CI on Debian) or through password-less sudo; only when
+# neither can install it does that test skip (and says why).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  AS_ROOT=""
+  [ "$(id -u)" = 0 ] || AS_ROOT="sudo -n"
+  ($AS_ROOT apt-get update -qq &&
+    $AS_ROOT env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ||
+    echo "could not install chromium: tests/test_ui.py will skip" >&2
+fi
 rm -rf "$VENV" build
 python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip==25.3

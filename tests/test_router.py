@@ -745,9 +745,9 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(
     n = 40
     for _ in range(n):  # each on a fresh connection, which the kernel spreads over workers
         assert c.post("/v1/completions", COMPLETION).status == 200
-    # Each worker counts only what it answered; both must have answered, together all of it.
+    # Whichever worker answers the scrape, it reports the whole router's count (shared table).
     counts = {router_metric(rp.url, "vfleet_router_requests_total") for _ in range(30)}
-    assert any(a > 0 and b > 0 and a + b == n for a in counts for b in counts), counts
+    assert counts == {n}, counts
     rp.proc.send_signal(signal.SIGTERM)
     assert rp.proc.wait(timeout=10) == 0
 

@@ -104,7 +104,11 @@ def test_after_sigterm_new_and_idle_connections_end_while_a_stream_finishes(
         assert router.proc.poll() is None  # refused because it drains, not because it exited
         # The idle connection is closed (EOF), so its client reconnects elsewhere rather than
         # sending more requests to a router about to exit.
-        assert idle.recv(4096) == b""
+        try:
+            rest = idle.recv(4096)
+        except ConnectionResetError:  # closed with a reset rather than a FIN: closed all the same
+            rest = b""
+        assert rest == b""
     assert stream.rest() == (600, True)
     assert router.wait_exit(timeout_s=30) == 0
 

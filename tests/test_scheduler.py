@@ -681,6 +681,7 @@ def replay(events: list[KVEvent], live: set[int]) -> None:
             live.clear()
 
 
+@pytest.mark.timeout(240)  # 150 examples in plain Python on a busy 2-core machine
 @settings(max_examples=150, deadline=None)
 @given(workloads())
 def test_random_workloads_run_to_completion(w: Workload) -> None:

@@ -394,6 +394,15 @@ def test_sim_command_mirrors_the_model() -> None:
     assert after(argv, "--gpu-memory-utilization") == ["0.18"]
     # vLLM-only flags do not reach the simulator
     assert "--cuda-graph-sizes" not in argv and "--disable-log-requests" not in argv
+    assert "--enable-auto-tool-choice" not in argv
+
+
+def test_sim_command_turns_on_auto_tool_choice_with_tool_calling() -> None:
+    # the simulator, like vLLM, refuses tool_choice "auto" without both flags
+    chat = model(vllm={"toolCalling": {"enabled": True, "parser": "mistral"}})
+    argv = sim_command(chat, "org/m", "127.0.0.1", 9001)
+    assert "--enable-auto-tool-choice" in argv
+    assert after(argv, "--tool-call-parser") == ["mistral"]
 
 
 # -- the engine rules (charts/vfleet/files/engine-rules.yaml) ----------------------------------

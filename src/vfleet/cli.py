@@ -18,12 +18,13 @@ from vfleet import __version__
 LAZY = {
     "sim": "vfleet.sim.command:sim",
     "up": "vfleet.local.commands:up",
-    "down": "vfleet.local.commands:down",
-    "status": "vfleet.local.commands:status",
-    "logs": "vfleet.local.commands:logs",
+    "down": "vfleet.local.control:down",
+    "status": "vfleet.local.control:status",
+    "logs": "vfleet.local.control:logs",
     "spec": "vfleet.fleetspec.commands:spec",
     "k8s": "vfleet.kube.commands:k8s",
     "download": "vfleet.download.command:download",
+    "bench": "vfleet.bench.command:bench",
 }
 
 

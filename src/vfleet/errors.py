@@ -1,15 +1,18 @@
 """Every error vfleet's router and HTTP edge answer themselves: one exception tree, one JSON shape.
 
-Each class carries its HTTP status and its OpenAI error `type`; `error_json` is the only place an
-error becomes bytes: `{"error": {"message", "type", "param", "code"}}`, `code` being the HTTP
-status (as vLLM writes it) and `param` the offending request field or null.
+Each class carries its HTTP status and its OpenAI error `type`; this module is the only place an
+error becomes bytes: `error_json` writes `{"error": {"message", "type", "param", "code"}}`, `code`
+being the HTTP status (as vLLM writes it) and `param` the offending request field or null; on the
+Anthropic Messages routes `anthropic_error_json` writes the same error in Anthropic's shape,
+`{"type": "error", "error": {"type", "message"}}`, its `type` mapped from the one vocabulary.
 
 The `type` vocabulary (the only values the router and the edge ever write):
 
 =====================  =============================  =====================================
 type                   statuses                       meaning
 =====================  =============================  =====================================
-invalid_request_error  400 408 413 414 417 431        the request cannot be served as sent
+invalid_request_error  400 405 408 413 414 415 417    the request cannot be served as sent
+                       431
 authentication_error   401                            no valid API key
 not_found_error        404                            unknown route or model
 rate_limit_error       429                            a request, token or queue limit
@@ -18,7 +21,8 @@ service_unavailable    503                            nothing can take it now; r
 =====================  =============================  =====================================
 
 Errors an engine answers itself (a 400 from vLLM's validation, say) are relayed as the engine
-wrote them: the router never parses response bodies.
+wrote them: the router never parses response bodies (it only finds the id in a
+`/v1/responses` answer, to send what follows from it to the same engine).
 
 This module does no I/O and imports nothing of vfleet, so the HTTP layer can use it too.
 """
@@ -64,6 +68,25 @@ def error_json(err: VfleetError) -> bytes:
     )
 
 
+# Anthropic's error `type` for each of ours (its SDKs pick their exception class by status, and
+# show this type); a few statuses have a type of their own there.
+_ANTHROPIC_TYPES: Final = {
+    INVALID_REQUEST: "invalid_request_error",
+    AUTHENTICATION: "authentication_error",
+    NOT_FOUND: "not_found_error",
+    RATE_LIMIT: "rate_limit_error",
+    SERVER_ERROR: "api_error",
+    UNAVAILABLE: "overloaded_error",
+}
+_ANTHROPIC_BY_STATUS: Final = {413: "request_too_large", 504: "timeout_error"}
+
+
+def anthropic_error_json(err: VfleetError) -> bytes:
+    """The Anthropic-shaped body of `err`, for the Messages routes (`/v1/messages...`)."""
+    kind = _ANTHROPIC_BY_STATUS.get(err.status) or _ANTHROPIC_TYPES[err.type]
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": err.message}})
+
+
 # -- the client's side: the request as sent cannot be served ---------------------------------
 
 
@@ -76,6 +99,12 @@ class BadRequest(ClientError):
     pass
 
 
+class MethodNotAllowed(ClientError):
+    """A known route asked with a method it does not serve (the answer carries `Allow`)."""
+
+    status = 405
+
+
 class RequestTimeout(ClientError):
     status = 408
 
@@ -86,6 +115,12 @@ class PayloadTooLarge(ClientError):
 
 class UriTooLong(ClientError):
     status = 414
+
+
+class UnsupportedMediaType(ClientError):
+    """A JSON route's body is declared as something other than `application/json`."""
+
+    status = 415
 
 
 class ExpectationFailed(ClientError):
@@ -186,9 +221,11 @@ _BY_STATUS: Final[dict[int, type[VfleetError]]] = {
     400: BadRequest,
     401: Unauthorized,
     404: NotFound,
+    405: MethodNotAllowed,
     408: RequestTimeout,
     413: PayloadTooLarge,
     414: UriTooLong,
+    415: UnsupportedMediaType,
     417: ExpectationFailed,
     429: RateLimited,
     431: HeadersTooLarge,

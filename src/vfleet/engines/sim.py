@@ -49,4 +49,11 @@ def sim_command(
             argv += ["--lora-modules", f"{name}={path}"]
         if s.lora.max_loras:
             argv += ["--max-loras", str(s.lora.max_loras)]
+    if s.tool_calling.enabled:
+        # as vLLM: tool_choice "auto" is refused unless both flags are given
+        argv += [
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            s.tool_calling.parser or "hermes",
+        ]
     return argv + list(model.sim.extra_args)

@@ -7,9 +7,14 @@ import json
 import click
 import yaml
 
+from vfleet.fleetspec.caveats import as_warning, caveats, documents
 from vfleet.fleetspec.load import load
 from vfleet.fleetspec.models import Fleet
 from vfleet.fleetspec.source import SpecError
+
+# The chart's router Service as `vfleet k8s render` names it with its default release, "vfleet"
+# (an Ingress to any other Service goes around the router).
+ROUTER_SERVICE = "vfleet-router-service"
 
 
 @click.group()
@@ -18,16 +23,30 @@ def spec() -> None:
 
 
 @spec.command()
-@click.argument("files", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    multiple=True,
+    help="A file to check, as `vfleet up -f` takes it (repeatable; plain arguments work too).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the normalized spec as JSON.")
-def check(files: tuple[str, ...], as_json: bool) -> None:
-    """Validate FILES (a fleet, vllm-stack/TKE/T9k values or manifests); print the result."""
+def check(paths: tuple[str, ...], files: tuple[str, ...], as_json: bool) -> None:
+    """Validate FILES (a fleet, vllm-stack/TKE/T9k values or manifests); print the result, and
+    on stderr a warning for everything whose meaning changes or that is left out."""
+    every = (*files, *paths)
+    if not every:
+        raise click.UsageError("give the files to check: vfleet spec check -f FILE")
     try:
-        loaded = load(files)
+        loaded = load(every)
+        found = caveats(documents(every), loaded.fleet, ROUTER_SERVICE, loaded.notes)
     except SpecError as exc:
         raise click.ClickException(str(exc)) from None
     for note in loaded.notes:
-        click.echo(note, err=True)
+        click.echo(as_warning(note), err=True)
+    for caveat in found:
+        click.echo(str(caveat), err=True)
     data = loaded.fleet.model_dump(by_alias=True, exclude_defaults=True, mode="json")
     data = {"apiVersion": "vfleet/v1", "kind": "Fleet", **data}
     if as_json:

@@ -317,6 +317,14 @@ class Model(Spec):
             )
         return value
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_mapping(cls, value: Any) -> Any:
+        # docs/fleet.md: `env` is a list of {name, value} or a mapping NAME: value
+        if isinstance(value, dict):
+            return [{"name": str(k), "value": "" if v is None else v} for k, v in value.items()]
+        return value
+
     @field_validator("gpu", mode="before")
     @classmethod
     def _gpu_text(cls, value: Any) -> Any:

@@ -14,6 +14,7 @@ import click
 
 from vfleet.engines.rulefile import load_rules
 from vfleet.engines.rules import RulesError
+from vfleet.fleetspec.caveats import as_warning, caveats, documents
 from vfleet.fleetspec.load import load
 from vfleet.fleetspec.models import NAME
 from vfleet.fleetspec.source import SpecError
@@ -68,10 +69,16 @@ class _Job:
             raise click.ClickException(str(exc)) from None
         fleet = loaded.fleet
         built = chart_values(fleet, engine_rules=rules)
-        self.notes = [*loaded.notes, *built.notes]
         self.values = with_sets(built.values, sets)
         self.release = release or default_release(fleet.name)
         self.namespace = namespace or namespace_of(fleet) or "default"
+        try:
+            found = caveats(documents(files), fleet, f"{self.release}-router-service", loaded.notes)
+        except SpecError as exc:
+            raise click.ClickException(str(exc)) from None
+        # one format for all of it: `warning: FILE:LINE: message`
+        self.notes = [as_warning(n) for n in (*loaded.notes, *built.notes)]
+        self.notes += [str(c) for c in found]
 
     def echo_notes(self) -> None:
         for note in self.notes:

@@ -1,10 +1,10 @@
-"""`vfleet up`, `down`, `status` and `logs`: thin commands over the supervisor and run dir."""
+"""`vfleet up`: a thin command over the supervisor; each fleet gets its own run directory
+(vfleet.local.rundir). `status`, `logs` and `down` are in vfleet.local.control."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -22,16 +22,23 @@ from rich.live import Live
 from vfleet.download.errors import DownloadError
 from vfleet.engines.router import router_options
 from vfleet.engines.rulefile import load_rules
+from vfleet.fleetspec.caveats import as_warning, caveats, documents
 from vfleet.fleetspec.importers.common import slug
 from vfleet.fleetspec.load import load
 from vfleet.fleetspec.models import Fleet
 from vfleet.fleetspec.source import SpecError
 from vfleet.local import display
-from vfleet.local.elastic import engine_load
+from vfleet.local.control import RUN_DIR
 from vfleet.local.gpus import detect_gpus, free_ports, parse_gpus, port_free, vllm_version
+from vfleet.local.keys import Keys, api_keys
 from vfleet.local.packer import PackError
 from vfleet.local.plan import Options, Plan, PlanError, build, needs_download, planned_slots
-from vfleet.local.rundir import RunDir, default_run_dir, pid_alive
+from vfleet.local.rundir import (
+    RunDir,
+    explicit_run_dir,
+    fleet_run_dir,
+    known_fleets,
+)
 from vfleet.local.supervisor import (
     ROUTER_DRAIN_S,
     RouterSettings,
@@ -40,17 +47,6 @@ from vfleet.local.supervisor import (
     demand_names,
 )
 from vfleet.local.weights import on_disk
-
-RUN_DIR = click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where state and logs live (env VFLEET_RUN_DIR; default ~/.local/state/vfleet/run).",
-)
-
-
-def _run_dir(path: str | None) -> RunDir:
-    return RunDir(Path(path) if path else default_run_dir())
 
 
 @click.command()
@@ -110,6 +106,13 @@ def _run_dir(path: str | None) -> RunDir:
     show_default=True,
     help="Seconds a scale-down waits for an engine's requests to finish before stopping it.",
 )
+@click.option(
+    "--api-key-file",
+    "key_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Client API keys, one per line, added to the spec's (env VFLEET_API_KEYS replaces both).",
+)
 @RUN_DIR
 @click.option("--supervise", is_flag=True, hidden=True)  # the detached supervisor itself
 def up(
@@ -124,19 +127,30 @@ def up(
     grace: float,
     max_replicas_cap: int,
     drain_timeout: float,
+    key_file: str | None,
     run_dir: str | None,
     supervise: bool,
 ) -> None:
     """Start a fleet on this machine: engines, then the router in front of them. Models with
     autoscaling start at their minReplicas and scale with load (to zero and back)."""
-    run = _run_dir(run_dir)
-    fleet, plan, router = _prepare(
-        files, engine, host, port, gpus, pvc_root, cache_dir, max_replicas_cap, run
+    fleet, plan, router, run = _prepare(
+        files, engine, host, port, gpus, pvc_root, cache_dir, max_replicas_cap, run_dir, key_file
     )
     if detach:
         argv = [a for a in sys.argv[1:] if a != "--detach"]
-        _detach(run, [sys.executable, "-m", "vfleet", *argv, "--supervise"], plan)
+        # the same directory for the supervisor whatever its environment says
+        argv += ["--run-dir", str(run.path), "--supervise"]
+        _detach(run, [sys.executable, "-m", "vfleet", *argv], plan, _next_flag(run, run_dir))
         return
+    if not supervise:
+        run.prepare()
+        run.rotate_logs()
+        click.echo(
+            # (not " starting ": that word marks an engine's spawn in the state lines)
+            f"vfleet: launching fleet {fleet.name!r}: {len(plan.engines)} engine(s) and the "
+            f"router; logs in {run.logs}",
+            err=True,
+        )
     sup = Supervisor(
         fleet,
         plan,
@@ -146,7 +160,18 @@ def up(
         grace_s=grace,
         drain_timeout_s=drain_timeout,
     )
-    _foreground(sup, interactive=not supervise and sys.stdout.isatty())
+    _foreground(
+        sup, interactive=not supervise and sys.stdout.isatty(), flag=_next_flag(run, run_dir)
+    )
+
+
+def _next_flag(run: RunDir, run_dir: str | None) -> str:
+    """What `status/logs/down` need to find this fleet: nothing when it is the only one
+    running."""
+    if explicit_run_dir(run_dir) is not None:
+        return f" --run-dir {run.path}"
+    others = [n for n, rd in known_fleets() if n != run.path.name and rd.owner()]
+    return f" --fleet {run.path.name}" if others else ""
 
 
 def _prepare(
@@ -158,19 +183,30 @@ def _prepare(
     pvc_root: str | None,
     cache_dir: str | None,
     max_replicas_cap: int,
-    run: RunDir,
-) -> tuple[Fleet, Plan, RouterSettings]:
+    run_dir: str | None,
+    key_file: str | None,
+) -> tuple[Fleet, Plan, RouterSettings, RunDir]:
     """Everything that can fail before a process starts: spec, GPUs, ports, run dir."""
     try:
         loaded = load(files)
         for note in loaded.notes:
-            click.echo(note, err=True)
+            click.echo(as_warning(note), err=True)
+        for caveat in caveats(documents(files), loaded.fleet, "", loaded.notes):
+            if caveat.local:  # what matters on this machine (the chart's own: k8s render)
+                click.echo(str(caveat), err=True)
+        keys = api_keys(loaded.fleet, key_file)
+        for line in keys.said:
+            click.echo(f"vfleet: {line}", err=True)
         fleet = loaded.fleet
+        explicit = explicit_run_dir(run_dir)
+        run = RunDir(explicit) if explicit is not None else fleet_run_dir(fleet.name)
         owner = run.owner()
         if owner:
+            flag = f"--run-dir {run.path}" if explicit is not None else f"--fleet {fleet.name}"
             raise click.ClickException(
-                f"a fleet is already running from {run.path} (supervisor pid {owner}); "
-                "stop it with `vfleet down` or use another --run-dir"
+                f"a fleet is already running from {run.path} (fleet {fleet.name!r}, supervisor "
+                f"pid {owner}); stop it with `vfleet down {flag}`, or give this one another "
+                f"{'--run-dir' if explicit is not None else 'name'}"
             )
         rhost = host or fleet.router.host
         rport = fleet.router.port if port is None else port
@@ -206,7 +242,8 @@ def _prepare(
         raise click.ClickException(str(exc)) from None
     for note in plan.notices:
         click.echo(f"note: {note}", err=True)
-    return fleet, plan, RouterSettings(rhost, rport, _router_config(fleet, run, rhost, rport))
+    router = RouterSettings(rhost, rport, _router_config(fleet, run, rhost, rport, keys))
+    return fleet, plan, router, run
 
 
 def _fetch(fleet: Fleet, engine: str | None, cache_dir: str | None) -> dict[str, str]:
@@ -242,13 +279,19 @@ def default_cache_dir() -> Path:
     return Path(cache) / "vfleet" / "models"
 
 
-def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str, Any]:
+def _router_config(
+    fleet: Fleet, run: RunDir, host: str, port: int, keys: Keys | None = None
+) -> dict[str, Any]:
     """The router's config file: the spec's router settings (as the chart gets them, from
     vfleet.engines.router) and what only a local fleet has (its endpoints file, address).
 
     With client keys on, the router's /metrics and /vfleet/demand need an admin key: the
     supervisor reads demand with one made for this run (the file is 0600 in a 0700 run dir)."""
     options = router_options(fleet)
+    if keys and keys.client:
+        options["api_keys"] = list(keys.client)
+    if keys and keys.backend:
+        options["backend_api_key"] = keys.backend  # what the engines require
     admin = {"admin_keys": [secrets.token_urlsafe(32)]} if options.get("api_keys") else {}
     return {
         "endpoints_file": str(run.endpoints_file),
@@ -269,13 +312,13 @@ def _router_config(fleet: Fleet, run: RunDir, host: str, port: int) -> dict[str,
     }
 
 
-def _foreground(sup: Supervisor, interactive: bool) -> None:
-    error = asyncio.run(_supervise(sup, interactive))
+def _foreground(sup: Supervisor, interactive: bool, flag: str = "") -> None:
+    error = asyncio.run(_supervise(sup, interactive, flag))
     if error:
         raise click.ClickException(error)
 
 
-async def _supervise(sup: Supervisor, interactive: bool) -> str | None:
+async def _supervise(sup: Supervisor, interactive: bool, flag: str = "") -> str | None:
     """Start, serve until SIGINT/SIGTERM, stop in order. Returns the start-up error, if any.
     One event loop for all of it: the engine processes belong to it."""
     console = Console(stderr=True)
@@ -305,7 +348,7 @@ async def _supervise(sup: Supervisor, interactive: bool) -> str | None:
     if not ok:
         return sup.error or "start-up interrupted"
     sup.begin()
-    click.echo(_ready_message(sup))
+    click.echo(_ready_message(sup, flag))
     sys.stdout.flush()
     await stop.wait()
     click.echo("vfleet: stopping (router first, then engines)", err=True)
@@ -334,7 +377,7 @@ async def _start(sup: Supervisor, stop: asyncio.Event) -> bool:
     return False
 
 
-def _ready_message(sup: Supervisor) -> str:
+def _ready_message(sup: Supervisor, flag: str = "") -> str:
     state = sup.state()
     models = sorted({s for m in sup.fleet.models for s in m.served_names})
     gpus = len(state["devices"])
@@ -347,14 +390,21 @@ def _ready_message(sup: Supervisor) -> str:
         f"vfleet: fleet {sup.fleet.name!r} is up: {len(running)} engine(s) on {where}{scaled}\n"
         f"  send requests to {url}/v1  (models: {', '.join(models)})\n"
         f"  try: curl {url}/v1/models\n"
-        f"  vfleet status | vfleet logs {first} | Ctrl-C or vfleet down to stop"
+        f"{display.next_commands(flag, first, sup.run.logs)}\n"
+        "  Ctrl-C stops it"
     )
 
 
-def _detach(run: RunDir, argv: list[str], plan: Plan) -> None:
+def _detach(run: RunDir, argv: list[str], plan: Plan, flag: str) -> None:
     """Start the supervisor in the background and wait until it reports ready or failed."""
     run.prepare()
+    run.rotate_logs()
     run.clear()
+    click.echo(
+        f"vfleet: launching the fleet in the background: {len(plan.engines)} engine(s) and the "
+        f"router; logs in {run.logs}",
+        err=True,
+    )
     logfile = run.log("supervisor")
     with logfile.open("ab") as out:
         child = subprocess.Popen(
@@ -382,107 +432,9 @@ def _detach(run: RunDir, argv: list[str], plan: Plan) -> None:
         why = state.get("error") or f"see {logfile}"
         raise click.ClickException(f"the fleet did not come up: {why}")
     url = state["router"]["url"]
+    engines = [e["key"] for e in state.get("engines", []) if e.get("state") != "idle"]
     click.echo(
         f"vfleet: fleet {state['fleet']!r} is up in the background "
         f"(supervisor pid {child.pid}); send requests to {url}/v1\n"
-        "  vfleet status | vfleet logs NAME | vfleet down"
+        f"{display.next_commands(flag, engines[0] if engines else 'router', run.logs)}"
     )
-
-
-@click.command()
-@RUN_DIR
-@click.option("--timeout", type=float, default=60.0, show_default=True)
-def down(run_dir: str | None, timeout: float) -> None:
-    """Stop the fleet started by `vfleet up`: router first, then engines."""
-    run = _run_dir(run_dir)
-    state = run.read_state()
-    if not state:
-        raise click.ClickException(f"no fleet found in {run.path}")
-    pid: Any = state.get("supervisor_pid")
-    if pid_alive(pid) and state.get("phase") not in ("stopped", "failed"):
-        os.kill(int(pid), signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            now = run.read_state() or {}
-            if now.get("phase") == "stopped":
-                break
-    leftovers = [e["pid"] for e in state.get("engines", []) if pid_alive(e.get("pid"))]
-    router_pid: Any = (state.get("router") or {}).get("pid")
-    for p in ([router_pid] if pid_alive(router_pid) else []) + leftovers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(int(p), signal.SIGKILL)
-    click.echo(f"vfleet: fleet {state.get('fleet')!r} stopped")
-
-
-@click.command()
-@RUN_DIR
-@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
-def status(run_dir: str | None, as_json: bool) -> None:
-    """Models, replicas, GPU, port, health and load of the running fleet."""
-    run = _run_dir(run_dir)
-    state = run.read_state()
-    if not state:
-        raise click.ClickException(f"no fleet found in {run.path}; start one with vfleet up")
-    if not pid_alive(state.get("supervisor_pid")) and state.get("phase") not in ("stopped",):
-        state["phase"] = "supervisor gone"
-    load = asyncio.run(_loads(state))
-    for e in state["engines"]:
-        e["running"], e["waiting"] = load.get(e["key"], (-1, -1))
-    if as_json:
-        click.echo(json.dumps(state, indent=1))
-        return
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # piped: do not squeeze the table to 80 columns
-    console.print(display.engines_table(state, load))
-    if display.has_autoscaling(state):
-        console.print(display.models_table(state))
-
-
-async def _loads(state: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    async def one(e: dict[str, Any]) -> tuple[str, tuple[int, int]]:
-        load = await engine_load(e["url"])
-        return e["key"], (-1, -1) if load is None else (load.running, load.waiting)
-
-    live = [e for e in state.get("engines", []) if e.get("state") == "healthy"]
-    return dict(await asyncio.gather(*(one(e) for e in live)))
-
-
-@click.command()
-@click.argument("name")
-@RUN_DIR
-@click.option("-n", "--lines", type=int, default=50, show_default=True)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
-def logs(name: str, run_dir: str | None, lines: int, follow: bool) -> None:
-    """Print the log of an engine (chat-0), every replica of a model (chat), the router or the
-    supervisor."""
-    run = _run_dir(run_dir)
-    state = run.read_state() or {}
-    keys = [e["key"] for e in state.get("engines", [])]
-    if name in keys or name in ("router", "supervisor"):
-        files = [run.log(name)]
-    else:
-        files = [run.log(e["key"]) for e in state.get("engines", []) if e["model"] == name]
-    files = [f for f in files if f.exists()]
-    if not files:
-        known = ", ".join([*keys, "router"]) or "none"
-        raise click.ClickException(f"no log for {name!r} in {run.path} (known: {known})")
-    prefix = len(files) > 1
-    offsets = {}
-    for f in files:
-        text = f.read_text(errors="replace").splitlines()[-lines:]
-        for row in text:
-            click.echo(f"{f.stem} | {row}" if prefix else row)
-        offsets[f] = f.stat().st_size
-    while follow:
-        time.sleep(0.2)
-        for f in files:
-            size = f.stat().st_size
-            if size > offsets[f]:
-                with f.open("rb") as fh:
-                    fh.seek(offsets[f])
-                    chunk = fh.read().decode(errors="replace")
-                offsets[f] = size
-                for row in chunk.splitlines():
-                    click.echo(f"{f.stem} | {row}" if prefix else row)

@@ -1,8 +1,11 @@
-"""How a fleet looks in a terminal: the start-up progress and `vfleet status`' table."""
+"""How a fleet looks in a terminal: start-up progress, `vfleet status` tables, next commands."""
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -94,3 +97,25 @@ def models_table(state: dict[str, Any]) -> Table:
             f"{_age(changed)} ago" if changed else "-",
         )
     return table
+
+
+def self_command() -> str:
+    """How to run this same vfleet again from another terminal: `vfleet` when that is what
+    PATH finds, else the full path of this executable (a venv not activated)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "vfleet":
+        found = shutil.which("vfleet")
+        if found and Path(found).resolve() == argv0.resolve():
+            return "vfleet"
+        return str(argv0.resolve())
+    return f"{sys.executable} -m vfleet"
+
+
+def next_commands(flag: str, first: str, logs: Path) -> str:
+    """The commands to use next, as they run from another terminal (the real executable)."""
+    exe = self_command()
+    return (
+        f"  {exe} status{flag}\n"
+        f"  {exe} logs {first}{flag}     (all logs: {logs})\n"
+        f"  {exe} down{flag}"
+    )

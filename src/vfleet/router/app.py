@@ -10,7 +10,8 @@ Kubernetes), each replaced as a whole whenever that source has news. The endpoin
 checked every FILE_CHECK_S (a stat), so an engine the supervisor lists is known in milliseconds.
 
 The demand table (router.demand) is created here, before the workers are forked, so they all
-share it; `run()` has it in the parent too, for anything that reports demand (a scaler).
+share it; `run()` has it in the parent too, for anything that reports demand (a scaler). The
+metrics table (router.sharedmetrics) is made the same way: any worker's /metrics sums them all.
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ from vfleet.router.activator import Activator, HoldLimits
 from vfleet.router.config import BackendSpec, RouterConfig, load_endpoints_file, parse_endpoints
 from vfleet.router.demand import DemandRow, DemandTable
 from vfleet.router.endpoints import Registry
+from vfleet.router.metrics import RouterMetrics
 from vfleet.router.policies import Policy, make_policy
 from vfleet.router.probe import FastProber
 from vfleet.router.prober import Prober
 from vfleet.router.proxy import Limits, Router
 from vfleet.router.ratelimit import RateLimiter
+from vfleet.router.sharedmetrics import ENDPOINT_GRACE_S, MetricsRow, MetricsTable
 from vfleet.router.tls import CertReloader
+from vfleet.router.ui import StatusPage
 from vfleet.router.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -60,6 +64,11 @@ log = logging.getLogger("vfleet.router")
 Listed = list[tuple[str, tuple[str, ...], bool]]
 FIRST_LIST_WAIT_S = 5.0  # start-up waits this long at most for the first Kubernetes pod list
 FILE_CHECK_S = 0.05  # seconds between checks of the endpoints file for changes
+# Seconds between sweeps for departed endpoints' series and idle pools: at most this, and
+# often enough for a short grace period to be kept (a sweep is a pass over this worker's series).
+METRICS_SWEEP_S = 1.0
+# How long a departed endpoint's metric series outlive it (seconds; tests shorten it).
+GRACE_ENV = "VFLEET_METRICS_GRACE_S"
 # With keys on, these need the admin key: they name engine URLs and the fleet's load (and what
 # is under /ui/). KEDA peer routers and `vfleet up` read /vfleet/demand with an admin key.
 ADMIN_ROUTES = ("/metrics", "/ui", "/vfleet/demand")
@@ -137,7 +146,10 @@ def build_router(
     pool: UpstreamPool,
     demand: DemandRow,
     loop: asyncio.AbstractEventLoop,
+    metrics: MetricsRow | None = None,
 ) -> Router:
+    """The router of one worker; `metrics`: its row of the shared metrics table (a table of
+    its own when None)."""
     registry = Registry(aliases=dict(cfg.aliases), known=cfg.models)
     registry.set_endpoints((b.url, b.models, b.starting) for b in cfg.backends)
     policies: dict[str, Policy] = {}
@@ -157,6 +169,7 @@ def build_router(
         policy_for=policy_for,
         activator=Activator(loop.time, loop.call_later, hold_limits(cfg)),
         demand=demand,
+        metrics=RouterMetrics(metrics, demand.table),
         release_max_inflight=cfg.hold_release_max_inflight,
         limits=Limits(
             cfg.connect_timeout_s, cfg.first_byte_timeout_s, cfg.idle_timeout_s, cfg.attempts
@@ -216,14 +229,18 @@ async def serve(
     sock: socket.socket | None = None,
     kube: KubeTarget | None = None,
     demand: DemandRow | None = None,
+    metrics: MetricsRow | None = None,
 ) -> None:
-    """One worker: `demand` is its row of the shared table (a table of its own when None)."""
+    """One worker: `demand` and `metrics` are its rows of the shared tables (tables of its own
+    when None)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     pool = UpstreamPool(loop, cfg.connect_timeout_s)
-    router = build_router(cfg, pool, demand or DemandTable.create(1).row(0), loop)
+    if metrics is None:
+        metrics = MetricsTable.create(1).row(0, metrics_grace_s())
+    router = build_router(cfg, pool, demand or DemandTable.create(1).row(0), loop, metrics)
     for model in cfg.models:
         router.demand.model(model)  # listed (at zero) in /vfleet/demand from the start
     feeds = Feeds(router.registry, router.endpoints_changed)
@@ -271,12 +288,18 @@ async def serve(
         router.endpoint_up,
     )
     tasks.append(loop.create_task(_guarded(fast.run(), "fast probes")))
+    tasks.append(loop.create_task(_guarded(_sweep_departed(router, pool), "metrics sweep")))
     tls = None
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         tls = CertReloader(cfg.tls_cert, cfg.tls_key)
         tasks.append(loop.create_task(_guarded(tls.run(cfg.tls_reload_s), "TLS reload")))
+    # /ui is answered before the proxy (never forwarded), and behind the admin gate.
+    page = StatusPage(router, lambda model: cfg.model_policies.get(model, cfg.policy))
     handle = admin_gate(
-        router.handle, router.api_keys, tuple(k.encode() for k in cfg.admin_keys), router
+        page.wrap(router.handle),
+        router.api_keys,
+        tuple(k.encode() for k in cfg.admin_keys),
+        router,
     )
     # One factory per listening socket: the connection bound and deadline timers are shared.
     edge = Edge(cfg.edge_limits())
@@ -321,6 +344,25 @@ async def serve(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         pool.close()
+
+
+def metrics_grace_s() -> float:
+    """Seconds a departed endpoint's series outlive it: GRACE_ENV, else the default."""
+    try:
+        return max(0.0, float(os.environ.get(GRACE_ENV, ENDPOINT_GRACE_S)))
+    except ValueError:
+        return ENDPOINT_GRACE_S
+
+
+async def _sweep_departed(router: Router, pool: UpstreamPool) -> None:
+    """Bound what departed endpoints leave behind: their metric series (after the grace
+    period) and their idle upstream connections."""
+    every_s = max(0.05, min(METRICS_SWEEP_S, router.metrics.row.grace_s / 4))
+    while True:
+        await asyncio.sleep(every_s)
+        listed = router.registry.endpoints.keys()
+        router.metrics.sweep(listed, time.monotonic())
+        pool.retain(listed)
 
 
 async def _drain(router: Router, timeout_s: float) -> None:
@@ -375,15 +417,18 @@ def run(cfg: RouterConfig) -> None:
     )
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per API request is noise
     demand = DemandTable.create(cfg.workers)  # before any fork: shared by every worker
+    # Likewise the metrics: the parent keeps the map, so an exited worker's counts stay summed.
+    metrics = MetricsTable.create(cfg.workers)
     if cfg.workers == 1:
-        serving = serve(cfg, kube=kube, demand=demand.row(0))
+        row = metrics.row(0, metrics_grace_s())
+        serving = serve(cfg, kube=kube, demand=demand.row(0), metrics=row)
         if cfg.keda_port is not None:
             from vfleet.router.keda.server import serve_with_scaler
 
             serving = serve_with_scaler(serving, cfg, demand.models, peers)
         uvloop.run(serving)
         return
-    children = fork_workers(cfg, kube, demand)
+    children = fork_workers(cfg, kube, demand, metrics)
     if cfg.keda_port is None:
         wait_workers(children, demand)
         return
@@ -403,8 +448,16 @@ def run(cfg: RouterConfig) -> None:
         scaler.stop()
 
 
-def fork_workers(cfg: RouterConfig, kube: KubeTarget | None, demand: DemandTable) -> list[int]:
-    """Fork `cfg.workers` serving processes (worker i writes row i); their pids, in order."""
+def fork_workers(
+    cfg: RouterConfig,
+    kube: KubeTarget | None,
+    demand: DemandTable,
+    metrics: MetricsTable | None = None,
+) -> list[int]:
+    """Fork `cfg.workers` serving processes (worker i writes row i of each table); their
+    pids, in order."""
+    if metrics is None:
+        metrics = MetricsTable.create(cfg.workers)
     first = _reuseport_socket(cfg.host, cfg.port)
     port = first.getsockname()[1]  # a fixed port for every worker, even when asked for 0
     children: list[int] = []
@@ -412,7 +465,7 @@ def fork_workers(cfg: RouterConfig, kube: KubeTarget | None, demand: DemandTable
         pid = os.fork()
         if pid == 0:
             sock = first if not children else _reuseport_socket(cfg.host, port)
-            uvloop.run(serve(cfg, sock, kube, demand.row(i)))
+            uvloop.run(serve(cfg, sock, kube, demand.row(i), metrics.row(i, metrics_grace_s())))
             os._exit(0)
         children.append(pid)
     first.close()

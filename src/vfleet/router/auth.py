@@ -1,9 +1,10 @@
-"""Bearer-key verification for the router's client edge: pure, no I/O.
+"""API-key verification for the router's client edge: pure, no I/O.
 
-A request's Authorization header is checked against the configured keys and, when one matches,
-reduced to that key's identity (its position in the configured list). Everything keyed per
-client (request and token rate limits) uses the identity, never the header's bytes, so spelling
-variants of one credential (`Bearer`, `bearer`, `BEARER`, extra spaces or tabs) share one limit.
+A request's key, sent as `Authorization: Bearer <key>` (OpenAI's clients) or as `x-api-key: <key>`
+(Anthropic's), is checked against the configured keys and, when one matches, reduced to that key's
+identity (its position in the configured list). Everything keyed per client (request and token
+rate limits) uses the identity, never the header's bytes, so spelling variants of one credential
+(`Bearer`, `bearer`, `BEARER`, extra spaces or tabs, either header) share one limit.
 
 RFC 9110 section 11.1: the auth scheme is case-insensitive; credentials are the scheme, one or
 more spaces, then the token. Tabs and surrounding whitespace are tolerated as well, since
@@ -13,6 +14,7 @@ clients produce them and they cannot make a wrong key right.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 
 _SCHEME = b"bearer"
 _WS = b" \t"
@@ -39,6 +41,25 @@ def verify(header: bytes, keys: tuple[bytes, ...]) -> int | None:
     token = bearer_token(header)
     if token is None:
         return None
+    return _match(token, keys)
+
+
+def verify_request(headers: Mapping[bytes, bytes], keys: tuple[bytes, ...]) -> int | None:
+    """The index of the configured key a request carries (`headers`: lower-case names), in
+    `Authorization: Bearer` or, failing that, in `x-api-key`; else None."""
+    header = headers.get(b"authorization")
+    if header is not None:
+        found = verify(header, keys)
+        if found is not None:
+            return found
+    api_key = headers.get(b"x-api-key")
+    if api_key is None:
+        return None
+    token = api_key.strip(_WS)
+    return _match(token, keys) if token else None
+
+
+def _match(token: bytes, keys: tuple[bytes, ...]) -> int | None:
     found: int | None = None
     for i, key in enumerate(keys):
         if hmac.compare_digest(token, key) and found is None:
@@ -58,4 +79,12 @@ def limit_key(header: bytes, keys: tuple[bytes, ...]) -> bytes:
     if not keys:
         return NO_KEYS
     index = verify(header, keys)
+    return NO_KEYS if index is None else identity(index)
+
+
+def request_limit_key(headers: Mapping[bytes, bytes], keys: tuple[bytes, ...]) -> bytes:
+    """`limit_key` for a whole request: the identity of the key it carries in either header."""
+    if not keys:
+        return NO_KEYS
+    index = verify_request(headers, keys)
     return NO_KEYS if index is None else identity(index)

@@ -31,6 +31,11 @@ class Endpoint:
     running: int = 0
     waiting: int = 0
     kv_usage: float = 0.0
+    # The engine's prefix-cache counters at the last probe, and hits per queried token between
+    # the last two probes that saw queries (re-exported by the router's /metrics).
+    prefix_hits: float = 0.0
+    prefix_queries: float = 0.0
+    prefix_hit_ratio: float = 0.0
     failures: int = 0  # consecutive
     next_probe_at: float = 0.0
     # Listed as still loading (endpoints file `"state": "starting"`): while down, probed fast and
@@ -45,6 +50,17 @@ class Endpoint:
         return EndpointState(
             self.url, self.healthy, self.inflight, self.running, self.waiting, self.kv_usage
         )
+
+    def observe_prefix_cache(self, hits: float, queries: float) -> None:
+        """Record the engine's prefix-cache counters; the ratio covers the tokens queried since
+        the last probe (all of them after an engine restart reset its counters)."""
+        dq = queries - self.prefix_queries
+        dh = hits - self.prefix_hits
+        if dq < 0:
+            dq, dh = queries, hits
+        if dq > 0:
+            self.prefix_hit_ratio = min(1.0, max(0.0, dh / dq))
+        self.prefix_hits, self.prefix_queries = hits, queries
 
     @property
     def unprobed(self) -> bool:
@@ -150,3 +166,24 @@ def parse_load(metrics_text: str) -> tuple[int, int, float]:
         elif name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
             kv = max(kv, v)
     return running, waiting, kv
+
+
+def parse_prefix_cache(metrics_text: str) -> tuple[float, float]:
+    """(hits, queries), in tokens, from an engine's /metrics prefix-cache counters, summed over
+    its engines (vLLM V1 names; 0, 0 when it exports none)."""
+    hits = queries = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith("vllm:prefix_cache_"):
+            continue
+        name, _, rest = line.partition("{")
+        value = rest.rpartition(" ")[2] if rest else line.rpartition(" ")[2]
+        name = name.split(" ", 1)[0]
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        if name == "vllm:prefix_cache_hits_total":
+            hits += v
+        elif name == "vllm:prefix_cache_queries_total":
+            queries += v
+    return hits, queries

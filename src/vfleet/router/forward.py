@@ -12,6 +12,10 @@ The relay is flow-controlled: when the client's send buffer passes its high-wate
 from the engine stops until it drains, so a slow client holds at most one buffer and one read of
 memory; a client that stalls past the idle timeout is dropped, and a client that leaves aborts the
 engine's request. In-flight counts are released on every path.
+
+A request pinned to one engine (a stored response lives there: `router.affinity`) is never
+retried elsewhere. Errors are written in the route's style (OpenAI's, or Anthropic's on the
+Messages routes). An answer to POST /v1/responses is looked at up to its id, which is learned.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ from vfleet.errors import (
     UpstreamReset,
     UpstreamStatus,
     VfleetError,
-    error_json,
 )
 from vfleet.http.server import Connection
 from vfleet.router.activator import Activator
+from vfleet.router.affinity import SNIFF_BYTES, Owners, find_id
 from vfleet.router.demand import HELD, INFLIGHT, REQUESTS, DemandRow
 from vfleet.router.endpoints import Endpoint, Registry
 from vfleet.router.metrics import RouterMetrics
+from vfleet.router.routes import OPENAI, ErrorStyle
 from vfleet.router.state import RouteKey
 from vfleet.router.upstream import UpstreamConn, UpstreamPool
 
@@ -109,14 +114,18 @@ class Forward:
         "held_at",
         "key",
         "last",
+        "learn",
         "length",
         "model",
         "mslot",
+        "pin",
         "relayed",
         "reset_retried",
         "router",
+        "sniffed",
         "sse",
         "status",
+        "style",
         "t0",
         "tried",
         "upstream",
@@ -124,9 +133,20 @@ class Forward:
     )
 
     def __init__(
-        self, router: Router, conn: Connection, model: str, key: RouteKey, data: bytes, t0: float
+        self,
+        router: Router,
+        conn: Connection,
+        model: str,
+        key: RouteKey,
+        data: bytes,
+        t0: float,
+        style: ErrorStyle = OPENAI,
     ) -> None:
         self.router = router
+        self.style = style
+        self.pin: Endpoint | None = None  # the one engine this request may go to
+        self.learn: Owners | None = None  # where the answer's response id is learned
+        self.sniffed = b""  # the answer's first bytes, while its id is not found yet
         self.conn = conn
         self.model = model
         self.key = key
@@ -157,7 +177,7 @@ class Forward:
 
     def start(self, same: Endpoint | None = None) -> None:
         router = self.router
-        ep = same or router.choose(self.key, self.tried)
+        ep = same or self.pin or router.choose(self.key, self.tried)
         if ep is None:
             if not self.tried and not self.woken:
                 router.hold(self)  # no engine ready yet: wait for one
@@ -203,7 +223,7 @@ class Forward:
         self.router.metrics.requests[(self.model, "-", 503)] += 1
         self.conn.on_close = None
         err = NotReady(message)
-        self.conn.respond(err.status, error_json(err), extra_headers=RETRY_UNREADY)
+        self.conn.respond(err.status, self.style.render(err), extra_headers=RETRY_UNREADY)
 
     def refuse_full(self) -> None:
         self._counted()
@@ -212,7 +232,7 @@ class Forward:
         err = RateLimited(
             f"Too many requests are waiting for model `{self.model}` to become ready."
         )
-        self.conn.respond(err.status, error_json(err), extra_headers=RETRY_FULL)
+        self.conn.respond(err.status, self.style.render(err), extra_headers=RETRY_FULL)
 
     def left_while_held(self) -> None:
         """The client left while held: out of the queue, counted nowhere."""
@@ -260,6 +280,8 @@ class Forward:
         elif self.sse:
             self.router.metrics.itl.observe(now - self.last)
         self.last = now
+        if self.learn is not None:
+            self._sniff(data)
         conn = self.conn
         conn.write(data)
         if conn.write_paused:
@@ -269,6 +291,23 @@ class Forward:
             if up is not None:
                 up.pause()
                 conn.on_writable = self._writable  # set only now: no allocation for fast clients
+
+    def _sniff(self, data: bytes) -> None:
+        """Learn which engine made this response, from the id in the answer's first bytes."""
+        ep = self.ep
+        owners = self.learn
+        if owners is None or ep is None or self.status != 200:
+            self.learn = None
+            return
+        seen = self.sniffed + data if self.sniffed else data
+        rid = find_id(seen[:SNIFF_BYTES])
+        if rid is not None:
+            owners.learn(rid, ep.url)
+        if rid is not None or len(seen) >= SNIFF_BYTES:
+            self.learn = None
+            self.sniffed = b""
+        else:
+            self.sniffed = seen
 
     def on_end(self) -> None:
         if not self.relayed:
@@ -306,7 +345,7 @@ class Forward:
     def _can_retry(self) -> bool:
         """Another engine may still take this request: nothing relayed, one untried healthy
         endpoint left, and attempts left."""
-        if self.relayed or self.gone:
+        if self.relayed or self.gone or self.pin is not None:
             return False
         router = self.router
         if len(self.tried) >= router.model_limits.get(self.model, router.limits).attempts:
@@ -348,8 +387,8 @@ class Forward:
             # read an error event, and a graceful close would wait for it to drain.
             conn.transport.abort()
         elif self.sse and conn.chunked:
-            event = error_json(type(err)(f"The engine stream broke ({err.what})."))
-            conn.finish(b"data: " + event + b"\n\ndata: [DONE]\n\n")
+            event = self.style.render(type(err)(f"The engine stream broke ({err.what})."))
+            conn.finish(self.style.stream_end(event))
         else:
             conn.close()  # a truncated body can only be signalled by closing
 
@@ -396,4 +435,4 @@ class Forward:
         self._counted()
         self._finish()
         self.conn.on_close = None
-        self.conn.respond(err.status, error_json(err))
+        self.conn.respond(err.status, self.style.render(err))

@@ -1,8 +1,8 @@
-"""What the router reads from a client's request: which routes it relays, the model a body names,
-the routing key its policy needs, and what it costs against a token limit.
+"""What the router reads from a client's request: the model a body names, the types of the fields
+it reads, the routing key its policy needs, and what it costs against a token limit.
 
 Pure functions of the parsed request: no I/O, no clock. Only the fields routing needs are read;
-the body itself goes upstream as it came.
+the body itself goes upstream as it came. The routes themselves are in `router.routes`.
 """
 
 from __future__ import annotations
@@ -16,46 +16,17 @@ import orjson
 from vfleet.errors import BadRequest
 from vfleet.http.server import Request
 from vfleet.router.policies import Field, Policy, prefix_hashes
+from vfleet.router.routes import AUDIO_PREFIX
 from vfleet.router.state import RouteKey
 
-# Routes relayed to an engine; vLLM's, plus the un-prefixed forms production-stack users call.
-PROXIED: Final = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/rerank",
-        "/rerank",
-        "/v2/rerank",
-        "/v1/score",
-        "/score",
-        "/pooling",
-        "/classify",
-        "/tokenize",
-        "/detokenize",
-        "/v1/responses",
-        "/completions",
-        "/chat/completions",
-        "/embeddings",
-    }
-)
-ALIASED_PATHS: Final = {
-    "/completions": "/v1/completions",
-    "/chat/completions": "/v1/chat/completions",
-    "/embeddings": "/v1/embeddings",
-}
-AUDIO_PREFIX: Final = "/v1/audio/"
 _FORM_MODEL: Final = re.compile(rb'name="model"\r\n\r\n([^\r\n]+)')
 _NO_FIELDS: dict[str, Any] = {}  # shared, never written: a multipart body has no JSON fields
 
 
-def is_proxied(req: Request) -> bool:
-    return req.method == "POST" and (req.path in PROXIED or req.path.startswith(AUDIO_PREFIX))
-
-
 def read_body(req: Request) -> tuple[str | None, dict[str, Any]]:
     """(the model the body names, or None; the body's JSON fields). BadRequest when a JSON route's
-    body is not a JSON object. Audio routes carry a multipart form: only its model is read."""
+    body is not a JSON object, or a field the router reads has the wrong type (`check_fields`).
+    Audio routes carry a multipart form: only its model is read."""
     body = req.body
     if req.path.startswith(AUDIO_PREFIX):
         m = _FORM_MODEL.search(body)
@@ -66,8 +37,87 @@ def read_body(req: Request) -> tuple[str | None, dict[str, Any]]:
         raise BadRequest("Request body is not valid JSON.") from None
     if not isinstance(fields, dict):
         raise BadRequest("Request body must be a JSON object.")
+    check_fields(fields)
     model = fields.get("model")
     return (model if isinstance(model, str) and model else None), fields
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, list)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str | list)
+
+
+_BOOL_WORDS: Final = frozenset(
+    {"0", "1", "f", "t", "n", "y", "no", "yes", "off", "on", "false", "true"}
+)
+
+
+def _is_bool(value: object) -> bool:
+    """A boolean as vLLM's request models read one from JSON, leniently (pydantic's lax mode):
+    true/false, 0/1, and words such as "true", "yes", "on"."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int | float):
+        return value in (0, 1)
+    return isinstance(value, str) and value.lower() in _BOOL_WORDS
+
+
+def _is_int(value: object) -> bool:
+    """An integer as vLLM's request models read one: 5, 5.0, "5" (a boolean too, as pydantic
+    takes it)."""
+    if isinstance(value, int):
+        return True
+    if isinstance(value, float):
+        return value.is_integer()
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return False
+        return number.is_integer()
+    return False
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+# The fields the router reads (to route, to charge a token limit, to follow a stored response),
+# each with the types vLLM accepts for it; null is accepted for all, as vLLM does.
+FIELD_TYPES: Final = (
+    ("model", _is_str, "a string"),
+    ("stream", _is_bool, "a boolean"),
+    ("messages", _is_list, "an array"),
+    ("prompt", _is_text, "a string or an array"),
+    ("input", _is_text, "a string or an array"),
+    ("user", _is_str, "a string"),
+    ("max_tokens", _is_int, "an integer"),
+    ("max_completion_tokens", _is_int, "an integer"),
+    ("previous_response_id", _is_str, "a string"),
+)
+
+
+def check_fields(fields: dict[str, Any]) -> None:
+    """BadRequest naming the first field the router reads whose value has the wrong type."""
+    for name, ok, what in FIELD_TYPES:
+        value = fields.get(name)
+        if value is not None and not ok(value):
+            raise BadRequest(f"`{name}` must be {what}, not {_json_type(value)}.", name)
 
 
 def route_key(policy: Policy, model: str, req: Request, fields: dict[str, Any]) -> RouteKey:

@@ -1,13 +1,28 @@
-"""The router's own Prometheus metrics (`vfleet_router_*`)."""
+"""The router's own Prometheus metrics (`vfleet_router_*`): the families, how each worker
+records into its row of the shared table (router.sharedmetrics), and the exposition text a
+scrape answers, summed over all workers. docs/metrics.md lists every family; a test keeps the
+two in step.
+
+Gauges about engines (health, in flight, the engines' own load) are rendered from this
+worker's registry and the shared demand table when the scrape comes, not recorded per request.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from typing import Final
 
-from vfleet.prom import Histogram, fmt, labels
+from vfleet.prom import fmt, labels
+from vfleet.router.demand import DemandTable
 from vfleet.router.endpoints import Registry
+from vfleet.router.sharedmetrics import (
+    ENDPOINT_GRACE_S,
+    HistogramFamily,
+    MetricsRow,
+    MetricsTable,
+    SharedCounter,
+    SharedHistogram,
+)
 
 LATENCY_BUCKETS = (
     0.001,
@@ -46,113 +61,212 @@ HOLD_BUCKETS = (
 )
 
 
-@dataclass(slots=True)
+# Family ids in the shared table (0 means a free slot).
+REQUESTS: Final = 1
+RETRIES: Final = 2
+REJECTED: Final = 3
+TTFT: Final = 4
+DURATION: Final = 5
+ITL: Final = 6
+ACTIVATIONS: Final = 7
+HOLD_TIMEOUTS: Final = 8
+HOLD_REJECTED: Final = 9
+HOLD_SECONDS: Final = 10
+# Values per series; negative for a histogram: its buckets (with +Inf) and its sum.
+WIDTHS: Final[dict[int, int]] = {
+    REQUESTS: 1,
+    RETRIES: 1,
+    REJECTED: 1,
+    TTFT: -(len(LATENCY_BUCKETS) + 2),
+    DURATION: -(len(LATENCY_BUCKETS) + 2),
+    ITL: -(len(LATENCY_BUCKETS) + 2),
+    ACTIVATIONS: 1,
+    HOLD_TIMEOUTS: 1,
+    HOLD_REJECTED: 1,
+    HOLD_SECONDS: -(len(HOLD_BUCKETS) + 2),
+}
+NO_ENDPOINT: Final = "-"  # the endpoint label of requests the router answered itself
+
+
+def _request_labels(key: tuple[str, str, int]) -> str:
+    return labels({"model": key[0], "endpoint": key[1], "status": str(key[2])})[1:-1]
+
+
+def _request_endpoint(key: tuple[str, str, int]) -> str:
+    return "" if key[1] == NO_ENDPOINT else key[1]
+
+
+def _model_labels(model: str) -> str:
+    return labels({"model": model})[1:-1]
+
+
+def _reason_labels(reason: str) -> str:
+    return labels({"reason": reason})[1:-1]
+
+
 class RouterMetrics:
-    requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)  # model, url, status
-    retries: Counter[str] = field(default_factory=Counter)  # model
-    rejected: Counter[str] = field(default_factory=Counter)  # reason
-    ttft: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
-    duration: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
-    itl: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
-    # The activator, per model: seconds requests were held (released or expired), wakes (a
-    # request held while none was), hold deadlines passed, and requests refused on a full queue.
-    hold_seconds: dict[str, Histogram] = field(default_factory=dict)
-    activations: Counter[str] = field(default_factory=Counter)
-    hold_timeouts: Counter[str] = field(default_factory=Counter)
-    hold_rejected: Counter[str] = field(default_factory=Counter)
+    """This worker's recorders (each writes its row of the shared table) and the scrape.
+
+    `row`: this worker's row (a one-worker table of its own when None); `demand`: the shared
+    demand table, for the in-flight and held gauges summed over workers."""
+
+    def __init__(
+        self,
+        row: MetricsRow | None = None,
+        demand: DemandTable | None = None,
+        grace_s: float = ENDPOINT_GRACE_S,
+    ) -> None:
+        if row is None:
+            row = MetricsTable.create(1, slots=1024).row(0, grace_s)
+        self.row = row
+        self.demand = demand
+        # Keyed like collections.Counter: `metrics.requests[(model, url, status)] += 1`.
+        self.requests: SharedCounter[tuple[str, str, int]] = SharedCounter(
+            row, REQUESTS, _request_labels, _request_endpoint
+        )
+        self.retries: SharedCounter[str] = SharedCounter(row, RETRIES, _model_labels)
+        self.rejected: SharedCounter[str] = SharedCounter(row, REJECTED, _reason_labels)
+        self.activations: SharedCounter[str] = SharedCounter(row, ACTIVATIONS, _model_labels)
+        self.hold_timeouts: SharedCounter[str] = SharedCounter(row, HOLD_TIMEOUTS, _model_labels)
+        self.hold_rejected: SharedCounter[str] = SharedCounter(row, HOLD_REJECTED, _model_labels)
+        # The activator, per model: seconds requests were held (released or expired).
+        self.hold_seconds = HistogramFamily(row, HOLD_SECONDS, HOLD_BUCKETS, "model")
+        self.ttft = self._plain(TTFT)
+        self.duration = self._plain(DURATION)
+        self.itl = self._plain(ITL)
+
+    def _plain(self, fid: int) -> SharedHistogram:
+        hist = HistogramFamily(self.row, fid, LATENCY_BUCKETS).get("")
+        if hist is None:  # a fresh row always has room for these three
+            raise RuntimeError("metrics table row full at start")
+        return hist
 
     def observe_hold(self, model: str, seconds: float) -> None:
-        hist = self.hold_seconds.get(model)
-        if hist is None:
-            hist = self.hold_seconds[model] = Histogram(HOLD_BUCKETS)
-        hist.observe(seconds)
+        self.hold_seconds.observe(model, seconds)
+
+    def sweep(self, listed: Collection[str], now: float) -> None:
+        """Retire series of endpoints gone for the grace period (see router.sharedmetrics)."""
+        self.row.sweep(listed, now)
 
     def render(self, registry: Registry, held: Mapping[str, int] | None = None) -> bytes:
-        """The exposition text; `held`: requests held now per model (the activator's gauge)."""
-        out = [
-            "# HELP vfleet_router_requests_total Requests answered, by model, endpoint, status.\n",
-            "# TYPE vfleet_router_requests_total counter\n",
-        ]
-        for (model, url, status), n in sorted(self.requests.items()):
-            lbl = labels({"model": model, "endpoint": url, "status": str(status)})
-            out.append(f"vfleet_router_requests_total{lbl} {fmt(n)}\n")
-        out += [
-            "# HELP vfleet_router_retries_total Requests retried on another endpoint.\n",
-            "# TYPE vfleet_router_retries_total counter\n",
-        ]
-        for model, n in sorted(self.retries.items()):
-            out.append(f"vfleet_router_retries_total{labels({'model': model})} {fmt(n)}\n")
-        out += [
-            "# HELP vfleet_router_rejected_total Requests refused by the router, by reason.\n",
-            "# TYPE vfleet_router_rejected_total counter\n",
-        ]
-        for reason, n in sorted(self.rejected.items()):
-            out.append(f"vfleet_router_rejected_total{labels({'reason': reason})} {fmt(n)}\n")
-        out += [
-            "# HELP vfleet_router_endpoint_healthy 1 when the endpoint passes health probes.\n",
-            "# TYPE vfleet_router_endpoint_healthy gauge\n",
-        ]
-        eps = sorted(registry.endpoints.values(), key=lambda e: e.url)
-        for ep in eps:
-            out.append(
-                f"vfleet_router_endpoint_healthy{labels({'endpoint': ep.url})} "
-                f"{fmt(float(ep.healthy))}\n"
-            )
-        out += [
-            "# HELP vfleet_router_endpoint_inflight Requests in flight to the endpoint.\n",
-            "# TYPE vfleet_router_endpoint_inflight gauge\n",
-        ]
-        for ep in eps:
-            out.append(
-                f"vfleet_router_endpoint_inflight{labels({'endpoint': ep.url})} "
-                f"{fmt(ep.inflight)}\n"
-            )
-        for name, hist, what in (
-            ("time_to_first_byte_seconds", self.ttft, "Router-seen time to the first body byte."),
-            ("request_duration_seconds", self.duration, "Router-seen request duration."),
-            ("inter_chunk_latency_seconds", self.itl, "Router-seen gaps between streamed chunks."),
+        """The exposition text; `held`: requests held now per model (the activator's gauge,
+        replaced by the sum over workers when the demand table is known)."""
+        sums = self.row.table.collect(WIDTHS)
+        out: list[str] = []
+        _counter(
+            out, "requests_total", "Requests answered, by model, endpoint, status.", sums[REQUESTS]
+        )
+        _counter(out, "retries_total", "Requests retried on another endpoint.", sums[RETRIES])
+        _counter(
+            out, "rejected_total", "Requests refused by the router, by reason.", sums[REJECTED]
+        )
+        self._render_endpoints(out, registry)
+        for name, fid, what in (
+            ("time_to_first_byte_seconds", TTFT, "Router-seen time to the first body byte."),
+            ("request_duration_seconds", DURATION, "Router-seen request duration."),
+            ("inter_chunk_latency_seconds", ITL, "Router-seen gaps between streamed chunks."),
         ):
-            out += [
-                f"# HELP vfleet_router_{name} {what}\n",
-                f"# TYPE vfleet_router_{name} histogram\n",
-            ]
-            acc = 0
-            for le, n in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
-                acc += n
-                out.append(f'vfleet_router_{name}_bucket{{le="{fmt(le)}"}} {fmt(acc)}\n')
-            out.append(f"vfleet_router_{name}_count {fmt(acc)}\n")
-            out.append(f"vfleet_router_{name}_sum {fmt(hist.total)}\n")
-        self._render_holds(out, held or {})
+            _histogram(out, name, what, LATENCY_BUCKETS, sums[fid])
+        self._render_holds(out, sums, held or {})
+        _counter(
+            out,
+            "metrics_dropped_total",
+            "Series increments not recorded: the shared metrics table was full.",
+            {"": [float(self.row.table.dropped())]},
+        )
         return "".join(out).encode()
 
-    def _render_holds(self, out: list[str], held: Mapping[str, int]) -> None:
+    def _render_endpoints(self, out: list[str], registry: Registry) -> None:
+        eps = sorted(registry.endpoints.values(), key=lambda e: e.url)
+        inflight = self.demand.endpoints() if self.demand is not None else {}
+        gauges: tuple[tuple[str, str, list[float]], ...] = (
+            (
+                "endpoint_healthy",
+                "1 when the endpoint passes health probes.",
+                [float(ep.healthy) for ep in eps],
+            ),
+            (
+                "endpoint_inflight",
+                "Requests in flight to the endpoint, all router workers.",
+                [float(inflight.get(ep.url, ep.inflight)) for ep in eps],
+            ),
+            (
+                "endpoint_running_requests",
+                "Requests the engine is running (vllm:num_requests_running, last probe).",
+                [float(ep.running) for ep in eps],
+            ),
+            (
+                "endpoint_waiting_requests",
+                "Requests queued in the engine (vllm:num_requests_waiting, last probe).",
+                [float(ep.waiting) for ep in eps],
+            ),
+            (
+                "endpoint_kv_cache_usage_ratio",
+                "Fraction of the engine's KV cache in use, 0 to 1 (last probe).",
+                [ep.kv_usage for ep in eps],
+            ),
+            (
+                "endpoint_prefix_cache_hit_ratio",
+                "Engine prefix-cache hits per queried token between the last two probes.",
+                [ep.prefix_hit_ratio for ep in eps],
+            ),
+        )
+        for name, what, values in gauges:
+            out += [
+                f"# HELP vfleet_router_{name} {what}\n",
+                f"# TYPE vfleet_router_{name} gauge\n",
+            ]
+            for ep, v in zip(eps, values, strict=True):
+                out.append(f"vfleet_router_{name}{labels({'endpoint': ep.url})} {fmt(v)}\n")
+
+    def _render_holds(
+        self, out: list[str], sums: dict[int, dict[str, list[float]]], held: Mapping[str, int]
+    ) -> None:
         out += [
             "# HELP vfleet_router_held_requests Requests waiting for a ready engine.\n",
             "# TYPE vfleet_router_held_requests gauge\n",
         ]
-        for model, n in sorted(held.items()):
+        everywhere = self.demand.models() if self.demand is not None else {}
+        for model in sorted(held):
+            d = everywhere.get(model)
+            n = d.held if d is not None else held[model]
             out.append(f"vfleet_router_held_requests{labels({'model': model})} {fmt(n)}\n")
-        for name, counter, what in (
-            ("activations_total", self.activations, "Requests held while none was: wake-ups."),
-            ("hold_timeouts_total", self.hold_timeouts, "Held requests answered 503 at deadline."),
-            ("hold_rejected_total", self.hold_rejected, "Requests refused: hold queue full."),
+        for name, fid, what in (
+            ("activations_total", ACTIVATIONS, "Requests held while none was: wake-ups."),
+            ("hold_timeouts_total", HOLD_TIMEOUTS, "Held requests answered 503 at deadline."),
+            ("hold_rejected_total", HOLD_REJECTED, "Requests refused: hold queue full."),
         ):
-            out += [
-                f"# HELP vfleet_router_{name} {what}\n",
-                f"# TYPE vfleet_router_{name} counter\n",
-            ]
-            for model, n in sorted(counter.items()):
-                out.append(f"vfleet_router_{name}{labels({'model': model})} {fmt(n)}\n")
-        out += [
-            "# HELP vfleet_router_hold_seconds Seconds requests waited for a ready engine.\n",
-            "# TYPE vfleet_router_hold_seconds histogram\n",
-        ]
-        for model, hist in sorted(self.hold_seconds.items()):
-            acc = 0
-            for le, n in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
-                acc += n
-                lbl = labels({"model": model, "le": fmt(le)})
-                out.append(f"vfleet_router_hold_seconds_bucket{lbl} {fmt(acc)}\n")
-            lbl = labels({"model": model})
-            out.append(f"vfleet_router_hold_seconds_count{lbl} {fmt(acc)}\n")
-            out.append(f"vfleet_router_hold_seconds_sum{lbl} {fmt(hist.total)}\n")
+            _counter(out, name, what, sums[fid])
+        _histogram(
+            out,
+            "hold_seconds",
+            "Seconds requests waited for a ready engine.",
+            HOLD_BUCKETS,
+            sums[HOLD_SECONDS],
+        )
+
+
+def _counter(out: list[str], name: str, what: str, series: Mapping[str, list[float]]) -> None:
+    out += [f"# HELP vfleet_router_{name} {what}\n", f"# TYPE vfleet_router_{name} counter\n"]
+    for lbl, vals in sorted(series.items()):
+        text = f"{{{lbl}}}" if lbl else ""
+        out.append(f"vfleet_router_{name}{text} {fmt(vals[0])}\n")
+
+
+def _histogram(
+    out: list[str],
+    name: str,
+    what: str,
+    bounds: tuple[float, ...],
+    series: Mapping[str, list[float]],
+) -> None:
+    out += [f"# HELP vfleet_router_{name} {what}\n", f"# TYPE vfleet_router_{name} histogram\n"]
+    for lbl, vals in sorted(series.items()):
+        sep = "," if lbl else ""
+        acc = 0.0
+        for le, n in zip((*bounds, float("inf")), vals, strict=False):
+            acc += n
+            out.append(f'vfleet_router_{name}_bucket{{{lbl}{sep}le="{fmt(le)}"}} {fmt(acc)}\n')
+        text = f"{{{lbl}}}" if lbl else ""
+        out.append(f"vfleet_router_{name}_count{text} {fmt(acc)}\n")
+        out.append(f"vfleet_router_{name}_sum{text} {fmt(vals[len(bounds) + 1])}\n")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection
 import orjson
 
 from vfleet.http import client
-from vfleet.router.endpoints import Endpoint, Registry, parse_load
+from vfleet.router.endpoints import Endpoint, Registry, parse_load, parse_prefix_cache
 
 log = logging.getLogger("vfleet.router.probe")
 
@@ -44,7 +44,9 @@ async def refresh(ep: Endpoint, timeout_s: float, auth: bytes) -> bool:
             ep.cards = [c for c in data if isinstance(c, dict) and "id" in c]
         metrics = await client.get(ep.url, "/metrics", timeout_s)
         if metrics.status == 200:
-            ep.running, ep.waiting, ep.kv_usage = parse_load(metrics.body.decode(errors="replace"))
+            text = metrics.body.decode(errors="replace")
+            ep.running, ep.waiting, ep.kv_usage = parse_load(text)
+            ep.observe_prefix_cache(*parse_prefix_cache(text))
         return True
     except (OSError, ValueError):  # orjson.JSONDecodeError is a ValueError
         return False

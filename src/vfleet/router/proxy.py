@@ -1,15 +1,20 @@
 """The router's request path: admit each request, pick an engine for it, and hold what has none.
 
-`Router.handle` answers the router's own routes and admits proxied ones (API key, rate limits),
-reads only what routing needs (`inbound`), and hands the request to a `Forward`, which tries
-engines and relays the answer (`forward`). A request for a model with no ready engine (scaled to
-zero, starting, or all down) is held by the activator, in arrival order, until an engine is ready
-or its deadline passes; held and in-flight requests are written to the demand table all workers
-share, which `GET /vfleet/demand` sums. Every error answered here is a `vfleet.errors` error.
+`Router.handle` looks the route up once (`routes`), answers the router's own routes and admits
+proxied ones (API key, method, media type, rate limits), reads only what routing needs
+(`inbound`), and hands the request to a `Forward`, which tries engines and relays the answer
+(`forward`). A request that follows a stored response goes to the engine that has it
+(`affinity`, asking the engines through `locator` when this process has not seen it). A request
+for a model with no ready engine (scaled to zero, starting, or all down) is held by the activator,
+in arrival order, until an engine is ready or its deadline passes; held and in-flight requests are
+written to the demand table all workers share, which `GET /vfleet/demand` sums. Every error
+answered here is a `vfleet.errors` error, in the route's shape (OpenAI's, or Anthropic's on the
+Messages routes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -21,31 +26,44 @@ import orjson
 from vfleet.errors import (
     BadRequest,
     ClientError,
+    MethodNotAllowed,
     ModelNotFound,
     NotFound,
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
+    UnsupportedMediaType,
     VfleetError,
-    error_json,
 )
 from vfleet.http.server import Connection, Request
-from vfleet.router import auth
+from vfleet.router import affinity, auth
 from vfleet.router.activator import FULL, WOKE, Activator
+from vfleet.router.affinity import Owners
 from vfleet.router.demand import HELD, DemandRow
 from vfleet.router.endpoints import Endpoint, Registry
 from vfleet.router.forward import RETRY_FULL, Forward, Limits
-from vfleet.router.inbound import (
-    ALIASED_PATHS,
-    estimated_tokens,
-    is_proxied,
-    read_body,
-    route_key,
-)
+from vfleet.router.inbound import estimated_tokens, read_body, route_key
+from vfleet.router.locator import Locator
 from vfleet.router.metrics import RouterMetrics
 from vfleet.router.policies import Policy
 from vfleet.router.polls import Polls
 from vfleet.router.ratelimit import RateLimiter
+from vfleet.router.routes import (
+    DEMAND,
+    HEALTH,
+    METRICS,
+    MODELS,
+    OPENAI,
+    READY,
+    RELAY,
+    RESPONSES,
+    ROUTES,
+    STORED,
+    ErrorStyle,
+    Route,
+    is_json,
+    match_param,
+)
 from vfleet.router.state import RouteKey
 from vfleet.router.upstream import UpstreamPool
 
@@ -66,8 +84,14 @@ DROP_REQUEST_HEADERS: Final = frozenset(
 )
 
 
-def respond_error(conn: Connection, err: VfleetError, extra_headers: bytes = b"") -> None:
-    conn.respond(err.status, error_json(err), extra_headers=extra_headers)
+# With router keys on, a client's key (in either header) is the router's, not the engines'.
+DROP_WITH_KEYS: Final = DROP_REQUEST_HEADERS | {b"x-api-key"}
+
+
+def respond_error(
+    conn: Connection, err: VfleetError, extra_headers: bytes = b"", style: ErrorStyle = OPENAI
+) -> None:
+    conn.respond(err.status, style.render(err), extra_headers=extra_headers)
 
 
 @dataclass(slots=True)
@@ -90,61 +114,112 @@ class Router:
     # Held requests are released while an engine has fewer in flight than this (0: no cap).
     release_max_inflight: int = 0
     polls: Polls | None = None  # GET /vfleet/demand?wait_s= long-polls, made on first use
+    owners: Owners = field(default_factory=Owners)  # response id -> engine, learned here
+    locator: Locator | None = None  # asks engines for a response id, made on first use
+    drop_headers: frozenset[bytes] = DROP_REQUEST_HEADERS  # request headers engines never see
+
+    def __post_init__(self) -> None:
+        if self.api_keys:
+            self.drop_headers = DROP_WITH_KEYS
 
     def handle(self, req: Request, conn: Connection) -> None:
         path = req.path
-        if path == "/health":
-            conn.respond(200, b'{"status":"ok"}')
+        route = ROUTES.get(path)  # every hot route is a fixed path: one lookup
+        param = ""
+        if route is None:
+            found = match_param(path)
+            if found is not None:
+                route, param = found
+        elif route.kind <= DEMAND:  # open routes: no client key
+            self._open(route, req, conn)
             return
-        if path == "/metrics":
-            text = self.metrics.render(self.registry, self._held_gauge())
-            conn.respond(200, text, b"text/plain; version=0.0.4")
-            return
-        if path == "/ready":  # open, like /health: readiness probes carry no key
-            self._ready(conn)
-            return
-        if path == "/vfleet/demand" and req.method == "GET":
-            # like /metrics: when keys are on, the admin gate (router.app) lets only the admin
-            # key this far
-            self._demand(req, conn)
-            return
-        if self.api_keys and not self._authorized(req):
+        style = OPENAI if route is None else route.style
+        if self.api_keys and auth.verify_request(req.headers, self.api_keys) is None:
             self.metrics.rejected["auth"] += 1
-            respond_error(conn, Unauthorized("Invalid API key."))
+            respond_error(conn, Unauthorized("Invalid API key."), style=style)
             return
-        if path in ("/v1/models", "/models"):
-            cards = self.registry.model_cards(int(time.time()))
-            conn.respond(200, orjson.dumps({"object": "list", "data": cards}))
-        elif req.too_large:
+        if route is None:
+            respond_error(conn, NotFound(f"Unknown route {req.method} {path}."))
+            return
+        if req.method not in route.methods:
+            err = MethodNotAllowed(f"Method {req.method} is not allowed on {path}.")
+            respond_error(conn, err, route.allow(), style)
+            return
+        if req.too_large:
             self.metrics.rejected["too_large"] += 1
             conn.keep_alive = False
-            respond_error(conn, PayloadTooLarge("Request body too large."))
-        elif is_proxied(req):
+            respond_error(conn, PayloadTooLarge("Request body too large."), style=style)
+            return
+        if route.json and not is_json(req.headers.get(b"content-type")):
+            given = req.header(b"content-type") or "none"
+            media = UnsupportedMediaType(
+                f"Unsupported Media Type: this route takes application/json (given: {given})."
+            )
+            respond_error(conn, media, style=style)
+            return
+        kind = route.kind
+        if kind >= RELAY:  # to an engine
             if self.rate_limit is not None and not self._admit(
-                req, conn, self.rate_limit, 1.0, "request"
+                req, conn, self.rate_limit, 1.0, "request", style
             ):
                 return
             try:
-                self._forward(req, conn)
+                if kind == STORED:
+                    self._stored(req, conn, route, param)
+                else:
+                    self._forward(req, conn, route)
             except ClientError as err:
-                respond_error(conn, err)
+                respond_error(conn, err, style=style)
+        elif kind == MODELS:
+            cards = self.registry.model_cards(int(time.time()))
+            conn.respond(200, orjson.dumps({"object": "list", "data": cards}))
         else:
-            respond_error(conn, NotFound(f"Unknown route {req.method} {path}."))
+            self._model_card(conn, param)
 
-    def _authorized(self, req: Request) -> bool:
-        return auth.verify(req.headers.get(b"authorization", b""), self.api_keys) is not None
+    def _open(self, route: Route, req: Request, conn: Connection) -> None:
+        """/health, /ready, /metrics, /vfleet/demand: no client key (readiness probes carry
+        none; with keys on, the admin gate in router.app lets only the admin key reach
+        /metrics and /vfleet/demand)."""
+        if req.method not in route.methods:
+            err = MethodNotAllowed(f"Method {req.method} is not allowed on {req.path}.")
+            respond_error(conn, err, route.allow())
+            return
+        kind = route.kind
+        if kind == HEALTH:
+            conn.respond(200, b'{"status":"ok"}')
+        elif kind == READY:
+            self._ready(conn)
+        elif kind == METRICS:
+            text = self.metrics.render(self.registry, self._held_gauge())
+            conn.respond(200, text, b"text/plain; version=0.0.4")
+        else:
+            self._demand(req, conn)
+
+    def _model_card(self, conn: Connection, model: str) -> None:
+        """GET /v1/models/{id}: the card /v1/models lists for `model` (an alias included)."""
+        for card in self.registry.model_cards(int(time.time())):
+            if card.get("id") == model:
+                conn.respond(200, orjson.dumps(card))
+                return
+        respond_error(conn, ModelNotFound(f"The model `{model}` does not exist.", "model"))
 
     def _admit(
-        self, req: Request, conn: Connection, limiter: RateLimiter, cost: float, what: str
+        self,
+        req: Request,
+        conn: Connection,
+        limiter: RateLimiter,
+        cost: float,
+        what: str,
+        style: ErrorStyle = OPENAI,
     ) -> bool:
-        key = auth.limit_key(req.headers.get(b"authorization", b""), self.api_keys)
+        key = auth.request_limit_key(req.headers, self.api_keys)
         wait = limiter.take(key, time.monotonic(), cost)
         if wait <= 0.0:
             return True
         self.metrics.rejected[f"{what}_limit"] += 1
         retry = b"retry-after: %d\r\n" % max(1, math.ceil(wait))
         err = RateLimited(f"{what.capitalize()} rate limit reached for this API key.")
-        respond_error(conn, err, retry)
+        respond_error(conn, err, retry, style)
         return False
 
     def _ready(self, conn: Connection) -> None:
@@ -156,7 +231,7 @@ class Router:
 
     # -- forwarding -------------------------------------------------------------------------
 
-    def _forward(self, req: Request, conn: Connection) -> None:
+    def _forward(self, req: Request, conn: Connection, route: Route) -> None:
         """Read what routing needs and start the request (ClientError: answered by `handle`)."""
         model, fields = read_body(req)
         if model is None:
@@ -165,7 +240,7 @@ class Router:
                 raise BadRequest("The request names no model.", "model")
             model = names[0]
         if self.token_limit is not None and not self._admit(
-            req, conn, self.token_limit, estimated_tokens(fields), "token"
+            req, conn, self.token_limit, estimated_tokens(fields), "token", route.style
         ):
             return
         body = req.body
@@ -175,24 +250,115 @@ class Router:
         if target not in self.known_models and not self.registry.serving(target):
             raise ModelNotFound(f"The model `{model}` does not exist.", "model")
         key = route_key(self.policy_for(target), target, req, fields)
-        path = ALIASED_PATHS.get(req.path, req.path)
-        head = self._request_head(req, path, len(body))
-        fwd = Forward(self, conn, target, key, head + body, time.monotonic())
-        if target in self.activator.queues:
+        head = self._request_head(req, route.upstream or req.path, len(body))
+        fwd = Forward(self, conn, target, key, head + body, time.monotonic(), route.style)
+        if route.kind == RESPONSES:
+            fwd.learn = self.owners  # the answer's id is learned: what follows it comes back here
+            previous = fields.get("previous_response_id")
+            if previous:
+                self._follow(req, fwd, previous)
+                return
+        self._dispatch(fwd)
+
+    def _dispatch(self, fwd: Forward) -> None:
+        if fwd.model in self.activator.queues:
             self.hold(fwd)  # behind the requests already waiting for this model: arrival order
         else:
             fwd.start()  # held there when no engine is ready
 
+    # -- stored responses (router.affinity) -------------------------------------------------
+
+    def _follow(self, req: Request, fwd: Forward, rid: str) -> None:
+        """POST /v1/responses with a previous_response_id: to the engine that has it. When no
+        engine says it has, the policy picks one, which answers its own 404."""
+        ep = affinity.owner(self.owners, rid, self.registry.endpoints)
+        if ep is not None:
+            fwd.pin = ep
+            fwd.start()
+            return
+        urls = affinity.candidates(self.registry.serving(fwd.model), fwd.model)
+        if not urls:
+            self._dispatch(fwd)  # no engine up to ask: held for one like any request
+            return
+
+        def found(url: str | None) -> None:
+            owner = self.registry.endpoints.get(url) if url is not None else None
+            if owner is None:
+                self._dispatch(fwd)
+            else:
+                fwd.pin = owner
+                fwd.start()
+
+        self._locate(req, fwd.conn, rid, urls, found)
+
+    def _stored(self, req: Request, conn: Connection, route: Route, rid: str) -> None:
+        """GET/DELETE /v1/responses/{id} (and its cancel): to the engine that has the response;
+        404 when none says it has."""
+
+        def relay(url: str | None) -> None:
+            ep = self.registry.endpoints.get(url) if url is not None else None
+            if ep is None or not ep.models:
+                err = NotFound(f"No engine has a stored response `{rid}`.", "response_id")
+                respond_error(conn, err, style=route.style)
+                return
+            model = ep.models[0]  # for the books: the request names none
+            head = self._request_head(req, req.path, len(req.body))
+            data = head + req.body
+            fwd = Forward(self, conn, model, RouteKey(model), data, time.monotonic(), route.style)
+            fwd.pin = ep
+            fwd.start()
+
+        ep = affinity.owner(self.owners, rid, self.registry.endpoints)
+        if ep is not None:
+            relay(ep.url)
+            return
+        urls = affinity.candidates(self.registry.endpoints.values())
+        if not urls:
+            relay(None)
+            return
+        self._locate(req, conn, rid, urls, relay)
+
+    def _locate(
+        self,
+        req: Request,
+        conn: Connection,
+        rid: str,
+        urls: list[str],
+        then: Callable[[str | None], None],
+    ) -> None:
+        """Ask the engines for `rid`, then call `then` with the one that has it (or None),
+        unless the client left meanwhile."""
+        if self.locator is None:
+            self.locator = Locator(self.owners)
+        task = self.locator.locate(rid, urls, self._engine_auth(req))
+
+        def done(task: asyncio.Task[str | None]) -> None:
+            if conn.closed:
+                return
+            failed = task.cancelled() or task.exception() is not None
+            then(None if failed else task.result())
+
+        task.add_done_callback(done)
+
+    # -- what engines are sent --------------------------------------------------------------
+
+    def _engine_auth(self, req: Request) -> bytes:
+        """The Authorization line engines get: the router's backend key; else, when the router
+        checks no keys itself, the client's own."""
+        if self.backend_auth:
+            return self.backend_auth
+        if not self.api_keys and b"authorization" in req.headers:
+            return b"authorization: %s\r\n" % req.headers[b"authorization"]
+        return b""
+
     def _request_head(self, req: Request, path: str, length: int) -> bytes:
         target = (path + ("?" + req.query if req.query else "")).encode()
         lines = [b"%s %s HTTP/1.1\r\nhost: vfleet-router\r\n" % (req.method.encode(), target)]
+        drop = self.drop_headers
         for name, value in req.headers.items():
-            if name not in DROP_REQUEST_HEADERS:
+            if name not in drop:
                 lines.append(b"%s: %s\r\n" % (name, value))
-        if self.backend_auth:
-            lines.append(self.backend_auth)
-        elif not self.api_keys and b"authorization" in req.headers:
-            lines.append(b"authorization: %s\r\n" % req.headers[b"authorization"])
+        lines.append(self._engine_auth(req))
         lines.append(b"content-length: %d\r\n\r\n" % length)
         return b"".join(lines)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol, cast
 
 import httptools
@@ -289,6 +289,19 @@ class UpstreamPool:
         idle = self._idle.get(up.key)
         if idle is not None and up in idle:
             idle.remove(up)
+
+    def retain(self, listed: Collection[str]) -> None:
+        """Close the idle connections of engines no longer listed and forget their pools: on
+        Kubernetes every pod IP ever seen would otherwise keep an entry. Called periodically
+        (not per request); a late release to a departed engine is swept on the next call."""
+        for url in [u for u in self._idle if u not in listed]:
+            for up in self._idle.pop(url):
+                if up.transport is not None:
+                    up.transport.close()
+
+    def idle_pools(self) -> int:
+        """Engines with an idle-connection pool (bounded by the endpoints listed)."""
+        return len(self._idle)
 
     def close(self) -> None:
         self._sweeper.cancel()

@@ -13,22 +13,17 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from vfleet.sim import tokenizer
-from vfleet.sim.errors import ApiError, invalid, missing, validation_error, wrong_type
+from vfleet.sim import structured, tokenizer
+from vfleet.sim.errors import (
+    ApiError,
+    ReprText,
+    invalid,
+    missing,
+    validation_error,
+    wrong_type,
+)
 
 Body = dict[str, Any]
-
-
-class _Repr:
-    """Text that reprs as itself: an exception object shown inside a validation message."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
 
 
 def parse_json(raw: bytes) -> Body:
@@ -68,6 +63,8 @@ class GenerateRequest(NamedTuple):
     sampling: Sampling
     chat: bool
     prompts_are_text: bool  # tokenized here (not given as token ids)
+    # tools, response_format, logprobs: None for the plain requests that have none of them
+    extras: structured.Extras | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +145,64 @@ def _stop(body: Body) -> tuple[str, ...]:
     raise wrong_type(("stop",), "string", v)
 
 
+# Sampling fields vLLM types as floats, with the ranges SamplingParams checks (None: unbounded
+# there). Their type errors come from request validation; their range errors from
+# SamplingParams, which names the parameter for temperature and top_p only.
+_FLOATS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty")
+
+
+def _float(body: Body, key: str) -> float | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            msg = "Input should be a valid number, unable to parse string as a number"
+            raise validation_error("float_parsing", (key,), msg, v) from None
+    raise validation_error("float_type", (key,), "Input should be a valid number", v)
+
+
+# One set test skips the checks for the many requests that set none of these fields.
+_SAMPLING_KEYS = frozenset((*_FLOATS, "repetition_penalty", "top_k"))
+
+
+def check_sampling(body: Body, n: int) -> None:
+    """vLLM's type and range checks of the sampling fields the simulator otherwise ignores."""
+    if _SAMPLING_KEYS.isdisjoint(body):
+        return
+    temp = _float(body, "temperature")
+    top_p = _float(body, "top_p")
+    min_p = _float(body, "min_p")
+    presence = _float(body, "presence_penalty")
+    frequency = _float(body, "frequency_penalty")
+    repetition = _float(body, "repetition_penalty")
+    top_k = _int(body, "top_k", None, -(2**63))
+    if presence is not None and not -2.0 <= presence <= 2.0:
+        raise ApiError(400, f"presence_penalty must be in [-2, 2], got {presence}.")
+    if frequency is not None and not -2.0 <= frequency <= 2.0:
+        raise ApiError(400, f"frequency_penalty must be in [-2, 2], got {frequency}.")
+    if repetition is not None and repetition <= 0.0:
+        raise ApiError(400, f"repetition_penalty must be greater than zero, got {repetition}.")
+    if temp is not None:
+        if temp < 0.0:
+            raise invalid(f"temperature must be non-negative, got {temp}.", "temperature", temp)
+        if temp > 2.0:
+            raise invalid(f"temperature must be in [0, 2], got {temp}.", "temperature", temp)
+    greedy = temp is not None and temp < 1e-5
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise invalid(f"top_p must be in (0, 1], got {top_p}.", "top_p", top_p)
+    if top_k is not None and top_k < -1:
+        raise ApiError(400, f"top_k must be 0 (disable), or at least 1, got {top_k}.")
+    if min_p is not None and not 0.0 <= min_p <= 1.0:
+        raise ApiError(400, f"min_p must be in [0, 1], got {min_p}.")
+    if greedy and n > 1:
+        raise ApiError(400, f"n must be 1 when using greedy sampling, got {n}.")
+
+
 def _sampling(body: Body, default_max: int | None) -> Sampling:
     max_tokens = _int(body, "max_completion_tokens", None, 1)
     if max_tokens is None:
@@ -164,14 +219,16 @@ def _sampling(body: Body, default_max: int | None) -> Sampling:
             f"Value error, {why} (parameter=stream_options)",
             body,
             param="stream_options",
-            ctx={"error": _Repr(f"VLLMValidationError({why!r})")},
+            ctx={"error": ReprText(f"VLLMValidationError({why!r})")},
         )
     seed = body.get("seed")
     rid = body.get("request_id")
+    n = _n(body)
+    check_sampling(body, n)
     return Sampling(
         max_tokens=max_tokens,
         request_id=rid if isinstance(rid, str) and rid else None,
-        n=_n(body),
+        n=n,
         stop=_stop(body),
         ignore_eos=_bool(body, "ignore_eos", False),
         seed=seed if type(seed) is int else 0,
@@ -244,19 +301,30 @@ def render_chat(messages: Any, body: Body, add_generation_prompt: bool = True) -
 # -- request parsers ------------------------------------------------------------------------
 
 
+_EXTRA_KEYS = frozenset(structured.KEYS)
+
+
+def _has_extras(body: Body) -> bool:
+    return not _EXTRA_KEYS.isdisjoint(body)
+
+
 def parse_chat(body: Body) -> GenerateRequest:
+    # vLLM's model validators (tool_choice, logprobs) run before its field checks.
+    extras = structured.chat_extras(body) if _has_extras(body) else None
     prompt = tokenizer.encode(render_chat(body.get("messages"), body))
-    return GenerateRequest(_model(body), (prompt,), _sampling(body, None), True, True)
+    return GenerateRequest(_model(body), (prompt,), _sampling(body, None), True, True, extras)
 
 
 def parse_completion(body: Body) -> GenerateRequest:
     if "prompt" not in body:
         raise missing(("prompt",), body)
+    wants = "logprobs" in body or "response_format" in body
+    extras = structured.completion_extras(body) if wants else None
     raw = body["prompt"]
     prompts = _prompts(raw, "prompt")
     text = isinstance(raw, str) or (isinstance(raw, list) and isinstance(raw[0], str))
     # The OpenAI completions API defaults max_tokens to 16, and vLLM follows it.
-    return GenerateRequest(_model(body), prompts, _sampling(body, 16), False, text)
+    return GenerateRequest(_model(body), prompts, _sampling(body, 16), False, text, extras)
 
 
 def parse_embed(body: Body) -> EmbedRequest:

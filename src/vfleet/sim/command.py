@@ -97,7 +97,25 @@ def _lora_modules(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     show_default=True,
     help="Mean generation length when EOS is not ignored.",
 )
-@click.option("--embedding-dim", type=int, default=384, show_default=True)
+@click.option(
+    "--embedding-dim",
+    type=int,
+    default=None,
+    help="Vector size; default: the model's own when known (e.g. BAAI/bge-m3: 1024), else 384.",
+)
+@click.option(
+    "--enable-auto-tool-choice",
+    is_flag=True,
+    help='As vLLM: allow tool_choice "auto" (the simulated model then answers with text).',
+)
+@click.option("--tool-call-parser", default=None, help="As vLLM (accepted; the sim needs none).")
+@click.option(
+    "--responses-store-size",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Stored /v1/responses answers kept for previous_response_id (least recent dropped).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--error-rate", type=float, default=0.0, help="Fault: fraction answered with 500.")
 @click.option("--hang-rate", type=float, default=0.0, help="Fault: fraction never answered.")
@@ -134,7 +152,10 @@ def sim(
     enable_lora: bool,
     max_loras: int,
     output_len_mean: int,
-    embedding_dim: int,
+    embedding_dim: int | None,
+    enable_auto_tool_choice: bool,
+    tool_call_parser: str | None,
+    responses_store_size: int,
     seed: int,
     error_rate: float,
     hang_rate: float,
@@ -146,6 +167,7 @@ def sim(
 ) -> None:
     """Run a vLLM-compatible simulated engine (no GPU needed)."""
     from vfleet.sim.app import run
+    from vfleet.sim.embed import dim_for
 
     costs = (
         None if step_base_ms is None else step_base_ms * 1e-3,
@@ -173,7 +195,10 @@ def sim(
             task=task or ("embed" if runner == "pooling" else "generate"),
             time_scale=time_scale,
             output_len_mean=output_len_mean,
-            embedding_dim=embedding_dim,
+            embedding_dim=dim_for(model) if embedding_dim is None else embedding_dim,
+            enable_auto_tool_choice=enable_auto_tool_choice,
+            tool_call_parser=tool_call_parser,
+            responses_store_size=responses_store_size,
             api_keys=keys,
             enable_server_load_tracking=enable_server_load_tracking,
             kv_events=KVEventsConfig.parse(kv_events_config)

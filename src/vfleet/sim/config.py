@@ -38,6 +38,10 @@ class SimConfig:
     seed: int = 0
     max_n_sequences: int = MAX_N_SEQUENCES  # as vLLM's VLLM_MAX_N_SEQUENCES
     edge: EdgeLimits = field(default_factory=EdgeLimits)  # HTTP limits at the client edge
+    # as vLLM's --enable-auto-tool-choice: without it, tool_choice "auto" is refused
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    responses_store_size: int = 1024  # stored /v1/responses answers kept (least recent go)
 
     def __post_init__(self) -> None:
         if not self.served_names or not all(self.served_names):
@@ -50,6 +54,8 @@ class SimConfig:
             raise ValueError("output_len_mean and embedding_dim must be >= 1")
         if self.max_n_sequences < 1:
             raise ValueError("max_n_sequences must be >= 1")
+        if self.responses_store_size < 0:
+            raise ValueError("responses_store_size must be >= 0")
 
     @property
     def name(self) -> str:

@@ -61,6 +61,44 @@ def validation_error(
     return ApiError(400, f"1 validation error:\n  {detail!r}", "Bad Request", param)
 
 
+class ReprText:
+    """Text that reprs as itself: an exception object shown inside a validation message."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def value_error(message: str, body: Any, loc: tuple[Any, ...] = ()) -> ApiError:
+    """A `ValueError` raised by one of vLLM's request validators (by default one that runs
+    before the field checks, located at the body): its message prefixed "Value error, "."""
+    return validation_error(
+        "value_error",
+        loc,
+        f"Value error, {message}",
+        body,
+        ctx={"error": ReprText(f"ValueError({message!r})")},
+    )
+
+
+def vllm_value_error(message: str, body: Any, parameter: str, value: Any = None) -> ApiError:
+    """A `VLLMValidationError` raised by such a validator: the message names the parameter (and
+    value), and so does the error's `param`."""
+    extras = [f"parameter={parameter}"] + ([] if value is None else [f"value={value}"])
+    return validation_error(
+        "value_error",
+        (),
+        f"Value error, {message} ({', '.join(extras)})",
+        body,
+        param=parameter,
+        ctx={"error": ReprText(f"VLLMValidationError({message!r})")},
+    )
+
+
 UNSUPPORTED_MEDIA = ApiError(
     400,
     "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from vfleet.http.server import Connection
 from vfleet.sim import api, responses
@@ -227,8 +228,59 @@ class StreamJob(Job):
         self.conn.end_stream(data + responses.DONE)
 
 
+class StreamRenderer(Protocol):
+    """The events of a stream whose chunks are not plain text deltas (tool calls, logprobs,
+    Anthropic and Responses events): rendered by the API module that owns the shape."""
+
+    def progress(self, seq: Sequence) -> bytes:
+        """Events for what `seq` produced since the last call (b"" when none)."""
+        ...
+
+    def end(self, seqs: list[Sequence]) -> bytes:
+        """Events after every sequence has finished."""
+        ...
+
+
+class EventStreamJob(Job):
+    """A streamed request rendered by a `StreamRenderer`, written once per engine burst."""
+
+    __slots__ = ("pending", "render")
+
+    def __init__(
+        self, inflight: InFlight, conn: Connection, seqs: list[Sequence], render: StreamRenderer
+    ) -> None:
+        super().__init__(inflight, conn, seqs)
+        self.render = render
+        self.pending: list[bytes] = []
+
+    def begin(self) -> None:
+        self.conn.start_stream()
+
+    def on_progress(self, seq: Sequence) -> None:
+        if seq.finish is not None:
+            self.done += 1
+        data = self.render.progress(seq)
+        if data:
+            self.pending.append(data)
+
+    def flush(self) -> None:
+        if self not in self.inflight.jobs:
+            return
+        if self.done < len(self.seqs):
+            if self.pending:
+                self.conn.send(b"".join(self.pending))
+                self.pending.clear()
+            return
+        data = b"".join(self.pending) + self.render.end(self.seqs)
+        self.pending.clear()
+        self._release()
+        self.conn.end_stream(data)
+
+
 class PoolJob(Job):
-    """Embeddings, scores and reranks: prefill-only sequences, answered when all are done."""
+    """A request answered once every sequence is done, by a callback: embeddings, scores and
+    reranks (prefill-only), and generations whose body an API module renders (tool calls,
+    logprobs, Anthropic messages, stored responses)."""
 
     __slots__ = ("answer",)
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from vfleet.http.server import Connection, Request
-from vfleet.sim import api, responses, tokenizer
+from vfleet.sim import api, messages, responses, respstore, rich, tokenizer
 from vfleet.sim.config import SimConfig
 from vfleet.sim.embed import embed, relevance
 from vfleet.sim.engine import Engine
@@ -36,8 +36,17 @@ from vfleet.sim.errors import (
     not_found_model,
 )
 from vfleet.sim.faults import Action, FaultState
-from vfleet.sim.jobs import FullJob, InFlight, Job, PoolJob, StreamJob
+from vfleet.sim.jobs import (
+    EventStreamJob,
+    FullJob,
+    InFlight,
+    Job,
+    PoolJob,
+    StreamJob,
+    StreamRenderer,
+)
 from vfleet.sim.scheduler import Sequence
+from vfleet.sim.structured import AUTO_TOOLS_OFF, Extras
 
 log = logging.getLogger("vfleet.sim")
 
@@ -72,6 +81,7 @@ class SimServer:
             responses.fingerprint(cfg.model_path),
             cfg.enable_server_load_tracking,
         )
+        self.store = respstore.ResponseStore(cfg.responses_store_size)
         self.routes = self._routes()
         self._rid_prefix = f"{random.getrandbits(32):08x}"
         self._rid_count = count()
@@ -101,6 +111,9 @@ class SimServer:
         if self.cfg.generates:
             r["/v1/completions"] = {"POST": self._completions}
             r["/v1/chat/completions"] = {"POST": self._chat}
+            r["/v1/messages"] = {"POST": self._messages}
+            r["/v1/messages/count_tokens"] = {"POST": self._count_tokens}
+            r["/v1/responses"] = {"POST": self._responses}
         else:
             for path in ("/score", "/v1/score"):
                 r[path] = {"POST": self._score}
@@ -119,6 +132,8 @@ class SimServer:
             conn.respond(401, UNAUTHORIZED)
             return
         methods = self.routes.get(req.path)
+        if methods is None:
+            methods = self._path_routes(req.path)
         if methods is None:
             conn.respond(404, NOT_FOUND)
             return
@@ -143,11 +158,26 @@ class SimServer:
             err = ApiError(500, "Internal server error", "InternalServerError")
             conn.respond(500, err.body())
 
+    def _path_routes(self, path: str) -> dict[str, Handler] | None:
+        """Routes with a path parameter (`/v1/responses/{id}`); looked up only on a miss."""
+        if not self.cfg.generates or not path.startswith("/v1/responses/"):
+            return None
+        rest = path[len("/v1/responses/") :]
+        if rest.endswith("/cancel") and rest.count("/") == 1:
+            return {"POST": self._cancel_response}
+        if rest and "/" not in rest:
+            return {"GET": self._get_response}
+        return None
+
     def _authorized(self, req: Request) -> bool:
         scheme, _, token = req.header(b"authorization").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        got = token.encode()
+        if scheme.lower() == "bearer":
+            got = token.encode()
+        else:
+            # Anthropic clients send their key as `x-api-key`.
+            got = req.header(b"x-api-key").encode()
+            if not got:
+                return False
         return any(hmac.compare_digest(got, k.encode()) for k in self.cfg.api_keys)
 
     def resolve_model(self, name: str | None) -> str | None:
@@ -273,7 +303,55 @@ class SimServer:
         self._generate(req, conn, api.parse_completion(api.parse_json(req.body)))
 
     def _generate(self, req: Request, conn: Connection, g: api.GenerateRequest) -> None:
+        prepared = self.prepare(req, conn, g)
+        if prepared is None:
+            return
+        seqs, rid, model = prepared
+        job: Job
+        if g.extras is not None:
+            job = self._rich_job(conn, seqs, rid, model, g, g.extras)
+        elif g.sampling.stream:
+            job = StreamJob(self.inflight, conn, seqs, rid, model, g)
+        else:
+            job = FullJob(self.inflight, conn, seqs, rid, model, g)
+        job.start()
+
+    def _rich_job(
+        self,
+        conn: Connection,
+        seqs: list[Sequence],
+        rid: str,
+        model: str,
+        g: api.GenerateRequest,
+        extras: Extras,
+    ) -> Job:
+        """Tool calls, forced JSON, logprobs: answered by `rich`, off the fast path."""
+        s, fp = g.sampling, self.inflight.fingerprint
+        if s.stream:
+            render: StreamRenderer
+            if g.chat:
+                render = rich.ChatStream(rid, model, seqs, extras, s, fp)
+            else:
+                render = rich.CompletionStream(rid, model, seqs, s.n, extras, s.include_usage, fp)
+            return EventStreamJob(self.inflight, conn, seqs, render)
+
+        def answer(done: list[Sequence]) -> bytes:
+            if g.chat:
+                return orjson.dumps(rich.chat_body(rid, model, done, s.n, extras, fp))
+            return rich.completion_body(rid, model, done, s.n, extras, fp)
+
+        return PoolJob(self.inflight, conn, seqs, answer)
+
+    def prepare(
+        self, req: Request, conn: Connection, g: api.GenerateRequest
+    ) -> tuple[list[Sequence], str, str] | None:
+        """Checks a generate request as vLLM does and builds its sequences: (sequences, request
+        id, model name), or None when an injected fault has consumed the request."""
         lora = self.resolve_model(g.model)
+        extras = g.extras
+        forced = extras.forced if extras is not None else None
+        if extras is not None and extras.auto_tools and not self.cfg.enable_auto_tool_choice:
+            raise ApiError(400, AUTO_TOOLS_OFF)
         s = g.sampling
         seqs: list[Sequence] = []
         stop = tuple([x.encode() for x in s.stop]) if s.stop else ()
@@ -312,14 +390,19 @@ class SimServer:
             h = hash((len(prompt), prompt[0], prompt[len(prompt) // 2], prompt[-1])) & 0xFFFFFFFF
             mean = self.cfg.output_len_mean
             eos = None if s.ignore_eos else 1 + h % (2 * mean - 1) if mean > 1 else 1
+            seq_stop, seq_max = stop, max_tokens
+            if forced is not None:
+                # A grammar fixes the output: it ends when the value is complete, or is cut
+                # short by max_tokens like any other output.
+                eos, seq_stop, seq_max = forced.tokens, (), min(max_tokens, forced.tokens)
             for j in range(s.n):
                 seqs.append(
                     Sequence(
                         prompt=prompt,
-                        max_tokens=max_tokens,
+                        max_tokens=seq_max,
                         arrival=now,
                         eos_after=eos,
-                        stop=stop,
+                        stop=seq_stop,
                         lora_name=lora,
                         seed=h + s.seed + j,
                         index=p_idx * s.n + j,
@@ -327,17 +410,89 @@ class SimServer:
                     )
                 )
         if self._fault(conn):
-            return
+            return None
         self.engine.metrics.observe_params(s.n, seqs[0].max_tokens)
         # vLLM names the base model by its first served name, whatever alias was asked for.
         model = lora or self.cfg.name
         rid = req.header(b"x-request-id") or s.request_id or self.new_request_id()
-        job: Job
-        if s.stream:
-            job = StreamJob(self.inflight, conn, seqs, rid, model, g)
-        else:
-            job = FullJob(self.inflight, conn, seqs, rid, model, g)
-        job.start()
+        return seqs, rid, model
+
+    # -- Anthropic Messages -----------------------------------------------------------------
+
+    def _messages(self, req: Request, conn: Connection) -> None:
+        g = messages.parse(api.parse_json(req.body))
+        try:
+            prepared = self.prepare(req, conn, g)
+        except ApiError as exc:  # errors while serving come back in Anthropic's shape
+            conn.respond(exc.status, messages.error_body(exc))
+            return
+        if prepared is None:
+            return
+        seqs, rid, model = prepared
+        extras = g.extras
+        if g.sampling.stream:
+            render = messages.MessageStream(rid, model, extras)
+            EventStreamJob(self.inflight, conn, seqs, render).start()
+            return
+
+        def answer(done: list[Sequence]) -> bytes:
+            return messages.full(rid, model, done, extras)
+
+        PoolJob(self.inflight, conn, seqs, answer).start()
+
+    def _count_tokens(self, req: Request, conn: Connection) -> None:
+        g = messages.parse(api.parse_json(req.body), count_only=True)
+        try:
+            self.resolve_model(g.model)
+        except ApiError as exc:
+            conn.respond(exc.status, messages.error_body(exc))
+            return
+        conn.respond(200, messages.count_tokens(g))
+
+    # -- Responses --------------------------------------------------------------------------
+
+    def _responses(self, req: Request, conn: Connection) -> None:
+        body = api.parse_json(req.body)
+        model = body.get("model")
+        self.resolve_model(model if isinstance(model, str) else None)
+        r = respstore.parse(body, self.store)
+        prepared = self.prepare(req, conn, r.g)
+        if prepared is None:
+            return
+        seqs, _, model_name = prepared
+        response_id = respstore.new_id()
+        store = self.store
+        if r.g.sampling.stream:
+            render = respstore.ResponseStream(response_id, model_name, r, store)
+            EventStreamJob(self.inflight, conn, seqs, render).start()
+            return
+
+        def answer(done: list[Sequence]) -> bytes:
+            raw, stored = respstore.answer(response_id, model_name, r, done)
+            if r.store:
+                store.put(response_id, stored)
+            return raw
+
+        PoolJob(self.inflight, conn, seqs, answer).start()
+
+    def _stored(self, path: str) -> tuple[str, respstore.Stored]:
+        response_id = path[len("/v1/responses/") :].split("/", 1)[0]
+        if not response_id.startswith("resp"):
+            raise respstore.invalid_id(response_id)
+        stored = self.store.get(response_id)
+        if stored is None:
+            raise respstore.not_found(response_id)
+        return response_id, stored
+
+    def _get_response(self, req: Request, conn: Connection) -> None:
+        conn.respond(200, self._stored(req.path)[1].body)
+
+    def _cancel_response(self, req: Request, conn: Connection) -> None:
+        self._stored(req.path)
+        # Every stored response here was answered in the foreground (no background mode).
+        raise ApiError(
+            400, "Cannot cancel a synchronous response.", "invalid_request_error", "response_id"
+        )
 
     # -- pooling ----------------------------------------------------------------------------
 

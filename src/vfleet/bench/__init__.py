@@ -1,0 +1,7 @@
+"""`vfleet bench`: load any OpenAI-compatible endpoint the way users judge it, and plan a fleet.
+
+Pure parts (workloads and arrival times, statistics, Prometheus text, reports, and `plan`, the
+fleet in virtual time) are separate modules with no I/O; `client` (a small streaming HTTP/1.1
+client) and `runner` (the load generator) do the I/O; `command` is the click group. Nothing else
+in vfleet imports this package but the CLI.
+"""
