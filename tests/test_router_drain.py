@@ -5,6 +5,7 @@ complete answer."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -32,7 +33,8 @@ def _refused(url: str) -> bool:
     """Whether a new TCP connection to `url` is refused (nothing listens there any more)."""
     try:
         sock = socket.create_connection(_address(url), timeout=2)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # reset: the connection reached the backlog just as the listener closed
         return True
     sock.close()
     return False
@@ -50,6 +52,15 @@ class Stream:
         assert self.resp.status == 200
         self.first = self.resp.readline()
         assert self.first.startswith(b"data: {"), self.first
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def rest(self) -> tuple[int, bool]:
         """(tokens streamed, whether `data: [DONE]` ended it), the first event included."""
@@ -95,10 +106,13 @@ def test_after_sigterm_new_and_idle_connections_end_while_a_stream_finishes(
     sim = sim_factory("--model", "m", *SLOW_SIM)
     router = router_factory("--backend", sim.url)
     # A keep-alive connection opened before the signal, idle when it comes.
-    with socket.create_connection(_address(router.url), timeout=10) as idle:
+    with (
+        socket.create_connection(_address(router.url), timeout=10) as idle,
+        contextlib.ExitStack() as cleanup,
+    ):
         idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert idle.recv(4096).startswith(b"HTTP/1.1 200")
-        stream = Stream(router.url)
+        stream = cleanup.enter_context(Stream(router.url))
         router.proc.send_signal(signal.SIGTERM)
         assert wait_for(lambda: _refused(router.url), timeout_s=10)
         assert router.proc.poll() is None  # refused because it drains, not because it exited
@@ -109,7 +123,7 @@ def test_after_sigterm_new_and_idle_connections_end_while_a_stream_finishes(
         except ConnectionResetError:  # closed with a reset rather than a FIN: closed all the same
             rest = b""
         assert rest == b""
-    assert stream.rest() == (600, True)
+        assert stream.rest() == (600, True)
     assert router.wait_exit(timeout_s=30) == 0
 
 
@@ -125,11 +139,11 @@ def test_vfleet_up_sigterm_refuses_new_connections_and_finishes_the_stream(
     up = start_up(run_dir, "-f", str(spec))
     try:
         engine_pid = read_state(run_dir)["engines"][0]["pid"]
-        stream = Stream(up.url)
-        up.proc.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: _refused(up.url), timeout_s=10)
-        assert up.proc.poll() is None  # still stopping: the router drains before engines stop
-        assert stream.rest() == (600, True)  # the engine outlived the stream it was serving
+        with Stream(up.url) as stream:
+            up.proc.send_signal(signal.SIGTERM)
+            assert wait_for(lambda: _refused(up.url), timeout_s=10)
+            assert up.proc.poll() is None  # still stopping: the router drains before engines stop
+            assert stream.rest() == (600, True)  # the engine outlived the stream it was serving
         assert up.proc.wait(timeout=30) == 0
         assert not alive(engine_pid)
     finally:
