@@ -88,7 +88,40 @@ def fast_due(registry: Registry, held: Collection[str]) -> list[Endpoint]:
     ]
 
 
-class FastProber:
+class ProbeTasks:
+    """At most one probe in flight per endpoint, run as its own task: what the regular prober
+    (`router.prober.Prober`) and the fast one share. Subclasses pick the endpoints to probe
+    and `_probe` one, removing it from `busy` when done."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        interval_s: float,
+        timeout_s: float,
+        auth: bytes,
+        on_up: Callable[[Endpoint], None],
+    ) -> None:
+        self.registry = registry
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.auth = auth
+        self.on_up = on_up
+        self.busy: dict[str, asyncio.Task[None]] = {}  # url -> its probe in flight
+
+    def start(self, ep: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        """Probe `ep` now unless a probe of it is already in flight."""
+        if ep.url not in self.busy:
+            self.busy[ep.url] = loop.create_task(self._probe(ep))
+
+    def cancel_all(self) -> None:
+        for task in self.busy.values():
+            task.cancel()
+
+    async def _probe(self, ep: Endpoint) -> None:
+        raise NotImplementedError
+
+
+class FastProber(ProbeTasks):
     """Probes `fast_due` endpoints every FAST_PROBE_S, one probe per endpoint at a time.
 
     A failed fast probe changes nothing for a starting endpoint or a held model's endpoint (the
@@ -105,13 +138,8 @@ class FastProber:
         held: Callable[[], Collection[str]],
         on_up: Callable[[Endpoint], None],
     ) -> None:
-        self.registry = registry
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self.auth = auth
+        super().__init__(registry, interval_s, timeout_s, auth, on_up)
         self.held = held
-        self.on_up = on_up
-        self.busy: dict[str, asyncio.Task[None]] = {}  # url -> its probe in progress
 
     async def run(self) -> None:
         try:
@@ -119,15 +147,13 @@ class FastProber:
                 self.tick()
                 await asyncio.sleep(FAST_PROBE_S)
         finally:
-            for task in self.busy.values():
-                task.cancel()
+            self.cancel_all()
 
     def tick(self) -> None:
         """Start a probe for every due endpoint that has none in progress."""
         loop = asyncio.get_running_loop()
         for ep in fast_due(self.registry, self.held()):
-            if ep.url not in self.busy:
-                self.busy[ep.url] = loop.create_task(self._probe(ep))
+            self.start(ep, loop)
 
     async def _probe(self, ep: Endpoint) -> None:
         try:

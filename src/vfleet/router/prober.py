@@ -17,42 +17,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
-from vfleet.router.endpoints import Endpoint, Registry
-from vfleet.router.probe import probe
+from vfleet.router.endpoints import Endpoint
+from vfleet.router.probe import ProbeTasks, probe
 
 log = logging.getLogger("vfleet.router.probe")
 
 TICK_S = 0.1  # seconds between looks for due endpoints (a probe is at most this late)
 
 
-class Prober:
+class Prober(ProbeTasks):
     """Probes each endpoint when its `next_probe_at` comes, one probe per endpoint at a time;
     endpoints listed as starting and still down are left to the fast prober."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        interval_s: float,
-        timeout_s: float,
-        auth: bytes,
-        on_up: Callable[[Endpoint], None],
-    ) -> None:
-        self.registry = registry
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self.auth = auth
-        self.on_up = on_up
-        self.busy: dict[str, asyncio.Task[None]] = {}  # url -> its probe in flight
 
     def tick(self, now: float) -> None:
         """Start a probe for every due endpoint without one in flight."""
         loop = asyncio.get_running_loop()
         for ep in self.registry.endpoints.values():
-            if ep.next_probe_at > now or ep.url in self.busy or (ep.starting and not ep.healthy):
+            if ep.next_probe_at > now or (ep.starting and not ep.healthy):
                 continue
-            self.busy[ep.url] = loop.create_task(self._probe(ep))
+            self.start(ep, loop)
 
     async def _probe(self, ep: Endpoint) -> None:
         try:
@@ -102,5 +86,4 @@ class Prober:
                 self.tick(time.monotonic())
                 await asyncio.sleep(min(TICK_S, self.interval_s))
         finally:
-            for task in self.busy.values():
-                task.cancel()
+            self.cancel_all()
