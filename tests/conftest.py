@@ -45,6 +45,21 @@ class SimProcess:
         return self.proc.wait(timeout=timeout_s)
 
 
+def run_vfleet(
+    *args: str, timeout_s: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `vfleet ARGS` to its end (bounded), with no stdin, capturing its text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "vfleet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
 def start_vfleet(
     command: str, *args: str, timeout_s: float = 20.0, env: dict[str, str] | None = None
 ) -> SimProcess:

@@ -14,19 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_sim
+from conftest import run_vfleet, start_sim
 from vfleet import __version__
 
 
 def vfleet(*args: str, timeout_s: float = 10.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vfleet", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_vfleet(*args, timeout_s=timeout_s)
 
 
 def sim_fails(*args: str) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import run_vfleet
 from httpclient import Client
 from test_local_up import START_S, alive, leftovers, one_error_line, reap
 from vfleet.local.rundir import NoFleet, pick
@@ -35,15 +35,7 @@ models:
 def run(
     env: dict[str, str], *args: str, timeout_s: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vfleet", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
+    return run_vfleet(*args, timeout_s=timeout_s, env=env)
 
 
 @pytest.fixture

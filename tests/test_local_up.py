@@ -25,6 +25,7 @@ from typing import Any
 import openai
 import pytest
 
+from conftest import run_vfleet
 from httpclient import Client, wait_for
 
 ROOT = Path(__file__).parent.parent
@@ -108,14 +109,7 @@ def reap(run_dir: Path) -> None:
 
 
 def vfleet(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vfleet", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_vfleet(*args, timeout_s=timeout_s)
 
 
 @dataclass

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from conftest import run_vfleet
 from vfleet.fleetspec.load import load
 from vfleet.fleetspec.source import SpecError
 
@@ -290,14 +290,7 @@ def test_load_error_names_file_line_and_field(tmp_path: Path, name: str) -> None
 
 
 def vfleet(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vfleet", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_vfleet(*args, timeout_s=30)
 
 
 @pytest.mark.parametrize("name", CLI_CASES)

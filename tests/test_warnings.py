@@ -9,12 +9,12 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import run_vfleet
 from httpclient import Client
 from test_local_up import START_S, one_error_line, reap
 from vfleet.fleetspec.caveats import as_warning
@@ -31,15 +31,7 @@ FORMAT = re.compile(r"^warning: [^:]+:\d+: \S")
 def run(
     *args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vfleet", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
+    return run_vfleet(*args, timeout_s=timeout_s, env=env)
 
 
 def warnings_of(res: subprocess.CompletedProcess[str]) -> list[str]:
