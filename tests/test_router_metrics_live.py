@@ -1,10 +1,11 @@
 """The router's /metrics on a real router with real sim engines: with several workers every
 scrape is the whole router's (counters never go down, the request total is what was sent),
-and after thousands of endpoints came and went the series and the router's memory are back
-where they were."""
+and after thousands of endpoints came and went the series are back where they were and the
+router's private memory no longer grows with them."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Callable
@@ -103,11 +104,13 @@ def test_four_workers_scrapes_are_monotonic_and_count_every_request(
     assert inflight == [0.0]
 
 
-def rss_kib(pid: int) -> int:
+def private_rss_kib(pid: int) -> int:
+    """The process's resident private memory (RssAnon): its heap, without the pages of the
+    shared metrics and demand tables (RssShmem, bounded by their slot counts) or of files."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith("RssAnon:"):
             return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    raise AssertionError("no RssAnon")
 
 
 def write_feed(path: Path, urls: list[str]) -> None:
@@ -116,11 +119,11 @@ def write_feed(path: Path, urls: list[str]) -> None:
     tmp.replace(path)  # atomic: the router never reads half a list
 
 
-@pytest.mark.timeout(120)
-def test_series_and_memory_return_to_baseline_after_2000_endpoints(
+@pytest.mark.timeout(300)
+def test_series_and_memory_return_to_baseline_after_2500_endpoints(
     tmp_path: Path, sim_factory: Factory, router_factory: Factory
 ) -> None:
-    # One engine, reached through 2,000 distinct endpoint URLs: 127.0.x.y all reach a server
+    # One engine, reached through 2,500 distinct endpoint URLs: 127.0.x.y all reach a server
     # bound to every interface, so each URL is a separate endpoint to the router.
     sim = sim_factory("--model", "demo", "--profile", "instant", "--host", "0.0.0.0")
     base = f"http://127.0.0.1:{sim.port}"
@@ -142,7 +145,7 @@ def test_series_and_memory_return_to_baseline_after_2000_endpoints(
         return len(scrape(router.url)[1])
 
     baseline_series = series()
-    per_round, rounds = 250, 8
+    per_round, rounds = 250, 10
     rss: list[int] = []
     for r in range(rounds):
         urls = [f"http://127.0.{r + 2}.{i + 1}:{sim.port}" for i in range(per_round)]
@@ -153,7 +156,7 @@ def test_series_and_memory_return_to_baseline_after_2000_endpoints(
             up = [s for s, v in values.items() if s.startswith("vfleet_router_endpoint_healthy")]
             return len(up) == per_round + 1 and all(values[s] == 1.0 for s in up)
 
-        assert wait_for(all_healthy, timeout_s=30, interval_s=0.1)
+        assert wait_for(all_healthy, timeout_s=60, interval_s=0.1)
         with ThreadPoolExecutor(8) as pool:
             got = list(
                 pool.map(
@@ -170,12 +173,23 @@ def test_series_and_memory_return_to_baseline_after_2000_endpoints(
         write_feed(feed, [base])
         # the gauges go at once, the request counters after the grace period
         assert wait_for(lambda: series() == baseline_series, timeout_s=20, interval_s=0.1)
-        rss.append(rss_kib(router.proc.pid))
-    # Once the first rounds have warmed the allocator and code paths, memory stays flat: what
-    # the router keeps per departed endpoint (registry, probes, pools, metric series) is freed.
-    # Measured (plain Python, 2026-12-04): +60 KiB over the last 1,000 endpoints when this test
-    # was written, +1.3-1.9 MiB with the API-surface, UI and affinity work in: ~1.5 KiB per
-    # endpoint still kept somewhere, to be found (issue 13 note). The bound catches anything
-    # larger; a leak of a few KiB per endpoint would be several MiB.
-    warm = rss[rounds // 2 - 1]
-    assert rss[-1] <= warm + 2560, rss
+        rss.append(private_rss_kib(router.proc.pid))
+    # What a departed endpoint leaves is freed, so once the first rounds have warmed the code
+    # paths, private memory grows by a small, bounded amount per round. Measured (plain Python,
+    # 2026-12-04, tracemalloc and gc counts per round in a copy of this test): nothing of ours
+    # is kept per departed endpoint. VmRSS, which this test read before, still grew 1-1.5 KiB
+    # per endpoint, from
+    # - the shared metrics table: a retired series' slot is reused only after RETIRE_HOLD_S
+    #   (10 s), so its touched pages (512 B a slot) cover the series retired in any 10 s
+    #   (shared memory, bounded by the slot count: left out here by reading RssAnon; slot reuse
+    #   is tested in test_router_metrics);
+    # - uvloop's own LRU of (host, port) -> sockaddr, ~0.4 KiB an address up to its 2,048
+    #   entries (~0.8 MiB), which nothing in uvloop's API clears;
+    # - allocator high-water steps of 0.5-2 MiB once or twice a run, free memory the allocator
+    #   keeps after a round's peak (250 new endpoints probed at once), not live objects: the
+    #   count of allocated blocks grew as in any other round.
+    # So the check is the median growth per round over the last 1,750 endpoints, which a step
+    # does not move: clean runs measured medians of 0-100 KiB a round (single rounds up to 560),
+    # a leak of 1 KiB per endpoint 380, of 2 KiB 620-790 (injected into Registry.set_endpoints).
+    grew = sorted(b - a for a, b in itertools.pairwise(rss[2:]))
+    assert grew[len(grew) // 2] <= per_round, rss  # at most 1 KiB per endpoint, the median round

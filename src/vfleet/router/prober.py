@@ -28,13 +28,21 @@ TICK_S = 0.1  # seconds between looks for due endpoints (a probe is at most this
 
 class Prober(ProbeTasks):
     """Probes each endpoint when its `next_probe_at` comes, one probe per endpoint at a time;
-    endpoints listed as starting and still down are left to the fast prober."""
+    endpoints listed as starting and still down are left to the fast prober, and so, once
+    `run` has started, are newly listed ones (their first probe is the fast prober's)."""
 
-    def tick(self, now: float) -> None:
-        """Start a probe for every due endpoint without one in flight."""
+    def tick(self, now: float, new_too: bool = False) -> None:
+        """Start a probe for every due endpoint without one in flight; `new_too`: never probed
+        ones as well (the first round, before the fast prober runs).
+
+        Probing a new endpoint here too would double its first probes, and one of them that
+        times out (a loaded host, hundreds of endpoints listed at once) would mark down, for a
+        whole health interval, an endpoint the other had just found up."""
         loop = asyncio.get_running_loop()
         for ep in self.registry.endpoints.values():
             if ep.next_probe_at > now or (ep.starting and not ep.healthy):
+                continue
+            if ep.unprobed and not new_too:
                 continue
             self.start(ep, loop)
 
@@ -61,7 +69,7 @@ class Prober(ProbeTasks):
     async def first_round(self) -> None:
         """Probe every listed endpoint; return once each model has a ready endpoint, or every
         probe has answered, or the probe timeout has passed (bounded by it)."""
-        self.tick(time.monotonic())
+        self.tick(time.monotonic(), new_too=True)
         deadline = time.monotonic() + self.timeout_s
         while self.busy:
             if self._settled():
