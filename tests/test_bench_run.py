@@ -185,6 +185,25 @@ def test_shared_prefix_sweep_hits_the_prefix_cache(
     assert (out / "sweep.png").read_bytes().startswith(b"\x89PNG")
     table = ok("compare", str(out)).splitlines()
     assert table[0] == "| metric | sweep/rate-100 | sweep/rate-300 |"
+    png = tmp_path / "cmp.png"
+    assert ok("compare", str(out), "--plot", str(png)).splitlines() == table
+    check_compare_png(png, ["sweep/rate-100", "sweep/rate-300"])
+
+
+def check_compare_png(path: Path, names: list[str]) -> None:
+    """The compare plot is a PNG that decodes, lists each run in each panel, and has pixels of
+    each run's line colour (matplotlib's cycle: C0, C1, ...)."""
+    from matplotlib import colors
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        series = json.loads(img.text["vfleet:series"])
+        pixels = set(img.convert("RGB").get_flattened_data())
+    assert series == {"ttft": names, "itl": names, "throughput": names}
+    for i in range(len(names)):
+        rgb = tuple(round(c * 255) for c in colors.to_rgb(f"C{i}"))
+        assert rgb in pixels, f"no pixel of run {i}'s colour"
 
 
 def test_multi_round_sends_a_round_only_after_the_previous_one(

@@ -46,7 +46,7 @@ def _router_healthy(router: str, engine: str) -> bool:
     """Whether the router lists `engine` as a healthy endpoint (absent: not healthy)."""
     text = request(router, "GET", "/metrics")[1].decode()
     try:
-        return metric_value(text, "vfleet_router_endpoint_healthy", endpoint=engine) == 1
+        return metric_value(text, "vfleet_router_endpoint_healthy", upstream=engine) == 1
     except AssertionError:  # no sample: the endpoint is not in the router's table at all
         return False
 

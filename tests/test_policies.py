@@ -500,3 +500,14 @@ def test_prefix_hashes_reject_bad_parameters() -> None:
         prefix_hashes("abc", chunk_chars=0)
     with pytest.raises(ValueError, match="max_chunks"):
         prefix_hashes("abc", max_chunks=-1)
+
+
+def test_a_long_shared_prefix_is_kept_for_a_larger_imbalance() -> None:
+    """The cost model: 16 matched chunks (~1,024 tokens of prefill) are worth 8 units of load
+    at 128 tokens each, more than the fixed slack of 4; short matches keep the fixed slack."""
+    policy = PrefixAffinity()
+    key = prompt_key("You are a helpful assistant. " * 200)  # > 16 chunks: all 16 hashed
+    assert index_of(policy.choose(fleet([0, 0]), key)) == 0
+    assert index_of(policy.choose(fleet([8, 0]), key)) == 0  # 8 <= 0 + max(4, 1024/128, 0)
+    assert index_of(policy.choose(fleet([9, 0]), key)) == 1  # past it: moves, and is recorded
+    assert index_of(policy.choose(fleet([9, 1]), key)) == 1

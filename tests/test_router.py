@@ -126,7 +126,7 @@ def healthy(router_url: str, sim_url: str) -> float:
     return metric_value(
         Client(router_url).get("/metrics").body.decode(),
         "vfleet_router_endpoint_healthy",
-        endpoint=sim_url,
+        upstream=sim_url,
     )
 
 
@@ -325,7 +325,7 @@ def test_metrics_names(rc: Client, router: SimProcess, sim_a: SimProcess) -> Non
     assert (
         router_metric(router.url, "vfleet_router_requests_total", model="demo", status="200") >= 1
     )
-    assert metric_value(text, "vfleet_router_endpoint_healthy", endpoint=sim_a.url) == 1
+    assert metric_value(text, "vfleet_router_endpoint_healthy", upstream=sim_a.url) == 1
     assert metric_value(text, "vfleet_router_request_duration_seconds_count") >= 1
 
 
@@ -657,7 +657,7 @@ def test_client_disconnect_aborts_the_engine_request(
     aborted = sc.metric("vllm:request_success_total", finished_reason="abort")
 
     def inflight() -> float:
-        return router_metric(rp.url, "vfleet_router_endpoint_inflight", endpoint=s.url)
+        return router_metric(rp.url, "vfleet_router_endpoint_inflight", upstream=s.url)
 
     body = {**COMPLETION, "max_tokens": 3000, "stream": stream}
     with raw_socket(rp.url) as sock:

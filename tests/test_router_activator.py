@@ -132,7 +132,7 @@ def test_engine_listed_as_starting_is_not_served_before_its_health_answers(
     try:
         assert wait_for(lambda: held(router.url) == 1)
         assert (
-            metric_value(metrics(router.url), "vfleet_router_endpoint_healthy", endpoint=url) == 0
+            metric_value(metrics(router.url), "vfleet_router_endpoint_healthy", upstream=url) == 0
         )
         sim_factory(
             "--model", "cold", "--profile", "instant", "--port", str(port), "--startup-delay", "1"

@@ -389,4 +389,4 @@ def test_counts_return_to_zero_after_mixed_traffic(
     assert set(d["endpoints"]) == {ok.url, bad.url, dead}
     text = c.get("/metrics").body.decode()
     assert metric_value(text, "vfleet_router_held_requests", model="cold") == 0
-    assert metric_value(text, "vfleet_router_endpoint_inflight", endpoint=ok.url) == 0
+    assert metric_value(text, "vfleet_router_endpoint_inflight", upstream=ok.url) == 0

@@ -91,7 +91,7 @@ def test_sigterm_lets_in_flight_requests_finish(
     # Wait until the router has the request in flight, then ask it to stop.
     def in_flight() -> bool:
         text = request(router.url, "GET", "/metrics")[1].decode()
-        return metric_value(text, "vfleet_router_endpoint_inflight", endpoint=sim.url) >= 1
+        return metric_value(text, "vfleet_router_endpoint_inflight", upstream=sim.url) >= 1
 
     assert wait_for(in_flight, timeout_s=10)
     router.proc.send_signal(signal.SIGTERM)

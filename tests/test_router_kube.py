@@ -1,7 +1,7 @@
 """Kubernetes discovery end to end: a real router, real `vfleet sim` engines as the pods' servers,
 and a fake API server (tests/kubefake.py) that speaks list+watch and fails the ways clusters do.
 
-The router's view is read from outside: the endpoints it knows are the `endpoint` labels of its
+The router's view is read from outside: the endpoints it knows are the `upstream` labels of its
 `vfleet_router_endpoint_healthy` samples, and which engine served a request from the engines' own
 counters. Pods point at 127.0.0.1 with each sim's port (the `http` container port).
 """
@@ -71,7 +71,7 @@ def start_kube_router(
 def endpoint_health(router: SimProcess) -> dict[str, bool]:
     """Every endpoint the router knows, and whether it passes health probes."""
     text = Client(router.url).get("/metrics").body.decode()
-    prefix = 'vfleet_router_endpoint_healthy{endpoint="'
+    prefix = 'vfleet_router_endpoint_healthy{upstream="'
     return {
         line[len(prefix) :].partition('"')[0]: float(line.rpartition(" ")[2]) == 1.0
         for line in text.splitlines()

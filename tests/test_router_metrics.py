@@ -35,7 +35,7 @@ def samples(text: str) -> dict[str, float]:
 
 
 def req(model: str, url: str, status: int) -> str:
-    return f'vfleet_router_requests_total{{endpoint="{url}",model="{model}",status="{status}"}}'
+    return f'vfleet_router_requests_total{{model="{model}",status="{status}",upstream="{url}"}}'
 
 
 def test_rows_written_by_forked_workers_are_summed_and_outlive_them() -> None:
@@ -133,7 +133,7 @@ def test_inflight_and_held_gauges_sum_over_workers() -> None:
     registry = Registry()
     registry.set_endpoints([(A, ("m",), False)])
     got = samples(RouterMetrics(demand=demand).render(registry, {"m": 1}).decode())
-    assert got[f'vfleet_router_endpoint_inflight{{endpoint="{A}"}}'] == 4
+    assert got[f'vfleet_router_endpoint_inflight{{upstream="{A}"}}'] == 4
     assert got['vfleet_router_held_requests{model="m"}'] == 2
 
 
@@ -144,10 +144,10 @@ def test_engine_gauges_per_endpoint() -> None:
     ep.running, ep.waiting, ep.kv_usage = 3, 2, 0.25
     ep.observe_prefix_cache(*parse_prefix_cache(_engine_metrics(hits=30, queries=100)))
     got = samples(RouterMetrics().render(registry).decode())
-    assert got[f'vfleet_router_endpoint_running_requests{{endpoint="{A}"}}'] == 3
-    assert got[f'vfleet_router_endpoint_waiting_requests{{endpoint="{A}"}}'] == 2
-    assert got[f'vfleet_router_endpoint_kv_cache_usage_ratio{{endpoint="{A}"}}'] == 0.25
-    assert got[f'vfleet_router_endpoint_prefix_cache_hit_ratio{{endpoint="{A}"}}'] == 0.3
+    assert got[f'vfleet_router_endpoint_running_requests{{upstream="{A}"}}'] == 3
+    assert got[f'vfleet_router_endpoint_waiting_requests{{upstream="{A}"}}'] == 2
+    assert got[f'vfleet_router_endpoint_kv_cache_usage_ratio{{upstream="{A}"}}'] == 0.25
+    assert got[f'vfleet_router_endpoint_prefix_cache_hit_ratio{{upstream="{A}"}}'] == 0.3
 
 
 def test_prefix_hit_ratio_covers_the_tokens_since_the_last_probe() -> None:

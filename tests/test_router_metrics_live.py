@@ -136,7 +136,8 @@ def test_series_and_memory_return_to_baseline_after_2500_endpoints(
         "round_robin",
         "--health-interval",
         "30",
-        env={"VFLEET_METRICS_GRACE_S": "0.5"},
+        "--metrics-grace",
+        "0.5",
     )
     client = Client(router.url)
     assert client.post("/v1/completions", COMPLETION).status == 200

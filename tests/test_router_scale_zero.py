@@ -38,7 +38,7 @@ def test_known_model_without_engine_is_held_then_503_with_retry_after(
     metrics = request(router.url, "GET", "/metrics")[1].decode()
     assert (
         metric_value(
-            metrics, "vfleet_router_requests_total", model="cold", endpoint="-", status="503"
+            metrics, "vfleet_router_requests_total", model="cold", upstream="-", status="503"
         )
         == 1
     )

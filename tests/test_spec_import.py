@@ -436,13 +436,12 @@ def test_vllm_stack_disabled_model_is_skipped_with_a_note(tmp_path: Path) -> Non
     ) in loaded.notes
 
 
-def test_vllm_stack_kvaware_routing_runs_as_prefix_with_a_note(tmp_path: Path) -> None:
+def test_vllm_stack_kvaware_routing_is_the_kv_policy(tmp_path: Path) -> None:
+    """kvaware routes by the engines' KV events, as vfleet's kv policy does; no note needed."""
     path = write(tmp_path, "values.yaml", VLLM_STACK)
     loaded = load([path])
-    assert loaded.fleet.router.policy == "prefix"
-    assert (
-        f"note: {path}:11: routerSpec.routingLogic: kvaware routing runs as vfleet's prefix policy"
-    ) in loaded.notes
+    assert loaded.fleet.router.policy == "kv"
+    assert not [n for n in loaded.notes if "routingLogic" in n]
 
 
 def test_vllm_stack_unknown_routing_logic_warns_and_keeps_the_default(tmp_path: Path) -> None:

@@ -48,8 +48,8 @@ def test_tracker_rate_and_events() -> None:
 
 def test_shared_series_labels_read_back() -> None:
     odd = 'a "quoted" \\ name\nnext'
-    text = labels({"model": odd, "endpoint": "http://e:1", "status": "503"})[1:-1]
-    assert parse_labels(text) == {"model": odd, "endpoint": "http://e:1", "status": "503"}
+    text = labels({"model": odd, "upstream": "http://e:1", "status": "503"})[1:-1]
+    assert parse_labels(text) == {"model": odd, "upstream": "http://e:1", "status": "503"}
     assert request_counts({text: [2.0]}) == {(odd, "http://e:1", 503): 2}
     assert by_label({labels({"reason": "auth"})[1:-1]: [3.0]}, "reason") == {"auth": 3}
 

@@ -85,8 +85,13 @@ def _model_holds(items: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option("--backend", multiple=True, help="Engine URL, optionally =MODEL[,MODEL].")
 @click.option("--endpoints-file", default=None, help="Endpoint list, re-read when it changes.")
 @click.option("--endpoints-url", default=None, help="HTTP feed of endpoints (JSON), polled.")
-@click.option("--policy", default=None, help="round_robin, least_load, session or prefix.")
+@click.option("--policy", default=None, help="round_robin, least_load, session, prefix or kv.")
 @click.option("--model-policy", multiple=True, help="MODEL=POLICY for one model.")
+@click.option(
+    "--kv-events",
+    multiple=True,
+    help="URL=ZMQ_ENDPOINT: the KV-event publisher of the engine at URL (the kv policy).",
+)
 @click.option("--alias", multiple=True, help="ALIAS=MODEL: another name for a served model.")
 @click.option(
     "--model",
@@ -117,6 +122,11 @@ def _model_holds(items: tuple[str, ...]) -> dict[str, dict[str, float]]:
 )
 @click.option("--api-key-file", default=None, help="File of client keys, one per line.")
 @click.option(
+    "--tenants-file",
+    default=None,
+    help="YAML/JSON of named keys: model allowlists, request/token budgets (re-read on change).",
+)
+@click.option(
     "--admin-key-file", default=None, help="File of admin keys for /metrics (env VFLEET_ADMIN_KEY)."
 )
 @click.option(
@@ -128,7 +138,7 @@ def _model_holds(items: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option("--tls-key", default=None, help="PEM private key of --tls-cert.")
 @click.option("--rate-limit", type=float, default=None, help="Requests per key per minute.")
 @click.option(
-    "--token-limit", type=float, default=None, help="Estimated tokens per key per minute."
+    "--token-limit", type=float, default=None, help="Tokens (engines' usage) per key per minute."
 )
 @click.option("--host", default=None, help="Default 127.0.0.1.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Default 8000.")
@@ -160,12 +170,33 @@ def _model_holds(items: tuple[str, ...]) -> dict[str, dict[str, float]]:
     "--peer",
     "peers",
     multiple=True,
-    help="Another router replica (http://HOST:PORT) to add demand from.",
+    help="Another router replica (https://HOST:PORT or http://…) to add demand from.",
 )
 @click.option(
     "--k8s-peer-selector",
     default=None,
     help="Label selector of the router pods whose demand the scaler adds.",
+)
+@click.option(
+    "--peer-ca",
+    default=None,
+    help="CA bundle HTTPS peers are verified against (default: exactly --tls-cert's certificate).",
+)
+@click.option(
+    "--peer-tls-name",
+    default=None,
+    help="Name HTTPS peers' certificates must hold with --peer-ca (default: the peer's host).",
+)
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    help="OTLP/HTTP collector (http://HOST:4318): one trace span per proxied request.",
+)
+@click.option(
+    "--metrics-grace",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a departed endpoint's metric series are kept (60).",
 )
 @click.option(
     "--client-header-timeout",
@@ -198,6 +229,7 @@ def router(
     endpoints_url: str | None,
     policy: str | None,
     model_policy: tuple[str, ...],
+    kv_events: tuple[str, ...],
     alias: tuple[str, ...],
     models: tuple[str, ...],
     hold_timeout: float | None,
@@ -205,6 +237,7 @@ def router(
     model_hold: tuple[str, ...],
     api_key: tuple[str, ...],
     api_key_file: str | None,
+    tenants_file: str | None,
     admin_key_file: str | None,
     backend_api_key: str | None,
     tls_cert: str | None,
@@ -229,13 +262,17 @@ def router(
     keda_port: int | None,
     peers: tuple[str, ...],
     k8s_peer_selector: str | None,
+    peer_ca: str | None,
+    peer_tls_name: str | None,
+    otlp_endpoint: str | None,
+    metrics_grace: float | None,
     client_header_timeout: float | None,
     client_body_timeout: float | None,
     keepalive_timeout: float | None,
     max_connections: int | None,
 ) -> None:
     """Run the OpenAI-compatible router in front of engines."""
-    from vfleet.router.app import run
+    from vfleet.router.app import run, uses_kv
     from vfleet.router.config import (
         KubeSettingsError,
         RouterConfig,
@@ -244,7 +281,9 @@ def router(
         env_backend_api_key,
         load_config_file,
         parse_backend,
+        parse_kv_events,
         read_key_file,
+        with_kv_events,
     )
     from vfleet.router.tls import load_context
 
@@ -275,6 +314,7 @@ def router(
             or env_admin_keys()
             or None,
             "backend_api_key": backend_api_key or env_backend_api_key(),
+            "tenants_file": tenants_file,
             "tls_cert": tls_cert,
             "tls_key": tls_key,
             "rate_limit_per_minute": rate_limit,
@@ -297,12 +337,20 @@ def router(
             "keda_port": keda_port,
             "peers": tuple(p.rstrip("/") for p in peers) or None,
             "k8s_peer_selector": k8s_peer_selector,
+            "peer_ca": peer_ca,
+            "peer_tls_name": peer_tls_name,
+            "otlp_endpoint": otlp_endpoint,
+            "metrics_grace_s": metrics_grace,
             "client_header_timeout_s": client_header_timeout,
             "client_body_timeout_s": client_body_timeout,
             "keepalive_timeout_s": keepalive_timeout,
             "max_connections": max_connections,
         }
         settings.update({k: v for k, v in flags.items() if v is not None})
+        if kv_events:
+            publishers = {**settings.get("kv_events", {}), **parse_kv_events(kv_events)}
+            settings["kv_events"] = publishers
+            settings["backends"] = with_kv_events(settings.get("backends", ()), publishers)
         cfg = RouterConfig(**settings)
         if not (cfg.backends or cfg.endpoints_file or cfg.endpoints_url or cfg.k8s_selector):
             raise ValueError(
@@ -311,10 +359,23 @@ def router(
             )
         if cfg.tls_cert is not None and cfg.tls_key is not None:
             load_context(cfg.tls_cert, cfg.tls_key)  # unreadable or mismatched: say so now
+        if cfg.keda_port is not None and (cfg.peer_ca or cfg.tls_cert):
+            from vfleet.router.keda.peertls import PeerTls
+
+            PeerTls(cfg.peer_ca, cfg.tls_cert).context()  # what peers are verified against
+        if cfg.tenants_file is not None:
+            from vfleet.router.tenants import read_key_file as read_tenants
+
+            read_tenants(cfg.tenants_file)  # unreadable or invalid: say so now, in one line
     except (ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc
+    kv_feed = None
+    if uses_kv(cfg):  # only then is ZeroMQ loaded: the subscriber is the one module using it
+        from vfleet.kvsub import KvFeed
+
+        kv_feed = KvFeed
     try:
-        run(cfg)
+        run(cfg, kv_feed)
     except OSError as exc:
         raise click.ClickException(
             f"cannot serve on {cfg.host}:{cfg.port}: {exc.strerror or exc}"

@@ -157,7 +157,7 @@ def test_a_hung_engine_delays_neither_start_nor_service(
         assert statuses == [200] * 30
         metrics = c.get("/metrics").body.decode()
         up = {
-            sp.url: metric_value(metrics, "vfleet_router_endpoint_healthy", endpoint=sp.url)
+            sp.url: metric_value(metrics, "vfleet_router_endpoint_healthy", upstream=sp.url)
             for sp in sims
         }
         assert up == {hung.url: 0.0, sims[1].url: 1.0, sims[2].url: 1.0}
@@ -187,7 +187,7 @@ def test_probes_of_healthy_engines_do_not_wait_for_a_hung_one(
 
         def healthy_flag(url: str) -> float:
             text = c.get("/metrics").body.decode()
-            return metric_value(text, "vfleet_router_endpoint_healthy", endpoint=url)
+            return metric_value(text, "vfleet_router_endpoint_healthy", upstream=url)
 
         assert healthy_flag(failing.url) == 1.0
         os.kill(hung.proc.pid, signal.SIGSTOP)

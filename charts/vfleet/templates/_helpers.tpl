@@ -91,9 +91,50 @@ maxScaleDownRate bound one 15 s HPA period, the HPA's sync period.
 {{- toJson $b -}}
 {{- end }}
 
+{{/*
+An image's repository with global.imageRegistry (or the image's own registry) in front: a
+registry already written in the repository (its first part has a '.' or ':', or is localhost)
+is replaced, so one setting points every image at a mirror. Called with (list $root REPO REGISTRY).
+*/}}
+{{- define "vfleet.withRegistry" -}}
+{{- $root := index . 0 -}}{{- $repo := toString (index . 1) -}}
+{{- $reg := index . 2 | default ($root.Values.global | default dict).imageRegistry | default "" | trimSuffix "/" -}}
+{{- if $reg -}}
+{{- $parts := splitList "/" $repo -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $repo = rest $parts | join "/" -}}
+{{- end -}}
+{{- $repo = printf "%s/%s" $reg $repo -}}
+{{- end -}}
+{{- $repo -}}
+{{- end }}
+
+{{/*
+The vfleet image of one component: its own {registry, repository, tag} over routerSpec.image's
+(the one place the vfleet image is set), the tag defaulting to the chart's appVersion.
+Called with (list $root OVERRIDES).
+*/}}
+{{- define "vfleet.vfleetImage" -}}
+{{- $root := index . 0 -}}
+{{- $own := index . 1 | default dict -}}
+{{- $base := $root.Values.routerSpec.image | default dict -}}
+{{- $repo := $own.repository | default $base.repository | default "ghcr.io/vfleet/vfleet" -}}
+{{- $tag := toString ($own.tag | default $base.tag | default $root.Chart.AppVersion) -}}
+{{- $reg := $own.registry | default $base.registry | default "" -}}
+{{- printf "%s:%s" (include "vfleet.withRegistry" (list $root $repo $reg)) $tag -}}
+{{- end }}
+
 {{- define "vfleet.routerImage" -}}
-{{- $img := .Values.routerSpec.image | default dict -}}
-{{- printf "%s:%s" ($img.repository | default "ghcr.io/vfleet/vfleet") (toString ($img.tag | default .Chart.AppVersion)) -}}
+{{- include "vfleet.vfleetImage" (list . dict) -}}
+{{- end }}
+
+{{- define "vfleet.downloadImage" -}}
+{{- include "vfleet.vfleetImage" (list . ((.Values.servingEngineSpec.download | default dict).image)) -}}
+{{- end }}
+
+{{- define "vfleet.testImage" -}}
+{{- include "vfleet.vfleetImage" (list . ((.Values.tests | default dict).image)) -}}
 {{- end }}
 
 {{- define "vfleet.routerServiceAccount" -}}

@@ -38,7 +38,7 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- end -}}
 {{- $tagVer := regexFind "^v?[0-9]+\\.[0-9]+(\\.[0-9]+)?" $tag | trimPrefix "v" -}}
 {{- if and $tagVer (not $m.vllmVersion) -}}{{- $ver = $tagVer -}}{{- end -}}
-{{- $image := printf "%s:%s" $repo $tag -}}
+{{- $image := printf "%s:%s" (include "vfleet.withRegistry" (list $root $repo "")) $tag -}}
 {{- if eq $engine "sim" -}}{{- $image = include "vfleet.routerImage" $root -}}{{- end -}}
 
 {{- /* the weights' source: vfleet's source mapping, or vllm-stack's modelURL */ -}}
@@ -201,10 +201,49 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- $defaultServed := $srcId -}}
 {{- if and $m.modelURL (not (kindIs "map" $m.source)) (not (contains "://" (toString $m.modelURL))) (not (hasPrefix "git+" (toString $m.modelURL))) -}}{{- $defaultServed = toString $m.modelURL -}}{{- end -}}
 {{- $va := include "vfleet.vllmArgs" (dict "m" $m "rules" $rules "ver" $ver "ref" $ref "port" $port "revision" $vrev "gmuDefault" $gmuDefault "defaultServed" $defaultServed) | fromJson -}}
-{{- $command := concat (list "vllm") $va.args -}}
+{{- /* KV-cache events, for a generating model whose router policy (by served name, else the
+router's) reads them: the publisher binds on all addresses at kvEvents.port and its replay
+socket on the next port, the flag goes last (a hand-written one is dropped: the router must
+know where events are), and the pod carries the port for the router's discovery. A command of
+one's own (vfleet writes one for the simulator) publishes what its own flag says: the port is
+read from its tcp://*:PORT. */ -}}
+{{- $K := $rules.kvEvents -}}
+{{- $kvPort := 0 -}}
+{{- $policies := ($root.Values.routerSpec | default dict).modelPolicies | default dict -}}
+{{- $routerPolicy := include "vfleet.routerPolicy" $root -}}
+{{- if has $va.task (list "" "generate") -}}
+{{- range $va.served -}}{{- if has (toString (get $policies . | default $routerPolicy)) $K.policies -}}{{- $kvPort = int64 $K.port -}}{{- end -}}{{- end -}}
+{{- end -}}
+{{- if and $kvPort $m.command -}}
+{{- $kvPort = 0 -}}
+{{- $own := $m.command | toStrings -}}
+{{- range $i, $w := $own -}}
+{{- if and (eq $w $K.flag) (lt (add1 $i) (len $own)) -}}
+{{- $endpoint := toString ((index $own (add1 $i)) | fromJson).endpoint -}}
+{{- if hasPrefix "tcp://*:" $endpoint -}}{{- $kvPort = int64 (trimPrefix "tcp://*:" $endpoint) -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $args := $va.args -}}
+{{- if and $kvPort (not $m.command) -}}
+{{- $args = list -}}
+{{- $skip := false -}}
+{{- range $va.args -}}
+{{- $word := (splitn "=" 2 .)._0 -}}
+{{- if hasPrefix "--" $word -}}{{- $word = printf "--%s" (trimPrefix "--" $word | replace "_" "-") -}}{{- end -}}
+{{- if $skip -}}{{- $skip = false -}}
+{{- else if eq $word $K.flag -}}{{- $skip = not (contains "=" .) -}}
+{{- else -}}{{- $args = append $args . -}}
+{{- end -}}
+{{- end -}}
+{{- $config := dict "enable_kv_cache_events" true "publisher" "zmq" "endpoint" (printf "tcp://*:%d" $kvPort) "replay_endpoint" (printf "tcp://*:%d" (add1 $kvPort)) -}}
+{{- $args = concat $args (list $K.flag ($config | toJson)) -}}
+{{- end -}}
+{{- $command := concat (list "vllm") $args -}}
 {{- if eq $engine "sim" -}}
 {{- $command = list "vfleet" "sim" "--model" $ref "--host" "0.0.0.0" "--port" (toString $port) -}}
 {{- range $va.served -}}{{- $command = concat $command (list "--served-model-name" .) -}}{{- end -}}
+{{- if $kvPort -}}{{- $command = concat $command (slice $args (sub (len $args) 2)) -}}{{- end -}}
 {{- end -}}
 {{- with $m.command -}}{{- $command = . -}}{{- end -}}
 {{- $models := $va.served -}}
@@ -238,7 +277,7 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
   "jobName" (printf "%s-download-%s" $full $jobHash)
   "ref" $ref "gpuPct" $pct "gpus" $whole "podGpus" $podGpus "size" $size "sharing" $sharing
   "resources" $resources "command" $command "served" $va.served "models" $models
-  "annotateModels" $annotateModels "gmu" $va.gmu "gmuExplicit" $va.gmuExplicit "task" $va.task
+  "annotateModels" $annotateModels "kvEventsPort" $kvPort "gmu" $va.gmu "gmuExplicit" $va.gmuExplicit "task" $va.task
   "scaled" $scaled "replicas" $replicas "auto" $auto "autoMin" $autoMin "autoMax" $autoMax "workloadKind" $kindName "workload" $workload
   "service" (printf "%s-engine-service" $full)
   | toJson -}}
@@ -261,4 +300,12 @@ model: {{ .p.name }}
 {{- $_ := set $l "app.kubernetes.io/component" (.component | default "engine") -}}
 {{- $_ := set $l "model" .p.name -}}
 {{- toYaml $l -}}
+{{- end }}
+
+{{/* The router's policy for served names modelPolicies does not name: routerSpec.policy, else
+vllm-stack's routingLogic as vfleet's policy, else least_load. Input: the root context. */}}
+{{- define "vfleet.routerPolicy" -}}
+{{- $R := .Values.routerSpec | default dict -}}
+{{- $logic := dict "roundrobin" "round_robin" "session" "session" "prefixaware" "prefix" "kvaware" "kv" "least_load" "least_load" "leastload" "least_load" -}}
+{{- toString ($R.policy | default (get $logic (toString ($R.routingLogic | default ""))) | default "least_load") -}}
 {{- end }}

@@ -3,8 +3,9 @@ The engine pod template. Input: dict root, m (modelSpec entry), p (its plan from
 role: single (a Deployment's pod), leader or worker (a LeaderWorkerSet's).
 Serving pods carry what the router's discovery reads: the app.kubernetes.io/component=engine
 label, the vfleet.io/models annotation (served names, comma-separated) and a container port
-named http (also in vfleet.io/port). LeaderWorkerSet workers are labelled engine-worker, so the
-router never sends them requests.
+named http (also in vfleet.io/port); an engine that publishes KV-cache events, their port in
+vfleet.io/kv-events-port and container ports named kv-events and kv-replay (the next one). LeaderWorkerSet workers are
+labelled engine-worker, so the router never sends them requests.
 */}}
 {{- define "vfleet.enginePod" -}}
 {{- $root := .root -}}{{- $m := .m -}}{{- $p := .p -}}{{- $role := .role -}}
@@ -26,6 +27,9 @@ metadata:
     vfleet.io/models: {{ join "," $p.models | quote }}
     {{- end }}
     vfleet.io/port: {{ $p.port | quote }}
+    {{- if and $serving $p.kvEventsPort }}
+    vfleet.io/kv-events-port: {{ $p.kvEventsPort | quote }}
+    {{- end }}
     {{- with $m.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -90,7 +94,7 @@ spec:
   initContainers:
     {{- range $inits }}
     - name: {{ ternary "wait-for-download" "download" (eq . "wait") }}
-      image: {{ include "vfleet.routerImage" $root | quote }}
+      image: {{ include "vfleet.downloadImage" $root | quote }}
       imagePullPolicy: {{ $root.Values.routerSpec.imagePullPolicy | default "IfNotPresent" }}
       {{- if eq . "wait" }}
       command: ["vfleet", "download", "--to", {{ $p.dir | quote }}, "--wait-all", {{ $p.shards | quote }}]
@@ -212,6 +216,14 @@ spec:
         - name: http
           containerPort: {{ $p.port }}
           protocol: TCP
+        {{- if $p.kvEventsPort }}
+        - name: kv-events
+          containerPort: {{ $p.kvEventsPort }}
+          protocol: TCP
+        - name: kv-replay
+          containerPort: {{ add1 $p.kvEventsPort }}
+          protocol: TCP
+        {{- end }}
       {{- with $E.startupProbe }}
       {{- $probe := deepCopy . }}
       {{- with $m.startupTimeoutS }}

@@ -8,20 +8,35 @@ its KV-cache use). Engines advance step by step; an arrival is routed at its tim
 engine's queue at the first step that starts after it clears the API server's overhead, exactly
 as `sim.virtual` does for one engine.
 
+Engines packed onto one GPU share it: a GPU runs one step at a time, so the steps of the
+engines on it are serialized (time-slicing, as CUDA does for processes without MPS), the engine
+that has waited longest going first. Measured on an H200 (issue 12), one 0.35B engine decoded at
+a TPOT of 2.6 ms alone and 8-14 ms with four engines busy on the GPU; serialized steps give four
+times the alone step time, 4 x 2.6 = 10.4 ms, inside that range, with no fitted constant.
+
+Load is open-loop (arrival times given; a multi-round request also waits for its previous
+round) or closed-loop (C requests in flight: each finish sends the next request). Pooling
+requests (embeddings, rerank) are prefill-only sequences, one per input or document, as the
+simulator serves them; the request ends with its last sequence.
+
+Steps are events in a heap keyed by start time, and stretches of pure decoding are decided in
+one go (`_DecodeRun`, the timings of stepping one at a time): an hour of traffic for 16
+engines plans in a minute or two (docs/benchmarks.md).
+
 Modelled: batching, chunked prefill, the KV cache and prefix caching, preemption, the policy's
-choices. Not modelled (yet): engines sharing one GPU (each engine has its GPU to itself), the
-router's own latency and its metrics scrape interval (snapshots here are exact, the live router's
-are up to one poll old), network time.
+choices, GPU sharing. Not modelled: the router's own latency and its metrics scrape interval
+(snapshots here are exact, the live router's are up to one poll old), network time.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vfleet.bench.stats import Record, Slo, percentile, summarize
-from vfleet.bench.workloads import BenchRequest
+from vfleet.bench.workloads import MAX_REQUESTS, BenchRequest, nth
 from vfleet.router.policies import Field, make_policy, prefix_hashes
 from vfleet.router.state import EndpointState, RouteKey
 from vfleet.sim import tokenizer
@@ -30,30 +45,172 @@ from vfleet.sim.scheduler import Scheduler, SchedulerConfig
 from vfleet.sim.scheduler import Sequence as Seq
 
 MAX_ENGINES = 1024
+INF = float("inf")
+
+
+@dataclass(slots=True)
+class _Gpu:
+    free_at: float = 0.0  # when the step running on it ends
 
 
 @dataclass(slots=True)
 class _Engine:
+    index: int
     url: str
     sched: Scheduler
-    clock: float = 0.0  # when the step in progress ends (the next step may start)
+    gpu: _Gpu
+    clock: float = 0.0  # when this engine's step in progress ends (the next may start)
     admit: list[tuple[float, int, Seq]] = field(default_factory=list)  # heap: schedulable at
-    finishes: list[float] = field(default_factory=list)  # heap of finish times of routed seqs
+    finishes: list[float] = field(default_factory=list)  # heap of finish times of routed requests
     routed: int = 0
+    version: int = 0  # bumped whenever `ready()` may have changed (stale heap entries)
+    run: _DecodeRun | None = None  # decode steps decided but not yet applied
+    snap: tuple[int, int, EndpointState] | None = None  # (version, inflight, snapshot)
 
-    def next_step(self) -> float:
-        """When this engine next steps (inf: nothing to do)."""
+    def snapshot(self, now: float) -> EndpointState:
+        """What the router sees of this engine at `now` (rebuilt only when it changed)."""
+        inflight = self.inflight(now)
+        snap = self.snap
+        if snap is None or snap[0] != self.version or snap[1] != inflight:
+            sched = self.sched
+            state = EndpointState(
+                self.url,
+                True,
+                inflight=inflight,
+                running=len(sched.running),
+                waiting=len(sched.waiting) + len(self.admit),
+                kv_usage=sched.pool.usage,
+            )
+            snap = self.snap = (self.version, inflight, state)
+        return snap[2]
+
+    def ready(self) -> float:
+        """When this engine next wants to step (inf: nothing to do)."""
         if self.sched.has_work:
             return self.clock
         if self.admit:
             return max(self.clock, self.admit[0][0])
-        return float("inf")
+        return INF
 
     def inflight(self, now: float) -> int:
         while self.finishes and self.finishes[0] <= now:
             heapq.heappop(self.finishes)
             self.routed -= 1
         return self.routed
+
+
+@dataclass(slots=True)
+class _DecodeRun:
+    """`steps` back-to-back decode steps from `start`, decided at once and applied lazily.
+
+    When an engine has nothing waiting, every running sequence is past its prompt and none
+    finishes within the next `steps` steps, those steps are fully determined: each schedules
+    one token per sequence, their durations follow from the profile, and nothing the router
+    sees changes (running and waiting counts stay; only the KV use creeps up by a few blocks,
+    which policies read as a tie-breaker). Stepping such stretches one at a time was most of a
+    long plan's cost; applying them in one go gives the same timings to the bit (the same
+    float operations in the same order). An admission inside the stretch cuts it: the steps
+    that start before the new sequence is schedulable are applied, the rest are not taken."""
+
+    start: float
+    ends: list[float]  # when each step ends (the next starts), summed as the engine would
+
+    @property
+    def steps(self) -> int:
+        return len(self.ends)
+
+    @property
+    def end(self) -> float:
+        return self.ends[-1]
+
+    def steps_before(self, x: float) -> tuple[int, float]:
+        """How many steps start before `x`, and when the first step not taken would start."""
+        if self.start >= x:
+            return 0, self.start
+        j = bisect.bisect_left(self.ends, x) + 1  # step i > 0 starts when step i-1 ends
+        j = min(j, len(self.ends))
+        return j, self.ends[j - 1]
+
+    def truncate(self, steps: int) -> None:
+        del self.ends[steps:]
+
+
+MIN_RUN = 2  # shorter stretches step normally (a run costs more bookkeeping than one step)
+
+
+def _decode_run(sched: Scheduler, t: float) -> _DecodeRun | None:
+    """The decode stretch `sched` would run from `t`, or None when the next step is not one."""
+    if sched.waiting or not sched.running:
+        return None
+    cfg = sched.config
+    running = sched.running
+    n = len(running)
+    if n > cfg.max_num_batched_tokens:
+        return None
+    steps = 1 << 62
+    computed = 0
+    need = 0
+    bs = cfg.block_size
+    for seq in running:
+        # decoding: the prompt computed and a token out (a prompt chunked to its last token
+        # still has that token to prefill, and its first token to time)
+        if (
+            seq.n_out == 0
+            or seq.num_computed != seq.num_tokens - 1
+            or seq.stop
+            or seq.eos_after is not None
+        ):
+            return None
+        steps = min(steps, seq.out_limit - seq.n_out - 1)  # the finishing step runs alone
+        computed += seq.num_computed
+    if steps < MIN_RUN:
+        return None
+    for seq in running:  # blocks for every token the stretch computes: none may be preempted
+        need += max(0, -(-(seq.num_computed + steps) // bs) - len(seq.blocks))
+    if need > sched.pool.num_free:
+        return None
+    ends = []
+    end, ctx, step_time = t, n + computed, sched.profile.step_time
+    for _ in range(steps):
+        end += step_time(n, 0, ctx)
+        ends.append(end)
+        ctx += n
+    return _DecodeRun(t, ends)
+
+
+def _apply_run(sched: Scheduler, steps: int, done_at: float) -> None:
+    """Apply the first `steps` steps of a decode run that ends its last step at `done_at`:
+    what `Scheduler.step` would have left after stepping them one by one. It uses the
+    scheduler's own block bookkeeping (`_extend_hashes`, `_cache_full_blocks`) so that hashes
+    and cached blocks come out as stepping makes them; a test holds the two paths equal."""
+    if steps == 0:
+        return
+    bs = sched.config.block_size
+    pool = sched.pool
+    for seq in sched.running:
+        seq.num_computed += steps
+        seq.n_out += steps
+        seq.num_tokens += steps
+        need = -(-seq.num_computed // bs) - len(seq.blocks)
+        if need > 0:
+            got = pool.allocate(need)
+            assert got is not None  # checked when the run was decided
+            seq.blocks.extend(got)
+        sched._extend_hashes(seq)
+        sched._cache_full_blocks(seq)
+        seq.last_token_at = done_at
+    sched._prev_done_at = done_at
+
+
+@dataclass(slots=True)
+class _Request:
+    """A request in flight: its sequences (one for a completion), and how many are done."""
+
+    index: int
+    arrival: float
+    seqs: list[Seq]
+    done: int = 0
+    finished_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +221,191 @@ class PlanResult:
     routed_to: list[int]  # the engine of each record
 
 
+class _Fleet:
+    """The event loop: arrivals, engine steps in start-time order, request completions."""
+
+    def __init__(
+        self,
+        requests: Sequence[BenchRequest],
+        engines: int,
+        config: SchedulerConfig,
+        profile: LatencyProfile,
+        policy: str,
+        model: str,
+        engines_per_gpu: int,
+    ) -> None:
+        self.requests = requests
+        self.chooser = make_policy(policy)
+        self.model = model
+        self.overhead = profile.request_overhead_s
+        # decode stretches in one go; not on shared GPUs, whose steps interleave across engines
+        self.fast = engines_per_gpu == 1
+        gpus = [_Gpu() for _ in range(-(-engines // engines_per_gpu))]
+        self.fleet = [
+            _Engine(
+                i,
+                f"sim://{i:04d}",
+                Scheduler(config, profile, record_events=False),
+                gpus[i // engines_per_gpu],
+            )
+            for i in range(engines)
+        ]
+        self.steps: list[tuple[float, float, int, int]] = []  # (start, ready, engine, version)
+        self.arrivals: list[tuple[float, int]] = []  # heap of (time, request index)
+        # ids others wait on, without the `#cycle` suffix a cycled workload adds
+        self.waits_on = {r.after for r in requests if r.after}
+        self.blocked: dict[str, list[tuple[float, int]]] = {}  # id -> waiting for its finish
+        self.finished_ids: set[str] = set()  # of `waits_on`, those finished
+        self.live: dict[int, _Request] = {}  # id(seq) -> its request
+        # finished requests as (arrival, index, record, engine): a record is made at the finish
+        # and the sequences dropped, so an hour of traffic does not hold every prompt's tokens
+        # and block hashes to the end (holding them made a long plan slower by the hour)
+        self.done: list[tuple[float, int, Record, int]] = []
+        self.per_engine = [0] * engines
+        self.tie = 0
+        # closed loop: the next request index a finishing "worker" sends; -1 for open loop
+        self.next_index = -1
+        self.stop_at = INF
+        self.limit = len(requests)
+
+    # -- arrivals -------------------------------------------------------------------------
+
+    def release(self, at: float, i: int) -> None:
+        """Request i may be sent at `at`, once the request it comes after has finished."""
+        after = self._request(i).after
+        if after is not None and after not in self.finished_ids:
+            self.blocked.setdefault(after, []).append((at, i))
+        else:
+            heapq.heappush(self.arrivals, (at, i))
+
+    def _request(self, i: int) -> BenchRequest:
+        return self.requests[i] if i < len(self.requests) else nth(self.requests, i)
+
+    def route(self, at: float, i: int) -> None:
+        req = self._request(i)
+        snaps = [e.snapshot(at) for e in self.fleet]
+        needs = self.chooser.needs
+        # only what the policy reads, as the live router does (hashing prompts costs time)
+        key = RouteKey(
+            self.model,
+            session=req.session if Field.SESSION in needs else None,
+            prefix=prefix_hashes(req.prompt) if Field.PREFIX in needs else (),
+        )
+        chosen = self.chooser.choose(snaps, key)
+        assert chosen is not None  # every simulated engine is healthy
+        eng = self.fleet[int(chosen.url.rsplit("/", 1)[1])]
+        self.per_engine[eng.index] += 1
+        live = _Request(i, at, _sequences(req, at))
+        for seq in live.seqs:
+            self.live[id(seq)] = live
+            self.tie += 1
+            heapq.heappush(eng.admit, (at + self.overhead, self.tie, seq))
+        eng.routed += 1
+        if eng.run is not None:
+            self.cut(eng, at + self.overhead)
+        self.reschedule(eng)
+
+    def cut(self, eng: _Engine, x: float) -> None:
+        """End `eng`'s decode run at the first step starting at or after `x`."""
+        run = eng.run
+        assert run is not None
+        j, t = run.steps_before(x)
+        _apply_run(eng.sched, j, t)
+        eng.clock = eng.gpu.free_at = t
+        eng.run = None
+
+    # -- engine steps ---------------------------------------------------------------------
+
+    def reschedule(self, eng: _Engine) -> None:
+        eng.version += 1
+        ready = eng.ready()
+        if ready < INF:
+            heapq.heappush(self.steps, (max(ready, eng.gpu.free_at), ready, eng.index, eng.version))
+
+    def next_step(self) -> tuple[float, _Engine | None]:
+        """The engine whose step starts first, and when (lazily fixing stale heap entries:
+        a GPU's `free_at` only grows, so a stored start is a lower bound)."""
+        steps = self.steps
+        while steps:
+            start, ready, i, version = steps[0]
+            eng = self.fleet[i]
+            if version != eng.version:
+                heapq.heappop(steps)
+                continue
+            actual = max(ready, eng.gpu.free_at)
+            if actual > start:
+                heapq.heapreplace(steps, (actual, ready, i, version))
+                continue
+            return start, eng
+        return INF, None
+
+    def step(self, eng: _Engine, t: float) -> None:
+        heapq.heappop(self.steps)
+        if eng.run is not None:  # a decode run ends now, uncut
+            _apply_run(eng.sched, eng.run.steps, eng.run.end)
+            eng.run = None
+        while eng.admit and eng.admit[0][0] <= t:
+            _, _, seq = heapq.heappop(eng.admit)
+            eng.sched.add(seq, seq.arrival + self.overhead)
+        if self.fast:
+            run = _decode_run(eng.sched, t)
+            if run is not None and eng.admit:  # stop where an admission already due joins
+                run.truncate(run.steps_before(eng.admit[0][0])[0])
+                if run.steps < MIN_RUN:
+                    run = None
+            if run is not None:
+                eng.run = run
+                eng.clock = eng.gpu.free_at = run.end
+                self.reschedule(eng)
+                return
+        out = eng.sched.step(t)
+        eng.clock = eng.gpu.free_at = t + out.duration_s
+        for seq in out.finished:
+            assert seq.finished_at is not None
+            req = self.live.pop(id(seq))
+            req.done += 1
+            if req.done == len(req.seqs):
+                req.finished_at = seq.finished_at
+                self.finish(req, eng)
+        self.reschedule(eng)
+
+    def finish(self, req: _Request, eng: _Engine) -> None:
+        heapq.heappush(eng.finishes, req.finished_at)
+        self.done.append(
+            (req.arrival, req.index, _record(self._request(req.index), req), eng.index)
+        )
+        rid = self._request(req.index).id
+        if rid.split("#", 1)[0] in self.waits_on:
+            self.finished_ids.add(rid)
+            for at, j in self.blocked.pop(rid, ()):
+                heapq.heappush(self.arrivals, (max(at, req.finished_at), j))
+        if 0 <= self.next_index < self.limit and req.finished_at < self.stop_at:
+            self.release(req.finished_at, self.next_index)
+            self.next_index += 1
+
+    def run(self) -> None:
+        while True:
+            t_step, eng = self.next_step()
+            t_arr = self.arrivals[0][0] if self.arrivals else INF
+            if eng is None and t_arr == INF:
+                return
+            if t_arr <= t_step:
+                at, i = heapq.heappop(self.arrivals)
+                self.route(at, i)
+            else:
+                assert eng is not None
+                self.step(eng, t_step)
+
+
+def _sequences(req: BenchRequest, at: float) -> list[Seq]:
+    """The engine sequences of one request, as the simulator's server makes them."""
+    if req.kind == "completion":
+        return [Seq(tokenizer.encode(req.prompt), req.max_tokens, at, None)]
+    if req.kind == "embedding":
+        return [Seq(tokenizer.encode(req.prompt), 0, at)]
+    return [Seq(tokenizer.encode(req.prompt + "\n" + d), 0, at) for d in req.documents]
+
+
 def simulate_fleet(
     requests: Sequence[BenchRequest],
     offsets: Sequence[float],
@@ -72,97 +414,58 @@ def simulate_fleet(
     profile: LatencyProfile,
     policy: str,
     model: str = "model",
+    *,
+    engines_per_gpu: int = 1,
+    concurrency: int | None = None,
+    num_requests: int | None = None,
+    duration_s: float | None = None,
+    one_step_at_a_time: bool = False,
 ) -> PlanResult:
-    """Run completion `requests`, arriving at `offsets` (seconds; a request with `after` arrives
-    no earlier than that request's finish), through `engines` engines behind `policy`."""
+    """Run `requests` through `engines` engines behind `policy`, `engines_per_gpu` to a GPU.
+
+    Open loop (`concurrency` None): request i arrives at `offsets[i]` (seconds), a request with
+    `after` no earlier than that request's finish. Closed loop: `concurrency` requests start at
+    0 and each finish sends the next (the workload cycles, ids getting `#1`, `#2`, ...), until
+    `num_requests` were sent or, with `duration_s`, no new request starts after it.
+    `one_step_at_a_time` turns off decode runs (`_DecodeRun`), to check them."""
     if not 1 <= engines <= MAX_ENGINES:
         raise ValueError(f"engines must be 1..{MAX_ENGINES}")
-    if len(offsets) != len(requests):
-        raise ValueError("one offset per request")
-    chooser = make_policy(policy)
-    fleet = [
-        _Engine(f"sim://{i:04d}", Scheduler(config, profile, record_events=False))
-        for i in range(engines)
-    ]
-    overhead = profile.request_overhead_s
-    waits_on = {r.after for r in requests if r.after}
-    blocked: dict[str, list[tuple[float, int]]] = {}  # id -> requests waiting for its finish
-    arrivals: list[tuple[float, int]] = []  # heap of (time, request index)
-    for i, (r, at) in enumerate(zip(requests, offsets, strict=True)):
-        if r.kind != "completion":
-            raise ValueError("plan runs completion workloads only")
-        if r.after is None:
-            arrivals.append((at, i))
-        else:
-            blocked.setdefault(r.after, []).append((at, i))
-    heapq.heapify(arrivals)
-    seqs: list[Seq | None] = [None] * len(requests)
-    engine_of = [0] * len(requests)
-    seq_index: dict[int, int] = {}
-    per_engine = [0] * engines
-    tie = 0
-    while True:
-        nxt = min(fleet, key=_Engine.next_step)
-        t_step = nxt.next_step()
-        t_arr = arrivals[0][0] if arrivals else float("inf")
-        if t_arr == float("inf") and t_step == float("inf"):
-            break
-        if t_arr <= t_step:
-            at, i = heapq.heappop(arrivals)
-            req = requests[i]
-            snaps = [
-                EndpointState(
-                    e.url,
-                    True,
-                    inflight=e.inflight(at),
-                    running=len(e.sched.running),
-                    waiting=len(e.sched.waiting) + len(e.admit),
-                    kv_usage=e.sched.pool.usage,
-                )
-                for e in fleet
-            ]
-            # only what the policy reads, as the live router does (hashing prompts costs time)
-            key = RouteKey(
-                model,
-                session=req.session if Field.SESSION in chooser.needs else None,
-                prefix=prefix_hashes(req.prompt) if Field.PREFIX in chooser.needs else (),
-            )
-            chosen = chooser.choose(snaps, key)
-            assert chosen is not None  # every simulated engine is healthy
-            e_i = int(chosen.url.rsplit("/", 1)[1])
-            eng = fleet[e_i]
-            per_engine[e_i] += 1
-            engine_of[i] = e_i
-            seq = Seq(tokenizer.encode(req.prompt), req.max_tokens, at, None)
-            seqs[i] = seq
-            seq_index[id(seq)] = i
-            eng.routed += 1
-            tie += 1
-            heapq.heappush(eng.admit, (at + overhead, tie, seq))
-            continue
-        eng = nxt
-        t = t_step
-        while eng.admit and eng.admit[0][0] <= t:
-            _, _, seq = heapq.heappop(eng.admit)
-            eng.sched.add(seq, seq.arrival + overhead)
-        out = eng.sched.step(t)
-        eng.clock = t + out.duration_s
-        for seq in out.finished:
-            assert seq.finished_at is not None
-            heapq.heappush(eng.finishes, seq.finished_at)
-            i = seq_index.pop(id(seq))
-            rid = requests[i].id
-            if rid in waits_on:
-                for at, j in blocked.pop(rid, ()):
-                    heapq.heappush(arrivals, (max(at, seq.finished_at), j))
-    records = [_record(requests[i], s) for i, s in enumerate(seqs) if s is not None]
-    first = min((r.sent for r in records), default=0.0)
+    if engines_per_gpu < 1:
+        raise ValueError("engines per GPU must be >= 1")
+    if not requests:
+        raise ValueError("empty workload")
+    sim = _Fleet(requests, engines, config, profile, policy, model, engines_per_gpu)
+    sim.fast = sim.fast and not one_step_at_a_time
+    if concurrency is None:
+        if len(offsets) != len(requests):
+            raise ValueError("one offset per request")
+        for i, at in enumerate(offsets):
+            sim.release(at, i)
+    else:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if num_requests is None and duration_s is None:
+            raise ValueError("a closed loop needs a number of requests or a duration")
+        sim.limit = min(num_requests or MAX_REQUESTS, MAX_REQUESTS)
+        sim.stop_at = duration_s if duration_s is not None else INF
+        first = min(concurrency, sim.limit)
+        for i in range(first):
+            sim.release(0.0, i)
+        sim.next_index = first
+    sim.run()
+    done = sorted(sim.done, key=lambda d: (d[0], d[1]))
+    records = [d[2] for d in done]
+    first_at = min((r.sent for r in records), default=0.0)
     last = max((r.sent + (r.e2e or 0.0) for r in records), default=0.0)
-    routed = [engine_of[i] for i, s in enumerate(seqs) if s is not None]
-    return PlanResult(records, last - first, per_engine, routed)
+    return PlanResult(records, last - first_at, sim.per_engine, [d[3] for d in done])
 
 
-def _record(req: BenchRequest, s: Seq) -> Record:
+def _record(req: BenchRequest, r: _Request) -> Record:
+    if req.kind != "completion":  # a pooling answer arrives whole
+        e2e = r.finished_at - r.arrival
+        tokens = sum(len(s.prompt) for s in r.seqs)
+        return Record(req.id, req.kind, r.arrival, True, 200, "", e2e, e2e, [], tokens, 0, 0)
+    s = r.seqs[0]
     assert s.finished_at is not None
     first = s.first_token_at if s.first_token_at is not None else s.finished_at
     return Record(
@@ -187,22 +490,47 @@ class CapacityRow:
     meets_slo: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PlanLoad:
+    """How the planned traffic arrives: `offsets` (open loop, one per request) or
+    `concurrency` (closed loop, ending after `num_requests` or at `duration_s`)."""
+
+    offsets: Sequence[float] = ()
+    concurrency: int | None = None
+    num_requests: int | None = None
+    duration_s: float | None = None
+
+
 def capacity(
     requests: Sequence[BenchRequest],
-    offsets: Sequence[float],
+    load: PlanLoad | Sequence[float],
     engine_counts: Sequence[int],
     policies: Sequence[str],
     config: SchedulerConfig,
     profile: LatencyProfile,
     slo: Slo,
     ttft_p99_s: float | None,
+    engines_per_gpu: int = 1,
 ) -> list[CapacityRow]:
     """One simulated run per (policy, engine count); `meets_slo` when p99 TTFT is under
     `ttft_p99_s` (or no target given) and every request finished."""
+    if not isinstance(load, PlanLoad):
+        load = PlanLoad(offsets=load)
     rows = []
     for policy in policies:
         for n in engine_counts:
-            res = simulate_fleet(requests, offsets, n, config, profile, policy)
+            res = simulate_fleet(
+                requests,
+                load.offsets,
+                n,
+                config,
+                profile,
+                policy,
+                engines_per_gpu=engines_per_gpu,
+                concurrency=load.concurrency,
+                num_requests=load.num_requests,
+                duration_s=load.duration_s,
+            )
             s = summarize(res.records, res.duration_s, slo)
             p99 = percentile([r.ttft for r in res.records if r.ttft is not None], 99)
             meets = s["failed"] == 0 and (

@@ -106,9 +106,57 @@ def plan(result: Mapping[str, Any], path: Path) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("replicas")
     ax.set_ylabel("p99 TTFT (ms)")
-    ax.set_title(f"{result['model']}: {result['workload']} at {result['rate']:g} req/s")
+    ax.set_title(f"{result['model']}: {result['workload']}, {result['load']}")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def compare(
+    names: Sequence[str],
+    summaries: Sequence[Mapping[str, Any]],
+    ttfts: Sequence[Sequence[float]],
+    itls: Sequence[Sequence[float]],
+    path: Path,
+) -> dict[str, list[str]]:
+    """Runs side by side: TTFT and ITL CDFs (one line per run, in matplotlib's colour cycle
+    order) and request throughput bars. Returns the series drawn per panel, which are also
+    written into the PNG's text metadata (key `vfleet:series`) so a reader can check them."""
+    import json
+
+    plt = _pyplot()
+    fig, (a_ttft, a_itl, a_thr) = plt.subplots(1, 3, figsize=(15, 4))
+    drawn: dict[str, list[str]] = {"ttft": [], "itl": [], "throughput": []}
+    for name, t_vals, i_vals in zip(names, ttfts, itls, strict=True):
+        if t_vals:
+            _cdf(a_ttft, t_vals, name)
+            drawn["ttft"].append(name)
+        else:
+            a_ttft.plot([], [])  # keep each run's colour the same in every panel
+        if i_vals:
+            _cdf(a_itl, i_vals, name)
+            drawn["itl"].append(name)
+        else:
+            a_itl.plot([], [])
+    for ax, what in ((a_ttft, "TTFT"), (a_itl, "inter-token latency")):
+        ax.set_title(f"{what} CDF")
+        ax.set_xscale("log")
+        ax.set_xlabel("ms")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    a_ttft.set_ylabel("fraction")
+    thr = [value(s, ("request_throughput",)) or 0.0 for s in summaries]
+    colours = [f"C{i % 10}" for i in range(len(names))]
+    a_thr.bar(range(len(names)), thr, color=colours)
+    a_thr.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    a_thr.set_ylabel("req/s")
+    a_thr.set_title("request throughput")
+    a_thr.grid(alpha=0.3, axis="y")
+    drawn["throughput"] = list(names)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"vfleet:series": json.dumps(drawn)})
+    plt.close(fig)
+    return drawn

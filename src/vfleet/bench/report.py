@@ -103,8 +103,9 @@ def plan_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"# vfleet bench plan: {result['model']} ({result['profile']} profile)",
         "",
-        f"- workload: `{result['workload']}`, {result['requests']} requests at "
-        f"{result['rate']:g}/s over {result['duration_s']:g} s (virtual time)",
+        f"- workload: `{result['workload']}`, {result['requests']} requests, "
+        f"{result['load']} (virtual time)",
+        f"- engines per GPU: {result.get('engines_per_gpu', 1)}",
         f"- target: p99 TTFT < {_num(target)} s" if target is not None else "- target: none",
         "",
         "| policy | replicas | TTFT p50 (ms) | TTFT p90 (ms) | TTFT p99 (ms) | TPOT p50 (ms) "

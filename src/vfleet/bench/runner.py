@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ import orjson
 from vfleet.bench import promtext
 from vfleet.bench.client import Client, Exchange
 from vfleet.bench.stats import Record, Slo, distribution, summarize
-from vfleet.bench.workloads import MAX_REQUESTS, BenchRequest, poisson_offsets
+from vfleet.bench.workloads import MAX_REQUESTS, BenchRequest, nth, poisson_offsets
 from vfleet.http import client as http_client
 
 METRICS_TIMEOUT_S = 5.0
@@ -60,16 +60,6 @@ class Load:
 class RunOutput:
     records: list[Record]
     summary: dict[str, Any]
-
-
-def _nth(workload: Sequence[BenchRequest], i: int) -> BenchRequest:
-    """Request i of an endless cycle of `workload` (ids stay unique across cycles)."""
-    req = workload[i % len(workload)]
-    cycle = i // len(workload)
-    if cycle == 0:
-        return req
-    after = f"{req.after}#{cycle}" if req.after else None
-    return replace(req, id=f"{req.id}#{cycle}", after=after)
 
 
 def _record(req: BenchRequest, ex: Exchange | None, sent: float, err: str) -> Record:
@@ -198,7 +188,7 @@ class _Run:
             if delay > 0:
                 await asyncio.sleep(delay)
             self.lags.append(max(0.0, time.perf_counter() - due))
-            task = asyncio.create_task(self.one(_nth(self.workload, i)))
+            task = asyncio.create_task(self.one(nth(self.workload, i)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
@@ -214,7 +204,7 @@ class _Run:
             while next_i < n and time.perf_counter() < self.stop_at:
                 i = next_i
                 next_i += 1
-                await self.one(_nth(self.workload, i))
+                await self.one(nth(self.workload, i))
 
         await asyncio.gather(*(worker() for _ in range(self.load.concurrency)))
 

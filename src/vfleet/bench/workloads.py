@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Kind = Literal["completion", "embedding", "rerank"]
@@ -34,6 +34,7 @@ _VOCABULARY = (
     "stone cloud paper glass north light green table chair music water field house plant"
 )
 _WORDS = tuple(_VOCABULARY.split())
+_SHORTEST = min(len(w) for w in _WORDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +116,10 @@ class WorkloadSpec:
 def text(rng: random.Random, tokens: int) -> str:
     """ASCII text of exactly `tokens` simulator tokens (4*tokens characters)."""
     size = tokens * CHARS_PER_TOKEN
-    parts: list[str] = []
-    n = 0
-    while n < size:
-        w = rng.choice(_WORDS)
-        parts.append(w)
-        n += len(w) + 1
-    return " ".join(parts)[:size].ljust(size)
+    # one draw of enough words (each is at least _SHORTEST characters and a space), then cut:
+    # drawing word by word cost a millisecond a prompt, which dominated an hour-long plan
+    words = rng.choices(_WORDS, k=size // (_SHORTEST + 1) + 1)
+    return " ".join(words)[:size]
 
 
 def _length(rng: random.Random, mean: int, ratio: float) -> int:
@@ -287,6 +285,17 @@ def parse_trace(
     if not out:
         raise ValueError("trace: no records")
     return tuple(out)
+
+
+def nth(workload: Sequence[BenchRequest], i: int) -> BenchRequest:
+    """Request i of an endless cycle of `workload`: ids (and `after`) get `#1`, `#2`, ... on
+    later cycles, so they stay unique."""
+    req = workload[i % len(workload)]
+    cycle = i // len(workload)
+    if cycle == 0:
+        return req
+    after = f"{req.after}#{cycle}" if req.after else None
+    return replace(req, id=f"{req.id}#{cycle}", after=after)
 
 
 def poisson_offsets(n: int, rate: float, seed: int) -> list[float]:

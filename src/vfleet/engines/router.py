@@ -3,7 +3,8 @@
 One function for both ways a router starts: `vfleet up` writes these keys into the router's
 config file, and the chart values (`vfleet.kube.values`) carry them as `routerSpec` keys, which
 the chart's router Deployment turns into the router's flags. Settings at the router's defaults
-are left out, so both sides stay as short as the spec.
+are left out, so both sides stay as short as the spec. Also which models' engines publish
+KV-cache events because their policy reads them (`kv_event_models`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ def router_options(fleet: Fleet) -> dict[str, Any]:
     if r.workers > 1:
         out["workers"] = r.workers
     return out
+
+
+def kv_event_models(fleet: Fleet, policies: frozenset[str]) -> frozenset[str]:
+    """The models whose engines publish KV events: those whose router policy is one of
+    `policies` (engine rules' kvEvents.policies) for any of their served names (its per-model
+    policy, else the fleet's: the router picks by served name), unless they pool (embed,
+    classify, score: no prefix cache for the router to follow). A task left to `auto` counts as
+    generating, as the chart sees it."""
+    per_name = router_options(fleet).get("model_policies", {})
+    out = set()
+    for m in fleet.models:
+        if m.task not in ("auto", "generate"):
+            continue
+        if any(per_name.get(n, fleet.router.policy) in policies for n in m.served_names):
+            out.add(m.name)
+    return frozenset(out)
 
 
 def chart_router_values(fleet: Fleet) -> dict[str, Any]:

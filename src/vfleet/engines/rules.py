@@ -3,7 +3,8 @@
 `charts/vfleet/files/engine-rules.yaml` holds the vLLM flag table (spec field, chart key, flag),
 the task flags and the version they changed in, the model's own flags (served names, revision
 and the sources it is written for), the LoRA and tool-calling flags and when they are written,
-the rewrites of flags older guides use, and the GPU-share-to-memory rule. The chart's
+the rewrites of flags older guides use, the GPU-share-to-memory rule, and the KV-event
+publisher's flag and the policies that turn it on. The chart's
 templates read the same file through `.Files.Get`, so `vfleet up` and `helm install` cannot
 drift apart. `vfleet.engines.rulefile` finds and reads the
 file; the command lines, the flag reader and the GPU packer get the parsed `EngineRules` passed in.
@@ -11,6 +12,7 @@ file; the command lines, the flag reader and the GPU packer get the parsed `Engi
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,6 +67,35 @@ class ToolRules:
 
 
 @dataclass(frozen=True, slots=True)
+class KvEventsRules:
+    """vLLM's KV-event publisher, on for the models whose router policy is in `policies`."""
+
+    flag: str  # takes the JSON config
+    policies: frozenset[str]
+    port: int  # the chart's container port for the publisher
+
+    @staticmethod
+    def tcp(port: int) -> str:
+        """The publisher's endpoint on `port`: all addresses, as vLLM binds only an endpoint with
+        a `*` host (any other TCP endpoint it connects to)."""
+        return f"tcp://*:{port}"
+
+    @staticmethod
+    def config(endpoint: str, replay: str | None = None) -> str:
+        """The flag's JSON for a publisher bound at `endpoint` (`tcp` or an ipc:// path), with
+        its replay socket at `replay` (the router asks there for batches it missed; it looks
+        for it on the publisher's port + 1). Keys sorted, no spaces: as the chart's toJson."""
+        doc: dict[str, object] = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": endpoint,
+        }
+        if replay is not None:
+            doc["replay_endpoint"] = replay
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
 class Rewrite:
     """A flag older guides use, rewritten from vLLM `since` on."""
 
@@ -95,6 +126,7 @@ class EngineRules:
     port_flag: str  # --port P, vfleet's
     rewrites: tuple[Rewrite, ...]
     headroom_pct: int
+    kv_events: KvEventsRules
 
     @property
     def owned(self) -> frozenset[str]:
@@ -155,6 +187,7 @@ def parse(raw: Any, where: str = "engine rules") -> EngineRules:
             port_flag=str(raw["owned"]["port"]),
             rewrites=tuple(_rewrite(r) for r in raw["rewrites"]),
             headroom_pct=_percent(raw["gpuShare"]["headroomPercent"]),
+            kv_events=_kv_events(raw["kvEvents"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
@@ -197,6 +230,17 @@ def _rewrite(raw: Mapping[str, Any]) -> Rewrite:
         to=str(to) if to else None,
         one=str(raw["one"]) if raw.get("one") else None,
         why=str(raw.get("why") or ""),
+    )
+
+
+def _kv_events(raw: Mapping[str, Any]) -> KvEventsRules:
+    port = raw["port"]
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65535:
+        raise ValueError(f"kvEvents.port {port!r}: 1-65534 (its replay socket takes the next)")
+    return KvEventsRules(
+        flag=str(raw["flag"]),
+        policies=frozenset(str(p) for p in raw["policies"]),
+        port=port,
     )
 
 

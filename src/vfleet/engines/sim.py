@@ -24,7 +24,11 @@ def sim_command(
     port: int,
     gpu_memory_utilization: float | None = None,
     executable: Sequence[str] = (sys.executable, "-m", "vfleet"),
+    kv_events_config: str | None = None,
 ) -> list[str]:
+    """`kv_events_config`: vLLM's --kv-events-config JSON, for a model whose router reads
+    KV events; written last, so it wins over one in the model's sim args (click keeps the
+    last value), as the router must know where the events are."""
     s = model.vllm
     argv = [*executable, "sim", "--model", model_ref, "--host", host, "--port", str(port)]
     for name in model.served_names:
@@ -56,4 +60,7 @@ def sim_command(
             "--tool-call-parser",
             s.tool_calling.parser or "hermes",
         ]
-    return argv + list(model.sim.extra_args)
+    argv += list(model.sim.extra_args)
+    if kv_events_config is not None:
+        argv += ["--kv-events-config", kv_events_config]
+    return argv

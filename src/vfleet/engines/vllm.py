@@ -45,9 +45,12 @@ def serve_command(
     executable: Sequence[str] = ("vllm",),
     *,
     engine_rules: EngineRules,
+    kv_events_config: str | None = None,
 ) -> Command:
     """`executable serve MODEL ...`; `gpu_memory_utilization` is the packer's derived value,
-    used only when the model does not set one."""
+    used only when the model does not set one. With `kv_events_config` (the JSON
+    `EngineRules.kv_events.config` writes) the engine publishes its KV-cache events for the
+    router, replacing any hand-written config."""
     r = engine_rules
     s = model.vllm
     argv = [*executable, "serve", model_ref, r.host_flag, host, r.port_flag, str(port)]
@@ -62,8 +65,28 @@ def serve_command(
     argv += _task(model.task, version, r)
     argv += _lora(s.lora, r.lora)
     argv += _tools(s.tool_calling, r.tools)
-    argv += translate(list(s.extra_args), version, notices, engine_rules=r)
+    extra = list(s.extra_args)
+    if kv_events_config is not None:
+        extra = _without(extra, r.kv_events.flag, notices)
+    argv += translate(extra, version, notices, engine_rules=r)
+    if kv_events_config is not None:  # last: the chart appends it to the finished line too
+        argv += [r.kv_events.flag, kv_events_config]
     return Command(argv, notices)
+
+
+def _without(args: list[str], flag: str, notices: list[str]) -> list[str]:
+    """`args` less `flag` and its one value (`--flag V` or `--flag=V`), with a notice."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        name = args[i].split("=", 1)[0].replace("_", "-")
+        if name != flag:
+            out.append(args[i])
+            i += 1
+            continue
+        notices.append(f"{flag} replaced: the router reads this engine's KV events")
+        i += 1 if "=" in args[i] or i + 1 >= len(args) else 2
+    return out
 
 
 def setting_flags(setting: Setting, value: Any) -> list[str]:

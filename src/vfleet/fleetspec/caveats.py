@@ -26,6 +26,13 @@ GMU_KEYS = ("gpuMemoryUtilization", "gpu_memory_utilization")
 GMU_FLAG = "--gpu-memory-utilization"
 WORKLOADS = {"Deployment", "StatefulSet", "LeaderWorkerSet"}
 API_KEY_NAME = re.compile(r"API_?KEY", re.IGNORECASE)
+# A local path cannot travel to a cluster, and putting the file's content into the rendered
+# objects would put keys into manifests and helm values: the chart reads it from a Secret.
+TENANTS_LOCAL = (
+    "a local file, not carried to Kubernetes: without a Secret the chart's router applies no "
+    "keys, allowlists or budgets from it (kubectl create secret generic NAME "
+    "--from-file=tenants.yaml=FILE, then router.kubernetes.tenants.secretName: NAME)"
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ def caveats(
                     out += _limit(at, path, value, top)
                 if path and path[-1] == "vllmApiKey" and isinstance(value, dict):
                     out.append(_secret_key(at, value))
+                if path and path[-1] == "tenantsFile" and value and not _tenants_secret(fleet):
+                    out.append(at.caveat(TENANTS_LOCAL))
                 if (
                     isinstance(value, dict)
                     and isinstance(value.get("name"), str)
@@ -92,6 +101,12 @@ def caveats(
     for m in fleet.models:
         out += _hami(docs, fleet, m)
     return _unique(out)
+
+
+def _tenants_secret(fleet: Fleet) -> bool:
+    """Whether the chart's router gets a tenants file (routerSpec.tenants.secretName)."""
+    tenants = fleet.router.kubernetes.get("tenants")
+    return isinstance(tenants, dict) and bool(tenants.get("secretName"))
 
 
 @dataclass(frozen=True)

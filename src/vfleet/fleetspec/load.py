@@ -28,6 +28,14 @@ VALUES_FORMATS = (("vllm-stack", vllm_stack), ("tke", tke), ("t9k", t9k))
 class Loaded:
     fleet: Fleet
     notes: list[str] = field(default_factory=list)
+    draft: Draft | None = None  # where each fleet field came from, for `error_at`
+
+    def error_at(self, loc: tuple[Any, ...], message: str) -> SpecError:
+        """A problem with fleet field `loc` found after loading (e.g. one only Kubernetes
+        has), pointing at the user's file, line and key as load's own errors do."""
+        if self.draft is None:
+            return SpecError("-", message, at=dotted(loc))
+        return _error_at(self.draft, loc, message)
 
 
 def load(files: Sequence[str | Path]) -> Loaded:
@@ -50,7 +58,7 @@ def load(files: Sequence[str | Path]) -> Loaded:
     for extra in drafts:
         if extra is not base:
             _merge(base, extra)
-    return Loaded(validate(base), notes)
+    return Loaded(validate(base), notes, base)
 
 
 def _objects(draft: Draft) -> list[Any]:

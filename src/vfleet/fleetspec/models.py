@@ -372,16 +372,22 @@ class Model(Spec):
         return self.effective_task != "generate"
 
 
+Policy = Literal["round_robin", "least_load", "session", "prefix", "kv"]
+
+
 class RouterSpec(Spec):
     host: str = "127.0.0.1"  # where `vfleet up` listens; the chart listens on all addresses
     port: int = Field(8000, ge=0, le=65535)
-    policy: Literal["round_robin", "least_load", "session", "prefix"] = "least_load"
-    model_policies: dict[str, Literal["round_robin", "least_load", "session", "prefix"]] = Field(
-        default_factory=dict
-    )
+    # kv: by the engines' own KV-cache events (their engines publish them, see engine rules)
+    policy: Policy = "least_load"
+    model_policies: dict[str, Policy] = Field(default_factory=dict)
     api_keys: tuple[str, ...] = ()
     rate_limit_per_minute: float = Field(0.0, ge=0)  # requests per key; 0: no limit
-    token_limit_per_minute: float = Field(0.0, ge=0)  # estimated tokens per key; 0: no limit
+    token_limit_per_minute: float = Field(0.0, ge=0)  # tokens per key (usage); 0: no limit
+    # Named keys with model allowlists and budgets (docs/router.md, Tenancy), a path from the
+    # current directory; read by `vfleet up`. The chart reads one from a Secret
+    # (kubernetes.tenants.secretName): k8s render warns when the spec names none.
+    tenants_file: str | None = None
     replicas: int = Field(1, ge=0)  # Kubernetes
     workers: int = Field(1, ge=1, le=64)  # router processes sharing the port (SO_REUSEPORT)
     kubernetes: dict[str, Any] = Field(default_factory=dict)  # routerSpec chart values, as written

@@ -1,4 +1,5 @@
-"""The control plane's HTTP client: one bounded GET, for probes, load and demand reads.
+"""The control plane's HTTP client: one bounded GET, for probes, load and demand reads (and a
+POST, for the OTLP span exporter).
 
 Health probes, engine /metrics, the router's demand and `vfleet status` all need the same small
 thing: GET a path, get the status and body, give up after a timeout. Each exchange is one
@@ -11,6 +12,7 @@ connections of its own (`router.upstream`).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 
 import httptools
@@ -43,20 +45,30 @@ def bearer(key: str | None) -> bytes:
 
 
 def split_url(url: str) -> tuple[str, int, str]:
-    """(host, port, authority) of `http://HOST[:PORT][/...]`; an IPv6 host is in brackets."""
-    authority = url.removeprefix("http://").partition("/")[0]
+    """(host, port, authority) of `http://HOST[:PORT][/...]` (or `https://`, port 443 unless
+    given); an IPv6 host is in brackets."""
+    default = 443 if url.startswith("https://") else 80
+    authority = url.removeprefix("https://").removeprefix("http://").partition("/")[0]
     host, sep, port = authority.rpartition(":")
     if not sep or not port.isdigit() or host.startswith("[") != host.endswith("]"):
         host, port = authority, ""
     if not host:
         raise ValueError(f"no host in {url!r}")
-    return host.strip("[]"), int(port or 80), authority
+    return host.strip("[]"), int(port or default), authority
 
 
 async def get(
-    url: str, path: str, timeout_s: float, auth: bytes = b"", max_body: int = MAX_BODY
+    url: str,
+    path: str,
+    timeout_s: float,
+    auth: bytes = b"",
+    max_body: int = MAX_BODY,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
 ) -> Response:
-    """GET `url` + `path` (`auth`: header lines from `bearer`).
+    """GET `url` + `path` (`auth`: header lines from `bearer`). An `https://` URL is spoken
+    over TLS with `tls` (what it verifies is the context's; default: the system's trust store
+    and the URL's host), `server_name` the name sent and checked instead of the URL's host.
 
     Raises OSError when there is no usable answer: the connection failed, TimeoutError when the
     whole exchange took longer than `timeout_s`, ClientError for a malformed answer or one
@@ -67,8 +79,50 @@ async def get(
         authority.encode(),
         auth,
     )
+    if url.startswith("https://"):
+        ctx = tls or ssl.create_default_context()
+        return await _exchange(host, port, request, timeout_s, max_body, ctx, server_name)
+    return await _exchange(host, port, request, timeout_s, max_body)
+
+
+async def post(
+    url: str,
+    path: str,
+    body: bytes,
+    content_type: bytes,
+    timeout_s: float,
+    auth: bytes = b"",
+    max_body: int = MAX_BODY,
+) -> Response:
+    """POST `body` to `url` + `path`, bounded and failing as `get` does (the OTLP exporter's
+    batches: router.tracing)."""
+    host, port, authority = split_url(url)
+    head = b"POST %s HTTP/1.1\r\nhost: %s\r\nconnection: close\r\ncontent-type: %s\r\n" % (
+        path.encode(),
+        authority.encode(),
+        content_type,
+    )
+    request = head + auth + b"content-length: %d\r\n\r\n" % len(body) + body
+    return await _exchange(host, port, request, timeout_s, max_body)
+
+
+async def _exchange(
+    host: str,
+    port: int,
+    request: bytes,
+    timeout_s: float,
+    max_body: int,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> Response:
+    # the handshake is inside the timeout too: a peer that never finishes it costs timeout_s
     async with asyncio.timeout(timeout_s):
-        reader, writer = await asyncio.open_connection(host, port)
+        if tls is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        else:
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=server_name or host
+            )
         try:
             writer.write(request)
             return await _read_response(reader, max_body)

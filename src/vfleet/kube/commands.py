@@ -1,4 +1,5 @@
-"""`vfleet k8s`: render, install, upgrade, uninstall and status of a fleet on Kubernetes.
+"""`vfleet k8s`: render, install, upgrade, uninstall and status of a fleet on Kubernetes, and
+the chart as a Helm package.
 
 `render` is pure: files -> `Fleet` -> chart values -> Helm SDK template render -> YAML. The
 other commands are `render`'s values handed to Helm's install/upgrade actions, against the
@@ -19,7 +20,7 @@ from vfleet.fleetspec.load import load
 from vfleet.fleetspec.models import NAME
 from vfleet.fleetspec.source import SpecError
 from vfleet.kube import render as helm
-from vfleet.kube.values import chart_values, deep_merge, namespace_of
+from vfleet.kube.values import chart_values, deep_merge, namespace_of, node_path_problems
 
 _files = click.option(
     "-f",
@@ -68,6 +69,8 @@ class _Job:
         except (SpecError, RulesError) as exc:
             raise click.ClickException(str(exc)) from None
         fleet = loaded.fleet
+        for loc, message in node_path_problems(fleet)[:1]:
+            raise click.ClickException(str(loaded.error_at(loc, message)))
         built = chart_values(fleet, engine_rules=rules)
         self.values = with_sets(built.values, sets)
         self.release = release or default_release(fleet.name)
@@ -145,6 +148,27 @@ def render(
     except helm.KubeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {len(paths)} objects to {out}", err=True)
+
+
+@k8s.command()
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory for the archive.",
+)
+@_chart
+def package(out: Path, chart: str | None) -> None:
+    """Write the chart as a Helm package, vfleet-VERSION.tgz (VERSION: this vfleet's)."""
+    from vfleet import __version__
+
+    try:
+        archive = helm.package(out, __version__, chart=chart)
+    except helm.KubeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(archive))
 
 
 def _cluster(namespace: str, kubeconfig: str | None, context: str | None) -> helm.Cluster:

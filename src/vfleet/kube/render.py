@@ -86,6 +86,32 @@ def render(
     return from_files(files)
 
 
+def package(out: Path, version: str, *, chart: str | Path | None = None) -> Path:
+    """`helm package` of the chart into `out` (created) as vfleet-VERSION.tgz, its `version` and
+    `appVersion` both set to `version`; the archive is linted (strict) before it is returned.
+
+    The version is stamped here, not only read from Chart.yaml, so a package always names the
+    vfleet it came from, whichever copy of the chart (`--chart`) was packaged; the router image
+    tag defaults to `appVersion`, so the two must be one number."""
+    import helm_python
+
+    source = chart_dir(chart)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KubeError(f"cannot write {out}: {exc.strerror or exc}") from None
+    with helm_errors():
+        archive = Path(
+            helm_python.package(source, destination=out, version=version, app_version=version)
+        )
+        report = helm_python.lint(archive, strict=True)
+    problems = [str(m["error"]) for m in report["messages"] if m["severity"] >= 2]
+    problems += [str(e) for e in report["errors"]]
+    if problems:
+        raise KubeError(f"{archive}: helm lint --strict: {one_line(problems[0])}")
+    return archive
+
+
 def check_release(release: str) -> None:
     """Helm's rule for release names, plus a letter first: they begin Service names."""
     import helm_python

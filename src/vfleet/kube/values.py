@@ -17,6 +17,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from vfleet.engines.router import kv_event_models
 from vfleet.engines.rules import EngineRules, Setting
 from vfleet.engines.sim import sim_command
 from vfleet.fleetspec.models import (
@@ -105,7 +106,13 @@ def _model(fleet: Fleet, m: Model, r: EngineRules) -> dict[str, Any]:
         spec["startupTimeoutS"] = m.startup_timeout_s
     if engine == "sim":
         spec["download"] = {"mode": "none"}
-        spec["command"] = sim_command(m, m.source.id, "0.0.0.0", 8000, executable=("vfleet",))
+        # its KV-event publisher as the chart's own for vLLM (the chart reads the port back)
+        kv = m.name in kv_event_models(fleet, r.kv_events.policies)
+        k = r.kv_events
+        config = k.config(k.tcp(k.port), k.tcp(k.port + 1)) if kv else None
+        spec["command"] = sim_command(
+            m, m.source.id, "0.0.0.0", 8000, executable=("vfleet",), kv_events_config=config
+        )
     else:
         spec.update(_storage(m))
     if kube.download is not None:
@@ -194,6 +201,33 @@ def split_image(image: str) -> tuple[str, str]:
     if sep and "/" not in tail:
         return head, tail
     return image, ""
+
+
+def node_path_problems(fleet: Fleet) -> list[tuple[tuple[Any, ...], str]]:
+    """(fleet field, message) for every local source the chart would mount as a hostPath
+    volume from a path that means nothing on a node.
+
+    A relative path (or `~`) in a spec names a directory on the machine that reads the spec
+    (`vfleet up`), but a hostPath is looked up on whichever node the pod lands on, and the API
+    server rejects a relative one. Resolving it here would write this machine's directory into
+    the manifest, a path the nodes do not have, and the pod would wait on a failed mount far from
+    the cause; so it is an error that says what to write instead."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    for i, m in enumerate(fleet.models):
+        src = m.source
+        if src.kind != "local" or not m.kubernetes.host_path or src.id.startswith("/"):
+            continue
+        what = "starts with ~, which no node expands" if src.id.startswith("~") else "is relative"
+        out.append(
+            (
+                ("models", i, "source"),
+                f"local path {src.id!r} {what}; on Kubernetes a local source is a directory on "
+                "the node (a hostPath volume), so write its absolute path there (e.g. "
+                "/mnt/models/chat), or set kubernetes.hostPath: false when the path is inside "
+                "the engine's image",
+            )
+        )
+    return out
 
 
 def source_values(src: Source, host_path: bool) -> dict[str, Any]:

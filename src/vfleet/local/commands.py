@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -29,10 +30,11 @@ from vfleet.fleetspec.models import Fleet
 from vfleet.fleetspec.source import SpecError
 from vfleet.local import display
 from vfleet.local.control import RUN_DIR
+from vfleet.local.dryrun import plan_json
 from vfleet.local.gpus import detect_gpus, free_ports, parse_gpus, port_free, vllm_version
 from vfleet.local.keys import Keys, api_keys
 from vfleet.local.packer import PackError
-from vfleet.local.plan import Options, Plan, PlanError, build, needs_download, planned_slots
+from vfleet.local.plan import Options, Plan, PlanError, build, needs_download, ports_needed
 from vfleet.local.rundir import (
     RunDir,
     explicit_run_dir,
@@ -113,6 +115,12 @@ from vfleet.local.weights import on_disk
     default=None,
     help="Client API keys, one per line, added to the spec's (env VFLEET_API_KEYS replaces both).",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (each engine's GPUs, share, port, environment and command) as JSON "
+    "and start nothing.",
+)
 @RUN_DIR
 @click.option("--supervise", is_flag=True, hidden=True)  # the detached supervisor itself
 def up(
@@ -128,14 +136,28 @@ def up(
     max_replicas_cap: int,
     drain_timeout: float,
     key_file: str | None,
+    dry_run: bool,
     run_dir: str | None,
     supervise: bool,
 ) -> None:
     """Start a fleet on this machine: engines, then the router in front of them. Models with
     autoscaling start at their minReplicas and scale with load (to zero and back)."""
     fleet, plan, router, run = _prepare(
-        files, engine, host, port, gpus, pvc_root, cache_dir, max_replicas_cap, run_dir, key_file
+        files,
+        engine,
+        host,
+        port,
+        gpus,
+        pvc_root,
+        cache_dir,
+        max_replicas_cap,
+        run_dir,
+        key_file,
+        dry_run,
     )
+    if dry_run:
+        click.echo(json.dumps(plan_json(fleet, plan, router.host, router.port), indent=1))
+        return
     if detach:
         argv = [a for a in sys.argv[1:] if a != "--detach"]
         # the same directory for the supervisor whatever its environment says
@@ -185,8 +207,10 @@ def _prepare(
     max_replicas_cap: int,
     run_dir: str | None,
     key_file: str | None,
+    dry_run: bool = False,
 ) -> tuple[Fleet, Plan, RouterSettings, RunDir]:
-    """Everything that can fail before a process starts: spec, GPUs, ports, run dir."""
+    """Everything that can fail before a process starts: spec, GPUs, ports, run dir. A dry
+    run plans without vLLM installed, downloads nothing and does not mind a running fleet."""
     try:
         loaded = load(files)
         for note in loaded.notes:
@@ -200,7 +224,7 @@ def _prepare(
         fleet = loaded.fleet
         explicit = explicit_run_dir(run_dir)
         run = RunDir(explicit) if explicit is not None else fleet_run_dir(fleet.name)
-        owner = run.owner()
+        owner = None if dry_run else run.owner()
         if owner:
             flag = f"--run-dir {run.path}" if explicit is not None else f"--fleet {fleet.name}"
             raise click.ClickException(
@@ -210,28 +234,31 @@ def _prepare(
             )
         rhost = host or fleet.router.host
         rport = fleet.router.port if port is None else port
-        busy = port_free(rhost, rport)
+        busy = None if dry_run else port_free(rhost, rport)
         if busy:
             raise click.ClickException(f"router port {rhost}:{rport} is not available: {busy}")
         uses_vllm = any((engine or fleet.engine_of(m)) == "vllm" for m in fleet.models)
         exe = shutil.which("vllm") if uses_vllm else None
-        if uses_vllm and not exe:
+        if uses_vllm and not exe and not dry_run:
             raise click.ClickException(
                 "vLLM is not installed here (no `vllm` on PATH): pip install vllm, "
                 "or run the fleet on simulated engines with --engine sim"
             )
+        rules = load_rules()
         opts = Options(
             engine=engine,
             devices=parse_gpus(gpus) if gpus else None,
             pvc_root=pvc_root,
             vllm_version=vllm_version(exe) if exe else None,
             vllm_executable=(exe,) if exe else ("vllm",),
-            fetched=_fetch(fleet, engine, cache_dir),
+            fetched=_fetch(fleet, engine, cache_dir, fetch=not dry_run),
             on_disk=on_disk(fleet, pvc_root),
             max_replicas_cap=max_replicas_cap,
-            engine_rules=load_rules(),
+            engine_rules=rules,
+            # the engines' KV-event sockets: in the run directory, which only this user opens
+            kv_events_dir=str(run.path.resolve()),
         )
-        n = sum(planned_slots(m, max_replicas_cap) for m in fleet.models)
+        n = ports_needed(fleet, max_replicas_cap, rules)
         # One call for every port, the router's too: separate calls may get the same port back.
         picked = free_ports(n + 1)
         if rport == 0:
@@ -246,9 +273,11 @@ def _prepare(
     return fleet, plan, router, run
 
 
-def _fetch(fleet: Fleet, engine: str | None, cache_dir: str | None) -> dict[str, str]:
+def _fetch(
+    fleet: Fleet, engine: str | None, cache_dir: str | None, fetch: bool = True
+) -> dict[str, str]:
     """Download the weights vLLM cannot fetch itself (S3, git, URL lists) into the cache; a
-    re-run finds them complete and skips them."""
+    re-run finds them complete and skips them. fetch=False: only where they would be."""
     from vfleet.download import download
     from vfleet.download.progress import JsonReporter, RichReporter
 
@@ -258,6 +287,9 @@ def _fetch(fleet: Fleet, engine: str | None, cache_dir: str | None) -> dict[str,
         if not needs_download(m, engine or fleet.engine_of(m)):
             continue
         dest = root / slug(m.source.uri) / (m.source.revision or "default")
+        out[m.name] = str(dest)
+        if not fetch:
+            continue
         click.echo(f"vfleet: fetching {m.source.uri} for {m.name} into {dest}", err=True)
         reporter = RichReporter() if sys.stderr.isatty() else JsonReporter(sys.stderr)
         download(
@@ -268,7 +300,6 @@ def _fetch(fleet: Fleet, engine: str | None, cache_dir: str | None) -> dict[str,
             endpoint=m.source.endpoint,
             reporter=reporter,
         )
-        out[m.name] = str(dest)
     return out
 
 
@@ -292,9 +323,13 @@ def _router_config(
         options["api_keys"] = list(keys.client)
     if keys and keys.backend:
         options["backend_api_key"] = keys.backend  # what the engines require
-    admin = {"admin_keys": [secrets.token_urlsafe(32)]} if options.get("api_keys") else {}
+    if keys and keys.tenants:
+        options["tenants_file"] = keys.tenants  # named keys: the router re-reads the file
+    keyed = options.get("api_keys") or options.get("tenants_file")
+    admin = {"admin_keys": [secrets.token_urlsafe(32)]} if keyed else {}
     return {
         "endpoints_file": str(run.endpoints_file),
+        "autoscale_file": str(run.autoscale_file),  # desired replicas, as router metrics
         "host": host,
         "port": port,
         "health_interval_s": 1.0,

@@ -6,15 +6,18 @@ others), else the spec's (`router.apiKeys`: vllm-stack's `vllmApiKey` string, TK
 and `--api-key-file`. Engines' key: a model whose `vllm serve` wants one (env VLLM_API_KEY, or
 `--api-key` in its args) gets it from the router, which then also accepts it from clients, as
 the engine itself would. Keys in a Kubernetes Secret cannot be read here: vfleet.fleetspec.caveats
-says so.
+says so. Named keys with allowlists and budgets: the spec's `router.tenantsFile`, checked here and
+given to the router by its absolute path (the router re-reads it when it changes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from vfleet.fleetspec.models import Fleet, Model
 from vfleet.router.config import env_api_keys, read_key_file
+from vfleet.router.tenants import read_key_file as read_tenants
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,21 @@ class Keys:
     client: tuple[str, ...] = ()
     backend: str | None = None
     said: tuple[str, ...] = ()
+    tenants: str | None = None  # the tenants file, absolute
+
+
+def tenants_file(fleet: Fleet) -> tuple[str | None, str | None]:
+    """(the spec's tenants file as an absolute path, a line saying so); ValueError when it
+    cannot be read or is invalid (the message names no key)."""
+    path = fleet.router.tenants_file
+    if not path:
+        return None, None
+    full = str(Path(path).expanduser().resolve())
+    names = read_tenants(full)
+    return full, (
+        f"the router checks {len(names.entries)} named key(s) from {path} (model allowlists, "
+        "budgets; re-read when it changes)"
+    )
 
 
 def engine_key(model: Model) -> str | None:
@@ -51,12 +69,15 @@ def api_keys(fleet: Fleet, key_file: str | None) -> Keys:
             f"{', '.join(sorted(wanted))} require(s) an API key (VLLM_API_KEY or --api-key): "
             "the router sends it to the engines and accepts it from clients"
         )
+    tenants, line = tenants_file(fleet)
+    if line:
+        said.append(line)
     env = env_api_keys()
     if env:
         own = fleet.router.api_keys
         over = f", replacing the {len(own)} of the spec" if own else ""
         said.append(f"the router checks {len(env)} API key(s) from env VFLEET_API_KEYS{over}")
-        return Keys(env, backend, tuple(said))
+        return Keys(env, backend, tuple(said), tenants)
     own = fleet.router.api_keys
     from_file = read_key_file(key_file) if key_file else ()
     keys = tuple(dict.fromkeys((*own, *from_file, *([backend] if backend else []))))
@@ -65,4 +86,4 @@ def api_keys(fleet: Fleet, key_file: str | None) -> Keys:
     where += ["the engines' own"] if backend else []
     if keys:
         said.append(f"the router checks {len(keys)} API key(s) ({', '.join(where)})")
-    return Keys(keys, backend, tuple(said))
+    return Keys(keys, backend, tuple(said), tenants)

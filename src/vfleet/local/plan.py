@@ -1,4 +1,6 @@
-"""What `vfleet up` will start: one entry per engine replica, with its GPU, port and command.
+"""What `vfleet up` will start: one entry per engine replica, with its GPU, port and command
+(and, for a model whose router policy reads KV-cache events, where the engine publishes them:
+a socket in the run directory or a second port, which the router's endpoints file names).
 
 An autoscaled model gets a slot (GPU share, port, command) for each replica it may reach, as
 many as fit; the first minReplicas start with the fleet, the rest wait for the autoscaler.
@@ -14,11 +16,14 @@ import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from vfleet.engines.router import kv_event_models
 from vfleet.engines.rules import EngineRules
 from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, serve_command
 from vfleet.fleetspec.models import Fleet, HealthCheck, Model
 from vfleet.local.packer import Placement, Request, fewest_devices, pack_optional
+
+MAX_IPC_PATH = 100  # bytes of a Unix socket's path: the kernel's limit is 107
 
 
 class PlanError(ValueError):
@@ -40,6 +45,9 @@ class EngineSpec:
     startup_timeout_s: float
     health: HealthCheck = field(default_factory=HealthCheck)
     initial: bool = True  # started by `up`; False: a standby slot only autoscaling starts
+    # Where the router subscribes to the engine's KV-cache events (tcp://HOST:PORT), for the
+    # models whose policy reads them; None: the engine publishes none.
+    kv_events: str | None = None
 
     @property
     def gpu_label(self) -> str:
@@ -72,6 +80,17 @@ class Options:
     max_replicas_cap: int = 8  # bound on an autoscaled model's replicas on one machine
     # the chart's engine rules (vfleet.engines.rulefile.load_rules): flags, share memory
     engine_rules: EngineRules | None = None
+    # A private directory (the run directory's, mode 0700) for the engines' KV-event sockets:
+    # ipc:// endpoints only this user reaches. None, or a path too long for a Unix socket: a
+    # TCP port, which vLLM binds on every address (it binds only endpoints with a `*` host).
+    kv_events_dir: str | None = None
+
+
+def ports_needed(fleet: Fleet, cap: int, rules: EngineRules) -> int:
+    """Ports `build` may draw for the engines: one per slot, two for an engine that publishes
+    KV events (its HTTP port and, unless it gets a socket path, its publisher's)."""
+    kv = kv_event_models(fleet, rules.kv_events.policies)
+    return sum(planned_slots(m, cap) * (2 if m.name in kv else 1) for m in fleet.models)
 
 
 def planned_slots(model: Model, cap: int) -> int:
@@ -134,11 +153,15 @@ def build(fleet: Fleet, opts: Options, ports: Iterator[int], gpus: Sequence[int]
     order = {m.name: i for i, m in enumerate(fleet.models)}
     placements.sort(key=lambda p: (order[p.model], p.replica))
     by_name = {m.name: m for m in fleet.models}
+    kv = kv_event_models(fleet, rules.kv_events.policies)
     out = []
     slots: dict[str, int] = {}
     for p in placements:
         model = by_name[p.model]
-        spec = _engine(model, p, engines[p.model], next(ports), opts, notices)
+        port = next(ports)
+        key = f"{model.name}-{p.replica}"
+        kv_at = _kv_endpoints(key, opts, rules, ports) if model.name in kv else None
+        spec = _engine(model, p, engines[p.model], port, opts, notices, kv_at)
         auto = model.autoscaling
         if auto is not None:
             slots[model.name] = slots.get(model.name, 0) + 1
@@ -159,8 +182,16 @@ def _rules(opts: Options) -> EngineRules:
 
 
 def _engine(
-    model: Model, p: Placement, engine: str, port: int, opts: Options, notices: list[str]
+    model: Model,
+    p: Placement,
+    engine: str,
+    port: int,
+    opts: Options,
+    notices: list[str],
+    kv_at: tuple[str, str] | None = None,
 ) -> EngineSpec:
+    """One slot's engine; with `kv_at` (where it binds, where the router connects) it publishes
+    its KV-cache events for the router."""
     ref = opts.fetched.get(model.name) or model_ref(model, engine, opts)
     env = _env(model, notices if p.replica == 0 else [])
     if p.devices:
@@ -171,6 +202,9 @@ def _engine(
         env["HF_ENDPOINT"] = model.source.endpoint
     shared = p.share_pct < 100 and p.devices
     memory = p.memory if shared and model.vllm.gpu_memory_utilization is None else None
+    # (no replay socket: the router looks for one only beside a TCP publisher, on its port + 1,
+    # and a port chosen here has no free neighbour reserved)
+    config = None if kv_at is None else _rules(opts).kv_events.config(kv_at[0])
     if engine == "vllm":
         cmd = serve_command(
             model,
@@ -181,12 +215,13 @@ def _engine(
             memory,
             opts.vllm_executable,
             engine_rules=_rules(opts),
+            kv_events_config=config,
         )
         if p.replica == 0:
             notices.extend(f"{model.name}: {n}" for n in cmd.notices)
         argv = cmd.argv
     else:
-        argv = sim_command(model, ref, opts.host, port, memory)
+        argv = sim_command(model, ref, opts.host, port, memory, kv_events_config=config)
     if memory is not None and p.replica == 0:
         notices.append(
             f"{model.name}: --gpu-memory-utilization {memory:g} derived from its "
@@ -205,7 +240,26 @@ def _engine(
         env=env,
         startup_timeout_s=model.startup_timeout_s if engine == "vllm" else 60.0,
         health=model.health,
+        kv_events=None if kv_at is None else kv_at[1],
     )
+
+
+def _kv_endpoints(
+    key: str, opts: Options, rules: EngineRules, ports: Iterator[int]
+) -> tuple[str, str]:
+    """(where engine `key` binds its KV-event publisher, where the router connects to it): a
+    socket in `opts.kv_events_dir` when its path fits, else the next port."""
+    if opts.kv_events_dir is not None:
+        path = posixpath.join(opts.kv_events_dir, f"{key}.sock")
+        if len(path.encode()) <= MAX_IPC_PATH:
+            return f"ipc://{path}", f"ipc://{path}"
+    port = next(ports)
+    return rules.kv_events.tcp(port), f"tcp://{_reachable(opts.host)}:{port}"
+
+
+def _reachable(host: str) -> str:
+    """Where this machine reaches a server listening on `host` (a wildcard is no destination)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
 def disk_path(model: Model, pvc_root: str | None) -> str | None:

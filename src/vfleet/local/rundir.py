@@ -66,6 +66,11 @@ class RunDir:
         return self.path / "endpoints.json"
 
     @property
+    def autoscale_file(self) -> Path:
+        """The autoscaler's desired replicas per served name, which the router re-exports."""
+        return self.path / "autoscale.json"
+
+    @property
     def router_config(self) -> Path:
         return self.path / "router.yaml"
 
@@ -106,7 +111,7 @@ class RunDir:
         return running_pid(self.read_state() or {})
 
     def clear(self) -> None:
-        for p in (self.state_file, self.endpoints_file, self.router_config):
+        for p in (self.state_file, self.endpoints_file, self.autoscale_file, self.router_config):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 

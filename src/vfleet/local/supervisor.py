@@ -197,6 +197,7 @@ class Supervisor:
             if m.autoscaling is not None and plan.slots.get(m.name)
         }
         self._listed: list[dict[str, Any]] | None = None
+        self._desired: dict[str, dict[str, int]] | None = None
 
     # -- state --------------------------------------------------------------------------------
 
@@ -237,7 +238,21 @@ class Supervisor:
     def publish(self) -> None:
         state = self.state()
         self.run.write_json(self.run.state_file, state)
+        self.publish_desired()
         self.on_change(state)
+
+    def publish_desired(self) -> None:
+        """The autoscalers' desired counts per served name, for the router to export beside
+        the replicas it sees ready. Written only on a change."""
+        desired = {
+            name: {"desired": scaler.desired}
+            for m in self.fleet.models
+            if (scaler := self.scalers.get(m.name)) is not None
+            for name in demand_names(m)
+        }
+        if desired != self._desired:
+            self.run.write_json(self.run.autoscale_file, {"models": desired})
+            self._desired = desired
 
     def publish_endpoints(self) -> None:
         """Healthy engines, and wanted ones starting up marked `starting` (the router probes
@@ -245,6 +260,8 @@ class Supervisor:
         listed: list[dict[str, Any]] = []
         for e in self.engines:
             entry: dict[str, Any] = {"url": e.url, "models": list(e.spec.served)}
+            if e.spec.kv_events is not None:  # the router subscribes to its KV-cache events
+                entry["kv_events"] = e.spec.kv_events
             if e.state == "healthy" and e.wanted:
                 listed.append(entry)
             elif e.state == "starting" and e.wanted:

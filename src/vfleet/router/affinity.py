@@ -31,26 +31,34 @@ def find_id(data: bytes) -> str | None:
 
 
 class Owners:
-    """Response id -> URL of the engine that made it; least recently used ids go first."""
+    """Response id -> (URL of the engine that made it, the model it answered as: what a key's
+    allowlist is checked against on a GET or DELETE, which names no model; "" when not known);
+    least recently used ids go first."""
 
     __slots__ = ("_lru", "capacity")
 
     def __init__(self, capacity: int = MAX_OWNERS) -> None:
         self.capacity = capacity
-        self._lru: OrderedDict[str, str] = OrderedDict()
+        self._lru: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._lru)
 
     def get(self, rid: str) -> str | None:
-        url = self._lru.get(rid)
-        if url is not None:
-            self._lru.move_to_end(rid)
-        return url
+        found = self._lru.get(rid)
+        if found is None:
+            return None
+        self._lru.move_to_end(rid)
+        return found[0]
 
-    def learn(self, rid: str, url: str) -> None:
+    def model(self, rid: str) -> str:
+        """The model `rid` was made by ("" when not known)."""
+        found = self._lru.get(rid)
+        return "" if found is None else found[1]
+
+    def learn(self, rid: str, url: str, model: str = "") -> None:
         lru = self._lru
-        lru[rid] = url
+        lru[rid] = (url, model)
         lru.move_to_end(rid)
         while len(lru) > self.capacity:
             lru.popitem(last=False)

@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,14 +43,17 @@ from vfleet.router.activator import Activator, HoldLimits
 from vfleet.router.config import BackendSpec, RouterConfig, load_endpoints_file, parse_endpoints
 from vfleet.router.demand import DemandRow, DemandTable
 from vfleet.router.endpoints import Registry
-from vfleet.router.metrics import RouterMetrics
-from vfleet.router.policies import Policy, make_policy
+from vfleet.router.kvroute import FeedFactory, KvRouting
+from vfleet.router.metrics import RouterMetrics, ScalerMetrics
+from vfleet.router.policies import KvAffinity, Policy, make_policy
 from vfleet.router.probe import FastProber
 from vfleet.router.prober import Prober
 from vfleet.router.proxy import Limits, Router
-from vfleet.router.ratelimit import RateLimiter
-from vfleet.router.sharedmetrics import ENDPOINT_GRACE_S, MetricsRow, MetricsTable
+from vfleet.router.sharedlimits import LimitRow, LimitTable
+from vfleet.router.sharedmetrics import MetricsRow, MetricsTable
+from vfleet.router.tenants import Defaults, Tenancy
 from vfleet.router.tls import CertReloader
+from vfleet.router.tracing import Tracer
 from vfleet.router.ui import StatusPage
 from vfleet.router.upstream import UpstreamPool
 
@@ -67,8 +70,6 @@ FILE_CHECK_S = 0.05  # seconds between checks of the endpoints file for changes
 # Seconds between sweeps for departed endpoints' series and idle pools: at most this, and
 # often enough for a short grace period to be kept (a sweep is a pass over this worker's series).
 METRICS_SWEEP_S = 1.0
-# How long a departed endpoint's metric series outlive it (seconds; tests shorten it).
-GRACE_ENV = "VFLEET_METRICS_GRACE_S"
 # With keys on, these need the admin key: they name engine URLs and the fleet's load (and what
 # is under /ui/). KEDA peer routers and `vfleet up` read /vfleet/demand with an admin key.
 ADMIN_ROUTES = ("/metrics", "/ui", "/vfleet/demand")
@@ -82,6 +83,8 @@ class Feeds:
     registry: Registry
     on_change: Callable[[], None] = lambda: None
     sources: dict[str, Listed] = field(default_factory=dict)
+    # KV-event publishers each source names (url -> ZMQ endpoint), for the kv policy.
+    kv_sources: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def set(self, source: str, endpoints: Iterable[tuple[str, tuple[str, ...], bool]]) -> None:
         self.sources[source] = list(endpoints)
@@ -89,10 +92,25 @@ class Feeds:
         self.on_change()
 
     def set_specs(self, source: str, specs: Iterable[BackendSpec]) -> None:
+        specs = list(specs)
+        self.kv_sources[source] = {b.url: b.kv_events for b in specs if b.kv_events}
         self.set(source, ((b.url, b.models, b.starting) for b in specs))
 
     def set_pods(self, pods: Sequence[PodEndpoint]) -> None:
+        self.kv_sources["kubernetes"] = {p.url: p.kv_events for p in pods if p.kv_events}
         self.set("kubernetes", ((p.url, p.models, False) for p in pods))
+
+    def publishers(self, named: Mapping[str, str]) -> dict[str, str]:
+        """The publisher of each listed engine that has one: its source's, else `named`'s."""
+        out = {url: named[url] for url in self.registry.endpoints if url in named}
+        for listed in self.kv_sources.values():
+            out.update((u, e) for u, e in listed.items() if u in self.registry.endpoints)
+        return out
+
+
+def uses_kv(cfg: RouterConfig) -> bool:
+    """Whether any model routes with the kv policy (then KV events are subscribed to)."""
+    return cfg.policy == "kv" or "kv" in cfg.model_policies.values()
 
 
 def hold_limits(cfg: RouterConfig) -> Callable[[str], HoldLimits]:
@@ -109,7 +127,7 @@ def hold_limits(cfg: RouterConfig) -> Callable[[str], HoldLimits]:
 
 
 def admin_gate(
-    handle: Handler, api_keys: tuple[bytes, ...], admin_keys: tuple[bytes, ...], router: Router
+    handle: Handler, keyed: bool, admin_keys: tuple[bytes, ...], router: Router
 ) -> Handler:
     """`handle`, with ADMIN_ROUTES open only to an admin key once any key is configured.
 
@@ -117,7 +135,7 @@ def admin_gate(
     keys on they are not for clients. Without an admin key configured such routes answer 401
     to everyone. With no keys at all nothing changes (and `handle` is returned as it is, off
     the hot path)."""
-    if not api_keys and not admin_keys:
+    if not keyed and not admin_keys:
         return handle
     if admin_keys:
         message = "This route needs the admin key."
@@ -147,29 +165,38 @@ def build_router(
     demand: DemandRow,
     loop: asyncio.AbstractEventLoop,
     metrics: MetricsRow | None = None,
+    limits: LimitRow | None = None,
+    kv_feed: FeedFactory | None = None,
 ) -> Router:
-    """The router of one worker; `metrics`: its row of the shared metrics table (a table of
-    its own when None)."""
+    """The router of one worker; `metrics`, `limits`: its rows of the shared metrics and limit
+    tables (tables of its own when None); `kv_feed`: makes the KV-event subscriptions of a kv
+    policy (vfleet.kvsub.KvFeed, which `vfleet router` hands in; None: no events)."""
     registry = Registry(aliases=dict(cfg.aliases), known=cfg.models)
     registry.set_endpoints((b.url, b.models, b.starting) for b in cfg.backends)
     policies: dict[str, Policy] = {}
 
+    kv = KvRouting(loop, kv_feed) if uses_kv(cfg) else None
+
     def policy_for(model: str) -> Policy:
         p = policies.get(model)
         if p is None:
-            p = policies[model] = make_policy(cfg.model_policies.get(model, cfg.policy))
+            name = cfg.model_policies.get(model, cfg.policy)
+            p = policies[model] = make_policy(name, kv.index if kv is not None else None)
+            if isinstance(p, KvAffinity):
+                p.observe = router_metrics.kv_decision
         return p
 
     auth = b""
     if cfg.backend_api_key:
         auth = b"authorization: Bearer %s\r\n" % cfg.backend_api_key.encode()
+    router_metrics = RouterMetrics(metrics, demand.table)
     return Router(
         registry=registry,
         pool=pool,
         policy_for=policy_for,
         activator=Activator(loop.time, loop.call_later, hold_limits(cfg)),
         demand=demand,
-        metrics=RouterMetrics(metrics, demand.table),
+        metrics=router_metrics,
         release_max_inflight=cfg.hold_release_max_inflight,
         limits=Limits(
             cfg.connect_timeout_s, cfg.first_byte_timeout_s, cfg.idle_timeout_s, cfg.attempts
@@ -177,12 +204,8 @@ def build_router(
         api_keys=tuple(k.encode() for k in cfg.api_keys),
         backend_auth=auth,
         known_models=frozenset(cfg.models),
-        rate_limit=RateLimiter(cfg.rate_limit_per_minute) if cfg.rate_limit_per_minute else None,
-        token_limit=(
-            RateLimiter(cfg.token_limit_per_minute, burst=cfg.token_limit_per_minute)
-            if cfg.token_limit_per_minute
-            else None
-        ),
+        kv=kv,
+        tenancy=tenancy(cfg, limits, router_metrics),
         model_limits={
             model: Limits(
                 over.get("connect_timeout_s", cfg.connect_timeout_s),
@@ -192,6 +215,31 @@ def build_router(
             )
             for model, over in cfg.model_timeouts.items()
         },
+    )
+
+
+def tenancy(cfg: RouterConfig, row: LimitRow | None, metrics: RouterMetrics) -> Tenancy | None:
+    """Per-key identity, allowlists and budgets, when a tenants file or a limit is set (else
+    None: the request path does not look for them)."""
+    if not (cfg.tenants_file or cfg.rate_limit_per_minute or cfg.token_limit_per_minute):
+        return None
+
+    def record(key: str, model: str, prompt: int, completion: int) -> None:
+        if prompt:
+            metrics.key_tokens.inc((key, model, "prompt"), prompt)
+        if completion:
+            metrics.key_tokens.inc((key, model, "completion"), completion)
+
+    def count(key: str, model: str, code: int) -> None:
+        metrics.key_requests.inc((key, model, code))
+
+    return Tenancy(
+        row if row is not None else LimitTable.create(1).row(0),
+        tuple(k.encode() for k in cfg.api_keys),
+        cfg.tenants_file,
+        Defaults(cfg.rate_limit_per_minute, cfg.token_limit_per_minute),
+        record,
+        count,
     )
 
 
@@ -230,20 +278,33 @@ async def serve(
     kube: KubeTarget | None = None,
     demand: DemandRow | None = None,
     metrics: MetricsRow | None = None,
+    limits: LimitRow | None = None,
+    kv_feed: FeedFactory | None = None,
 ) -> None:
-    """One worker: `demand` and `metrics` are its rows of the shared tables (tables of its own
-    when None)."""
+    """One worker: `demand`, `metrics` and `limits` are its rows of the shared tables (tables of
+    its own when None); `kv_feed`: see `build_router`."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     pool = UpstreamPool(loop, cfg.connect_timeout_s)
     if metrics is None:
-        metrics = MetricsTable.create(1).row(0, metrics_grace_s())
-    router = build_router(cfg, pool, demand or DemandTable.create(1).row(0), loop, metrics)
+        metrics = MetricsTable.create(1).row(0, cfg.metrics_grace_s)
+    router = build_router(
+        cfg, pool, demand or DemandTable.create(1).row(0), loop, metrics, limits, kv_feed
+    )
     for model in cfg.models:
         router.demand.model(model)  # listed (at zero) in /vfleet/demand from the start
     feeds = Feeds(router.registry, router.endpoints_changed)
+    kv = router.kv
+    if kv is not None:
+        kv.backend_auth = router.backend_auth
+
+        def changed() -> None:
+            router.endpoints_changed()
+            kv.set_publishers(feeds.publishers(cfg.kv_events))
+
+        feeds.on_change = changed
     feeds.set_specs("static", cfg.backends)
     tasks = []
     if kube is not None:
@@ -263,6 +324,14 @@ async def serve(
                 _guarded(_watch_file(cfg.endpoints_file, feeds), "endpoints file watch")
             )
         )
+    if cfg.autoscale_file:
+        from vfleet.router.autoscaled import watch_desired
+
+        def desired(counts: dict[str, int]) -> None:
+            router.metrics.local_desired = counts
+
+        watch = watch_desired(cfg.autoscale_file, desired)
+        tasks.append(loop.create_task(_guarded(watch, "autoscale file watch")))
     if cfg.endpoints_url:
         tasks.append(
             loop.create_task(_guarded(_poll_feed(cfg, cfg.endpoints_url, feeds), "endpoints feed"))
@@ -289,6 +358,11 @@ async def serve(
     )
     tasks.append(loop.create_task(_guarded(fast.run(), "fast probes")))
     tasks.append(loop.create_task(_guarded(_sweep_departed(router, pool), "metrics sweep")))
+    if cfg.otlp_endpoint is not None:
+        router.tracer = Tracer(cfg.otlp_endpoint)
+        tasks.append(loop.create_task(_guarded(router.tracer.run(), "OTLP span export")))
+    if router.tenancy is not None and cfg.tenants_file:
+        tasks.append(loop.create_task(_guarded(router.tenancy.watch(), "tenants file watch")))
     tls = None
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         tls = CertReloader(cfg.tls_cert, cfg.tls_key)
@@ -297,7 +371,7 @@ async def serve(
     page = StatusPage(router, lambda model: cfg.model_policies.get(model, cfg.policy))
     handle = admin_gate(
         page.wrap(router.handle),
-        router.api_keys,
+        router.keyed,
         tuple(k.encode() for k in cfg.admin_keys),
         router,
     )
@@ -338,20 +412,17 @@ async def serve(
             router.polls.answer_all()
         await _drain(router, cfg.drain_timeout_s)
         router.give_up_held("The router is shutting down; retry shortly.")
+        if router.tracer is not None:
+            # The last spans, once; the export is bounded by its own timeout.
+            await _guarded(router.tracer.flush(), "OTLP span export")
     finally:
         server.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         pool.close()
-
-
-def metrics_grace_s() -> float:
-    """Seconds a departed endpoint's series outlive it: GRACE_ENV, else the default."""
-    try:
-        return max(0.0, float(os.environ.get(GRACE_ENV, ENDPOINT_GRACE_S)))
-    except ValueError:
-        return ENDPOINT_GRACE_S
+        if kv is not None:
+            await kv.close()
 
 
 async def _sweep_departed(router: Router, pool: UpstreamPool) -> None:
@@ -398,8 +469,9 @@ def _reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(cfg: RouterConfig) -> None:
-    """Serve until SIGTERM/SIGINT; KubeSettingsError (before serving) for unusable settings."""
+def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; KubeSettingsError (before serving) for unusable settings.
+    `kv_feed`: see `build_router`."""
     # Before listening: the usual soft limit of 1024 lets a thousand idle clients lock out all.
     raise_nofile_limit()
     kube = None
@@ -418,24 +490,29 @@ def run(cfg: RouterConfig) -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per API request is noise
     demand = DemandTable.create(cfg.workers)  # before any fork: shared by every worker
     # Likewise the metrics: the parent keeps the map, so an exited worker's counts stay summed.
-    metrics = MetricsTable.create(cfg.workers)
+    # One more row for the KEDA scaler's own values (it runs beside the workers, not in one).
+    metrics = MetricsTable.create(cfg.workers + (cfg.keda_port is not None))
+    scaler_metrics = ScalerMetrics(metrics.row(cfg.workers)) if cfg.keda_port is not None else None
+    limits = LimitTable.create(cfg.workers)  # per-key windows: every worker sees every charge
     if cfg.workers == 1:
-        row = metrics.row(0, metrics_grace_s())
-        serving = serve(cfg, kube=kube, demand=demand.row(0), metrics=row)
+        row = metrics.row(0, cfg.metrics_grace_s)
+        serving = serve(
+            cfg, kube=kube, demand=demand.row(0), metrics=row, limits=limits.row(0), kv_feed=kv_feed
+        )
         if cfg.keda_port is not None:
             from vfleet.router.keda.server import serve_with_scaler
 
-            serving = serve_with_scaler(serving, cfg, demand.models, peers)
+            serving = serve_with_scaler(serving, cfg, demand.models, peers, scaler_metrics)
         uvloop.run(serving)
         return
-    children = fork_workers(cfg, kube, demand, metrics)
+    children = fork_workers(cfg, kube, demand, metrics, limits, kv_feed)
     if cfg.keda_port is None:
         wait_workers(children, demand)
         return
     from vfleet.router.keda.server import ScalerThread  # after the fork: grpc must not fork
 
     try:
-        scaler = ScalerThread(cfg, demand.models, peers).start()
+        scaler = ScalerThread(cfg, demand.models, peers, scaler_metrics).start()
     except Exception:  # no scaler (its port is taken): no router either
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -453,11 +530,15 @@ def fork_workers(
     kube: KubeTarget | None,
     demand: DemandTable,
     metrics: MetricsTable | None = None,
+    limits: LimitTable | None = None,
+    kv_feed: FeedFactory | None = None,
 ) -> list[int]:
     """Fork `cfg.workers` serving processes (worker i writes row i of each table); their
     pids, in order."""
     if metrics is None:
         metrics = MetricsTable.create(cfg.workers)
+    if limits is None:
+        limits = LimitTable.create(cfg.workers)
     first = _reuseport_socket(cfg.host, cfg.port)
     port = first.getsockname()[1]  # a fixed port for every worker, even when asked for 0
     children: list[int] = []
@@ -465,7 +546,8 @@ def fork_workers(
         pid = os.fork()
         if pid == 0:
             sock = first if not children else _reuseport_socket(cfg.host, port)
-            uvloop.run(serve(cfg, sock, kube, demand.row(i), metrics.row(i, metrics_grace_s())))
+            rows = (demand.row(i), metrics.row(i, cfg.metrics_grace_s), limits.row(i))
+            uvloop.run(serve(cfg, sock, kube, *rows, kv_feed=kv_feed))
             os._exit(0)
         children.append(pid)
     first.close()

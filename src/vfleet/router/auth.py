@@ -2,9 +2,11 @@
 
 A request's key, sent as `Authorization: Bearer <key>` (OpenAI's clients) or as `x-api-key: <key>`
 (Anthropic's), is checked against the configured keys and, when one matches, reduced to that key's
-identity (its position in the configured list). Everything keyed per client (request and token
-rate limits) uses the identity, never the header's bytes, so spelling variants of one credential
-(`Bearer`, `bearer`, `BEARER`, extra spaces or tabs, either header) share one limit.
+identity (its position in the configured list). With a tenancy (router.tenants: limits or a
+tenants file) the tokens `request_tokens` finds are looked up by digest there instead, and the
+identity is the key's name. Either way, everything keyed per client uses the identity, never the
+header's bytes, so spelling variants of one credential (`Bearer`, `bearer`, `BEARER`, extra
+spaces or tabs, either header) share one limit.
 
 RFC 9110 section 11.1: the auth scheme is case-insensitive; credentials are the scheme, one or
 more spaces, then the token. Tabs and surrounding whitespace are tolerated as well, since
@@ -44,19 +46,31 @@ def verify(header: bytes, keys: tuple[bytes, ...]) -> int | None:
     return _match(token, keys)
 
 
-def verify_request(headers: Mapping[bytes, bytes], keys: tuple[bytes, ...]) -> int | None:
-    """The index of the configured key a request carries (`headers`: lower-case names), in
-    `Authorization: Bearer` or, failing that, in `x-api-key`; else None."""
+def request_tokens(headers: Mapping[bytes, bytes]) -> list[bytes]:
+    """The tokens a request offers as its key (`headers`: lower-case names), in the order they
+    are tried: `Authorization: Bearer`, then `x-api-key`."""
+    out = []
     header = headers.get(b"authorization")
     if header is not None:
-        found = verify(header, keys)
+        token = bearer_token(header)
+        if token is not None:
+            out.append(token)
+    api_key = headers.get(b"x-api-key")
+    if api_key is not None:
+        token = api_key.strip(_WS)
+        if token:
+            out.append(token)
+    return out
+
+
+def verify_request(headers: Mapping[bytes, bytes], keys: tuple[bytes, ...]) -> int | None:
+    """The index of the configured key a request carries, in `Authorization: Bearer` or,
+    failing that, in `x-api-key`; else None."""
+    for token in request_tokens(headers):
+        found = _match(token, keys)
         if found is not None:
             return found
-    api_key = headers.get(b"x-api-key")
-    if api_key is None:
-        return None
-    token = api_key.strip(_WS)
-    return _match(token, keys) if token else None
+    return None
 
 
 def _match(token: bytes, keys: tuple[bytes, ...]) -> int | None:

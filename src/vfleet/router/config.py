@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,8 @@ import yaml
 
 from vfleet.http.limits import EdgeLimits
 from vfleet.router.policies import POLICY_NAMES
+from vfleet.router.sharedmetrics import ENDPOINT_GRACE_S
+from vfleet.router.tracing import traces_url
 
 
 class KubeSettingsError(ValueError):
@@ -22,6 +24,9 @@ class BackendSpec:
     url: str  # http://host:port
     models: tuple[str, ...] = ()  # empty: learn them from the engine's /v1/models
     starting: bool = False  # registered but not served until its /health answers 200
+    # The engine's KV-cache event publisher (ZMQ PUB, vLLM's wire format), e.g.
+    # tcp://127.0.0.1:5557: the `kv` policy subscribes to it. None: the engine publishes none.
+    kv_events: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,9 @@ class RouterConfig:
     workers: int = 1
     policy: str = "least_load"
     model_policies: dict[str, str] = field(default_factory=dict)
+    # KV-event publishers of engines by URL, for engines from any source (endpoints file, feed,
+    # discovery) that do not name their own; a static backend's own `kv_events` wins.
+    kv_events: dict[str, str] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     api_keys: tuple[str, ...] = ()
     # Keys for what describes the fleet (/metrics: engine URLs, models, load; /ui): when set,
@@ -46,7 +54,10 @@ class RouterConfig:
     tls_key: str | None = None
     tls_reload_s: float = 10.0
     rate_limit_per_minute: float = 0.0  # requests per API key per minute; 0 = no limit
-    token_limit_per_minute: float = 0.0  # estimated tokens per API key per minute; 0 = none
+    # tokens per API key per minute, reserved by estimate, charged from engines' usage; 0 = none
+    token_limit_per_minute: float = 0.0
+    # Named keys with model allowlists and budgets (router.tenants), re-read when it changes.
+    tenants_file: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 600.0
@@ -81,8 +92,12 @@ class RouterConfig:
     # KEDA external scaler (vfleet.router.keda), on when keda_port is set: demand for a
     # ScaledObject's models summed over this router's workers and its peer routers.
     keda_port: int | None = None  # gRPC port (0: any free one)
-    peers: tuple[str, ...] = ()  # other router replicas, http://host:port, asked for demand
+    peers: tuple[str, ...] = ()  # other router replicas, http(s)://host:port, asked for demand
     k8s_peer_selector: str | None = None  # label selector of the router pods (peers)
+    # HTTPS peers (keda.peertls): verified against this CA bundle and name; without a bundle, a
+    # router with tls_cert trusts exactly its own certificate (its replicas share it).
+    peer_ca: str | None = None
+    peer_tls_name: str | None = None  # the name the peers' certificate must hold (and SNI)
     # The client edge (vfleet.http.limits.EdgeLimits): what a connection may cost before its
     # request reaches the router. Sizes in bytes, times in seconds.
     client_header_timeout_s: float = 20.0  # first byte to end of the request head: 408
@@ -91,6 +106,15 @@ class RouterConfig:
     max_connections: int = 10_000  # per router process; beyond: 503 and close
     max_request_line_bytes: int = 8 * 1024  # 414 above
     max_header_bytes: int = 64 * 1024  # the whole request head: 431 above
+    # OpenTelemetry (vfleet.router.tracing): an OTLP/HTTP collector, http://HOST:PORT (spans go
+    # to /v1/traces) or a full URL; None: no tracing, no cost.
+    otlp_endpoint: str | None = None
+    # Seconds the metric series of an endpoint that left outlive it (a replica that flaps keeps
+    # its counts; one gone for good stops costing series): router.sharedmetrics.
+    metrics_grace_s: float = ENDPOINT_GRACE_S  # 60 s
+    # `vfleet up`'s autoscaler decisions ({"models": {name: {"desired": N}}}), re-read when it
+    # changes and re-exported as metrics (router.autoscaled); None: none.
+    autoscale_file: str | None = None
 
     def edge_limits(self) -> EdgeLimits:
         return EdgeLimits(
@@ -112,6 +136,10 @@ class RouterConfig:
             host, _, port = b.url.removeprefix("http://").partition(":")
             if not b.url.startswith("http://") or not host or not port.isdigit():
                 raise ValueError(f"backend {b.url!r} must look like http://HOST:PORT")
+            if b.kv_events is not None:
+                check_kv_endpoint(b.kv_events)
+        for endpoint in self.kv_events.values():
+            check_kv_endpoint(endpoint)
         if self.workers < 1 or self.attempts < 1:
             raise ValueError("workers and attempts must be >= 1")
         if self.k8s_selector is not None and not self.k8s_selector.strip():
@@ -136,14 +164,71 @@ class RouterConfig:
         if self.keda_port is not None and not 0 <= self.keda_port < 65536:
             raise ValueError("keda_port must be 0-65535")
         for peer in self.peers:
-            if not peer.startswith("http://") or not peer.removeprefix("http://").strip("/"):
-                raise ValueError(f"peer {peer!r} must look like http://HOST:PORT")
+            rest = peer.removeprefix("https://").removeprefix("http://")
+            if rest == peer or not rest.strip("/"):
+                raise ValueError(f"peer {peer!r} must look like https://HOST:PORT or http://…")
+            if self.tls_cert is not None and peer.startswith("http://"):
+                # its replicas serve TLS as it does: plain HTTP to them fails, or, where it
+                # does not, sends the admin key in the clear
+                raise ValueError(
+                    f"peer {peer!r}: this router serves TLS, so ask its peers over HTTPS "
+                    f"(https://{rest})"
+                )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and its key (--tls-cert, --tls-key)")
         if self.tls_reload_s <= 0:
             raise ValueError("tls_reload_s must be above 0")
         if self.keda_port is None and (self.peers or self.k8s_peer_selector):
             raise ValueError("peers are asked for demand by the KEDA scaler: set --keda-port")
+        if not 0 <= self.metrics_grace_s < float("inf"):
+            raise ValueError("metrics_grace_s must be a number of seconds >= 0")
+        if self.otlp_endpoint is not None:
+            traces_url(self.otlp_endpoint)  # ValueError: not an http:// URL with a host
+
+
+def check_kv_endpoint(endpoint: str) -> str:
+    """`endpoint` when it is a ZMQ endpoint the router can connect to (tcp://HOST:PORT or
+    ipc://PATH); ValueError otherwise. A wildcard host is the engine's bind address, not one to
+    connect to."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return endpoint
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not endpoint.startswith("tcp://") or not host or "*" in host or not port.isdigit():
+        raise ValueError(
+            f"KV events endpoint {endpoint!r} must look like tcp://HOST:PORT (or ipc://PATH)"
+        )
+    return endpoint
+
+
+def parse_kv_events(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`--kv-events URL=ZMQ_ENDPOINT` flags as {engine url: endpoint}; ValueError when one is
+    malformed."""
+    out: dict[str, str] = {}
+    for text in pairs:
+        url, sep, endpoint = text.partition("=")
+        if not sep or not url or not endpoint:
+            raise ValueError(f"--kv-events {text!r}: expected URL=ZMQ_ENDPOINT")
+        out[url.rstrip("/")] = check_kv_endpoint(endpoint)
+    return out
+
+
+def with_kv_events(
+    backends: tuple[BackendSpec, ...], kv_events: dict[str, str]
+) -> tuple[BackendSpec, ...]:
+    """`backends` with the publishers `kv_events` names for their URLs (their own win)."""
+    return tuple(
+        b if b.kv_events or b.url not in kv_events else replace(b, kv_events=kv_events[b.url])
+        for b in backends
+    )
+
+
+def _kv_field(item: dict[str, Any], where: str) -> str | None:
+    value = item.get("kv_events")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: kv_events must be a string like tcp://HOST:PORT")
+    return check_kv_endpoint(value)
 
 
 def parse_backend(text: str) -> BackendSpec:
@@ -171,7 +256,8 @@ def parse_endpoints(raw: Any, path: str) -> list[BackendSpec]:
         elif isinstance(item, dict) and isinstance(item.get("url"), str):
             starting = item.get("state") == "starting"
             models = tuple(item.get("models") or ())
-            out.append(BackendSpec(item["url"].rstrip("/"), models, starting))
+            kv = _kv_field(item, f"{path}: endpoint {i}")
+            out.append(BackendSpec(item["url"].rstrip("/"), models, starting, kv))
         else:
             raise ValueError(f"{path}: endpoint {i} needs a url")
     return out
@@ -195,9 +281,19 @@ def load_config_file(path: str) -> dict[str, Any]:
         raw["backends"] = tuple(
             parse_backend(b)
             if isinstance(b, str)
-            else BackendSpec(b["url"], tuple(b.get("models", ())), b.get("state") == "starting")
+            else BackendSpec(
+                b["url"],
+                tuple(b.get("models", ())),
+                b.get("state") == "starting",
+                _kv_field(b, f"{path}: backends"),
+            )
             for b in raw["backends"]
         )
+    if "kv_events" in raw:
+        kv = raw["kv_events"]
+        if not isinstance(kv, dict):
+            raise ValueError(f"{path}: kv_events must map engine URLs to ZMQ endpoints")
+        raw["kv_events"] = {str(u).rstrip("/"): check_kv_endpoint(str(e)) for u, e in kv.items()}
     for key in ("api_keys", "admin_keys", "models", "peers"):
         if key in raw:
             raw[key] = tuple(raw[key])

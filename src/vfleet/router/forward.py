@@ -16,6 +16,8 @@ engine's request. In-flight counts are released on every path.
 A request pinned to one engine (a stored response lives there: `router.affinity`) is never
 retried elsewhere. Errors are written in the route's style (OpenAI's, or Anthropic's on the
 Messages routes). An answer to POST /v1/responses is looked at up to its id, which is learned.
+A request of a tenancy carries a meter (router.usage) that reads the answer's token usage as it
+is relayed and charges the key when the request ends, on every path.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from vfleet.router.endpoints import Endpoint, Registry
 from vfleet.router.metrics import RouterMetrics
 from vfleet.router.routes import OPENAI, ErrorStyle
 from vfleet.router.state import RouteKey
+from vfleet.router.tracing import Span
 from vfleet.router.upstream import UpstreamConn, UpstreamPool
+from vfleet.router.usage import Meter
 
 
 class Router(Protocol):
@@ -74,7 +78,7 @@ class Router(Protocol):
     @property
     def release_max_inflight(self) -> int: ...
 
-    def choose(self, key: RouteKey, exclude: set[str]) -> Endpoint | None: ...
+    def choose(self, key: RouteKey, exclude: tuple[str, ...]) -> Endpoint | None: ...
 
     def hold(self, fwd: Forward) -> None: ...
 
@@ -97,6 +101,8 @@ RETRY_FULL: Final = b"retry-after: 2\r\n"  # the hold queue is full
 # An engine's answers that mean "not me, not now": retried elsewhere while nothing was relayed.
 RETRY_STATUSES: Final = frozenset({502, 503, 504})
 _SSE: Final = b"text/event-stream"
+# A span's status when the client left before its answer ended (nginx's 499).
+CLIENT_CLOSED: Final = 499
 
 
 class Forward:
@@ -116,6 +122,7 @@ class Forward:
         "last",
         "learn",
         "length",
+        "meter",
         "model",
         "mslot",
         "pin",
@@ -123,6 +130,7 @@ class Forward:
         "reset_retried",
         "router",
         "sniffed",
+        "span",
         "sse",
         "status",
         "style",
@@ -146,13 +154,17 @@ class Forward:
         self.style = style
         self.pin: Endpoint | None = None  # the one engine this request may go to
         self.learn: Owners | None = None  # where the answer's response id is learned
+        self.meter: Meter | None = None  # the key's token usage, read from the answer (tenancy)
         self.sniffed = b""  # the answer's first bytes, while its id is not found yet
+        self.span: Span | None = None  # its trace span (router.tracing); None: not traced
         self.conn = conn
         self.model = model
         self.key = key
         self.data = data
         self.t0 = t0
-        self.tried: set[str] = set()
+        # Engines tried, in order: a tuple, made once per attempt (a set per request cost more than
+        # the few membership tests on retry save).
+        self.tried: tuple[str, ...] = ()
         self.ep: Endpoint | None = None
         self.upstream: UpstreamConn | None = None
         # The engine's response head, held until the first body byte: status (0: none yet),
@@ -190,7 +202,8 @@ class Forward:
             self._counted()
             router.demand.add(self.mslot, INFLIGHT, 1)
         self.ep = ep
-        self.tried.add(ep.url)
+        tried = self.tried
+        self.tried = (*tried, ep.url) if tried else (ep.url,)
         ep.inflight += 1
         self.eslot = router.demand.endpoint(ep.url)
         router.demand.add(self.eslot, INFLIGHT, 1)
@@ -220,18 +233,22 @@ class Forward:
         if held:
             self.router.unhold(self)
         self._counted()
+        self._settle(503)
         self.router.metrics.requests[(self.model, "-", 503)] += 1
         self.conn.on_close = None
         err = NotReady(message)
+        self._trace(err.status, err.type)
         self.conn.respond(err.status, self.style.render(err), extra_headers=RETRY_UNREADY)
 
     def refuse_full(self) -> None:
         self._counted()
+        self._settle(429)
         self.router.metrics.requests[(self.model, "-", 429)] += 1
         self.conn.on_close = None
         err = RateLimited(
             f"Too many requests are waiting for model `{self.model}` to become ready."
         )
+        self._trace(err.status, err.type)
         self.conn.respond(err.status, self.style.render(err), extra_headers=RETRY_FULL)
 
     def left_while_held(self) -> None:
@@ -240,6 +257,8 @@ class Forward:
         if router.activator.cancel(self.model, self):
             router.demand.add(self.mslot, HELD, -1)
         self.gone = True
+        self._trace(CLIENT_CLOSED, "client_closed")
+        self._settle()
 
     def _attach(self, upstream: UpstreamConn) -> None:
         if self.gone:
@@ -271,11 +290,19 @@ class Forward:
         self.length = None if chunked else length
 
     def on_body(self, data: bytes) -> None:
+        meter = self.meter
+        if meter is not None:
+            data = meter.feed(data)  # the same bytes, less a usage event the router asked for
+            if not data:
+                return
         now = time.monotonic()
         if not self.relayed:
             self._commit()
         if self.t0 > 0:
             self.router.metrics.ttft.observe(now - self.t0)
+            span = self.span
+            if span is not None:
+                span.ttft_s = now - self.t0
             self.t0 = -self.t0  # observed once; keep the start for the duration
         elif self.sse:
             self.router.metrics.itl.observe(now - self.last)
@@ -302,7 +329,7 @@ class Forward:
         seen = self.sniffed + data if self.sniffed else data
         rid = find_id(seen[:SNIFF_BYTES])
         if rid is not None:
-            owners.learn(rid, ep.url)
+            owners.learn(rid, ep.url, self.model)  # the model: for a key's allowlist later
         if rid is not None or len(seen) >= SNIFF_BYTES:
             self.learn = None
             self.sniffed = b""
@@ -312,9 +339,13 @@ class Forward:
     def on_end(self) -> None:
         if not self.relayed:
             self._commit()  # an answer without a body
+        if self.meter is not None and self.meter.held:
+            self.conn.write(self.meter.release())  # an unfinished last event, as it came
         self._release()
         self._finish()
         self.router.metrics.duration.observe(time.monotonic() - abs(self.t0))
+        if self.span is not None:
+            self._trace(self.status)
         self.conn.finish()
 
     def on_error(self, err: UpstreamError) -> None:
@@ -381,6 +412,7 @@ class Forward:
             self._refuse(type(err)(f"Upstream {err.what} from the engines serving `{self.model}`."))
             return
         self._finish()
+        self._trace(self.status, err.what)
         conn = self.conn
         if conn.write_paused:
             # The client stalled past the idle timeout with its buffer full: it would never
@@ -400,6 +432,7 @@ class Forward:
             self.upstream.abort()  # the engine sees the disconnect and aborts the request
         self._release()
         self._finish()
+        self._trace(CLIENT_CLOSED, "client_closed")
 
     def _release(self) -> None:
         """This attempt is over: the endpoint's in-flight count goes back."""
@@ -420,6 +453,25 @@ class Forward:
         if self.active:
             self.active = False
             self.router.demand.add(self.mslot, INFLIGHT, -1)
+        if self.meter is not None:
+            self._settle()
+
+    def _settle(self, code: int = 0) -> None:
+        """A metered request is over: its key is charged what it used (once); `code`: the
+        status the router answered itself, if it did (for the key's request counter)."""
+        meter = self.meter
+        if meter is not None:
+            self.meter = None
+            meter.settle(self.status, self.relayed, code)
+
+    def _trace(self, status: int, error: str = "") -> None:
+        """The request is over: its span (if traced) goes to the exporter, once."""
+        span = self.span
+        if span is not None:
+            self.span = None
+            tried = self.tried
+            duration = time.monotonic() - abs(self.t0)
+            span.finish(self.model, tried[-1] if tried else "", len(tried), status, duration, error)
 
     def _counted(self) -> None:
         if not self.counted:
@@ -428,11 +480,13 @@ class Forward:
 
     def _count(self, status: int) -> None:
         url = self.ep.url if self.ep is not None else "-"
-        self.router.metrics.requests[(self.model, url, status)] += 1
+        self.router.metrics.requests.inc((self.model, url, status))
 
     def _refuse(self, err: VfleetError) -> None:
         self.router.metrics.requests[(self.model, "-", err.status)] += 1
         self._counted()
+        self._settle(err.status)
         self._finish()
+        self._trace(err.status, err.type)
         self.conn.on_close = None
         self.conn.respond(err.status, self.style.render(err))

@@ -22,6 +22,9 @@ from typing import Any
 MODELS_ANNOTATION = "vfleet.io/models"  # comma-separated served names; any characters
 PORT_ANNOTATION = "vfleet.io/port"  # the engine's port, when it is not the `http` container port
 PORT_NAME = "http"  # a container port with this name is the engine's port
+# The port of the engine's KV-cache event publisher (vLLM --kv-events-config, bound on all
+# addresses): the router subscribes to tcp://POD_IP:PORT. No annotation: no events.
+KV_EVENTS_ANNOTATION = "vfleet.io/kv-events-port"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,7 @@ class PodEndpoint:
     name: str  # namespace/name, for logs
     url: str  # http://podIP:port
     models: tuple[str, ...]  # empty: learn them from the engine's /v1/models
+    kv_events: str | None = None  # tcp://podIP:port of its KV-event publisher, if it has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,13 @@ def pod_models(pod: Mapping[str, Any], label: str) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) and value else ()
 
 
+def pod_kv_events(pod: Mapping[str, Any], host: str) -> str | None:
+    """tcp://HOST:PORT from the `vfleet.io/kv-events-port` annotation; None without a valid one."""
+    annotations = _dict(_dict(pod.get("metadata")).get("annotations"))
+    port = _valid_port(annotations.get(KV_EVENTS_ANNOTATION))
+    return None if port is None else f"tcp://{host}:{port}"
+
+
 def _host(ip: str) -> str:
     try:
         return f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
@@ -140,6 +151,7 @@ def pod_endpoint(pod: Mapping[str, Any], rules: PodRules) -> PodEndpoint | None:
         name=f"{meta.get('namespace', '')}/{meta.get('name', '')}",
         url=f"http://{_host(ip)}:{pod_port(pod, rules.port)}",
         models=pod_models(pod, rules.model_label),
+        kv_events=pod_kv_events(pod, _host(ip)),
     )
 
 

@@ -2,7 +2,8 @@
 
 `GET /v1/responses/{id}` goes to every candidate engine at once, at most LOOKUP_CONCURRENCY
 requests in flight per router process, the whole lookup bounded by LOOKUP_TIMEOUT_S; the first
-engine to answer 200 holds it, and the answer is remembered in the process's `Owners`. Lookups of
+engine to answer 200 holds it, and the answer (with the stored response's `model`, which a key's
+allowlist is checked against) is remembered in the process's `Owners`. Lookups of
 one id at the same moment share one round of questions.
 """
 
@@ -13,6 +14,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import quote
+
+import orjson
 
 from vfleet.http import client
 from vfleet.router.affinity import Owners
@@ -54,9 +57,10 @@ class Locator:
         try:
             async with asyncio.timeout(self.timeout_s):
                 for next_answer in asyncio.as_completed(asks):
-                    url = await next_answer
-                    if url is not None:
-                        self.owners.learn(rid, url)
+                    found = await next_answer
+                    if found is not None:
+                        url, model = found
+                        self.owners.learn(rid, url, model)
                         return url
         except TimeoutError:
             pass
@@ -67,10 +71,18 @@ class Locator:
                 await asyncio.gather(*asks, return_exceptions=True)
         return None
 
-    async def _ask(self, url: str, path: str, auth: bytes) -> str | None:
+    async def _ask(self, url: str, path: str, auth: bytes) -> tuple[str, str] | None:
+        """(url, the stored response's model, "" if it names none) when `url` holds it."""
         async with self._sem:
             try:
                 got = await self._get(url, path, self.timeout_s, auth, LOOKUP_MAX_BODY)
             except (OSError, ValueError):
                 return None
-        return url if got.status == 200 else None
+        if got.status != 200:
+            return None
+        try:
+            body = orjson.loads(got.body)
+        except orjson.JSONDecodeError:
+            return url, ""
+        model = body.get("model") if isinstance(body, dict) else None
+        return url, model if isinstance(model, str) else ""

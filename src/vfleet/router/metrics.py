@@ -15,6 +15,8 @@ from typing import Final
 from vfleet.prom import fmt, labels
 from vfleet.router.demand import DemandTable
 from vfleet.router.endpoints import Registry
+from vfleet.router.kvindex import KvIndex
+from vfleet.router.policies import KvDecision
 from vfleet.router.sharedmetrics import (
     ENDPOINT_GRACE_S,
     HistogramFamily,
@@ -72,6 +74,13 @@ ACTIVATIONS: Final = 7
 HOLD_TIMEOUTS: Final = 8
 HOLD_REJECTED: Final = 9
 HOLD_SECONDS: Final = 10
+KEY_TOKENS: Final = 11  # per API key (its name, never the secret): router.tenants
+KV_DECISIONS: Final = 12  # the kv policy's decisions, by model and reason
+KV_TOKENS: Final = 13  # prompt tokens it routed, and those it expected the engine to hold
+# Replicas an autoscaler wants, by (model, source); written only by the KEDA scaler's own row.
+AUTOSCALER_DESIRED: Final = 14
+ROUTING_DECISIONS: Final = 15  # endpoint choices, by (model, policy, reason)
+KEY_REQUESTS: Final = 16  # per API key name, model and the status the client got: router.tenants
 # Values per series; negative for a histogram: its buckets (with +Inf) and its sum.
 WIDTHS: Final[dict[int, int]] = {
     REQUESTS: 1,
@@ -84,24 +93,74 @@ WIDTHS: Final[dict[int, int]] = {
     HOLD_TIMEOUTS: 1,
     HOLD_REJECTED: 1,
     HOLD_SECONDS: -(len(HOLD_BUCKETS) + 2),
+    KEY_TOKENS: 1,
+    KV_DECISIONS: 1,
+    KV_TOKENS: 1,
+    AUTOSCALER_DESIRED: 1,
+    ROUTING_DECISIONS: 1,
+    KEY_REQUESTS: 1,
 }
-NO_ENDPOINT: Final = "-"  # the endpoint label of requests the router answered itself
+NO_ENDPOINT: Final = "-"  # the upstream label of requests the router answered itself
+# The label naming an engine (its URL). Not `endpoint`: the Prometheus Operator gives every
+# target an `endpoint` label (the port name), which would rename ours `exported_endpoint`; not
+# `engine`: vLLM labels its own series with that (the engine index of a data-parallel server).
+UPSTREAM: Final = "upstream"
 
 
 def _request_labels(key: tuple[str, str, int]) -> str:
-    return labels({"model": key[0], "endpoint": key[1], "status": str(key[2])})[1:-1]
+    return labels({"model": key[0], UPSTREAM: key[1], "status": str(key[2])})[1:-1]
 
 
 def _request_endpoint(key: tuple[str, str, int]) -> str:
     return "" if key[1] == NO_ENDPOINT else key[1]
 
 
+def _key_token_labels(key: tuple[str, str, str]) -> str:
+    return labels({"key": key[0], "model": key[1], "kind": key[2]})[1:-1]
+
+
+def _key_request_labels(key: tuple[str, str, int]) -> str:
+    return labels({"key": key[0], "model": key[1], "code": str(key[2])})[1:-1]
+
+
 def _model_labels(model: str) -> str:
     return labels({"model": model})[1:-1]
 
 
+def _kv_decision_labels(key: tuple[str, str]) -> str:
+    return labels({"model": key[0], "reason": key[1]})[1:-1]
+
+
+def _kv_token_labels(key: tuple[str, str]) -> str:
+    return labels({"model": key[0], "kind": key[1]})[1:-1]
+
+
 def _reason_labels(reason: str) -> str:
     return labels({"reason": reason})[1:-1]
+
+
+def _desired_labels(key: tuple[str, str]) -> str:
+    return labels({"model": key[0], "source": key[1]})[1:-1]
+
+
+def _decision_labels(key: tuple[str, str, str]) -> str:
+    return labels({"model": key[0], "policy": key[1], "reason": key[2]})[1:-1]
+
+
+class ScalerMetrics:
+    """What the KEDA external scaler records: the replicas its last answer implies per model.
+
+    It writes a row of its own in the shared table (the scaler runs in the parent process, or
+    beside the only worker), so the scrape, on any worker, shows its values as they are."""
+
+    def __init__(self, row: MetricsRow) -> None:
+        self.desired: SharedCounter[tuple[str, str]] = SharedCounter(
+            row, AUTOSCALER_DESIRED, _desired_labels
+        )
+
+    def set_desired(self, models: Collection[str], replicas: int) -> None:
+        for model in models:
+            self.desired[(model, "keda")] = replicas
 
 
 class RouterMetrics:
@@ -131,6 +190,28 @@ class RouterMetrics:
         self.hold_rejected: SharedCounter[str] = SharedCounter(row, HOLD_REJECTED, _model_labels)
         # The activator, per model: seconds requests were held (released or expired).
         self.hold_seconds = HistogramFamily(row, HOLD_SECONDS, HOLD_BUCKETS, "model")
+        # Tokens used per (key name, model, prompt|completion), from the engines' usage.
+        self.key_tokens: SharedCounter[tuple[str, str, str]] = SharedCounter(
+            row, KEY_TOKENS, _key_token_labels
+        )
+        # Requests per (key name, model or "-", status the client got): router.tenants.
+        self.key_requests: SharedCounter[tuple[str, str, int]] = SharedCounter(
+            row, KEY_REQUESTS, _key_request_labels
+        )
+        # The kv policy: decisions by (model, reason); tokens by (model, prompt|predicted_hit).
+        self.kv_decisions: SharedCounter[tuple[str, str]] = SharedCounter(
+            row, KV_DECISIONS, _kv_decision_labels
+        )
+        self.kv_tokens: SharedCounter[tuple[str, str]] = SharedCounter(
+            row, KV_TOKENS, _kv_token_labels
+        )
+        # Every endpoint choice, by (model, policy, reason): router.proxy counts it.
+        self.routing_decisions: SharedCounter[tuple[str, str, str]] = SharedCounter(
+            row, ROUTING_DECISIONS, _decision_labels
+        )
+        # The replicas `vfleet up`'s autoscaler wants per served name, as this worker last read
+        # them from the file the supervisor writes (router.autoscaled); every worker reads it.
+        self.local_desired: dict[str, int] = {}
         self.ttft = self._plain(TTFT)
         self.duration = self._plain(DURATION)
         self.itl = self._plain(ITL)
@@ -141,6 +222,15 @@ class RouterMetrics:
             raise RuntimeError("metrics table row full at start")
         return hist
 
+    def kv_decision(self, decision: KvDecision) -> None:
+        """Count one decision of the kv policy (its observer)."""
+        model = decision.model
+        self.kv_decisions[(model, decision.reason.value)] += 1
+        if decision.prompt_tokens:
+            self.kv_tokens.inc((model, "prompt"), decision.prompt_tokens)
+        if decision.cached_tokens:
+            self.kv_tokens.inc((model, "predicted_hit"), decision.cached_tokens)
+
     def observe_hold(self, model: str, seconds: float) -> None:
         self.hold_seconds.observe(model, seconds)
 
@@ -148,19 +238,36 @@ class RouterMetrics:
         """Retire series of endpoints gone for the grace period (see router.sharedmetrics)."""
         self.row.sweep(listed, now)
 
-    def render(self, registry: Registry, held: Mapping[str, int] | None = None) -> bytes:
+    def render(
+        self,
+        registry: Registry,
+        held: Mapping[str, int] | None = None,
+        kv: KvIndex | None = None,
+    ) -> bytes:
         """The exposition text; `held`: requests held now per model (the activator's gauge,
         replaced by the sum over workers when the demand table is known)."""
         sums = self.row.table.collect(WIDTHS)
         out: list[str] = []
         _counter(
-            out, "requests_total", "Requests answered, by model, endpoint, status.", sums[REQUESTS]
+            out,
+            "requests_total",
+            "Requests answered, by model, upstream (engine), status.",
+            sums[REQUESTS],
         )
         _counter(out, "retries_total", "Requests retried on another endpoint.", sums[RETRIES])
         _counter(
             out, "rejected_total", "Requests refused by the router, by reason.", sums[REJECTED]
         )
         self._render_endpoints(out, registry)
+        out += [
+            "# HELP vfleet_router_kv_blocks KV blocks the engine holds, as this router process "
+            "learned from its KV events (the kv policy).\n",
+            "# TYPE vfleet_router_kv_blocks gauge\n",
+        ]
+        known = [u for u in sorted(registry.endpoints) if kv.seq(u) >= 0] if kv is not None else []
+        for url in known:
+            n = kv.blocks_of(url) if kv is not None else 0
+            out.append(f"vfleet_router_kv_blocks{labels({UPSTREAM: url})} {fmt(n)}\n")
         for name, fid, what in (
             ("time_to_first_byte_seconds", TTFT, "Router-seen time to the first body byte."),
             ("request_duration_seconds", DURATION, "Router-seen request duration."),
@@ -168,6 +275,39 @@ class RouterMetrics:
         ):
             _histogram(out, name, what, LATENCY_BUCKETS, sums[fid])
         self._render_holds(out, sums, held or {})
+        _counter(
+            out,
+            "key_tokens_total",
+            "Tokens used per API key name, model and kind (prompt, completion).",
+            sums[KEY_TOKENS],
+        )
+        _counter(
+            out,
+            "key_requests_total",
+            "Requests per API key name, model (- when refused before the body was read) and "
+            "the status code the client got.",
+            sums[KEY_REQUESTS],
+        )
+        _counter(
+            out,
+            "kv_decisions_total",
+            "Decisions of the kv policy, by model and reason.",
+            sums[KV_DECISIONS],
+        )
+        _counter(
+            out,
+            "kv_tokens_total",
+            "Prompt tokens the kv policy routed (kind prompt), and those it expected the chosen "
+            "engine to hold (kind predicted_hit).",
+            sums[KV_TOKENS],
+        )
+        _counter(
+            out,
+            "routing_decisions_total",
+            "Endpoint choices, by model, policy and reason (picked, retry, none).",
+            sums[ROUTING_DECISIONS],
+        )
+        self._render_replicas(out, registry, sums[AUTOSCALER_DESIRED], held or {})
         _counter(
             out,
             "metrics_dropped_total",
@@ -217,7 +357,39 @@ class RouterMetrics:
                 f"# TYPE vfleet_router_{name} gauge\n",
             ]
             for ep, v in zip(eps, values, strict=True):
-                out.append(f"vfleet_router_{name}{labels({'endpoint': ep.url})} {fmt(v)}\n")
+                out.append(f"vfleet_router_{name}{labels({UPSTREAM: ep.url})} {fmt(v)}\n")
+
+    def _render_replicas(
+        self,
+        out: list[str],
+        registry: Registry,
+        keda: Mapping[str, list[float]],
+        known: Collection[str],
+    ) -> None:
+        """Desired replicas (the autoscalers') against ready ones (what this router sees);
+        `known`: models to list at 0 ready too (configured, held, scaled to zero)."""
+        desired = dict(keda)
+        for model, n in self.local_desired.items():
+            desired[_desired_labels((model, "local"))] = [float(n)]
+        out += [
+            "# HELP vfleet_router_autoscaler_desired_replicas Replicas an autoscaler wants per "
+            "model: source local (vfleet up) or keda (the last metric answered to KEDA, over "
+            "its target).\n",
+            "# TYPE vfleet_router_autoscaler_desired_replicas gauge\n",
+        ]
+        for lbl, vals in sorted(desired.items()):
+            out.append(f"vfleet_router_autoscaler_desired_replicas{{{lbl}}} {fmt(vals[0])}\n")
+        ready: dict[str, int] = dict.fromkeys([*self.local_desired, *known], 0)
+        for ep in registry.endpoints.values():
+            for model in ep.models:
+                ready[model] = ready.get(model, 0) + int(ep.healthy)
+        out += [
+            "# HELP vfleet_router_model_ready_replicas Endpoints serving the model that pass "
+            "health probes.\n",
+            "# TYPE vfleet_router_model_ready_replicas gauge\n",
+        ]
+        for model, n in sorted(ready.items()):
+            out.append(f"vfleet_router_model_ready_replicas{labels({'model': model})} {fmt(n)}\n")
 
     def _render_holds(
         self, out: list[str], sums: dict[int, dict[str, list[float]]], held: Mapping[str, int]

@@ -21,12 +21,14 @@ import hashlib
 import math
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol
 
-from vfleet.router.state import EndpointState, RouteKey
+from vfleet.router.kvindex import KvIndex, Predictions
+from vfleet.router.state import Chain, EndpointState, RouteKey
 
-POLICY_NAMES: Final[tuple[str, ...]] = ("round_robin", "least_load", "session", "prefix")
+POLICY_NAMES: Final[tuple[str, ...]] = ("round_robin", "least_load", "session", "prefix", "kv")
 
 # least_load score weights: a waiting request costs a future prefill and a slot, so it counts
 # double; the KV term only separates endpoints whose request counts are equal.
@@ -39,10 +41,19 @@ SESSION_BALANCE: Final = 1.25  # Mirrokni et al.'s c: capacity is ceil(c * avera
 PREFIX_INDEX_MAX: Final = 65536  # chunk hashes remembered by the prefix policy
 PREFIX_ABS_SLACK: Final = 4.0  # extra load an affine endpoint may carry over the least loaded...
 PREFIX_REL_SLACK: Final = 0.5  # ...or this fraction of the least loaded's load, if larger
+PREFIX_CHUNK_TOKENS: Final = 64.0  # tokens in one 256-character chunk (~4 characters a token)
+
+# The kv policy's cost model: prefill tokens one unit of `load_score` is worth (a request ahead
+# counts about two units: the router's in-flight count and the engine's running or waiting one),
+# and the overload bound past which an engine is not chosen whatever it caches.
+KV_QUEUE_TOKENS: Final = 128.0
+KV_ABS_SLACK: Final = 8.0
+KV_REL_SLACK: Final = 1.0
 
 _PREFIX_PERSON: Final = b"vfleet.prefix"  # blake2b personalisation: keeps the hash domains apart
 _RING_PERSON: Final = b"vfleet.ring"
 _SESSION_PERSON: Final = b"vfleet.session"
+_KV_PERSON: Final = b"vfleet.kvtie"
 
 
 class Field(enum.Enum):
@@ -50,6 +61,7 @@ class Field(enum.Enum):
 
     SESSION = "session"  # the session header or the body's `user`
     PREFIX = "prefix"  # hashes of the prompt's leading chunks
+    CHAIN = "chain"  # the prompt's KV blocks, tokenized as the engine does (router.kvchain)
 
 
 NO_FIELDS: Final[frozenset[Field]] = frozenset()
@@ -64,8 +76,9 @@ class Policy(Protocol):
     def choose(self, endpoints: Sequence[EndpointState], key: RouteKey) -> EndpointState | None: ...
 
 
-def make_policy(name: str) -> Policy:
-    """A fresh policy object for one of `POLICY_NAMES`; ValueError for any other name."""
+def make_policy(name: str, kv: KvIndex | None = None) -> Policy:
+    """A fresh policy object for one of `POLICY_NAMES`; ValueError for any other name. `kv`:
+    the KV-event index the `kv` policy reads (without one it routes as `prefix`)."""
     if name == "round_robin":
         return RoundRobin()
     if name == "least_load":
@@ -74,6 +87,8 @@ def make_policy(name: str) -> Policy:
         return SessionAffinity()
     if name == "prefix":
         return PrefixAffinity()
+    if name == "kv":
+        return KvAffinity(kv)
     raise ValueError(f"unknown routing policy {name!r}; valid: {', '.join(POLICY_NAMES)}")
 
 
@@ -261,10 +276,13 @@ class PrefixAffinity:
     `key.prefix` holds chained chunk hashes (`prefix_hashes`), so the deepest hash the index knows
     identifies the longest prefix some endpoint has recently served, and probably still caches.
     That endpoint is chosen unless its `load_score` exceeds the least loaded endpoint's by more
-    than `max(abs_slack, rel_slack * least)`; then, as with no prefix or no match, `LeastLoad`
-    chooses. The slack is what stops one prompt shared by every request (a common system
-    prompt) from pinning all traffic to one replica: once its replica is that far ahead, the
-    prefix moves to the least loaded one, and so on around the fleet.
+    than `max(abs_slack, saved / queue_tokens, rel_slack * least)`; then, as with no prefix or
+    no match, `LeastLoad` chooses. The middle term is the kv policy's cost model: the prefill
+    the match saves (`chunk_tokens` per matched chunk, at most 16 chunks: up to 8 units of load
+    at the defaults) against the queue it adds, so a long shared prefix is not given away for a
+    small imbalance. The slack is what stops one prompt shared by every request (a common
+    system prompt) from pinning all traffic to one replica: once its replica is that far ahead,
+    the prefix moves to the least loaded one, and so on around the fleet.
 
     The index maps chunk hash -> url of the endpoint that last served it; every chosen request
     records all its hashes. It is an LRU capped at `max_entries`, and it is this router
@@ -279,12 +297,16 @@ class PrefixAffinity:
         max_entries: int = PREFIX_INDEX_MAX,
         abs_slack: float = PREFIX_ABS_SLACK,
         rel_slack: float = PREFIX_REL_SLACK,
+        queue_tokens: float = KV_QUEUE_TOKENS,
+        chunk_tokens: float = PREFIX_CHUNK_TOKENS,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self.abs_slack = abs_slack
         self.rel_slack = rel_slack
+        self.queue_tokens = queue_tokens
+        self.chunk_tokens = chunk_tokens
         self._fallback = LeastLoad()
         # Insertion order is recency: the first key is the least recently served.
         self._index: OrderedDict[int, str] = OrderedDict()
@@ -312,14 +334,19 @@ class PrefixAffinity:
         if not prefix:
             return None
         by_url = {e.url: e for e in healthy}
-        for h in reversed(prefix):
-            url = self._index.get(h)
+        for matched in range(len(prefix), 0, -1):
+            url = self._index.get(prefix[matched - 1])
             match = None if url is None else by_url.get(url)
             if match is not None:
                 least = min(load_score(e) for e in healthy)
-                limit = least + max(self.abs_slack, self.rel_slack * least)
-                return match if load_score(match) <= limit else None
+                saved = matched * self.chunk_tokens
+                slack = max(self.abs_slack, saved / self.queue_tokens, self.rel_slack * least)
+                return match if load_score(match) <= least + slack else None
         return None
+
+    def learn(self, prefix: tuple[int, ...], url: str) -> None:
+        """Record that `prefix` was sent to `url` (another policy's decision)."""
+        self._record(prefix, url)
 
     def _record(self, prefix: tuple[int, ...], url: str) -> None:
         index = self._index
@@ -333,3 +360,164 @@ class PrefixAffinity:
 def _hash64(data: bytes, person: bytes) -> int:
     """Stable 64-bit hash (blake2b), the same in every process, unlike the salted `hash()`."""
     return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=person).digest(), "big")
+
+
+# -- kv -------------------------------------------------------------------------------------------
+
+
+class Reason(enum.Enum):
+    """Why the kv policy chose what it chose (router metrics count decisions by reason)."""
+
+    HIT = "hit"  # the engine the events say holds the longest prefix
+    PREDICTED = "predicted"  # one this router just sent the same prefix to (no events yet)
+    BALANCE = "balance"  # a less loaded engine: its queue costs less than the prefill saved
+    SHED = "shed"  # the cheapest engine is past the overload bound: the next best one
+    MISS = "miss"  # no engine holds any of the prompt: the least loaded
+    FALLBACK = "fallback"  # no KV blocks for the request or no events: the prefix policy
+
+
+@dataclass(frozen=True, slots=True)
+class KvDecision:
+    """One decision of the kv policy, for metrics."""
+
+    model: str
+    reason: Reason
+    cached_tokens: int  # prompt tokens the chosen engine is expected to hold
+    prompt_tokens: int
+
+
+class KvAffinity:
+    """Send a prompt where its KV blocks are, as the engines' own KV events report them.
+
+    `key.chain` holds the router's hashes of the prompt's full blocks; the index
+    (`router.kvindex`) says how many leading blocks each engine holds, and this policy's own
+    short-lived predictions add what it has just sent elsewhere (a burst of one new prefix sticks
+    to one engine before its events arrive). Each engine's cost is the work ahead of the
+    request's first token there, in prefill tokens: the prompt tokens it does not hold plus
+    `queue_tokens` per unit of its `load_score`. The cheapest engine wins among those within the
+    overload bound (`load_score` at most `least + max(abs_slack, rel_slack * least)`), so a
+    prefix every request shares spreads once its engine is that far ahead instead of collapsing
+    onto it, and the policy degrades like `prefix` past saturation. Equal costs are broken by a
+    hash of the prompt's first block and the url, so router processes agree and different
+    prefixes spread.
+
+    Without a chain (no tokenizer, not a text prompt) or when no engine of the request has its
+    events followed, the request goes to `PrefixAffinity`, which learns from every request.
+    `observe`, when given, is told every decision (metrics; it must not do I/O).
+    """
+
+    name: str = "kv"
+    needs: frozenset[Field] = frozenset({Field.PREFIX, Field.CHAIN})
+
+    def __init__(
+        self,
+        index: KvIndex | None = None,
+        queue_tokens: float = KV_QUEUE_TOKENS,
+        abs_slack: float = KV_ABS_SLACK,
+        rel_slack: float = KV_REL_SLACK,
+        predictions: Predictions | None = None,
+    ) -> None:
+        self.index = index
+        self.queue_tokens = queue_tokens
+        self.abs_slack = abs_slack
+        self.rel_slack = rel_slack
+        self.predictions = predictions if predictions is not None else Predictions()
+        self.observe: Callable[[KvDecision], None] | None = None
+        self._prefix = PrefixAffinity()
+
+    def choose(self, endpoints: Sequence[EndpointState], key: RouteKey) -> EndpointState | None:
+        # Not sorted by url (as `_healthy` does): no decision here depends on the order (equal
+        # costs go by `_tiebreak`), and sorting 64 endpoints is a tenth of a decision's time.
+        healthy = [e for e in endpoints if e.healthy]
+        if not healthy:
+            return None
+        chain = key.chain
+        index = self.index
+        if chain is None or not chain.blocks or index is None:
+            return self._fallback(healthy, key)
+        urls = {e.url for e in healthy}
+        held = index.match(chain.blocks, urls)
+        if not held and not any(index.tracks(u) for u in urls):
+            return self._fallback(healthy, key)  # none of them sends events
+        guessed = self.predictions.match(chain.blocks, urls, key.now)
+        chosen, reason, cached = self._decide(healthy, chain, held, guessed)
+        self.predictions.record(chain.blocks, chosen.url, key.now)
+        self._prefix.learn(key.prefix, chosen.url)  # for when the events stop
+        if self.observe is not None:
+            self.observe(KvDecision(key.model, reason, cached, chain.tokens))
+        return chosen
+
+    def _decide(
+        self,
+        healthy: list[EndpointState],
+        chain: Chain,
+        held: dict[str, int],
+        guessed: dict[str, int],
+    ) -> tuple[EndpointState, Reason, int]:
+        size, tokens = chain.block_size, chain.tokens
+        queue = self.queue_tokens
+        # load_score, inlined: a call per endpoint costs more than the sum
+        loads = [
+            e.inflight + e.running + WAITING_WEIGHT * e.waiting + KV_WEIGHT * e.kv_usage
+            for e in healthy
+        ]
+        least = min(loads)
+        limit = least + max(self.abs_slack, self.rel_slack * least)
+        costs = [tokens + queue * load for load in loads]  # as if nothing were cached...
+        depth = dict(held)
+        for url, d in guessed.items():
+            if d > depth.get(url, 0):
+                depth[url] = d
+        if depth:  # ...then what each engine holds is taken off (few engines hold a prefix)
+            for i, e in enumerate(healthy):
+                d = depth.get(e.url, 0)
+                if d:
+                    costs[i] -= min(tokens, d * size)
+        # The least loaded engine is always within the limit, so `allowed` is never empty.
+        allowed = [c for c, load in zip(costs, loads, strict=True) if load <= limit]
+        chosen = self._cheapest(healthy, costs, min(allowed), loads, limit, chain.blocks[0])
+        d = depth.get(chosen.url, 0)
+        cached = min(tokens, d * size)
+        if min(costs) < min(allowed):
+            reason = Reason.SHED
+        elif d == 0:
+            reason = Reason.MISS if not depth else Reason.BALANCE
+        elif d < max(depth.values()):
+            reason = Reason.BALANCE
+        elif held.get(chosen.url, 0) < d:
+            reason = Reason.PREDICTED
+        else:
+            reason = Reason.HIT
+        return chosen, reason, cached
+
+    @staticmethod
+    def _cheapest(
+        healthy: list[EndpointState],
+        costs: list[float],
+        best: float,
+        loads: list[float],
+        limit: float,
+        seed: int,
+    ) -> EndpointState:
+        """The allowed engine of cost `best`; ties broken by `_tiebreak` (hashed only then)."""
+        tied = [
+            e
+            for e, c, load in zip(healthy, costs, loads, strict=True)
+            if c == best and load <= limit
+        ]
+        if len(tied) == 1:
+            return tied[0]
+        return min(tied, key=lambda e: _tiebreak(seed, e.url))
+
+    def _fallback(self, healthy: list[EndpointState], key: RouteKey) -> EndpointState | None:
+        chosen = self._prefix.choose(healthy, key)
+        if self.observe is not None:
+            tokens = key.chain.tokens if key.chain is not None else 0
+            self.observe(KvDecision(key.model, Reason.FALLBACK, 0, tokens))
+        return chosen
+
+
+def _tiebreak(seed: int, url: str) -> int:
+    """Rendezvous hash of a prompt's first block and an engine: equal costs go to the engine
+    with the lowest, the same one in every router process."""
+    return _hash64(seed.to_bytes(8, "big") + url.encode("utf-8", "surrogatepass"), _KV_PERSON)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -43,11 +43,11 @@ from vfleet.router.demand import HELD, DemandRow
 from vfleet.router.endpoints import Endpoint, Registry
 from vfleet.router.forward import RETRY_FULL, Forward, Limits
 from vfleet.router.inbound import estimated_tokens, read_body, route_key
+from vfleet.router.kvroute import KvRouting
 from vfleet.router.locator import Locator
 from vfleet.router.metrics import RouterMetrics
-from vfleet.router.policies import Policy
+from vfleet.router.policies import Field, Policy
 from vfleet.router.polls import Polls
-from vfleet.router.ratelimit import RateLimiter
 from vfleet.router.routes import (
     DEMAND,
     HEALTH,
@@ -65,7 +65,10 @@ from vfleet.router.routes import (
     match_param,
 )
 from vfleet.router.state import RouteKey
+from vfleet.router.tenants import NO_MODEL, Tenancy, Tenant
+from vfleet.router.tracing import REPLACED, REPLACED_ROOT, Span, Tracer
 from vfleet.router.upstream import UpstreamPool
+from vfleet.router.usage import Meter, ask_usage
 
 __all__ = ["Limits", "Router", "respond_error"]
 
@@ -106,8 +109,10 @@ class Router:
     model_limits: dict[str, Limits] = field(default_factory=dict)  # per-model overrides
     api_keys: tuple[bytes, ...] = ()
     backend_auth: bytes = b""  # an Authorization header line for engines, when they need one
-    rate_limit: RateLimiter | None = None  # requests per API key (one shared bucket without keys)
-    token_limit: RateLimiter | None = None  # tokens per API key, estimated before forwarding
+    # Per-key identity, model allowlists, request and token budgets shared by every worker, and
+    # per-key usage (router.tenants); None (no tenants file, no limits): none of it is looked at.
+    tenancy: Tenancy | None = None
+    keyed: bool = False  # clients must send a key (plain keys or a tenants file)
     # Served names this router answers for even while no engine serves them (scaled to zero or
     # starting): their requests are held (not 404) and counted as demand, what wakes the model.
     known_models: frozenset[str] = frozenset()
@@ -117,9 +122,12 @@ class Router:
     owners: Owners = field(default_factory=Owners)  # response id -> engine, learned here
     locator: Locator | None = None  # asks engines for a response id, made on first use
     drop_headers: frozenset[bytes] = DROP_REQUEST_HEADERS  # request headers engines never see
+    kv: KvRouting | None = None  # KV events and request chains, when a kv policy is configured
+    tracer: Tracer | None = None  # OTLP spans of proxied requests (router.tracing); None: off
 
     def __post_init__(self) -> None:
-        if self.api_keys:
+        self.keyed = bool(self.api_keys) or (self.tenancy is not None and self.tenancy.keyed)
+        if self.keyed:
             self.drop_headers = DROP_WITH_KEYS
 
     def handle(self, req: Request, conn: Connection) -> None:
@@ -134,7 +142,13 @@ class Router:
             self._open(route, req, conn)
             return
         style = OPENAI if route is None else route.style
-        if self.api_keys and auth.verify_request(req.headers, self.api_keys) is None:
+        tenant: Tenant | None = None
+        if self.tenancy is not None:
+            tenant = self.tenancy.identify(req.headers)
+            known = tenant is not None
+        else:
+            known = not self.api_keys or auth.verify_request(req.headers, self.api_keys) is not None
+        if not known:
             self.metrics.rejected["auth"] += 1
             respond_error(conn, Unauthorized("Invalid API key."), style=style)
             return
@@ -159,22 +173,26 @@ class Router:
             return
         kind = route.kind
         if kind >= RELAY:  # to an engine
-            if self.rate_limit is not None and not self._admit(
-                req, conn, self.rate_limit, 1.0, "request", style
-            ):
-                return
+            if tenant is not None and self.tenancy is not None and tenant.requests is not None:
+                wait = self.tenancy.admit(tenant, time.monotonic())
+                if wait > 0.0:
+                    self.tenancy.refused(tenant, NO_MODEL, 429)  # its body is not read
+                    self._limited(conn, wait, "request", style)
+                    return
             try:
                 if kind == STORED:
-                    self._stored(req, conn, route, param)
+                    self._stored(req, conn, route, param, tenant)
                 else:
-                    self._forward(req, conn, route)
+                    self._forward(req, conn, route, tenant)
             except ClientError as err:
                 respond_error(conn, err, style=style)
         elif kind == MODELS:
             cards = self.registry.model_cards(int(time.time()))
+            if tenant is not None and tenant.models is not None:
+                cards = [c for c in cards if self._allowed(tenant, str(c.get("id")))]
             conn.respond(200, orjson.dumps({"object": "list", "data": cards}))
         else:
-            self._model_card(conn, param)
+            self._model_card(conn, param, tenant)
 
     def _open(self, route: Route, req: Request, conn: Connection) -> None:
         """/health, /ready, /metrics, /vfleet/demand: no client key (readiness probes carry
@@ -190,37 +208,32 @@ class Router:
         elif kind == READY:
             self._ready(conn)
         elif kind == METRICS:
-            text = self.metrics.render(self.registry, self._held_gauge())
+            kv = self.kv.index if self.kv is not None else None
+            text = self.metrics.render(self.registry, self._held_gauge(), kv)
             conn.respond(200, text, b"text/plain; version=0.0.4")
         else:
             self._demand(req, conn)
 
-    def _model_card(self, conn: Connection, model: str) -> None:
+    def _model_card(self, conn: Connection, model: str, tenant: Tenant | None = None) -> None:
         """GET /v1/models/{id}: the card /v1/models lists for `model` (an alias included)."""
-        for card in self.registry.model_cards(int(time.time())):
+        allowed = tenant is None or self._allowed(tenant, model)
+        for card in self.registry.model_cards(int(time.time())) if allowed else ():
             if card.get("id") == model:
                 conn.respond(200, orjson.dumps(card))
                 return
         respond_error(conn, ModelNotFound(f"The model `{model}` does not exist.", "model"))
 
-    def _admit(
-        self,
-        req: Request,
-        conn: Connection,
-        limiter: RateLimiter,
-        cost: float,
-        what: str,
-        style: ErrorStyle = OPENAI,
-    ) -> bool:
-        key = auth.request_limit_key(req.headers, self.api_keys)
-        wait = limiter.take(key, time.monotonic(), cost)
-        if wait <= 0.0:
-            return True
+    def _allowed(self, tenant: Tenant, model: str) -> bool:
+        """Whether a key's allowlist (if any) names `model` or the model an alias names."""
+        allow = tenant.models
+        return allow is None or model in allow or self.registry.resolve(model) in allow
+
+    def _limited(self, conn: Connection, wait: float, what: str, style: ErrorStyle) -> None:
+        """429 + Retry-After: a key's request or token budget is spent for now."""
         self.metrics.rejected[f"{what}_limit"] += 1
         retry = b"retry-after: %d\r\n" % max(1, math.ceil(wait))
         err = RateLimited(f"{what.capitalize()} rate limit reached for this API key.")
         respond_error(conn, err, retry, style)
-        return False
 
     def _ready(self, conn: Connection) -> None:
         models = self.registry.model_names()
@@ -231,7 +244,9 @@ class Router:
 
     # -- forwarding -------------------------------------------------------------------------
 
-    def _forward(self, req: Request, conn: Connection, route: Route) -> None:
+    def _forward(
+        self, req: Request, conn: Connection, route: Route, tenant: Tenant | None = None
+    ) -> None:
         """Read what routing needs and start the request (ClientError: answered by `handle`)."""
         model, fields = read_body(req)
         if model is None:
@@ -239,19 +254,54 @@ class Router:
             if len(names) != 1:
                 raise BadRequest("The request names no model.", "model")
             model = names[0]
-        if self.token_limit is not None and not self._admit(
-            req, conn, self.token_limit, estimated_tokens(fields), "token", route.style
-        ):
-            return
         body = req.body
         target = self.registry.resolve(model)
-        if target != model and fields:
-            body = orjson.dumps({**fields, "model": target})
+        if tenant is not None and not self._allowed(tenant, model):
+            if self.tenancy is not None:
+                self.tenancy.refused(tenant, NO_MODEL, 404)  # not the client's name: bounded
+            # Answered as for a model that does not exist: a key learns nothing of the others'.
+            raise ModelNotFound(f"The model `{model}` does not exist.", "model")
         if target not in self.known_models and not self.registry.serving(target):
             raise ModelNotFound(f"The model `{model}` does not exist.", "model")
-        key = route_key(self.policy_for(target), target, req, fields)
-        head = self._request_head(req, route.upstream or req.path, len(body))
+        path = route.upstream or req.path
+        meter = None
+        if tenant is not None and self.tenancy is not None:
+            asked = ask_usage(path, fields)  # a stream's usage, when the client did not ask
+            metered = self._meter(self.tenancy, tenant, target, req, fields, asked is not None)
+            if not isinstance(metered, Meter):
+                self.tenancy.refused(tenant, target, 429)
+                self._limited(conn, metered, "token", route.style)  # over its token budget
+                return
+            meter = metered
+            if asked is not None:
+                fields = asked
+        if (target != model or (meter is not None and meter.strip)) and fields:
+            body = orjson.dumps({**fields, "model": target})
+        policy = self.policy_for(target)
+        key = route_key(policy, target, req, fields)
+        span = None
+        if self.tracer is not None:
+            span = self.tracer.begin(req.headers, req.method, req.path)
+        head = self._request_head(req, path, len(body), span)
         fwd = Forward(self, conn, target, key, head + body, time.monotonic(), route.style)
+        fwd.span = span
+        if meter is not None:
+            fwd.meter = meter
+            # A client that leaves before its request starts (while its engine is looked up)
+            # gets its reservation back; start() and hold() set their own handlers.
+            conn.on_close = fwd.left_while_held
+        if self.kv is not None and Field.CHAIN in policy.needs:
+            # The prompt's KV blocks: at once when cached, else after a pool thread (bounded).
+            def then(key: RouteKey) -> None:
+                fwd.key = key
+                self._route(req, fwd, route, fields)
+
+            self.kv.prepare(key, fields, self.registry.serving(target), then)
+            return
+        self._route(req, fwd, route, fields)
+
+    def _route(self, req: Request, fwd: Forward, route: Route, fields: dict[str, Any]) -> None:
+        """Send a request whose routing key is complete (or follow its stored response)."""
         if route.kind == RESPONSES:
             fwd.learn = self.owners  # the answer's id is learned: what follows it comes back here
             previous = fields.get("previous_response_id")
@@ -259,6 +309,26 @@ class Router:
                 self._follow(req, fwd, previous)
                 return
         self._dispatch(fwd)
+
+    def _meter(
+        self,
+        tenancy: Tenancy,
+        tenant: Tenant,
+        model: str,
+        req: Request,
+        fields: dict[str, Any],
+        strip: bool,
+    ) -> Meter | float:
+        """The request's meter, its estimated tokens reserved against the key's token budget;
+        when they do not fit, the seconds until they would."""
+        reserved = 0
+        if tenant.metered:
+            reserved = int(estimated_tokens(fields))
+            wait = tenancy.reserve(tenant, reserved, time.monotonic())
+            if wait > 0.0:
+                return wait
+        # The prompt's size, should the answer not report it: the body at four bytes a token.
+        return Meter(tenancy, tenant, model, reserved, len(req.body) // 4, strip)
 
     def _dispatch(self, fwd: Forward) -> None:
         if fwd.model in self.activator.queues:
@@ -291,17 +361,21 @@ class Router:
 
         self._locate(req, fwd.conn, rid, urls, found)
 
-    def _stored(self, req: Request, conn: Connection, route: Route, rid: str) -> None:
+    def _stored(
+        self, req: Request, conn: Connection, route: Route, rid: str, tenant: Tenant | None = None
+    ) -> None:
         """GET/DELETE /v1/responses/{id} (and its cancel): to the engine that has the response;
-        404 when none says it has."""
+        404 when none says it has, or when its model is not on the key's allowlist (the same
+        answer: a key learns nothing of the others' responses)."""
 
         def relay(url: str | None) -> None:
             ep = self.registry.endpoints.get(url) if url is not None else None
-            if ep is None or not ep.models:
+            made_by = self.owners.model(rid)  # learned from its answer, or the engine's GET
+            if ep is None or not ep.models or not self._may_see(tenant, made_by, ep.models):
                 err = NotFound(f"No engine has a stored response `{rid}`.", "response_id")
                 respond_error(conn, err, style=route.style)
                 return
-            model = ep.models[0]  # for the books: the request names none
+            model = made_by or ep.models[0]  # for the books: the request names none
             head = self._request_head(req, req.path, len(req.body))
             data = head + req.body
             fwd = Forward(self, conn, model, RouteKey(model), data, time.monotonic(), route.style)
@@ -317,6 +391,15 @@ class Router:
             relay(None)
             return
         self._locate(req, conn, rid, urls, relay)
+
+    def _may_see(self, tenant: Tenant | None, model: str, serves: Sequence[str]) -> bool:
+        """Whether a key may read or delete a stored response made by `model`; when the model
+        is not known (the engine's answer named none), by the models its engine serves."""
+        if tenant is None or tenant.models is None:
+            return True
+        if model:
+            return self._allowed(tenant, model)
+        return any(self._allowed(tenant, m) for m in serves)
 
     def _locate(
         self,
@@ -347,14 +430,20 @@ class Router:
         checks no keys itself, the client's own."""
         if self.backend_auth:
             return self.backend_auth
-        if not self.api_keys and b"authorization" in req.headers:
+        if not self.keyed and b"authorization" in req.headers:
             return b"authorization: %s\r\n" % req.headers[b"authorization"]
         return b""
 
-    def _request_head(self, req: Request, path: str, length: int) -> bytes:
+    def _request_head(
+        self, req: Request, path: str, length: int, span: Span | None = None
+    ) -> bytes:
         target = (path + ("?" + req.query if req.query else "")).encode()
         lines = [b"%s %s HTTP/1.1\r\nhost: vfleet-router\r\n" % (req.method.encode(), target)]
         drop = self.drop_headers
+        if span is not None:
+            # Traced: the engines get this request's span as their parent (router.tracing).
+            drop = drop | (REPLACED_ROOT if span.root else REPLACED)
+            lines.append(span.header)
         for name, value in req.headers.items():
             if name not in drop:
                 lines.append(b"%s: %s\r\n" % (name, value))
@@ -362,9 +451,13 @@ class Router:
         lines.append(b"content-length: %d\r\n\r\n" % length)
         return b"".join(lines)
 
-    def choose(self, key: RouteKey, exclude: set[str]) -> Endpoint | None:
-        eps = [ep for ep in self.registry.serving(key.model) if ep.url not in exclude]
-        picked = self.policy_for(key.model).choose([ep.snapshot() for ep in eps], key)
+    def choose(self, key: RouteKey, exclude: tuple[str, ...]) -> Endpoint | None:
+        eps = [ep.snapshot() for ep in self.registry.serving(key.model) if ep.url not in exclude]
+        policy = self.policy_for(key.model)
+        picked = policy.choose(eps, key)
+        # Counted here, not in the policies: they stay pure, and this is one increment.
+        reason = "none" if picked is None else "retry" if exclude else "picked"
+        self.metrics.routing_decisions.inc((key.model, policy.name, reason))
         if picked is None:
             return None
         return self.registry.endpoints.get(picked.url)

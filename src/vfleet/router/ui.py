@@ -28,7 +28,7 @@ import orjson
 
 from vfleet.errors import NotFound, error_json
 from vfleet.http.server import Connection, Handler, Request
-from vfleet.router.metrics import REJECTED, REQUESTS
+from vfleet.router.metrics import REJECTED, REQUESTS, UPSTREAM
 from vfleet.router.proxy import Router
 
 RATE_WINDOW_S = 10.0  # requests per second is averaged over about this many seconds
@@ -67,7 +67,7 @@ def request_counts(series: Mapping[str, list[float]]) -> dict[tuple[str, str, in
     out: dict[tuple[str, str, int], int] = {}
     for text, vals in series.items():
         lbl = parse_labels(text)
-        key = (lbl.get("model", ""), lbl.get("endpoint", ""), int(lbl.get("status", "0") or 0))
+        key = (lbl.get("model", ""), lbl.get(UPSTREAM, ""), int(lbl.get("status", "0") or 0))
         out[key] = out.get(key, 0) + int(vals[0])
     return out
 

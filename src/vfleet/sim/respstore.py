@@ -2,6 +2,12 @@
 (`VLLM_ENABLE_RESPONSES_API_STORE=1`): `POST /v1/responses`, `GET /v1/responses/{id}`,
 `POST /v1/responses/{id}/cancel`.
 
+Function tools (`tools: [{"type": "function", "name", "parameters"}]`): a named `tool_choice`
+or `required` makes the answer one `function_call` output item whose `arguments` is JSON that
+validates against the tool's parameters (vLLM constrains the output with the same grammar as in
+chat); with `auto`, the default, the model answers in text. Tools of other types are accepted
+and never called.
+
 A stored response keeps the conversation that led to it, so a request naming it as
 `previous_response_id` continues that conversation. vLLM's store grows without bound; this one
 keeps the `capacity` most recently used responses. Request parsing and bodies are pure; the
@@ -21,7 +27,13 @@ import orjson
 from vfleet.sim import api, rich, tokenizer
 from vfleet.sim.errors import ApiError, missing, wrong_type
 from vfleet.sim.scheduler import Sequence
-from vfleet.sim.structured import Extras, json_output
+from vfleet.sim.structured import (
+    Extras,
+    Forced,
+    json_output,
+    required_call,
+    tool_call_text,
+)
 
 Body = dict[str, Any]
 Message = dict[str, str]
@@ -169,7 +181,8 @@ def parse(body: Body, store: ResponseStore) -> ResponsesRequest:
         include_usage=False,
         continuous_usage=False,
     )
-    extras = _text_format(body)
+    forced = _tool_call(body)
+    extras = Extras(forced, None, False) if forced is not None else _text_format(body)
     g = api.GenerateRequest(model or None, (prompt,), sampling, True, True, extras)
     echo = {
         "instructions": instructions,
@@ -181,8 +194,81 @@ def parse(body: Body, store: ResponseStore) -> ResponsesRequest:
         "user": body.get("user"),
         "text": body.get("text"),
         "store": keep,
+        "tools": body.get("tools") or [],
+        "tool_choice": body.get("tool_choice", "auto"),
     }
     return ResponsesRequest(g, echo, tuple(history), keep, previous)
+
+
+def _function_tools(body: Body) -> dict[str, Any]:
+    """name -> parameters schema of each function tool, checked as the request model does."""
+    tools = body.get("tools")
+    if tools is None:
+        return {}
+    if not isinstance(tools, list):
+        raise wrong_type(("tools",), "list", tools)
+    out: dict[str, Any] = {}
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise wrong_type(("tools", i), "dictionary", tool)
+        if tool.get("type") != "function":
+            continue  # built-in tools (web search, ...): offered, never called here
+        name = tool.get("name")
+        if name is None:
+            raise missing(("tools", i, "name"), tool)
+        if not isinstance(name, str):
+            raise wrong_type(("tools", i, "name"), "string", name)
+        params = tool.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise wrong_type(("tools", i, "parameters"), "dictionary", params)
+        out[name] = params
+    return out
+
+
+def _tool_call(body: Body) -> Forced | None:
+    """The function call a named or `required` tool_choice forces (None: the model answers)."""
+    tools = _function_tools(body)
+    choice = body.get("tool_choice", "auto")
+    if choice is None or choice in ("auto", "none"):
+        return None
+    if choice == "required":
+        if not tools:
+            return None
+        first = next(iter(tools))
+        return required_call(first, tools[first])
+    if not isinstance(choice, dict):
+        raise wrong_type(("tool_choice",), "dictionary", choice)
+    name = choice.get("name")
+    if choice.get("type") != "function" or not isinstance(name, str):
+        return None  # a built-in tool's choice: nothing this engine calls
+    if name not in tools:
+        raise ApiError(
+            400,
+            "The tool specified in `tool_choice` does not match any of the specified `tools`",
+            "invalid_request_error",
+            "tool_choice",
+        )
+    return tool_call_text(name, tools[name])
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex}"
+
+
+def _calls(forced: Forced | None) -> bool:
+    """Whether the answer is a function call (else a message)."""
+    return forced is not None and forced.kind in rich.TOOL_KINDS
+
+
+def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> Body:
+    return {
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+        "type": "function_call",
+        "id": item_id,
+        "status": status,
+    }
 
 
 def _text_format(body: Body) -> Extras | None:
@@ -209,6 +295,19 @@ def answer(
     text = rich.seq_text(seq, forced)
     complete = seq.finish is not None and seq.finish.value == "stop"
     prompt, completion = len(seq.prompt), seq.n_out
+    status = "completed" if complete else "incomplete"
+    item: Body
+    if forced is not None and _calls(forced):
+        name = forced.name or ""
+        item = _call_item(f"fc_{uuid.uuid4().hex}", _call_id(), name, text, status)
+    else:
+        item = {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "content": [{"annotations": [], "text": text, "type": "output_text", "logprobs": None}],
+            "role": "assistant",
+            "status": status,
+            "type": "message",
+        }
     body = {
         "id": response_id,
         "created_at": int(time.time()),
@@ -217,21 +316,11 @@ def answer(
         "metadata": r.request["metadata"],
         "model": model,
         "object": "response",
-        "output": [
-            {
-                "id": f"msg_{uuid.uuid4().hex}",
-                "content": [
-                    {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
-                ],
-                "role": "assistant",
-                "status": "completed" if complete else "incomplete",
-                "type": "message",
-            }
-        ],
+        "output": [item],
         "parallel_tool_calls": True,
         "temperature": r.request["temperature"],
-        "tool_choice": "auto",
-        "tools": [],
+        "tool_choice": r.request["tool_choice"],
+        "tools": r.request["tools"],
         "top_p": r.request["top_p"],
         "background": False,
         "max_output_tokens": r.request["max_output_tokens"],
@@ -278,7 +367,9 @@ class ResponseStream:
         self.forced = r.g.extras.forced if r.g.extras is not None else None
         self.sent = 0
         self.seq_no = 0
-        self.item_id = f"msg_{uuid.uuid4().hex}"
+        self.call = _calls(self.forced)  # a function call's arguments stream, not text
+        self.item_id = f"fc_{uuid.uuid4().hex}" if self.call else f"msg_{uuid.uuid4().hex}"
+        self.call_id = _call_id()
         self.started = False
 
     def _ev(self, kind: str, data: dict[str, Any]) -> bytes:
@@ -301,25 +392,32 @@ class ResponseStream:
             }
             out.append(self._ev("response.created", {"response": shell}))
             out.append(self._ev("response.in_progress", {"response": shell}))
-            item = {
-                "id": self.item_id,
-                "content": [],
-                "role": "assistant",
-                "status": "in_progress",
-                "type": "message",
-            }
-            out.append(self._ev("response.output_item.added", {"output_index": 0, "item": item}))
-            part = {"annotations": [], "text": "", "type": "output_text", "logprobs": []}
-            out.append(
-                self._ev(
-                    "response.content_part.added",
-                    {"item_id": self.item_id, "output_index": 0, "content_index": 0, "part": part},
+            if self.call:
+                name = self.forced.name if self.forced is not None else None
+                call = _call_item(self.item_id, self.call_id, name or "", "", "in_progress")
+                out.append(
+                    self._ev("response.output_item.added", {"output_index": 0, "item": call})
                 )
-            )
+            else:
+                item = {
+                    "id": self.item_id,
+                    "content": [],
+                    "role": "assistant",
+                    "status": "in_progress",
+                    "type": "message",
+                }
+                added = {"output_index": 0, "item": item}
+                out.append(self._ev("response.output_item.added", added))
+                part = {"annotations": [], "text": "", "type": "output_text", "logprobs": []}
+                where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+                out.append(self._ev("response.content_part.added", {**where, "part": part}))
         text = rich.seq_text(seq, self.forced)
         new = text[self.sent :]
         self.sent = len(text)
-        if new:
+        if new and self.call:
+            delta = {"item_id": self.item_id, "output_index": 0, "delta": new}
+            out.append(self._ev("response.function_call_arguments.delta", delta))
+        elif new:
             out.append(
                 self._ev(
                     "response.output_text.delta",
@@ -341,6 +439,16 @@ class ResponseStream:
         body = orjson.loads(raw)
         item = body["output"][0]
         item["id"] = self.item_id
+        if self.call:
+            item["call_id"] = self.call_id
+            done = {"item_id": self.item_id, "output_index": 0, "arguments": item["arguments"]}
+            return b"".join(
+                [
+                    self._ev("response.function_call_arguments.done", done),
+                    self._ev("response.output_item.done", {"output_index": 0, "item": item}),
+                    self._ev("response.completed", {"response": body}),
+                ]
+            )
         part = item["content"][0]
         where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         return b"".join(

@@ -106,6 +106,9 @@ class SimServer:
             "/wake_up": {"POST": self._wake_up},
             "/is_sleeping": {"GET": self._is_sleeping},
             "/sim/faults": {"GET": self._get_faults, "POST": self._set_faults},
+            # Not a vLLM route: tells a router (the kv policy) to tokenize as the simulator does
+            # (sim.tokenizer, ChatML chats) instead of looking for the model's own tokenizer.
+            "/sim/tokenizer": {"GET": self._tokenizer_info},
         }
         # vLLM registers only the routes of the model's task; the others are plain 404s.
         if self.cfg.generates:
@@ -207,6 +210,9 @@ class SimServer:
 
     def _version(self, req: Request, conn: Connection) -> None:
         conn.respond(200, orjson.dumps({"version": responses.VLLM_VERSION}))
+
+    def _tokenizer_info(self, req: Request, conn: Connection) -> None:
+        conn.respond(200, b'{"tokenizer":"vfleet-sim","chat_template":"chatml"}')
 
     def _load(self, req: Request, conn: Connection) -> None:
         conn.respond(200, orjson.dumps({"server_load": self.inflight.load}))

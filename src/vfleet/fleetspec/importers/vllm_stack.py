@@ -17,7 +17,7 @@ ROUTING = {
     "roundrobin": "round_robin",
     "session": "session",
     "prefixaware": "prefix",
-    "kvaware": "prefix",
+    "kvaware": "kv",
     "least_load": "least_load",
     "leastload": "least_load",
 }
@@ -366,7 +366,5 @@ def _router(draft: Draft, spec: dict[str, Any]) -> None:
             )
         else:
             draft.put(("router", "policy"), ROUTING[logic], src)
-            if logic == "kvaware":
-                draft.note(src, "kvaware routing runs as vfleet's prefix policy")
     if kube:
         draft.put(("router", "kubernetes"), kube)

@@ -12,6 +12,9 @@ them:
   second, which keeps an idle fleet at about one request per second per peer.
 
 A peer that stops answering is logged once when it fails and once when it answers again.
+
+A router that serves TLS asks the pods it finds over HTTPS (its replicas serve what it serves);
+static peers say their scheme in their URL. `peertls` owns what an HTTPS peer must present.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from vfleet.http import client
+from vfleet.http.client import split_url
+from vfleet.router.keda.peertls import PeerTls
 from vfleet.router.keda.query import Counts, parse_demand_body
 
 if TYPE_CHECKING:
@@ -72,6 +77,8 @@ class Peers:
     self_name: str = ""  # this pod's name: never its own peer
     timeout_s: float = PEER_TIMEOUT_S
     clock: Callable[[], float] = time.monotonic
+    tls: PeerTls = field(default_factory=PeerTls)  # for https:// peers
+    pod_scheme: str = "http"  # of the peers found in Kubernetes: https when this router is
     _pods: tuple[str, ...] = ()
     _failing: set[str] = field(default_factory=set)
     _followed: dict[str, _Followed] = field(default_factory=dict)
@@ -84,7 +91,10 @@ class Peers:
     def set_pods(self, pods: Sequence[PodEndpoint]) -> None:
         """Kubernetes discovery's publish callback: the router pods now Ready."""
         mine = self.self_name
-        self._pods = tuple(p.url for p in pods if p.name.rpartition("/")[2] != mine)
+        scheme = self.pod_scheme + "://"
+        self._pods = tuple(
+            scheme + p.url.partition("://")[2] for p in pods if p.name.rpartition("/")[2] != mine
+        )
         self._failing &= set(self.urls())  # pods come and go: remember only current peers
 
     async def read_all(self) -> dict[str, dict[str, Counts]]:
@@ -96,7 +106,18 @@ class Peers:
     async def _read(self, url: str, wait_s: float) -> dict[str, Counts] | None:
         path = f"{DEMAND_PATH}?wait_s={wait_s:g}" if wait_s > 0 else DEMAND_PATH
         try:
-            got = await client.get(url, path, self.timeout_s + wait_s, self.auth)
+            if url.startswith("https://"):
+                name = self.tls.server_name(split_url(url)[0])
+                got = await client.get(
+                    url,
+                    path,
+                    self.timeout_s + wait_s,
+                    self.auth,
+                    tls=self.tls.context(),
+                    server_name=name,
+                )
+            else:
+                got = await client.get(url, path, self.timeout_s + wait_s, self.auth)
             if got.status != 200:
                 raise ValueError(f"HTTP {got.status}")
             reading = parse_demand_body(got.body)

@@ -30,6 +30,7 @@ import uvloop
 from vfleet.router.keda import externalscaler_pb2 as pb
 from vfleet.router.keda import externalscaler_pb2_grpc as pb_grpc
 from vfleet.router.keda.peers import Peers
+from vfleet.router.keda.peertls import PeerTls
 from vfleet.router.keda.query import (
     MetadataError,
     RateWindow,
@@ -44,6 +45,7 @@ from vfleet.router.keda.query import (
 if TYPE_CHECKING:
     from vfleet.router.config import RouterConfig
     from vfleet.router.kubewatch import KubeTarget
+    from vfleet.router.metrics import ScalerMetrics
 
 log = logging.getLogger("vfleet.router.keda")
 
@@ -65,8 +67,10 @@ class ExternalScaler:
         peers: Peers,
         poll_s: float = STREAM_POLL_S,
         clock: Callable[[], float] = time.monotonic,
+        metrics: ScalerMetrics | None = None,
     ) -> None:
         self.local = local
+        self.metrics = metrics  # the replicas each answer implies, for the router's /metrics
         self.peers = peers
         self.poll_s = poll_s
         self.clock = clock
@@ -123,6 +127,9 @@ class ExternalScaler:
             readings = {LOCAL: self.local(), **await self.peers.read_all()}
             window = self._rate_window((ref.namespace, ref.name, query))
             value = window.add(self.clock(), requests_by_source(query.models, readings))
+        if self.metrics is not None and query.metric != "activation":
+            # What KEDA's HPA makes of this answer, before the ScaledObject's min/max bounds.
+            self.metrics.set_desired(query.models, math.ceil(value / query.target))
         metric = pb.MetricValue(
             metricName=request.metricName or query.metric_name,
             metricValue=round(value),
@@ -179,7 +186,10 @@ class ScalerServer:
 
 
 async def start_scaler(
-    cfg: RouterConfig, local: LocalDemand, peer_target: KubeTarget | None = None
+    cfg: RouterConfig,
+    local: LocalDemand,
+    peer_target: KubeTarget | None = None,
+    metrics: ScalerMetrics | None = None,
 ) -> ScalerServer:
     """Serve the scaler on cfg.host:cfg.keda_port in the running loop; OSError if it cannot."""
     assert cfg.keda_port is not None
@@ -191,9 +201,18 @@ async def start_scaler(
             "API keys are on and no admin key is set: peer routers will refuse to "
             "share their demand; give every router the same admin key"
         )
-    peers = Peers(static=cfg.peers, auth=auth, self_name=socket.gethostname())
+    peers = Peers(
+        static=cfg.peers,
+        auth=auth,
+        self_name=socket.gethostname(),
+        tls=PeerTls(cfg.peer_ca, cfg.tls_cert, cfg.peer_tls_name),
+        # the replicas of a router that serves TLS serve it too (one Deployment, one Secret)
+        pod_scheme="https" if cfg.tls_cert else "http",
+    )
     server = grpc.aio.server()
-    pb_grpc.add_ExternalScalerServicer_to_server(ExternalScaler(local, peers), server)
+    pb_grpc.add_ExternalScalerServicer_to_server(
+        ExternalScaler(local, peers, metrics=metrics), server
+    )
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     try:
         port = server.add_insecure_port(f"{host}:{cfg.keda_port}")
@@ -221,11 +240,12 @@ async def serve_with_scaler(
     cfg: RouterConfig,
     local: LocalDemand,
     peer_target: KubeTarget | None,
+    metrics: ScalerMetrics | None = None,
 ) -> None:
     """One router process: the scaler in the same loop as `serving`, stopped after it (KEDA
     still sees the requests a draining router holds)."""
     try:
-        scaler = await start_scaler(cfg, local, peer_target)
+        scaler = await start_scaler(cfg, local, peer_target, metrics)
     except BaseException:
         serving.close()  # never started
         raise
@@ -241,9 +261,13 @@ class ScalerThread:
     mix; the main thread keeps its blocking wait and signal handling)."""
 
     def __init__(
-        self, cfg: RouterConfig, local: LocalDemand, peer_target: KubeTarget | None
+        self,
+        cfg: RouterConfig,
+        local: LocalDemand,
+        peer_target: KubeTarget | None,
+        metrics: ScalerMetrics | None = None,
     ) -> None:
-        self._args = (cfg, local, peer_target)
+        self._args = (cfg, local, peer_target, metrics)
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,0 +1,343 @@
+"""KV-cache-aware routing on simulated engines: `round_robin`, `prefix` and `kv` through the router.
+
+Eight `vfleet sim` engines with the `llama-8b-h100` profile, each with a KV cache of
+--num-gpu-blocks blocks (default 3500 x 16 tokens = 56k tokens, the size measured on the GPU
+host, issue 11) and publishing KV-cache events; a prefix-repetition workload (32 prefixes x
+3,000 tokens, 128-token suffixes, 96 output tokens, the same prompts and Poisson arrivals for
+every policy) sent open-loop at several rates. For each rate the policies run one after another
+in a rotating order (A/B, the same processes; every engine's prefix cache is emptied between
+runs through /sleep + /wake_up, which also tells the router's KV index), each with a fresh
+router. Prints p50/p90 TTFT, output tok/s, served req/s and the engines' prefix-cache hit rate
+per policy and rate, and the ratios issue 11's targets name:
+
+- kv p90 TTFT / round_robin p90 TTFT (target <= 0.2) and kv output tok/s over round_robin's
+  (target >= +25%) at the rate where round robin saturates;
+- kv against prefix at every rate (target: at least as good).
+
+usage: python benchmarks/kv_routing.py [--rates 16,32,48,64] [--requests 480] [--engines 8]
+       [--blocks 3500] [--policies round_robin,prefix,kv] [--time-scale 2] [--out DIR]
+Rates, TTFT and tok/s are in modelled time: with --time-scale 2 the engines run at half speed
+and requests are sent at half the rate, so that a 2-core machine keeps up with 64 req/s of
+96-token streams (the router's own cost counts half). Run it from a venv with vfleet installed
+(an editable install is the plain-Python build). About 12 minutes with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vfleet.bench import runner, workloads
+from vfleet.bench.stats import Slo
+from vfleet.http import client as http_client
+from vfleet.local.gpus import free_ports
+
+MODEL = "llama"
+START_S = 60.0  # bound on an engine or the router answering after its start
+ROUTER_STOP_S = 20.0
+# "At least as good" allows this much noise: one run per policy on a shared machine.
+TTFT_NOISE = 0.05
+TOK_S_NOISE = 0.02
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+
+
+def spawn(argv: list[str], url: str, log: Path) -> Proc:
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    return Proc(popen, url, log)
+
+
+async def wait_ready(proc: Proc, path: str) -> None:
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise SystemExit(f"{proc.url} exited with {proc.popen.returncode}; see {proc.log}")
+        if await http_client.answers(proc.url, path, 2.0):
+            return
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"{proc.url} not ready after {START_S:g}s; see {proc.log}")
+
+
+def empty_caches(engines: list[Proc]) -> None:
+    """Every engine's prefix cache emptied (sleep level 1 drops it, as in vLLM), so each run
+    starts cold; the engines publish AllBlocksCleared, which a kv router reads."""
+    for e in engines:
+        host, port, _ = http_client.split_url(e.url)
+        for path in ("/sleep?level=1", "/wake_up"):
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            try:
+                conn.request("POST", path)
+                status = conn.getresponse().status
+            finally:
+                conn.close()
+            if status != 200:
+                raise SystemExit(f"{e.url}{path}: HTTP {status}")
+
+
+async def kv_reasons(url: str) -> dict[str, float]:
+    """The kv policy's decisions by reason, from the router's /metrics (empty for others)."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError):
+        resp = await http_client.get(url, "/metrics", 5.0)
+        for line in resp.body.decode().splitlines():
+            if line.startswith("vfleet_router_kv_decisions_total{"):
+                labels, _, value = line.rpartition(" ")
+                reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+                out[reason] = out.get(reason, 0.0) + float(value)
+    return out
+
+
+def sim_argv(args: argparse.Namespace, port: int, kv_port: int) -> list[str]:
+    config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{kv_port}"}
+    return [
+        *(sys.executable, "-m", "vfleet", "sim", "--model", "sim/llama-8b"),
+        *("--served-model-name", MODEL, "--profile", "llama-8b-h100"),
+        *("--num-gpu-blocks", str(args.blocks), "--max-model-len", "4096"),
+        *("--time-scale", f"{args.time_scale:g}", "--host", "127.0.0.1", "--port", str(port)),
+        *("--kv-events-config", json.dumps(config)),
+    ]
+
+
+def router_argv(policy: str, port: int, engines: list[Proc], kv_ports: list[int]) -> list[str]:
+    argv = [sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--policy", policy]
+    for e, kv_port in zip(engines, kv_ports, strict=True):
+        argv += [
+            "--backend",
+            f"{e.url}={MODEL}",
+            "--kv-events",
+            f"{e.url}=tcp://127.0.0.1:{kv_port}",
+        ]
+    return argv
+
+
+def row(summary: dict[str, Any], scale: float) -> dict[str, Any]:
+    """The numbers of one run, in modelled time (wall time / time scale)."""
+    ttft = summary["ttft_s"]
+    tpot = summary["tpot_s"]
+    return {
+        "ttft_p50_ms": _ms(ttft["p50"], scale),
+        "ttft_p90_ms": _ms(ttft["p90"], scale),
+        "ttft_p99_ms": _ms(ttft["p99"], scale),
+        "tpot_p50_ms": _ms(tpot["p50"], scale),
+        "output_tok_s": summary["output_token_throughput"] * scale,
+        "served_req_s": summary["request_throughput"] * scale,
+        "failed": summary["failed"],
+        "hit_rate": summary["engine_metrics"].get("prefix_cache_hit_rate"),
+        "send_lag_p99_ms": _ms(summary["client"]["send_lag_s"]["p99"], 1.0),
+    }
+
+
+def _ms(seconds: float | None, scale: float) -> float | None:
+    return None if seconds is None else seconds / scale * 1000.0
+
+
+async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    policies = args.policies.split(",")
+    rates = [float(r) for r in args.rates.split(",")]
+    ports = free_ports(2 * args.engines + 1)
+    http_ports, kv_ports, router_port = ports[: args.engines], ports[args.engines : -1], ports[-1]
+    engines = [
+        spawn(sim_argv(args, p, k), f"http://127.0.0.1:{p}", out / f"engine-{i}.log")
+        for i, (p, k) in enumerate(zip(http_ports, kv_ports, strict=True))
+    ]
+    spec = workloads.WorkloadSpec(
+        "shared-prefix",
+        num_requests=args.requests,
+        seed=args.seed,
+        groups=32,
+        users=16,
+        prefix_len=3000,
+        input_len=128,
+        output_len=96,
+    )
+    requests = workloads.generate(spec)
+    results: dict[str, Any] = {"args": vars(args), "runs": []}
+    try:
+        for e in engines:
+            await wait_ready(e, "/health")
+        for i, rate in enumerate(rates):
+            order = policies[i % len(policies) :] + policies[: i % len(policies)]
+            for policy in order:
+                empty_caches(engines)
+                router = spawn(
+                    router_argv(policy, router_port, engines, kv_ports),
+                    f"http://127.0.0.1:{router_port}",
+                    out / f"router-{policy}-{rate:g}.log",
+                )
+                try:
+                    await wait_ready(router, "/ready")
+                    await asyncio.sleep(1.0)  # the kv router's subscriptions join
+                    load = runner.Load(
+                        rate=rate / args.time_scale, requests=args.requests, seed=args.seed
+                    )
+                    result = await runner.run(
+                        router.url, MODEL, requests, load, Slo(), [e.url for e in engines]
+                    )
+                    reasons = await kv_reasons(router.url)
+                finally:
+                    router.stop(ROUTER_STOP_S)
+                numbers = {"policy": policy, "rate": rate, **row(result.summary, args.time_scale)}
+                numbers["kv_reasons"] = reasons
+                results["runs"].append(numbers)
+                print(json.dumps(numbers), flush=True)
+    finally:
+        for e in engines:
+            e.stop()
+    return results
+
+
+def _get(runs: list[dict[str, Any]], policy: str, rate: float) -> dict[str, Any] | None:
+    return next((r for r in runs if r["policy"] == policy and r["rate"] == rate), None)
+
+
+def _fmt(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def report(results: dict[str, Any]) -> str:
+    runs = results["runs"]
+    rates = sorted({r["rate"] for r in runs})
+    lines = [
+        "| rate (req/s) | policy | TTFT p50 / p90 / p99 ms | TPOT p50 ms | output tok/s "
+        "| served req/s | prefix-cache hit | failed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["rate"], r["policy"])):
+        ttft = " / ".join(_fmt(r[k]) for k in ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms"))
+        hit = "-" if r["hit_rate"] is None else f"{r['hit_rate'] * 100:.0f}%"
+        lines.append(
+            f"| {r['rate']:g} | {r['policy']} | {ttft} | {_fmt(r['tpot_p50_ms'], 1)} "
+            f"| {_fmt(r['output_tok_s'])} | {_fmt(r['served_req_s'], 1)} | {hit} | {r['failed']} |"
+        )
+    lines += [
+        "",
+        *(
+            f"- {r['policy']} at {r['rate']:g} req/s, decisions by reason: {r['kv_reasons']}"
+            for r in runs
+            if r.get("kv_reasons")
+        ),
+        "",
+        "| rate | kv/rr TTFT p90 | kv/rr tok/s | kv/prefix TTFT p90 | kv/prefix tok/s "
+        "| kv/prefix hit rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        kv, rr, px = (_get(runs, p, rate) for p in ("kv", "round_robin", "prefix"))
+        if kv is None:
+            continue
+        lines.append(
+            f"| {rate:g} | {_ratio(kv['ttft_p90_ms'], (rr or {}).get('ttft_p90_ms'))} "
+            f"| {_ratio(kv['output_tok_s'], (rr or {}).get('output_tok_s'))} "
+            f"| {_ratio(kv['ttft_p90_ms'], (px or {}).get('ttft_p90_ms'))} "
+            f"| {_ratio(kv['output_tok_s'], (px or {}).get('output_tok_s'))} "
+            f"| {_ratio(kv['hit_rate'], (px or {}).get('hit_rate'))} |"
+        )
+    lines += ["", *targets(runs, rates)]
+    return "\n".join(lines)
+
+
+def targets(runs: list[dict[str, Any]], rates: list[float]) -> list[str]:
+    """Issue 11's sim targets, judged on this run. Round robin saturates at the first rate where
+    its p90 TTFT is 4x its lowest-rate value or it serves under 85% of the offered rate."""
+    rr = [r for rate in rates if (r := _get(runs, "round_robin", rate)) is not None]
+    if not rr or any(_get(runs, "kv", r["rate"]) is None for r in rr):
+        return []
+    base = rr[0]["ttft_p90_ms"] or 0.0
+    saturated = next(
+        (
+            r
+            for r in rr
+            if (r["ttft_p90_ms"] or 0.0) >= 4 * base or r["served_req_s"] < 0.85 * r["rate"]
+        ),
+        None,
+    )
+    out = []
+    if saturated is None:
+        out.append("round robin did not saturate at these rates: offer more")
+    else:
+        kv = _get(runs, "kv", saturated["rate"])
+        assert kv is not None
+        out.append(
+            f"round robin saturates at {saturated['rate']:g} req/s: kv/rr TTFT p90 "
+            f"{_ratio(kv['ttft_p90_ms'], saturated['ttft_p90_ms'])} (target <= 0.20), kv/rr "
+            f"output tok/s {_ratio(kv['output_tok_s'], saturated['output_tok_s'])} "
+            "(target >= 1.25)"
+        )
+    worse = [
+        f"{rate:g}"
+        for rate in rates
+        if (kv := _get(runs, "kv", rate)) is not None
+        and (px := _get(runs, "prefix", rate)) is not None
+        and (
+            kv["ttft_p90_ms"] > px["ttft_p90_ms"] * (1 + TTFT_NOISE)
+            or kv["output_tok_s"] < px["output_tok_s"] * (1 - TOK_S_NOISE)
+        )
+    ]
+    out.append(
+        f"kv at least as good as prefix (TTFT p90 within {TTFT_NOISE:.0%}, output tok/s within "
+        f"{TOK_S_NOISE:.0%}) at every rate: "
+        + ("yes" if not worse else f"no, at {', '.join(worse)} req/s")
+    )
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--engines", type=int, default=8)
+    ap.add_argument("--blocks", type=int, default=3500, help="KV blocks per engine (16 tokens)")
+    ap.add_argument("--rates", default="16,32,48,64", help="offered req/s, modelled time")
+    ap.add_argument("--requests", type=int, default=480, help="requests per run")
+    ap.add_argument("--policies", default="round_robin,prefix,kv")
+    ap.add_argument("--time-scale", type=float, default=2.0, help="wall s per modelled s")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="results folder (default: a temp dir)")
+    args = ap.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="vfleet-kv-routing-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"logs and results in {out} (pid {os.getpid()})", file=sys.stderr)
+    results = asyncio.run(measure(args, out))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    text = report(results)
+    (out / "report.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Drives the KV-routing comparison on a fleet `vfleet up` started (see kv_routing.sh).
+
+Reads the engines and their KV-event publishers from the fleet's endpoints.json, then:
+
+1. for each rate, each policy (round_robin, prefix, kv, in a rotating order): empties every
+   engine's prefix cache (POST /reset_prefix_cache, VLLM_SERVER_DEV_MODE=1), starts a fresh
+   `vfleet router` with that policy in front of all engines (with --kv-events for kv), runs
+   `vllm bench serve --dataset-name prefix_repetition` at the rate, and reads the engines'
+   prefix-cache counters before and after;
+2. TTFT and TPOT at 4 req/s on 3,000-token prompts, direct to one engine against a router in
+   front of that engine alone, interleaved (direct, router, direct, router ...);
+3. writes report.md: the table, kv's ratios to the others, and issue 11's targets.
+
+Stdlib only (it runs where vLLM runs); `vfleet` must be importable by this python.
+usage: kv_routing.py --run-dir RUN --model MODEL_DIR --served NAME --out DIR
+       [--rates 64,96,128] [--prompts 1280,768,768] [--policies round_robin,prefix,kv]
+       [--direct-prompts 40] [--direct-reps 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+START_S = 60.0
+COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(url: str, method: str = "GET", timeout: float = 5.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def counters(urls: list[str]) -> dict[str, float]:
+    """Prefix-cache hits and queries summed over the engines' /metrics."""
+    out = dict.fromkeys(COUNTERS, 0.0)
+    for url in urls:
+        status, body = http(url + "/metrics")
+        if status != 200:
+            raise SystemExit(f"{url}/metrics: HTTP {status}")
+        for line in body.decode().splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in out:
+                out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def reset_caches(urls: list[str]) -> None:
+    """Empty every engine's prefix cache (vLLM refuses while blocks are in use: retry)."""
+    for url in urls:
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = http(url + "/reset_prefix_cache", "POST")
+            if status == 200 and json.loads(body or b"{}").get("success", True):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{url}/reset_prefix_cache: HTTP {status} {body[:200]!r}")
+            time.sleep(0.5)
+
+
+class Router:
+    def __init__(self, out: Path, name: str, policy: str, engines: list[dict[str, Any]]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1"]
+        argv += ["--port", str(self.port), "--policy", policy]
+        for e in engines:
+            argv += ["--backend", f"{e['url']}={','.join(e['models'])}"]
+            if policy == "kv" and e.get("kv_events"):
+                argv += ["--kv-events", f"{e['url']}={e['kv_events']}"]
+        self.log = (out / f"router-{name}.log").open("ab")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_S
+        while http(self.url + "/ready", timeout=2)[0] != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"router {name} did not become ready; see {self.log.name}")
+            time.sleep(0.2)
+        time.sleep(1.0)  # kv: the subscriptions join before the first request
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def bench(args: argparse.Namespace, url: str, name: str, extra: list[str]) -> dict[str, Any]:
+    results = Path(args.out) / "results"
+    argv = [
+        *("vllm", "bench", "serve", "--backend", "vllm", "--base-url", url),
+        *("--endpoint", "/v1/completions", "--model", args.served, "--tokenizer", args.model),
+        *("--seed", "0", "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl,e2el"),
+        *("--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(results)),
+        *("--result-filename", f"{name}.json", *extra),
+    ]
+    with (Path(args.out) / f"bench-{name}.log").open("wb") as log:
+        done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"vllm bench serve for {name} failed; see bench-{name}.log")
+    return json.loads((results / f"{name}.json").read_text())  # type: ignore[no-any-return]
+
+
+def prefix_repetition(rate: float, prompts: int) -> list[str]:
+    return [
+        *("--dataset-name", "prefix_repetition", "--prefix-repetition-num-prefixes", "32"),
+        *("--prefix-repetition-prefix-len", "3000", "--prefix-repetition-suffix-len", "128"),
+        *("--prefix-repetition-output-len", "96", "--num-prompts", str(prompts)),
+        *("--request-rate", f"{rate:g}"),
+    ]
+
+
+def row(
+    name: str, result: dict[str, Any], before: dict[str, float], after: dict[str, float]
+) -> dict[str, Any]:
+    queries = after[COUNTERS[1]] - before[COUNTERS[1]]
+    hits = after[COUNTERS[0]] - before[COUNTERS[0]]
+    return {
+        "name": name,
+        "ttft_ms": [result.get(f"{k}_ttft_ms") for k in ("median", "p90", "p99")],
+        "tpot_ms": [result.get(f"{k}_tpot_ms") for k in ("median", "p90", "p99")],
+        "served_req_s": result.get("request_throughput"),
+        "output_tok_s": result.get("output_throughput"),
+        "completed": result.get("completed"),
+        "failed": result.get("failed"),
+        "hit_rate": hits / queries if queries > 0 else None,
+    }
+
+
+def fmt(v: Any, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def report(rows: dict[str, dict[str, Any]], rates: list[float], policies: list[str]) -> str:
+    out = [
+        "| rate | policy | TTFT p50 / p90 / p99 ms | TPOT p50 ms | served req/s | output tok/s "
+        "| prefix-cache hit | failed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        for policy in policies:
+            r = rows.get(f"{policy}-{rate:g}")
+            if r is None:
+                continue
+            hit = "-" if r["hit_rate"] is None else f"{r['hit_rate'] * 100:.1f}%"
+            ttft = " / ".join(fmt(v, 0) for v in r["ttft_ms"])
+            tok_s = fmt(r["output_tok_s"], 0)
+            out.append(
+                f"| {rate:g} | {policy} | {ttft} | {fmt(r['tpot_ms'][0])} "
+                f"| {fmt(r['served_req_s'])} | {tok_s} | {hit} | {r['failed']} |"
+            )
+    out += ["", "kv against the others (ratios, same prompts and arrivals):", ""]
+    for rate in rates:
+        kv = rows.get(f"kv-{rate:g}")
+        for other in (p for p in policies if p != "kv"):
+            o = rows.get(f"{other}-{rate:g}")
+            if kv is None or o is None:
+                continue
+            ratios = [
+                _ratio(kv["ttft_ms"][1], o["ttft_ms"][1]),
+                _ratio(kv["tpot_ms"][0], o["tpot_ms"][0]),
+                _ratio(kv["served_req_s"], o["served_req_s"]),
+                _ratio(kv["hit_rate"], o["hit_rate"]),
+            ]
+            out.append(
+                f"- {rate:g} req/s, kv/{other}: TTFT p90 {ratios[0]}, TPOT p50 {ratios[1]}, "
+                f"served {ratios[2]}, hit rate {ratios[3]}"
+            )
+    direct = [r for k, r in rows.items() if k.startswith("direct-")]
+    routed = [r for k, r in rows.items() if k.startswith("routed-")]
+    if direct and routed:
+        out += ["", "4 req/s, 3,000-token prompts, 64 output tokens, one engine:", ""]
+        for d, r in zip(direct, routed, strict=False):
+            (d_ttft, r_ttft), (d_tpot, r_tpot) = (
+                (d[k][0], r[k][0]) for k in ("ttft_ms", "tpot_ms")
+            )
+            out.append(
+                f"- direct TTFT p50 {fmt(d_ttft, 2)} ms, TPOT p50 {fmt(d_tpot, 3)} ms | router "
+                f"TTFT p50 {fmt(r_ttft, 2)} ms, TPOT p50 {fmt(r_tpot, 3)} ms | added TTFT "
+                f"{_diff(r_ttft, d_ttft)} ms, TPOT ratio {_ratio(r_tpot, d_tpot)}"
+            )
+    low = rows.get(f"kv-{rates[0]:g}")
+    if low is not None:
+        out += [
+            "",
+            f"issue 11 targets at {rates[0]:g} req/s: kv hit >= 93%: "
+            f"{fmt((low['hit_rate'] or 0) * 100)}%; "
+            f"TTFT p90 <= 84 ms: {fmt(low['ttft_ms'][1], 0)}; p99 <= 260 ms: "
+            f"{fmt(low['ttft_ms'][2], 0)}; TPOT <= 8 ms: {fmt(low['tpot_ms'][0])}",
+        ]
+    return "\n".join(out)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def _diff(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a - b:+.2f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--model", required=True, help="the model directory (its tokenizer)")
+    ap.add_argument("--served", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--rates", default="64,96,128")
+    ap.add_argument("--prompts", default="1280,768,768", help="prompts per run, by rate")
+    ap.add_argument("--policies", default="round_robin,prefix,kv")
+    ap.add_argument("--direct-prompts", type=int, default=40)
+    ap.add_argument("--direct-reps", type=int, default=1, help="direct/router pairs")
+    args = ap.parse_args()
+    out = Path(args.out)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    engines = json.loads((Path(args.run_dir) / "endpoints.json").read_text())
+    engines = [e for e in engines if e.get("state") != "starting"]
+    urls = [e["url"] for e in engines]
+    missing = [e["url"] for e in engines if not e.get("kv_events")]
+    if missing:
+        print(f"warning: no KV-event publisher in endpoints.json for {missing}", file=sys.stderr)
+    rates = [float(r) for r in args.rates.split(",")]
+    prompts = [int(n) for n in args.prompts.split(",")]
+    policies = args.policies.split(",")
+    rows: dict[str, dict[str, Any]] = {}
+    for i, (rate, n) in enumerate(zip(rates, prompts, strict=True)):
+        for policy in policies[i % len(policies) :] + policies[: i % len(policies)]:
+            name = f"{policy}-{rate:g}"
+            reset_caches(urls)
+            router = Router(out, name, policy, engines)
+            try:
+                before = counters(urls)
+                result = bench(args, router.url, name, prefix_repetition(rate, n))
+                rows[name] = row(name, result, before, counters(urls))
+            finally:
+                router.stop()
+            print(json.dumps(rows[name]), flush=True)
+    one = engines[:1]
+    router = Router(out, "one-engine", "kv", one)
+    random = [
+        *("--dataset-name", "random", "--random-input-len", "3000", "--random-output-len", "64"),
+        *("--num-prompts", str(args.direct_prompts), "--request-rate", "4"),
+    ]
+    try:
+        for rep in range(1, args.direct_reps + 1):
+            for kind, url in (("direct", one[0]["url"]), ("routed", router.url)):
+                reset_caches([one[0]["url"]])
+                before = counters([one[0]["url"]])
+                result = bench(args, url, f"{kind}-{rep}", random)
+                rows[f"{kind}-{rep}"] = row(kind, result, before, counters([one[0]["url"]]))
+                print(json.dumps(rows[f"{kind}-{rep}"]), flush=True)
+    finally:
+        router.stop()
+    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    text = report(rows, rates, policies)
+    (out / "report.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

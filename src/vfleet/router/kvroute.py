@@ -1,0 +1,193 @@
+"""The `kv` policy's I/O side in one router process: event subscriptions and request chains.
+
+Owns the `KvIndex` this process builds from the engines' KV events (through a `Feed`: the
+subscriber `vfleet.kvsub.KvFeed`, handed in by the command that starts the router when a `kv`
+policy is configured, so that nothing else in the router reaches ZeroMQ), the chains of requests
+(`router.kvchain`), and what each engine says about its tokenizer (the simulator answers
+GET /sim/tokenizer; a vLLM engine answers 404 and its model's own files are used).
+
+`prepare` gives a request's routing key its chain: at once when the chain is cached, after a
+pool thread computed it (bounded by CHAIN_WAIT_S, the tokenizer's first load included), or
+without one (the policy then routes as `prefix`) when the model has no tokenizer, or the
+computation takes longer. The block size
+is the one the engines' events carry, or before any event the one their /metrics report in
+`vllm:cache_config_info` (asked once per engine, with the tokenizer question).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, Final, Protocol
+
+import orjson
+
+from vfleet.http import client
+from vfleet.router.endpoints import Endpoint
+from vfleet.router.kvchain import SIM_TOKENIZER, Chains, Prompt, prompt_of
+from vfleet.router.kvindex import KvIndex
+from vfleet.router.state import Chain, RouteKey
+
+
+class Feed(Protocol):
+    """Subscriptions to engines' KV-event publishers that feed an index (vfleet.kvsub)."""
+
+    def set_publishers(self, wanted: Mapping[str, str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+FeedFactory = Callable[[KvIndex], Feed]
+
+log = logging.getLogger("vfleet.router.kv")
+
+_BLOCK_SIZE: Final = re.compile(rb'vllm:cache_config_info\{[^}]*block_size="(\d+)"')
+CHAIN_WAIT_S: Final = 0.05  # longest a request waits for its chain; then it goes without
+HINT_TIMEOUT_S: Final = 2.0  # GET /sim/tokenizer
+
+
+class KvRouting:
+    """One router process's KV-event index, subscriptions and chain cache."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        feed: FeedFactory | None = None,
+        backend_auth: bytes = b"",
+    ) -> None:
+        self.loop = loop
+        self.backend_auth = backend_auth
+        self.index = KvIndex()
+        self.chains = Chains()
+        self._make_feed = feed  # None: no subscriptions (the policy routes as prefix)
+        self._feed: Feed | None = None
+        # engine url -> its tokenizer hint (None: it has none, use the model's files)
+        self._hints: dict[str, str | None] = {}
+        # engine url -> block size its vllm:cache_config_info reports (before any event does)
+        self._block_sizes: dict[str, int] = {}
+        self._asking: set[str] = set()
+
+    def set_publishers(self, publishers: Mapping[str, str]) -> None:
+        """Subscribe to exactly these engines' publishers (url -> ZMQ endpoint)."""
+        if self._feed is None:
+            if not publishers or self._make_feed is None:
+                return
+            self._feed = self._make_feed(self.index)
+        self._feed.set_publishers(publishers)
+        for url in publishers:
+            self.index.track(url)
+        for url in [u for u in self._hints if u not in publishers]:
+            del self._hints[url]
+            self._block_sizes.pop(url, None)
+        for url in publishers:  # ask now: the first requests need not go without a chain
+            if url not in self._hints:
+                self._ask(url)
+
+    async def close(self) -> None:
+        if self._feed is not None:
+            await self._feed.close()
+        self.chains.close()
+
+    def prepare(
+        self,
+        key: RouteKey,
+        fields: Mapping[str, Any],
+        serving: Sequence[Endpoint],
+        then: Callable[[RouteKey], None],
+    ) -> None:
+        """Call `then` with `key` and, when it can be had, the request's chain (maybe at once)."""
+        key = dataclasses.replace(key, now=self.loop.time())
+        prompt = prompt_of(fields)
+        urls = [ep.url for ep in serving]
+        size = 0
+        if prompt is not None:
+            size = self.index.block_size(urls) or next(
+                (self._block_sizes[u] for u in urls if u in self._block_sizes), 0
+            )
+        card = self._card(key.model, serving) if size else None
+        if prompt is None or card is None:
+            then(key)
+            return
+        chain = self.chains.lookup(key.model, size, prompt)
+        if chain is not None:
+            then(dataclasses.replace(key, chain=chain))
+            return
+        if self.chains.tokenizer_ready(key.model, card) is None:
+            then(key)  # the model has no tokenizer the router can use
+            return
+        # Computed after the tokenizer's load when it is still loading: a quick one (the
+        # simulator's) serves even the first request; a slow one lets it go without, at
+        # CHAIN_WAIT_S, and is ready for the next.
+        self._wait(self.chains.compute(key.model, card, size, prompt), key, size, prompt, then)
+
+    def _wait(
+        self,
+        future: Future[Chain | None],
+        key: RouteKey,
+        size: int,
+        prompt: Prompt,
+        then: Callable[[RouteKey], None],
+    ) -> None:
+        done = False
+
+        def finish(chain: Chain | None) -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            timer.cancel()
+            then(key if chain is None else dataclasses.replace(key, chain=chain))
+
+        def computed(fut: asyncio.Future[Chain | None]) -> None:
+            chain = None
+            if not fut.cancelled() and fut.exception() is None:
+                chain = fut.result()
+                if chain is not None:
+                    self.chains.store(key.model, size, prompt, chain)
+            finish(chain)
+
+        timer = self.loop.call_later(CHAIN_WAIT_S, finish, None)
+        asyncio.wrap_future(future, loop=self.loop).add_done_callback(computed)
+
+    def _card(self, model: str, serving: Sequence[Endpoint]) -> dict[str, Any] | None:
+        """The model's card with its engines' tokenizer hint; None until one engine has told
+        (asked here, in the background, the first time)."""
+        for ep in serving:
+            if ep.url not in self._hints:
+                self._ask(ep.url)
+                continue
+            card = next((c for c in ep.cards if c.get("id") == model), {"id": model})
+            hint = self._hints[ep.url]
+            return {**card, "tokenizer": hint} if hint else dict(card)
+        return None
+
+    def _ask(self, url: str) -> None:
+        if url in self._asking or len(self._asking) > 64:
+            return
+        self._asking.add(url)
+        self.loop.create_task(self._ask_hint(url))
+
+    async def _ask_hint(self, url: str) -> None:
+        try:
+            got = await client.get(url, "/sim/tokenizer", HINT_TIMEOUT_S, self.backend_auth)
+        except (OSError, TimeoutError, ValueError):
+            return  # asked again by the next request
+        finally:
+            self._asking.discard(url)
+        hint = None
+        if got.status == 200:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                body = orjson.loads(got.body)
+                if isinstance(body, dict) and body.get("tokenizer") == SIM_TOKENIZER:
+                    hint = SIM_TOKENIZER
+        self._hints[url] = hint
+        with contextlib.suppress(OSError, TimeoutError, ValueError):
+            metrics = await client.get(url, "/metrics", HINT_TIMEOUT_S, self.backend_auth)
+            found = _BLOCK_SIZE.search(metrics.body) if metrics.status == 200 else None
+            if found is not None:
+                self._block_sizes[url] = int(found.group(1))

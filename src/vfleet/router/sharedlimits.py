@@ -1,0 +1,178 @@
+"""Per-key limit windows shared by all router worker processes: one anonymous shared memory map,
+created before the workers are forked, one row per worker (as router.sharedmetrics).
+
+A worker writes only its own row, so no lock is taken, and a worker killed at any moment leaves
+nothing locked: what it charged stays counted until its buckets leave the window. A decision
+reads the key's slot in every row and adds the windows up (router.ratelimit), so every worker
+sees every worker's charges; two workers admitting at the same instant may each let one more
+request through than the sum allows (at most one per worker), never more.
+
+Slots: a key's slot index comes from its name (`assign`), the same in every worker that read the
+same key file. Each slot starts with a tag (a hash of the key's name): a reader only adds a row's
+slot whose tag is the key's, so a slot another key used before (a key removed, a worker still on
+the previous file) is never counted for this one. Each region (requests, tokens per minute,
+tokens per day) is preceded by its bucket width in microseconds: a limit changed in the file
+(hence another width) starts its window afresh rather than misreading the old buckets.
+
+Layout: rows of `slots * SLOT_WORDS` words; slot: [0] tag, then per region its width word and
+its bucket words (router.ratelimit.pack).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+from collections.abc import Iterable
+from typing import Final
+
+from vfleet.router.ratelimit import HALF, LOW, Window, ages, fits, pack, used
+
+SLOT_WORDS: Final = 64
+TAG: Final = 0
+REQUESTS: Final = 1  # region: width word, then 13 bucket words (Window.words)
+TOKENS_MINUTE: Final = 15  # width word, then 13 bucket words
+TOKENS_DAY: Final = 29  # width word, then 25 bucket words
+REGION_WORDS: Final = {REQUESTS: 13, TOKENS_MINUTE: 13, TOKENS_DAY: 25}
+DEFAULT_SLOTS: Final = 4096  # keys per table, twice the most a key file may hold
+MAX_KEYS: Final = DEFAULT_SLOTS // 2
+
+
+def tag_of(name: str) -> int:
+    """A non-zero 63-bit tag for a key name (0 marks a slot never written)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 1) or 1
+
+
+def assign(names: Iterable[str], slots: int = DEFAULT_SLOTS) -> dict[str, int]:
+    """Slot of each key name: its tag modulo `slots`, the next free one on a collision, names
+    taken in tag order, so every process reading the same names gets the same slots."""
+    taken: dict[int, str] = {}
+    out: dict[str, int] = {}
+    unique = sorted(set(names), key=lambda n: (tag_of(n), n))
+    if len(unique) > slots:
+        raise ValueError(f"{len(unique)} keys; the limit table holds {slots}")
+    for name in unique:
+        s = tag_of(name) % slots
+        while s in taken:
+            s = (s + 1) % slots
+        taken[s] = name
+        out[name] = s
+    return out
+
+
+class LimitTable:
+    """The shared map; `row(i)` is worker i's writer and reads every row."""
+
+    def __init__(self, buf: mmap.mmap, workers: int, slots: int) -> None:
+        self.buf = buf
+        self.words = memoryview(buf).cast("q")
+        self.workers = workers
+        self.slots = slots
+        self.row_words = slots * SLOT_WORDS
+
+    @classmethod
+    def create(cls, workers: int, slots: int = DEFAULT_SLOTS) -> LimitTable:
+        """A zeroed table; create it before forking so every worker shares the same pages
+        (2 MiB of address space per worker by default; only slots in use are touched)."""
+        if workers < 1 or slots < 1:
+            raise ValueError("a limit table needs at least one worker and one slot")
+        return cls(mmap.mmap(-1, workers * slots * SLOT_WORDS * 8), workers, slots)
+
+    def row(self, worker: int) -> LimitRow:
+        if not 0 <= worker < self.workers:
+            raise ValueError(f"worker {worker} is not in 0..{self.workers - 1}")
+        return LimitRow(self, worker * self.row_words)
+
+
+class LimitRow:
+    """One worker's writer; its reads add up every worker's row.
+
+    Every worker writes only into the bucket of the current epoch (one clock for all), so a
+    bucket is final once its epoch has passed: the sum of a window's past buckets is kept per
+    key and region until the epoch changes, and a decision reads just the current bucket of
+    each row. (A write racing the epoch's end by a few instructions may be missed by that sum
+    for one bucket width: a limit may then let one more request through.)"""
+
+    def __init__(self, table: LimitTable, base: int) -> None:
+        self.table = table
+        self.base = base
+        self.words = table.words
+        self.rows = tuple(r * table.row_words for r in range(table.workers))
+        # (slot, region) -> (epoch, tag, width, units in the window's past buckets, all rows)
+        self.past: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+
+    def bucket_words(self, slot: int, tag: int, region: int, window: Window) -> list[int]:
+        """The key's bucket words in `region`, every worker's, in one list."""
+        w = self.words
+        width = window.width_us
+        n = min(window.words, REGION_WORDS[region])
+        out: list[int] = []
+        at = slot * SLOT_WORDS
+        for base in self.rows:
+            i = base + at
+            if w[i + TAG] == tag and w[i + region] == width:
+                out += w[i + region + 1 : i + region + 1 + n].tolist()
+        return out
+
+    def wait(
+        self, slot: int, tag: int, region: int, window: Window, now: float, cost: float
+    ) -> float:
+        """0.0 when `cost` more fits in the key's window (all workers), else seconds to wait."""
+        epoch = window.epoch(now)
+        width = window.width_us
+        key = (slot, region)
+        past = self.past.get(key)
+        if past is None or past[0] != epoch or past[1] != tag or past[2] != width:
+            words = self.bucket_words(slot, tag, region, window)
+            total = used(window, words, now) - _current(words, epoch)
+            past = self.past[key] = (epoch, tag, width, total)
+        w = self.words
+        n = min(window.words, REGION_WORDS[region])
+        at = slot * SLOT_WORDS + region
+        bucket = at + 1 + epoch % n
+        total = past[3]
+        for base in self.rows:
+            if w[base + at - region + TAG] == tag and w[base + at] == width:
+                x = w[base + bucket] + HALF
+                if x >> 32 == epoch:
+                    total += (x & LOW) - HALF
+        if max(0, total) + min(cost, window.limit) <= window.limit:
+            return 0.0
+        return fits(window, self.bucket_words(slot, tag, region, window), now, cost)
+
+    def by_age(self, slot: int, tag: int, region: int, window: Window, now: float) -> list[int]:
+        """The key's units per bucket age in `region`, all workers."""
+        return ages(window, [self.bucket_words(slot, tag, region, window)], now)
+
+    def add(self, slot: int, tag: int, region: int, window: Window, now: float, n: int) -> None:
+        """Count `n` units (negative: give back) in this worker's current bucket."""
+        w = self.words
+        i = self.base + slot * SLOT_WORDS
+        if w[i + TAG] != tag:
+            # Another key used this slot here before: hide it (tag 0), clear, then claim.
+            w[i + TAG] = 0
+            for k in range(1, SLOT_WORDS):
+                w[i + k] = 0
+            w[i + TAG] = tag
+        width = window.width_us
+        buckets = min(window.words, REGION_WORDS[region])
+        if w[i + region] != width:
+            w[i + region] = 0  # no reader adds this region while it is cleared
+            for k in range(1, buckets + 1):
+                w[i + region + k] = 0
+            w[i + region] = width
+        epoch = window.epoch(now)
+        at = i + region + 1 + epoch % buckets
+        x = w[at] + HALF
+        count = (x & LOW) - HALF + n if x >> 32 == epoch else n
+        w[at] = pack(epoch, count)
+
+
+def _current(words: list[int], epoch: int) -> int:
+    """Units in the buckets of `epoch` among `words`."""
+    total = 0
+    for word in words:
+        x = word + HALF
+        if x >> 32 == epoch:
+            total += (x & LOW) - HALF
+    return total

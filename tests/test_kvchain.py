@@ -1,0 +1,121 @@
+"""A request's KV-block chain (router.kvchain): the simulator's tokenizer and chat rendering as
+the simulator itself computes them, a Hugging Face tokenizer loaded from a model directory with
+its chat template, and the bounded caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vfleet.router.kvchain import (
+    BlockMemo,
+    Chains,
+    HfTokenizer,
+    Prompt,
+    SimTokenizer,
+    load_tokenizer,
+    prompt_of,
+    tokens_of,
+)
+from vfleet.router.kvindex import chain_hashes
+from vfleet.sim import tokenizer as sim_tokenizer
+from vfleet.sim.api import render_chat
+
+text = st.text(max_size=60)
+parts = st.lists(
+    st.one_of(
+        st.builds(lambda t: {"type": "text", "text": t}, text),
+        st.just({"type": "image_url", "image_url": {"url": "x"}}),
+    ),
+    max_size=3,
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["system", "user", "assistant"]),
+            "content": st.one_of(text, parts, st.none()),
+        }
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=messages, prompt=text)
+def test_the_sim_tokenizer_and_chat_match_the_simulator(
+    messages: list[dict[str, Any]], prompt: str
+) -> None:
+    tok = SimTokenizer()
+    assert tok.encode(prompt, True) == sim_tokenizer.encode(prompt)
+    rendered = tok.render_chat(messages)
+    assert rendered == render_chat(messages, {})
+    assert tokens_of(tok, Prompt(messages=tuple(messages))) == sim_tokenizer.encode(rendered)
+
+
+def test_a_model_directory_gives_its_tokenizer_and_chat_template(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "<s>": 1, "hello": 2, "world": 3, "user": 4, ":": 5}
+    rust = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    rust.pre_tokenizer = pre_tokenizers.Whitespace()
+    rust.save(str(tmp_path / "tokenizer.json"))
+    template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n"
+        "{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
+    )
+    config = {"chat_template": template, "bos_token": {"content": "<s>"}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer({"id": "m", "root": str(tmp_path)})
+    assert isinstance(tok, HfTokenizer)
+    chat = [{"role": "user", "content": "hello world"}]
+    # trim_blocks, as Hugging Face renders templates: the newline after a block tag goes.
+    assert tok.render_chat(chat) == "<s>user : hello world\nassistant :"
+    # A chat is the rendered template, tokenized without adding special tokens (it has them).
+    rendered = tok.render_chat(chat)
+    assert tokens_of(tok, Prompt(messages=tuple(chat))) == rust.encode(rendered).ids
+    assert tok.encode("hello world", True) == [2, 3]
+    assert load_tokenizer({"id": "m", "root": str(tmp_path / "absent")}) is None
+    assert load_tokenizer({"id": "m", "root": "not/a-cached-repo"}) is None
+
+
+def test_chains_are_computed_off_the_caller_and_cached() -> None:
+    chains = Chains()
+    card = {"id": "m", "tokenizer": "vfleet-sim"}
+    try:
+        assert chains.tokenizer_ready("m", card) in (False, True)
+        prompt = prompt_of({"prompt": "x" * 200})
+        assert prompt is not None
+        chain = chains.compute("m", card, 16, prompt).result(timeout=10)
+        assert chain is not None and chain.tokens == 50 and chain.block_size == 16
+        assert list(chain.blocks) == chain_hashes(sim_tokenizer.encode("x" * 200), 16)
+        assert chains.lookup("m", 16, prompt) is None  # cached only when stored
+        chains.store("m", 16, prompt, chain)
+        assert chains.lookup("m", 16, prompt) == chain
+        small = Chains(max_chains=2)
+        for i in range(5):
+            small.store("m", 16, Prompt(text=str(i)), chain)
+        assert small.lookup("m", 16, Prompt(text="4")) == chain
+        assert small.lookup("m", 16, Prompt(text="0")) is None
+        small.close()
+    finally:
+        chains.close()
+
+
+def test_the_block_memo_is_bounded_and_agrees_with_plain_hashing() -> None:
+    memo = BlockMemo(max_entries=10)
+    for n in (5, 40, 40):
+        tokens = list(range(n * 4))
+        assert list(memo.hashes(tokens, 4)) == chain_hashes(tokens, 4)
+        assert len(memo) <= 10
+
+
+def test_prompts_the_router_tokenizes() -> None:
+    assert prompt_of({"prompt": [1, 2, 3]}) == Prompt(ids=(1, 2, 3))
+    assert prompt_of({"prompt": ["a", "b"]}) is None  # several prompts: no single chain
+    assert prompt_of({"input": "embed me"}) is None
+    assert prompt_of({"messages": [{"role": "user", "content": "hi"}]}) is not None

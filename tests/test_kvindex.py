@@ -1,0 +1,306 @@
+"""The KV-event index (router.kvindex) and the kv policy (router.policies.KvAffinity), as pure
+logic: random event streams against a plain model of what each engine holds, bounds, sequence
+handling, and the decisions of the cost model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vfleet.router.kvindex import (
+    Applied,
+    KvIndex,
+    Predictions,
+    chain_hash,
+    chain_hashes,
+)
+from vfleet.router.policies import KvAffinity, KvDecision, Reason
+from vfleet.router.state import Chain, EndpointState, RouteKey
+from vfleet.sim.kvcache import block_hash
+
+BS = 4  # tokens per block in these tests
+
+
+def stored(tokens: list[int], parent_tokens: list[int] | None = None) -> dict[str, Any]:
+    """A BlockStored map (the simulator's shape) for `tokens`, chained after `parent_tokens`
+    (engine hashes are the simulator's, which the router never sees the seed of)."""
+    parent = None
+    for i in range(0, len(parent_tokens or []), BS):
+        parent = block_hash(parent, (parent_tokens or [])[i : i + BS])
+    hashes = []
+    h = parent
+    for i in range(0, len(tokens), BS):
+        h = block_hash(h, tokens[i : i + BS])
+        hashes.append(h)
+    return {
+        "type": "BlockStored",
+        "block_hashes": hashes,
+        "parent_block_hash": parent,
+        "token_ids": tokens,
+        "block_size": BS,
+        "lora_id": None,
+        "medium": "GPU",
+    }
+
+
+def removed(all_tokens: list[int], blocks: list[int]) -> dict[str, Any]:
+    """A BlockRemoved of the blocks at these positions of the chain `all_tokens`."""
+    hashes, h = [], None
+    for i in range(0, len(all_tokens), BS):
+        h = block_hash(h, all_tokens[i : i + BS])
+        hashes.append(h)
+    return {"type": "BlockRemoved", "block_hashes": [hashes[b] for b in blocks], "medium": "GPU"}
+
+
+def test_blocks_are_rehashed_from_their_tokens_so_the_request_side_meets_them() -> None:
+    index = KvIndex()
+    prompt = list(range(12))
+    assert index.apply("a", 0, [stored(prompt)]) is Applied.APPLIED
+    assert index.match(chain_hashes([*prompt, 99], BS), {"a", "b"}) == {"a": 3}
+    assert index.block_size(["b", "a"]) == BS
+    # Extending a chain names the parent by the engine's hash: mapped to the router's.
+    assert index.apply("a", 1, [stored(list(range(12, 16)), prompt)]) is Applied.APPLIED
+    assert index.match(chain_hashes(list(range(16)), BS), {"a"}) == {"a": 4}
+    # vLLM's own shape: tagged arrays, hashes as bytes.
+    arr = ["BlockStored", [b"\x01" * 32], None, [7, 7, 7, 7], BS, None, "GPU"]
+    assert index.apply("b", 0, [arr]) is Applied.APPLIED
+    assert index.holders(chain_hash(None, [7, 7, 7, 7])) == {"b"}
+
+
+def test_removed_and_cleared_blocks_leave_the_index() -> None:
+    index = KvIndex()
+    prompt = list(range(16))
+    index.apply("a", 0, [stored(prompt)])
+    index.apply("b", 0, [stored(prompt)])
+    index.apply("a", 1, [removed(prompt, [2, 3])])
+    chain = chain_hashes(prompt, BS)
+    assert index.match(chain, {"a", "b"}) == {"a": 2, "b": 4}
+    index.apply("b", 1, [{"type": "AllBlocksCleared"}])
+    assert index.match(chain, {"a", "b"}) == {"a": 2}
+    assert index.stats.cleared == 1
+
+
+def test_lora_multimodal_and_orphan_blocks_are_skipped() -> None:
+    index = KvIndex()
+    lora = {**stored(list(range(8))), "lora_id": 3}
+    extra = {**stored(list(range(8))), "extra_keys": [None, ["img"]]}
+    orphan = stored(list(range(8, 12)), list(range(8)))  # its parent was never stored
+    index.apply("a", 0, [lora, extra, orphan])
+    assert index.size() == 0 and index.stats.skipped == 5
+
+
+def test_sequence_numbers_gap_duplicate_and_restart() -> None:
+    index = KvIndex()
+    index.apply("a", 4, [stored(list(range(4)))])  # the first batch seen starts the stream
+    assert index.apply("a", 6, [stored(list(range(4, 8)))]) is Applied.GAP
+    assert index.blocks_of("a") == 1  # a gap applies nothing
+    assert index.replayed("a", 4, []) is Applied.DUPLICATE
+    assert index.replayed("a", 5, [stored(list(range(8, 12)))]) is Applied.APPLIED
+    assert index.apply("a", 6, [stored(list(range(4, 8)))]) is Applied.APPLIED
+    assert index.blocks_of("a") == 3
+    # Going back: a new publisher (the engine restarted); what the old one held is gone.
+    assert index.apply("a", 0, [stored(list(range(20, 24)))]) is Applied.RESTARTED
+    assert index.blocks_of("a") == 1 and index.seq("a") == 0
+
+
+def test_purge_and_retain_drop_engines() -> None:
+    index = KvIndex()
+    for url in ("a", "b", "c"):
+        index.apply(url, 0, [stored(list(range(8)))])
+    index.purge("a")
+    index.retain({"b"})
+    assert index.engines() == ["b"]
+    assert index.holders(chain_hash(None, [0, 1, 2, 3])) == {"b"}
+
+
+# -- random streams against a model ------------------------------------------------------------
+
+chains = st.lists(st.integers(0, 2), min_size=1, max_size=5)  # block "letters"
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["store", "remove_tail", "remove_any", "clear"]),
+        chains,
+        st.integers(0, 4),
+    ),
+    max_size=40,
+)
+
+
+def tokens_of(letters: list[int]) -> list[int]:
+    return [t for letter in letters for t in [letter] * BS]
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, cap=st.integers(1, 8))
+def test_random_streams_match_a_plain_model_and_stay_bounded(
+    ops: list[tuple[str, str, list[int], int]], cap: int
+) -> None:
+    index = KvIndex(max_blocks=cap)
+    model: dict[str, dict[tuple[int, ...], None]] = {}  # engine -> held prefixes, oldest first
+    seq: dict[str, int] = {}
+    for url, op, letters, k in ops:
+        held = model.setdefault(url, {})
+        prefixes = [tuple(letters[: i + 1]) for i in range(len(letters))]
+        if op == "store":
+            events: list[dict[str, Any]] = [stored(tokens_of(letters))]
+            for p in prefixes:
+                held.pop(p, None)
+                held[p] = None
+            while len(held) > cap:
+                del held[next(iter(held))]
+        elif op.startswith("remove"):
+            victims = range(len(letters))[-k:] if op == "remove_tail" and k else [k % len(letters)]
+            events = [removed(tokens_of(letters), list(victims))]
+            for v in victims:
+                held.pop(prefixes[v], None)
+        else:
+            events = [{"type": "AllBlocksCleared"}]
+            held.clear()
+        seq[url] = seq.get(url, -1) + 1
+        index.apply(url, seq[url], events)
+        assert index.blocks_of(url) <= cap
+    for url, held in model.items():
+        assert index.blocks_of(url) == len(held)
+        for p in held:
+            assert url in index.holders(chain_hashes(tokens_of(list(p)), BS)[-1])
+    assert index.size() <= cap * len(model)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    depths=st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 40)), n=st.integers(1, 40)
+)
+def test_match_finds_every_engines_depth_on_prefix_closed_holdings(
+    depths: dict[str, int], n: int
+) -> None:
+    index = KvIndex()
+    prompt = list(range(n * BS))
+    for url, d in depths.items():
+        if d:
+            index.apply(url, 0, [stored(prompt[: d * BS])])
+    got = index.match(chain_hashes(prompt, BS), set(depths))
+    assert got == {u: min(d, n) for u, d in depths.items() if d}
+
+
+def test_predictions_expire_and_stay_bounded() -> None:
+    guesses = Predictions(ttl_s=2.0, max_entries=8)
+    chain = chain_hashes(list(range(40 * BS)), BS)
+    guesses.record(chain, "a", now=0.0)
+    assert guesses.match(chain, {"a", "b"}, now=1.0) == {"a": 40}
+    assert guesses.match(chain[:10], {"a"}, now=1.0) == {"a": 8}  # sampled depths: 1, 2, 4, 8
+    assert guesses.match(chain, {"a"}, now=2.5) == {}
+    for i in range(100):
+        guesses.record(chain_hashes([i] * (9 * BS), BS), "b", now=float(i))
+        assert len(guesses) <= 8
+
+
+# -- the kv policy -----------------------------------------------------------------------------
+
+
+def eps(*loads: int) -> list[EndpointState]:
+    return [EndpointState(f"http://e{i}", True, inflight=n) for i, n in enumerate(loads)]
+
+
+def key_of(prompt: list[int], now: float = 0.0) -> RouteKey:
+    return RouteKey("m", chain=Chain(tuple(chain_hashes(prompt, BS)), len(prompt), BS), now=now)
+
+
+def seeded(holder: str, prompt: list[int]) -> KvIndex:
+    """An index where `holder` stored `prompt` and the other engines sent (empty) events."""
+    index = KvIndex()
+    for url in ("http://e0", "http://e1", "http://e2"):
+        index.apply(url, 0, [stored(prompt)] if url == holder else [])
+    return index
+
+
+PROMPT = list(range(3000 // BS * BS))  # a 3,000-token prefix
+
+
+def test_the_engine_holding_the_prefix_wins_until_its_queue_costs_more() -> None:
+    decisions: list[KvDecision] = []
+    policy = KvAffinity(seeded("http://e1", PROMPT))
+    policy.observe = decisions.append
+    key = key_of([*PROMPT, 1, 2, 3])
+    assert policy.choose(eps(0, 0, 0), key) == eps(0, 0, 0)[1]
+    assert decisions[-1].reason is Reason.HIT
+    assert len(PROMPT) * 63 / 64 <= decisions[-1].cached_tokens <= len(PROMPT)  # depth to 1/64
+    # 3,000 tokens saved against 128 tokens per unit of load: a busier holder still wins...
+    assert policy.choose(eps(2, 8, 2), key) == eps(2, 8, 2)[1]
+    # ...until it is past the overload bound (least + max(8, least)): the next best.
+    assert policy.choose(eps(2, 11, 2), key).url != "http://e1"  # type: ignore[union-attr]
+    assert decisions[-1].reason is Reason.SHED
+
+
+def test_a_short_shared_prefix_is_not_worth_a_long_queue() -> None:
+    decisions: list[KvDecision] = []
+    short = list(range(8 * BS))
+    policy = KvAffinity(seeded("http://e1", short))
+    policy.observe = decisions.append
+    chosen = policy.choose(eps(0, 3, 0), key_of([*short, *range(500, 600)]))
+    assert chosen is not None and chosen.url != "http://e1"
+    assert decisions[-1].reason is Reason.BALANCE
+
+
+def test_a_burst_of_a_new_prefix_sticks_before_events_arrive_then_the_guess_expires() -> None:
+    decisions: list[KvDecision] = []
+    index = KvIndex()
+    for url in ("http://e0", "http://e1", "http://e2"):
+        index.apply(url, 0, [])
+    policy = KvAffinity(index)
+    policy.observe = decisions.append
+    first = policy.choose(eps(0, 0, 0), key_of(PROMPT, now=0.0))
+    assert decisions[-1].reason is Reason.MISS
+    loads = [0, 0, 0]
+    loads[int(first.url[-1])] = 2  # type: ignore[union-attr]
+    again = policy.choose(eps(*loads), key_of([*PROMPT, 7], now=0.5))
+    assert again == EndpointState(first.url, True, inflight=2)  # type: ignore[union-attr]
+    assert decisions[-1].reason is Reason.PREDICTED
+    policy.choose(eps(*loads), key_of([*PROMPT, 7], now=10.0))
+    assert decisions[-1].reason in (Reason.MISS, Reason.BALANCE)
+
+
+def test_router_processes_fed_the_same_events_choose_alike() -> None:
+    index_a, index_b = KvIndex(), KvIndex()
+    for index in (index_a, index_b):
+        for url in ("http://e0", "http://e1", "http://e2"):
+            index.apply(url, 0, [])
+    a, b = KvAffinity(index_a), KvAffinity(index_b)
+    for p in range(50):
+        key = key_of([p] * (20 * BS))
+        assert a.choose(eps(1, 1, 1), key) == b.choose(eps(1, 1, 1), key)
+
+
+def test_without_events_or_chain_it_routes_as_prefix() -> None:
+    decisions: list[KvDecision] = []
+    policy = KvAffinity(KvIndex())
+    policy.observe = decisions.append
+    assert policy.choose(eps(0, 0), key_of(PROMPT)) is not None
+    assert policy.choose(eps(0, 0), RouteKey("m")) is not None
+    assert [d.reason for d in decisions] == [Reason.FALLBACK, Reason.FALLBACK]
+    assert KvAffinity().choose([], RouteKey("m")) is None
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+def test_the_engine_map_keeps_its_newest_blocks(cap: int) -> None:
+    index = KvIndex(max_blocks=cap)
+    index.apply("a", 0, [stored(list(range(5 * BS)))])
+    assert index.blocks_of("a") == cap
+    assert index.size() == cap
+
+
+@settings(max_examples=40, deadline=None)
+@given(depths=st.dictionaries(st.sampled_from("abcdefgh"), st.integers(1, 400)))
+def test_on_long_chains_depths_are_found_to_within_a_64th(depths: dict[str, int]) -> None:
+    index = KvIndex()
+    n = 400
+    prompt = list(range(n * BS))
+    for url, d in depths.items():
+        index.apply(url, 0, [stored(prompt[: d * BS])])
+    got = index.match(chain_hashes(prompt, BS), set(depths))
+    assert set(got) == set(depths)
+    for url, d in depths.items():
+        assert d - n // 64 <= got[url] <= d
