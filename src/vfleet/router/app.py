@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -38,7 +37,7 @@ from vfleet.errors import Unauthorized, error_json
 from vfleet.http import client
 from vfleet.http.limits import raise_nofile_limit
 from vfleet.http.server import Connection, Edge, Handler, Request
-from vfleet.router import auth
+from vfleet.router import auth, filestamp
 from vfleet.router.activator import Activator, HoldLimits
 from vfleet.router.config import BackendSpec, RouterConfig, load_endpoints_file, parse_endpoints
 from vfleet.router.demand import DemandRow, DemandTable
@@ -244,21 +243,16 @@ def tenancy(cfg: RouterConfig, row: LimitRow | None, metrics: RouterMetrics) -> 
 
 
 async def _watch_file(path: str, feeds: Feeds) -> None:
-    """Re-read the endpoints file whenever its stat changes (checked every FILE_CHECK_S)."""
-    seen: tuple[int, int, int] | None = None
-    while True:
-        try:
-            st = Path(path).stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if stamp != seen:
-                seen = stamp
-                feeds.set_specs("file", load_endpoints_file(path))
-        except FileNotFoundError:
-            pass  # not written yet: serve the other sources
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            # Most often a write caught half way; the rest of it changes the stat again.
-            log.warning("endpoints file %s: %s", path, exc)
-        await asyncio.sleep(FILE_CHECK_S)
+    """Re-read the endpoints file whenever it changes (checked every FILE_CHECK_S); until it is
+    written, and if it goes away, the other sources are served."""
+    await filestamp.watch(
+        path,
+        "endpoints file",
+        lambda: feeds.set_specs("file", load_endpoints_file(path)),
+        lambda: None,
+        FILE_CHECK_S,
+        (OSError, ValueError, yaml.YAMLError),
+    )
 
 
 async def _poll_feed(cfg: RouterConfig, url: str, feeds: Feeds) -> None:

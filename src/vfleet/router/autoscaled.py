@@ -10,13 +10,14 @@ Format (JSON, written whole with a rename): `{"models": {"<served name>": {"desi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
+
+from vfleet.router import filestamp
 
 log = logging.getLogger("vfleet.router.autoscaled")
 
@@ -42,20 +43,12 @@ def parse_desired(raw: Any) -> dict[str, int]:
 
 
 async def watch_desired(path: str, apply: Callable[[dict[str, int]], None]) -> None:
-    """Call `apply` with the file's counts now and whenever its stat changes; a missing file
-    is no counts (the supervisor has not written it yet, or has no autoscaled model)."""
-    seen: tuple[int, int, int] | None = None
-    while True:
-        try:
-            st = Path(path).stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if stamp != seen:
-                seen = stamp
-                apply(parse_desired(json.loads(Path(path).read_text())))
-        except FileNotFoundError:
-            if seen is not None:
-                seen = None
-                apply({})
-        except (OSError, ValueError) as exc:  # caught half way: the rest changes the stat
-            log.warning("autoscale file %s: %s", path, exc)
-        await asyncio.sleep(CHECK_S)
+    """Call `apply` with the file's counts now and whenever it changes; a missing file is no
+    counts (the supervisor has not written it yet, or has no autoscaled model)."""
+    await filestamp.watch(
+        path,
+        "autoscale file",
+        lambda: apply(parse_desired(json.loads(Path(path).read_text()))),
+        lambda: apply({}),
+        CHECK_S,
+    )

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import yaml
 
-from vfleet.router import auth
+from vfleet.router import auth, filestamp
 from vfleet.router.ratelimit import (
     Window,
     requests_window,
@@ -280,7 +280,7 @@ class Tenancy:
         self.stamp: tuple[int, int, int] | None = None
         file = None
         if path is not None:
-            self.stamp = _stamp(path)
+            self.stamp = filestamp.stamp(path)
             file = read_key_file(path)  # at start a bad file is an error, not a warning
         self.by_digest, self.anonymous = build_tenants(plain, file, defaults, row.table.slots)
 
@@ -367,7 +367,7 @@ class Tenancy:
         if path is None:
             return False
         try:
-            stamp = _stamp(path)
+            stamp = filestamp.stamp(path)
         except OSError as exc:
             if self.stamp is not None:
                 log.warning("tenants file %s: %s; the keys in force stay", path, exc.strerror)
@@ -392,8 +392,3 @@ class Tenancy:
         while True:
             await asyncio.sleep(every_s)
             self.check_file()
-
-
-def _stamp(path: str) -> tuple[int, int, int]:
-    st = Path(path).stat()
-    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
+
+from vfleet.router.filestamp import stamp
 
 log = logging.getLogger("vfleet.router.tls")
 
@@ -39,11 +40,7 @@ def load_context(cert: str, key: str) -> ssl.SSLContext:
 
 
 def _stamp(paths: tuple[str, ...]) -> Stamp:
-    out = []
-    for path in paths:
-        st = os.stat(path)
-        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(out)
+    return tuple(stamp(path) for path in paths)
 
 
 class CertReloader:

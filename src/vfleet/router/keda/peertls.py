@@ -20,9 +20,10 @@ that no longer loads keeps the previous context, with one warning per change.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from dataclasses import dataclass, field
+
+from vfleet.router import filestamp
 
 log = logging.getLogger("vfleet.router.keda")
 
@@ -74,11 +75,6 @@ def client_context(ca: str | None, own_cert: str | None) -> ssl.SSLContext:
     return ctx
 
 
-def _stamp(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
 @dataclass(slots=True)
 class PeerTls:
     """The peers' client context, rebuilt when the trusted file changes on disk."""
@@ -106,7 +102,7 @@ class PeerTls:
         path = self.path
         if self._ctx is not None and path is not None:
             try:
-                stamp: tuple[int, int, int] | None = _stamp(path)
+                stamp: tuple[int, int, int] | None = filestamp.stamp(path)
             except OSError:
                 return self._ctx  # replaced by a rename caught half way; the next call sees it
             if stamp == self._stamp:
@@ -121,7 +117,7 @@ class PeerTls:
         if self._ctx is None:
             self._ctx = client_context(self.ca, self.own_cert)
             try:
-                self._stamp = _stamp(path) if path is not None else None
+                self._stamp = filestamp.stamp(path) if path is not None else None
             except OSError:
                 self._stamp = None  # gone right after it was read: the next call re-reads it
         return self._ctx
