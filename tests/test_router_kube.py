@@ -197,7 +197,10 @@ def test_pod_deleted_while_the_watch_is_down_is_gone_after_the_relist(
     kube.resume()
     assert becomes(router, {sim_a.url}, timeout_s=10)
     assert len(kube.lists()) == 2  # the relist after the broken watch found it gone
-    assert any("no longer serves (found by a full list)" in line for line in router.log)
+    # the log is read by another thread: the line may arrive just after the endpoint set changed
+    assert wait_for(
+        lambda: any("no longer serves (found by a full list)" in line for line in router.log)
+    )
 
 
 def test_silently_stale_watch_is_corrected_by_the_periodic_relist(
@@ -238,7 +241,7 @@ def test_410_gone_makes_the_router_list_again(
             kube.end_watches()
         assert becomes(router, {sim_a.url}, timeout_s=10)
         assert len(kube.lists()) == 2
-        assert any("410 Gone" in line for line in router.log)
+        assert wait_for(lambda: any("410 Gone" in line for line in router.log))
 
 
 def test_bookmarks_move_the_version_the_watch_resumes_from(
