@@ -104,11 +104,12 @@ class ChatStream:
         sampling: Sampling,
         fp: str,
     ) -> None:
-        self.enc = responses.ChunkEncoder(True, rid, int(time.time()), model)
+        created = int(time.time())  # one stamp: the encoder's chunks and these agree
+        self.enc = responses.ChunkEncoder(True, rid, created, model)
         self.head = {
             "id": f"chatcmpl-{rid}",
             "object": "chat.completion.chunk",
-            "created": int(time.time()),
+            "created": created,
             "model": model,
         }
         self.extras = extras
@@ -206,11 +207,12 @@ class CompletionStream:
         usage: bool,
         fp: str,
     ) -> None:
-        self.enc = responses.ChunkEncoder(False, rid, int(time.time()), model)
+        created = int(time.time())  # one stamp: the encoder's chunks and these agree
+        self.enc = responses.ChunkEncoder(False, rid, created, model)
         self.head = {
             "id": f"cmpl-{rid}",
             "object": "text_completion",
-            "created": int(time.time()),
+            "created": created,
             "model": model,
         }
         self.extras = extras
