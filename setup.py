@@ -24,7 +24,10 @@ COMPILED = [
     "src/vfleet/http/server.py",
     "src/vfleet/prom.py",
     "src/vfleet/router/activator.py",
+    # the circuit breaker's bookkeeping runs on every forwarded request: ~10x faster compiled
+    "src/vfleet/router/breaker.py",
     "src/vfleet/router/demand.py",
+    "src/vfleet/router/ejection.py",
     "src/vfleet/router/endpoints.py",
     # forward, inbound and routes came out of proxy.py: the same per-request code, still compiled
     "src/vfleet/router/forward.py",

@@ -97,6 +97,7 @@ def main() -> None:
     text = "".join(chr(0x4E00 + t % 2000) for t in prompt)  # ~ a 16k-token prompt's text
     prefix = prefix_hashes(text)
     kv = KvAffinity(index)
+    kv.observe = lambda decision: None  # the router always observes (its metrics)
     policies: dict[str, tuple[Policy, RouteKey]] = {
         "kv": (kv, RouteKey("m", prefix=prefix, chain=chain)),
         "least_load": (LeastLoad(), RouteKey("m")),

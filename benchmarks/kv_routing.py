@@ -14,8 +14,22 @@ per policy and rate, and the ratios issue 11's targets name:
   (target >= +25%) at the rate where round robin saturates;
 - kv against prefix at every rate (target: at least as good).
 
+Two things bound those ratios, whatever the policy. Output tok/s cannot pass what is offered
+(rate x output tokens): where round robin first saturates it still delivers 80-90% of that, so
+kv/rr tok/s is capped at 1.1-1.2 there (the report prints the cap). And each prefix's first
+request is a miss (32 x 3,000-token prefills in the first second or two): in a 480-request run
+that cold start is a fifth of the run and sets kv's p90; --requests 1440 dilutes it (and lets
+an overloaded policy's queue grow). Per-run `tails` give TTFT of each prefix's first request
+apart from the rest.
+
 usage: python benchmarks/kv_routing.py [--rates 16,32,48,64] [--requests 480] [--engines 8]
        [--blocks 3500] [--policies round_robin,prefix,kv] [--time-scale 2] [--out DIR]
+       [--sample-queues] [--src new=TREE/src --src old=OTHER/src --policies kv@new,kv@old]
+       [--router-src DIR] [--engine-src DIR]
+A policy named NAME@TAG runs the router from the tree --src TAG=DIR names (an A/B of a change
+in the same process tree; --router-src and --engine-src: the trees of the other routers and of
+the engines, default the installed vfleet); --sample-queues records each engine's running and
+waiting queues.
 Rates, TTFT and tok/s are in modelled time: with --time-scale 2 the engines run at half speed
 and requests are sent at half the rate, so that a 2-core machine keeps up with 64 req/s of
 96-token streams (the router's own cost counts half). Run it from a venv with vfleet installed
@@ -39,12 +53,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfleet.bench import runner, workloads
+from vfleet.bench import promtext, runner, workloads
 from vfleet.bench.stats import Slo
 from vfleet.http import client as http_client
 from vfleet.local.gpus import free_ports
 
 MODEL = "llama"
+SAMPLE_S = 0.25  # wall seconds between scrapes of the engines' queues during a run
 START_S = 60.0  # bound on an engine or the router answering after its start
 ROUTER_STOP_S = 20.0
 # "At least as good" allows this much noise: one run per policy on a shared machine.
@@ -68,10 +83,14 @@ class Proc:
                 self.popen.wait(timeout=10)
 
 
-def spawn(argv: list[str], url: str, log: Path) -> Proc:
+def spawn(argv: list[str], url: str, log: Path, src: str | None = None) -> Proc:
+    """Start `argv`; with `src`, vfleet is imported from that source tree instead (A/B)."""
+    env = None
+    if src is not None:
+        env = {**os.environ, "PYTHONPATH": src}
     with log.open("ab") as out:
         popen = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
     return Proc(popen, url, log)
 
@@ -114,6 +133,75 @@ async def kv_reasons(url: str) -> dict[str, float]:
                 reason = labels.split('reason="', 1)[1].split('"', 1)[0]
                 out[reason] = out.get(reason, 0.0) + float(value)
     return out
+
+
+async def sample_queues(engines: list[Proc], samples: list[list[tuple[float, float]]]) -> None:
+    """Scrape every engine's running and waiting gauges every SAMPLE_S until cancelled:
+    `samples[i]` gets (running, waiting) of engine i (per-engine queueing during the run)."""
+    while True:
+        for i, e in enumerate(engines):
+            with contextlib.suppress(OSError, ValueError):
+                resp = await http_client.get(e.url, "/metrics", 2.0)
+                got = promtext.parse(resp.body.decode("utf-8", "replace"))
+                samples[i].append(
+                    (
+                        got.get("vllm:num_requests_running", 0.0),
+                        got.get("vllm:num_requests_waiting", 0.0),
+                    )
+                )
+        await asyncio.sleep(SAMPLE_S)
+
+
+def queueing(samples: list[list[tuple[float, float]]]) -> dict[str, Any]:
+    """Per-engine queueing over a run: mean running, mean and max waiting, and the share of
+    samples with a waiting queue; `imbalance` is the busiest engine's mean running over the
+    fleet's mean."""
+    per = []
+    for s in samples:
+        n = max(1, len(s))
+        per.append(
+            {
+                "running": round(sum(r for r, _ in s) / n, 2),
+                "waiting": round(sum(w for _, w in s) / n, 2),
+                "max_waiting": max((w for _, w in s), default=0.0),
+                "queued_share": round(sum(1 for _, w in s if w > 0) / n, 3),
+            }
+        )
+    mean_running = sum(p["running"] for p in per) / max(1, len(per))
+    busiest = max((p["running"] for p in per), default=0.0)
+    return {
+        "engines": per,
+        "imbalance": round(busiest / mean_running, 2) if mean_running else None,
+    }
+
+
+def tails(
+    records: list[Any], requests: list[workloads.BenchRequest], scale: float
+) -> dict[str, Any]:
+    """TTFT of each prefix's first request (a miss whatever the policy) against the rest."""
+    group = {r.id: r.group for r in requests}
+    seen: set[int] = set()
+    first: list[float] = []
+    rest: list[float] = []
+    for rec in sorted(records, key=lambda r: r.sent):
+        if rec.ttft is None:
+            continue
+        g = group.get(rec.id, -1)
+        (rest if g in seen else first).append(rec.ttft / scale * 1000.0)
+        seen.add(g)
+    return {
+        "first_p50_ms": _pct(first, 0.5),
+        "rest_p50_ms": _pct(rest, 0.5),
+        "rest_p90_ms": _pct(rest, 0.9),
+        "rest_over_200ms": round(sum(1 for t in rest if t > 200.0) / max(1, len(rest)), 3),
+    }
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
 def sim_argv(args: argparse.Namespace, port: int, kv_port: int) -> list[str]:
@@ -163,11 +251,17 @@ def _ms(seconds: float | None, scale: float) -> float | None:
 
 async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     policies = args.policies.split(",")
+    trees = dict(item.split("=", 1) for item in args.src)
+    unknown = sorted({p.partition("@")[2] for p in policies} - set(trees) - {""})
+    if unknown:
+        raise SystemExit(f"no --src TAG=DIR for {', '.join(unknown)}")
     rates = [float(r) for r in args.rates.split(",")]
     ports = free_ports(2 * args.engines + 1)
     http_ports, kv_ports, router_port = ports[: args.engines], ports[args.engines : -1], ports[-1]
     engines = [
-        spawn(sim_argv(args, p, k), f"http://127.0.0.1:{p}", out / f"engine-{i}.log")
+        spawn(
+            sim_argv(args, p, k), f"http://127.0.0.1:{p}", out / f"engine-{i}.log", args.engine_src
+        )
         for i, (p, k) in enumerate(zip(http_ports, kv_ports, strict=True))
     ]
     spec = workloads.WorkloadSpec(
@@ -189,10 +283,13 @@ async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             order = policies[i % len(policies) :] + policies[: i % len(policies)]
             for policy in order:
                 empty_caches(engines)
+                # "kv@TAG": the kv policy of the router in the tree --src TAG=DIR names
+                name, _, tag = policy.partition("@")
                 router = spawn(
-                    router_argv(policy, router_port, engines, kv_ports),
+                    router_argv(name, router_port, engines, kv_ports),
                     f"http://127.0.0.1:{router_port}",
                     out / f"router-{policy}-{rate:g}.log",
+                    trees[tag] if tag else args.router_src,
                 )
                 try:
                     await wait_ready(router, "/ready")
@@ -200,16 +297,38 @@ async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                     load = runner.Load(
                         rate=rate / args.time_scale, requests=args.requests, seed=args.seed
                     )
-                    result = await runner.run(
-                        router.url, MODEL, requests, load, Slo(), [e.url for e in engines]
+                    samples: list[list[tuple[float, float]]] = [[] for _ in engines]
+                    sampler = asyncio.create_task(
+                        sample_queues(engines, samples) if args.sample_queues else asyncio.sleep(0)
                     )
+                    try:
+                        result = await runner.run(
+                            router.url, MODEL, requests, load, Slo(), [e.url for e in engines]
+                        )
+                    finally:
+                        sampler.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sampler
                     reasons = await kv_reasons(router.url)
                 finally:
                     router.stop(ROUTER_STOP_S)
                 numbers = {"policy": policy, "rate": rate, **row(result.summary, args.time_scale)}
                 numbers["kv_reasons"] = reasons
+                # What any router could deliver at most: every token offered, at once.
+                numbers["offered_tok_s"] = (
+                    rate * sum(r.max_tokens for r in requests) / len(requests)
+                )
+                numbers["tails"] = tails(result.records, requests, args.time_scale)
+                group = {r.id: r.group for r in requests}
+                # (sent s, TTFT ms, prefix group) per request, modelled time, for later study
+                numbers["requests"] = [
+                    [round(r.sent / args.time_scale, 3), _ms(r.ttft, args.time_scale), group[r.id]]
+                    for r in result.records
+                ]
+                if args.sample_queues:
+                    numbers["queues"] = queueing(samples)
                 results["runs"].append(numbers)
-                print(json.dumps(numbers), flush=True)
+                print(json.dumps({k: v for k, v in numbers.items() if k != "requests"}), flush=True)
     finally:
         for e in engines:
             e.stop()
@@ -217,7 +336,17 @@ async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def _get(runs: list[dict[str, Any]], policy: str, rate: float) -> dict[str, Any] | None:
-    return next((r for r in runs if r["policy"] == policy and r["rate"] == rate), None)
+    """The run of `policy` at `rate`; a plain name also finds its first tagged run (NAME@TAG)."""
+    exact = next((r for r in runs if r["policy"] == policy and r["rate"] == rate), None)
+    if exact is not None:
+        return exact
+    tagged = (r for r in runs if r["policy"].partition("@")[0] == policy and r["rate"] == rate)
+    return next(tagged, None)
+
+
+def _kv_variants(runs: list[dict[str, Any]]) -> list[str]:
+    """The kv policies run (`kv`, or tagged ones such as kv@new and kv@old)."""
+    return sorted({r["policy"] for r in runs if r["policy"].partition("@")[0] == "kv"})
 
 
 def _fmt(v: Any, digits: int = 0) -> str:
@@ -253,30 +382,31 @@ def report(results: dict[str, Any]) -> str:
             if r.get("kv_reasons")
         ),
         "",
-        "| rate | kv/rr TTFT p90 | kv/rr tok/s | kv/prefix TTFT p90 | kv/prefix tok/s "
+        "| rate | kv | kv/rr TTFT p90 | kv/rr tok/s | kv/prefix TTFT p90 | kv/prefix tok/s "
         "| kv/prefix hit rate |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    for rate in rates:
-        kv, rr, px = (_get(runs, p, rate) for p in ("kv", "round_robin", "prefix"))
+    for rate, name in ((rate, name) for rate in rates for name in _kv_variants(runs)):
+        kv, rr, px = (_get(runs, p, rate) for p in (name, "round_robin", "prefix"))
         if kv is None:
             continue
         lines.append(
-            f"| {rate:g} | {_ratio(kv['ttft_p90_ms'], (rr or {}).get('ttft_p90_ms'))} "
+            f"| {rate:g} | {name} | {_ratio(kv['ttft_p90_ms'], (rr or {}).get('ttft_p90_ms'))} "
             f"| {_ratio(kv['output_tok_s'], (rr or {}).get('output_tok_s'))} "
             f"| {_ratio(kv['ttft_p90_ms'], (px or {}).get('ttft_p90_ms'))} "
             f"| {_ratio(kv['output_tok_s'], (px or {}).get('output_tok_s'))} "
             f"| {_ratio(kv['hit_rate'], (px or {}).get('hit_rate'))} |"
         )
-    lines += ["", *targets(runs, rates)]
+    for name in _kv_variants(runs):
+        lines += ["", f"{name}:", *targets(runs, rates, name)]
     return "\n".join(lines)
 
 
-def targets(runs: list[dict[str, Any]], rates: list[float]) -> list[str]:
+def targets(runs: list[dict[str, Any]], rates: list[float], name: str = "kv") -> list[str]:
     """Issue 11's sim targets, judged on this run. Round robin saturates at the first rate where
     its p90 TTFT is 4x its lowest-rate value or it serves under 85% of the offered rate."""
     rr = [r for rate in rates if (r := _get(runs, "round_robin", rate)) is not None]
-    if not rr or any(_get(runs, "kv", r["rate"]) is None for r in rr):
+    if not rr or any(_get(runs, name, r["rate"]) is None for r in rr):
         return []
     base = rr[0]["ttft_p90_ms"] or 0.0
     saturated = next(
@@ -291,7 +421,7 @@ def targets(runs: list[dict[str, Any]], rates: list[float]) -> list[str]:
     if saturated is None:
         out.append("round robin did not saturate at these rates: offer more")
     else:
-        kv = _get(runs, "kv", saturated["rate"])
+        kv = _get(runs, name, saturated["rate"])
         assert kv is not None
         out.append(
             f"round robin saturates at {saturated['rate']:g} req/s: kv/rr TTFT p90 "
@@ -299,10 +429,19 @@ def targets(runs: list[dict[str, Any]], rates: list[float]) -> list[str]:
             f"output tok/s {_ratio(kv['output_tok_s'], saturated['output_tok_s'])} "
             "(target >= 1.25)"
         )
+        offered = saturated.get("offered_tok_s")
+        if offered and saturated["output_tok_s"]:
+            # Output tok/s cannot exceed what is offered: when round robin already delivers
+            # most of it, no policy can reach +25% at this rate, however good.
+            out.append(
+                f"at {saturated['rate']:g} req/s {offered:.0f} output tok/s are offered and "
+                f"round robin delivers {saturated['output_tok_s'] / offered:.0%} of them: "
+                f"kv/rr output tok/s is at most {offered / saturated['output_tok_s']:.2f} there"
+            )
     worse = [
         f"{rate:g}"
         for rate in rates
-        if (kv := _get(runs, "kv", rate)) is not None
+        if (kv := _get(runs, name, rate)) is not None
         and (px := _get(runs, "prefix", rate)) is not None
         and (
             kv["ttft_p90_ms"] > px["ttft_p90_ms"] * (1 + TTFT_NOISE)
@@ -326,11 +465,27 @@ def main() -> int:
     ap.add_argument("--policies", default="round_robin,prefix,kv")
     ap.add_argument("--time-scale", type=float, default=2.0, help="wall s per modelled s")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--src",
+        action="append",
+        default=[],
+        metavar="TAG=DIR",
+        help="a source tree (its src/ folder) for policies named NAME@TAG: A/B of two trees",
+    )
+    ap.add_argument("--router-src", default=None, help="source tree of the other routers")
+    ap.add_argument("--engine-src", default=None, help="source tree of the engines")
+    ap.add_argument(
+        "--sample-queues",
+        action="store_true",
+        help="scrape the engines' running/waiting gauges during runs (costs some CPU)",
+    )
     ap.add_argument("--out", default=None, help="results folder (default: a temp dir)")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="vfleet-kv-routing-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"logs and results in {out} (pid {os.getpid()})", file=sys.stderr)
+    # SIGTERM ends the run like Ctrl-C: engines and router are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     results = asyncio.run(measure(args, out))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     text = report(results)

@@ -1,76 +1,99 @@
-"""Router overhead: vfleet's router against direct-to-backend, nginx and the Rust vllm-router.
+"""Router overhead: vfleet's router against direct-to-engine, nginx and the Rust vllm-router.
 
-A thin driver around the workplace's router benchmark harness (`shared/bench/router`, see its
-README: fake vLLM backends that are never the bottleneck, the router pinned to core 0, wrk and
-the Python load generator on core 1, systems interleaved per repetition, noisy phases re-run).
-It runs the harness with vfleet's `vfleet` command (the installed, mypyc-compiled build when run
-from such a venv) and prints the harness's markdown report.
+Runs the project's harness (benchmarks/harness/, see run.py there): two fake vLLM engines that
+answer at once, each system pinned to core 0 in turn while wrk, the load generator and the
+engines share core 1; systems interleaved within each repetition, their order rotated. Prints a
+markdown summary (ratios against direct and nginx measured in the same run) and one row per
+repetition saying how busy the machine was.
 
-usage: python benchmarks/router_overhead.py [--harness ../shared/bench/router] [--reps 3]
-       [--systems direct,nginx,vllm-router,vfleet] [--phases probe,wrk,rate,stream]
-Setup once: `bash <harness>/setup.sh` (nginx, wrk, and the harness and vllm-router venvs).
+Run it with the interpreter of the vfleet build to measure (`pip install .` compiles the hot path
+with mypyc; an editable install measures plain Python): the `vfleet` next to that interpreter is
+the router under test, and the same interpreter runs the fake engines and the load generator.
+
+usage: python benchmarks/router_overhead.py [--reps 3] [--systems direct,nginx,vllm-router,vfleet]
+       [--phases probe,wrk,rate,stream] [--duration 15] [--out DIR]
+Setup once: `bash benchmarks/harness/setup.sh` (wrk, nginx-light, the pinned vllm-router venv).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+from harness import report, systems
+from harness.run import Bench, RunConfig
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    here = Path(__file__).resolve().parent
-    ap.add_argument("--harness", default=str(here.parent.parent / "shared" / "bench" / "router"))
-    ap.add_argument("--bench-root", default=os.environ.get("BENCH_ROOT", "/tmp/bench_f"))
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--systems", default="direct,nginx,vllm-router,vfleet")
+    ap.add_argument("--systems", default=",".join(systems.NAMES))
     ap.add_argument("--phases", default="probe,wrk,rate,stream")
-    ap.add_argument("--wrk-duration", type=int, default=15)
-    ap.add_argument("--out", default=None, help="results folder (default: a temp dir)")
+    ap.add_argument(
+        "--duration",
+        "--wrk-duration",
+        type=float,
+        default=15.0,
+        help="seconds of the wrk phase (the other phases: --phase-duration)",
+    )
+    ap.add_argument(
+        "--phase-duration",
+        type=float,
+        default=10.0,
+        help="seconds measured in each rate and stream phase",
+    )
+    ap.add_argument("--rates", type=floats, default=[50.0, 300.0], help="req/s, comma-separated")
+    ap.add_argument("--vllm-router", type=Path, default=systems.VLLM_ROUTER)
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: a temp dir)")
     args = ap.parse_args()
-    harness = Path(args.harness)
-    py = Path(args.bench_root, "venv-harness", "bin", "python")
-    if not (harness / "run_bench.py").exists() or not py.exists():
-        print(f"harness or its venv missing: run bash {harness}/setup.sh", file=sys.stderr)
+    names = [s for s in args.systems.split(",") if s]
+    if unknown := set(names) - set(systems.NAMES):
+        print(f"unknown system(s) {sorted(unknown)}; known: {systems.NAMES}", file=sys.stderr)
         return 2
     vfleet_bin = shutil.which("vfleet", path=str(Path(sys.executable).parent))
-    if vfleet_bin is None:
+    missing = []
+    if "vfleet" in names and vfleet_bin is None:
+        missing.append("a `vfleet` next to this interpreter (run me from a vfleet venv)")
+    if "wrk" in args.phases and not shutil.which("wrk"):
+        missing.append("wrk")
+    if "nginx" in names and not shutil.which("nginx"):
+        missing.append("nginx")
+    if "vllm-router" in names and not args.vllm_router.exists():
+        missing.append(f"{args.vllm_router}")
+    if missing:
         print(
-            "no `vfleet` next to this interpreter: run me from a venv with vfleet installed",
-            file=sys.stderr,
+            f"missing {', '.join(missing)}: see bash benchmarks/harness/setup.sh", file=sys.stderr
         )
         return 2
-    out = args.out or tempfile.mkdtemp(prefix="vfleet-router-bench-")
-    env = {**os.environ, "VFLEET_BIN": vfleet_bin, "BENCH_ROOT": args.bench_root}
-    subprocess.run(
-        [
-            str(py),
-            "run_bench.py",
-            "--reps",
-            str(args.reps),
-            "--systems",
-            args.systems,
-            "--phases",
-            args.phases,
-            "--wrk-duration",
-            str(args.wrk_duration),
-            "--out",
-            out,
-        ],
-        cwd=harness,
-        env=env,
-        check=True,
+    out = args.out or Path(tempfile.mkdtemp(prefix="vfleet-router-bench-"))
+    cfg = RunConfig(
+        out=out,
+        vfleet_bin=vfleet_bin or "vfleet",
+        python=sys.executable,
+        vllm_router=args.vllm_router,
+        systems=names,
+        reps=args.reps,
+        phases=args.phases.split(","),
+        wrk_s=args.duration,
+        rates=args.rates,
+        rate_s=args.phase_duration,
+        stream_s=args.phase_duration,
     )
-    report = subprocess.run(
-        [sys.executable, "report.py", out], cwd=harness, check=True, capture_output=True, text=True
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    records = Bench(cfg).run()
+    print(report.render(records))
+    print(
+        f"run {started} -> {time.strftime('%H:%M:%S')}, {args.reps} repetition(s); "
+        f"records: {out / 'results.jsonl'}"
     )
-    print(report.stdout)
-    print(f"results: {out}")
     return 0
 
 

@@ -69,9 +69,14 @@ def start_vfleet(
 
 
 def start_ready(
-    cmd: list[str], what: str, timeout_s: float = 20.0, env: dict[str, str] | None = None
+    cmd: list[str],
+    what: str,
+    timeout_s: float = 20.0,
+    env: dict[str, str] | None = None,
+    ready: re.Pattern[str] = READY,
 ) -> SimProcess:
-    """Start `cmd` and wait (bounded) for the `ready on http://HOST:PORT` line on its stderr."""
+    """Start `cmd` and wait (bounded) for the `ready on http://HOST:PORT` line on its stderr
+    (`ready`: another pattern of it, e.g. https; its two groups are the host and the port)."""
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
@@ -88,11 +93,12 @@ def start_ready(
         if not line:
             break
         log.append(line)
-        m = READY.search(line)
+        m = ready.search(line)
         if m:
             # Keep draining stderr so a chatty process never blocks on a full pipe.
             threading.Thread(target=_drain, args=(proc, log), daemon=True).start()
-            return SimProcess(proc, f"http://{m.group(1)}:{m.group(2)}", log)
+            scheme = "https" if "https://" in m.group(0) else "http"
+            return SimProcess(proc, f"{scheme}://{m.group(1)}:{m.group(2)}", log)
     proc.kill()
     proc.wait(timeout=10)
     proc.stderr.close()

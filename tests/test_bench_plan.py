@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from benchkit import bench, flags
 from vfleet.bench import workloads
 from vfleet.bench.plan import PlanResult, capacity, fewest, simulate_fleet
 from vfleet.bench.stats import Slo
@@ -110,33 +109,8 @@ def test_plan_command_writes_a_table_and_an_answer(tmp_path: Path) -> None:
         "    sim:\n      profile: small\n"
     )
     out = tmp_path / "plan"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vfleet",
-            "bench",
-            "plan",
-            "-f",
-            str(spec),
-            "--rate",
-            "200",
-            "--duration",
-            "2",
-            "--input-len",
-            "64",
-            "--output-len",
-            "8",
-            "--ttft-p99",
-            "1",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    options = flags(rate=200, duration=2, input_len=64, output_len=8, ttft_p99=1, out=out)
+    res = bench("plan", "-f", str(spec), *options)
     assert res.returncode == 0, res.stderr
     result = json.loads((out / "plan.json").read_text())
     assert [(r["policy"], r["replicas"]) for r in result["rows"]] == [
@@ -150,29 +124,7 @@ def test_plan_command_writes_a_table_and_an_answer(tmp_path: Path) -> None:
     assert (out / "plan.md").read_text() == res.stdout
     assert (out / "plan.png").read_bytes().startswith(b"\x89PNG")
 
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vfleet",
-            "bench",
-            "plan",
-            "-f",
-            str(spec),
-            "--model",
-            "nope",
-            "--rate",
-            "1",
-            "--duration",
-            "1",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    bad = bench("plan", "-f", str(spec), *flags(model="nope", rate=1, duration=1, out=out))
     assert bad.returncode == 1 and bad.stderr == "Error: no model 'nope' in the fleet (chat)\n"
 
 
@@ -272,34 +224,10 @@ def test_plan_command_packs_shares_onto_gpus_and_runs_closed_loops(tmp_path: Pat
 
     def plan(*extra: str) -> dict[str, object]:
         out = tmp_path / "-".join(extra)
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "vfleet",
-                "bench",
-                "plan",
-                "-f",
-                str(spec),
-                "--workload",
-                "embeddings",
-                "--input-len",
-                "200",
-                "--concurrency",
-                "16",
-                "--requests",
-                "200",
-                "--replicas",
-                "4",
-                "--out",
-                str(out),
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        options = flags(
+            workload="embeddings", input_len=200, concurrency=16, requests=200, replicas=4, out=out
         )
+        res = bench("plan", "-f", str(spec), *options, *extra)
         assert res.returncode == 0, res.stderr
         assert "concurrency 16, 200 requests" in res.stdout
         data: dict[str, object] = json.loads((out / "plan.json").read_text())

@@ -8,22 +8,25 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchkit import bench, flags, ok
 from conftest import SimProcess, start_router, start_sim
 from httpclient import request
 from vfleet.bench import promtext
 from vfleet.bench.workloads import WorkloadSpec, generate
 
 SIM_ARGS = ("--model", "demo", "--profile", "small", "--max-model-len", "4096")
+Fleet = tuple[SimProcess, SimProcess, SimProcess]  # two engines and the router before them
+Runner = Callable[..., Path]
 
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[tuple[SimProcess, SimProcess, SimProcess]]:
+def fleet() -> Iterator[Fleet]:
     a = start_sim(*SIM_ARGS)
     b = start_sim(*SIM_ARGS)
     r = start_router("--backend", a.url, "--backend", b.url, "--policy", "prefix")
@@ -32,20 +35,22 @@ def fleet() -> Iterator[tuple[SimProcess, SimProcess, SimProcess]]:
         p.stop()
 
 
-def bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vfleet", "bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+@pytest.fixture
+def bench_run(fleet: Fleet, tmp_path: Path) -> Runner:
+    """`bench_run(NAME, **options)`: `vfleet bench run` of model demo through the shared
+    fleet's router (options as `benchkit.flags`), results in tmp_path/NAME, which it returns."""
+
+    def go(name: str, **options: object) -> Path:
+        out = tmp_path / name
+        run(fleet[2].url, out, **options)
+        return out
+
+    return go
 
 
-def ok(*args: str) -> str:
-    res = bench(*args)
-    assert res.returncode == 0, res.stderr
-    return res.stdout
+def run(url: str, out: Path, model: str = "demo", **options: object) -> str:
+    """`vfleet bench run` against `url`, results in `out`; `options` as `benchkit.flags`."""
+    return ok("run", *flags(url=url, model=model, **options, out=out))
 
 
 def successes(*engines: SimProcess) -> float:
@@ -68,31 +73,17 @@ def summary(out: Path) -> dict[str, Any]:
 
 
 def test_random_open_loop_agrees_with_workload_usage_and_engine_counters(
-    fleet: tuple[SimProcess, SimProcess, SimProcess], tmp_path: Path
+    fleet: Fleet, bench_run: Runner, tmp_path: Path
 ) -> None:
-    a, b, r = fleet
-    wl = ["--workload", "random", "--input-len", "32", "--output-len", "8", "--range-ratio", "0.5"]
-    metrics = ["--metrics-url", a.url, "--metrics-url", b.url]
+    a, b, _ = fleet
+    wl: dict[str, object] = {
+        "workload": "random",
+        "input_len": 32,
+        "output_len": 8,
+        "range_ratio": 0.5,
+    }
     before = successes(a, b)
-    ok(
-        "run",
-        "--url",
-        r.url,
-        "--model",
-        "demo",
-        *wl,
-        "--rate",
-        "200",
-        "--requests",
-        "40",
-        "--seed",
-        "3",
-        "--slo-ttft",
-        "10",
-        "--out",
-        str(tmp_path / "a"),
-        *metrics,
-    )
+    bench_run("a", **wl, rate=200, requests=40, seed=3, slo_ttft=10, metrics_url=[a.url, b.url])
     assert successes(a, b) - before == 40
 
     spec = WorkloadSpec("random", 40, seed=3, input_len=32, output_len=8, range_ratio=0.5)
@@ -119,22 +110,7 @@ def test_random_open_loop_agrees_with_workload_usage_and_engine_counters(
     assert "| completed | 40 |  |" in report
 
     # same seed, same requests; compare lays the two runs side by side
-    ok(
-        "run",
-        "--url",
-        r.url,
-        "--model",
-        "demo",
-        *wl,
-        "--concurrency",
-        "4",
-        "--requests",
-        "40",
-        "--seed",
-        "3",
-        "--out",
-        str(tmp_path / "b"),
-    )
+    bench_run("b", **wl, concurrency=4, requests=40, seed=3)
     again = records(tmp_path / "b")
     assert {x["id"]: x["input_tokens"] for x in again} == {x["id"]: x["input_tokens"] for x in recs}
     table = ok("compare", str(tmp_path / "a"), str(tmp_path / "b")).splitlines()
@@ -144,39 +120,12 @@ def test_random_open_loop_agrees_with_workload_usage_and_engine_counters(
 
 
 def test_shared_prefix_sweep_hits_the_prefix_cache(
-    fleet: tuple[SimProcess, SimProcess, SimProcess], tmp_path: Path
+    fleet: Fleet, bench_run: Runner, tmp_path: Path
 ) -> None:
-    a, b, r = fleet
-    out = tmp_path / "sweep"
-    ok(
-        "run",
-        "--url",
-        r.url,
-        "--model",
-        "demo",
-        "--workload",
-        "shared-prefix",
-        "--groups",
-        "2",
-        "--users",
-        "3",
-        "--prefix-len",
-        "128",
-        "--input-len",
-        "8",
-        "--output-len",
-        "4",
-        "--rate",
-        "100,300",
-        "--requests",
-        "24",
-        "--out",
-        str(out),
-        "--metrics-url",
-        a.url,
-        "--metrics-url",
-        b.url,
-    )
+    a, b, _ = fleet
+    out = bench_run("sweep", workload="shared-prefix", groups=2, users=3, prefix_len=128,
+                    input_len=8, output_len=4, rate="100,300", requests=24,
+                    metrics_url=[a.url, b.url])  # fmt: skip
     for rate in ("100", "300"):
         s = summary(out / f"rate-{rate}")
         assert s["completed"] == 24
@@ -206,34 +155,9 @@ def check_compare_png(path: Path, names: list[str]) -> None:
         assert rgb in pixels, f"no pixel of run {i}'s colour"
 
 
-def test_multi_round_sends_a_round_only_after_the_previous_one(
-    fleet: tuple[SimProcess, SimProcess, SimProcess], tmp_path: Path
-) -> None:
-    _, _, r = fleet
-    out = tmp_path / "mr"
-    ok(
-        "run",
-        "--url",
-        r.url,
-        "--model",
-        "demo",
-        "--workload",
-        "multi-round",
-        "--users",
-        "3",
-        "--rounds",
-        "3",
-        "--input-len",
-        "16",
-        "--output-len",
-        "4",
-        "--concurrency",
-        "3",
-        "--requests",
-        "9",
-        "--out",
-        str(out),
-    )
+def test_multi_round_sends_a_round_only_after_the_previous_one(bench_run: Runner) -> None:
+    out = bench_run("mr", workload="multi-round", users=3, rounds=3, input_len=16, output_len=4,
+                    concurrency=3, requests=9)  # fmt: skip
     by_id = {x["id"]: x for x in records(out)}
     assert len(by_id) == 9 and all(x["ok"] for x in by_id.values())
     for u in range(3):
@@ -249,27 +173,8 @@ def test_embeddings_and_rerank_behind_the_router(tmp_path: Path) -> None:
     try:
         for name in ("embeddings", "rerank"):
             out = tmp_path / name
-            ok(
-                "run",
-                "--url",
-                router.url,
-                "--metrics-url",
-                emb.url,
-                "--model",
-                "emb",
-                "--workload",
-                name,
-                "--input-len",
-                "16",
-                "--documents",
-                "3",
-                "--concurrency",
-                "2",
-                "--requests",
-                "6",
-                "--out",
-                str(out),
-            )
+            run(router.url, out, "emb", metrics_url=emb.url, workload=name, input_len=16,
+                documents=3, concurrency=2, requests=6)  # fmt: skip
             recs = records(out)
             assert len(recs) == 6 and all(x["ok"] for x in recs), recs
             assert all(x["input_tokens"] > 0 and x["ttft"] == x["e2e"] for x in recs)
@@ -282,30 +187,14 @@ def test_embeddings_and_rerank_behind_the_router(tmp_path: Path) -> None:
         emb.stop()
 
 
-def test_trace_replay(fleet: tuple[SimProcess, SimProcess, SimProcess], tmp_path: Path) -> None:
-    _, _, r = fleet
+def test_trace_replay(bench_run: Runner, tmp_path: Path) -> None:
     trace = tmp_path / "trace.jsonl"
     rows = [
         {"timestamp": 10 + i * 0.02, "input_tokens": 20 + i, "output_tokens": 3, "group": i % 2}
         for i in range(6)
     ]
     trace.write_text("\n".join(json.dumps(x) for x in rows) + "\n")
-    out = tmp_path / "replay"
-    ok(
-        "run",
-        "--url",
-        r.url,
-        "--model",
-        "demo",
-        "--workload",
-        "trace",
-        "--trace",
-        str(trace),
-        "--requests",
-        "6",
-        "--out",
-        str(out),
-    )
+    out = bench_run("replay", workload="trace", trace=trace, requests=6)
     recs = sorted(records(out), key=lambda x: x["id"])
     assert [x["input_tokens"] for x in recs] == [20, 21, 22, 23, 24, 25]
     assert [x["output_tokens"] for x in recs] == [3] * 6
@@ -318,19 +207,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # bound, not listening: refused
-        res = bench(
-            "run",
-            "--url",
-            dead,
-            "--model",
-            "m",
-            "--rate",
-            "50",
-            "--requests",
-            "3",
-            "--out",
-            str(tmp_path / "dead"),
-        )
+        res = bench("run", *flags(url=dead, model="m", rate=50, requests=3, out=tmp_path / "dead"))
     assert res.returncode == 1
     assert res.stderr.startswith("Error: no request succeeded (connection:"), res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -338,18 +215,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
 
     both = bench(
         "run",
-        "--url",
-        dead,
-        "--model",
-        "m",
-        "--rate",
-        "1",
-        "--concurrency",
-        "2",
-        "--requests",
-        "1",
-        "--out",
-        str(tmp_path / "x"),
+        *flags(url=dead, model="m", rate=1, concurrency=2, requests=1, out=tmp_path / "x"),
     )
     assert both.returncode == 2 and "exactly one of --rate or --concurrency" in both.stderr
     missing = bench("compare", str(tmp_path / "nothing"))
@@ -357,34 +223,9 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
-def test_duration_run_cycles_the_workload_with_unique_ids(
-    fleet: tuple[SimProcess, SimProcess, SimProcess], tmp_path: Path
-) -> None:
-    _, _, r = fleet
-    out = tmp_path / "dur"
-    ok(
-        "run",
-        "--url",
-        r.url,
-        "--model",
-        "demo",
-        "--workload",
-        "multi-round",
-        "--users",
-        "2",
-        "--rounds",
-        "2",
-        "--input-len",
-        "8",
-        "--output-len",
-        "2",
-        "--concurrency",
-        "2",
-        "--duration",
-        "0.5",
-        "--out",
-        str(out),
-    )
+def test_duration_run_cycles_the_workload_with_unique_ids(bench_run: Runner) -> None:
+    out = bench_run("dur", workload="multi-round", users=2, rounds=2, input_len=8, output_len=2,
+                    concurrency=2, duration=0.5)  # fmt: skip
     recs = records(out)
     ids = [x["id"] for x in recs]
     assert len(ids) == len(set(ids)) > 4  # 4 requests a cycle: it went round

@@ -9,16 +9,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import start_sim
-from faults.test_tls import READY_TLS, TlsRouter, _drain, make_pair
 from test_chart_validate import VERSIONS, _crd, _errors, _validator
+from tlskit import make_pair, start_tls_router
 from vfleet.kube import render as helm
 
 MOUNT = "/etc/vfleet/tls"
@@ -103,7 +101,7 @@ def test_helm_test_pod_passes_against_a_tls_router(tmp_path: Path) -> None:
     sim = start_sim("--model", "demo", "--profile", "instant")
     router = None
     try:
-        router = _start_router(["--backend", sim.url, *tls_args])
+        router = start_tls_router(args=["--backend", sim.url, *tls_args])
         test_pod = objects["Pod/r-test-router"]["spec"]["containers"][0]
         env = _test_env(objects)
         env["ROUTER_URL"] = f"https://127.0.0.1:{router.port}"
@@ -131,24 +129,3 @@ def _probes(container: dict[str, Any]) -> list[dict[str, Any]]:
 def _test_env(objects: dict[str, dict[str, Any]]) -> dict[str, str]:
     env = objects["Pod/r-test-router"]["spec"]["containers"][0]["env"]
     return {e["name"]: e["value"] for e in env if "value" in e}
-
-
-def _start_router(args: list[str]) -> TlsRouter:
-    cmd = [sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1", "--port", "0", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    log: list[str] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        log.append(line)
-        found = READY_TLS.search(line)
-        if found:
-            threading.Thread(target=_drain, args=(proc, log), daemon=True).start()
-            return TlsRouter(proc, int(found.group(2)), log)
-    proc.kill()
-    proc.wait(timeout=10)
-    proc.stderr.close()
-    raise AssertionError("TLS router did not become ready: " + "".join(log))

@@ -1,11 +1,15 @@
 """The vfleet image without Docker (scripts/image/): the OCI archive writer on a tiny root
 filesystem (layout, digests, config, user, entrypoint, labels, no credentials, reproducible),
-what loaders make of it (skopeo, umoci, when installed), the Dockerfile agreeing with it, and,
-on a built image, vfleet running inside its root filesystem.
+what loaders make of it (skopeo, umoci, when installed), the Dockerfile agreeing with it, the
+build's wheel hand-over (take-wheels.sh), and, on a built image, its config and vfleet running
+inside its root filesystem (`vfleet --version`, `vfleet router --help`, a router in front of a
+sim engine).
 
-The built-image test needs root (chroot) and an image: VFLEET_IMAGE_ARCHIVE=FILE (one
-scripts/image/build.sh wrote) or VFLEET_IMAGE_BUILD=1 (builds one here; minutes, see
-docs/benchmarks.md). Without them it is skipped with the reason.
+The built-image tests need root (chroot) and an image: VFLEET_IMAGE_ARCHIVE=FILE (one
+scripts/image/build.sh wrote: CI's scripts/test.sh builds it, as root, while it compiles the
+wheels), or VFLEET_IMAGE_BUILD=1 (builds one here; minutes, see docs/benchmarks.md). Without
+them they are skipped with the reason; VFLEET_IMAGE_BUILD_LOG=FILE (CI's build failed) fails
+them with its end.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,41 +245,148 @@ def test_dockerfile_states_the_same_config() -> None:
         assert f"scripts/image/{name}" in text, name
 
 
+# -- the wheels' hand-over (build.sh installs the Debian packages while the wheels build) ------
+
+
+def _take_wheels(src: Path, dst: Path, wait_s: int = 30, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["sh", str(IMAGE / "take-wheels.sh"), str(src), str(dst), "1.2.3", str(wait_s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+
+
+def _wheel(folder: Path, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(b"PK")
+
+
+def test_take_wheels_waits_for_the_directory_to_appear_whole(tmp_path: Path) -> None:
+    src, dst = tmp_path / "wheels", tmp_path / "taken"
+    proc = _take_wheels(src, dst)
+    partial = tmp_path / "wheels.partial"
+    _wheel(partial, "vfleet-1.2.3-cp311-cp311-linux_x86_64.whl")
+    _wheel(partial, "anyio-4.0.0-py3-none-any.whl")
+    assert proc.poll() is None  # a partial directory is not taken
+    partial.rename(src)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "anyio-4.0.0-py3-none-any.whl",
+        "vfleet-1.2.3-cp311-cp311-linux_x86_64.whl",
+    ]
+    assert int((tmp_path / "taken.at").read_text()) > 0
+
+
+def test_take_wheels_stops_when_they_will_not_come(tmp_path: Path) -> None:
+    src = tmp_path / "wheels"
+    proc = _take_wheels(src, tmp_path / "taken", wait_s=600)
+    (tmp_path / "wheels.failed").touch()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and err.count("\n") == 1 and "not built" in err, err
+    late = _take_wheels(tmp_path / "never", tmp_path / "taken2", wait_s=1)
+    _, err = late.communicate(timeout=60)
+    assert late.returncode == 1 and "after 1 s" in err, err
+
+
+def test_take_wheels_wants_the_compiled_vfleet(tmp_path: Path) -> None:
+    src = tmp_path / "wheels"
+    _wheel(src, "vfleet-1.2.3-py3-none-any.whl")
+    proc = _take_wheels(src, tmp_path / "taken")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "not compiled" in err, err
+    accepted = _take_wheels(src, tmp_path / "taken2", VFLEET_MYPYC="0")
+    _, err = accepted.communicate(timeout=60)
+    assert accepted.returncode == 0, err
+    _wheel(tmp_path / "other", "vfleet-9.9.9-cp311-cp311-linux_x86_64.whl")
+    wrong = _take_wheels(tmp_path / "other", tmp_path / "taken3")
+    _, err = wrong.communicate(timeout=60)
+    assert wrong.returncode == 1 and "no vfleet-1.2.3 wheel" in err, err
+
+
 # -- a built image ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def built_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def built_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    failed_log = os.environ.get("VFLEET_IMAGE_BUILD_LOG")
+    if failed_log:
+        pytest.fail(f"the image build failed: {Path(failed_log).read_text()[-4000:]}")
     if os.geteuid() != 0:
         pytest.skip("running vfleet inside the image's root filesystem needs root (chroot)")
     archive = os.environ.get("VFLEET_IMAGE_ARCHIVE")
-    work = tmp_path_factory.mktemp("image")
-    if not archive:
-        if os.environ.get("VFLEET_IMAGE_BUILD") != "1":
-            pytest.skip("set VFLEET_IMAGE_BUILD=1 (builds the image) or VFLEET_IMAGE_ARCHIVE=FILE")
-        done = subprocess.run(
-            [str(IMAGE / "build.sh"), "--out", str(work)],
-            env={**os.environ, "PYTHON": sys.executable},
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-4000:]
-        archive = done.stdout.strip().splitlines()[-1]
-    _, config, small = oci.read_archive(Path(archive))
-    assert config["config"]["User"] == "10001:10001"
-    layer, _ = _layer_of(small, Path(archive))
-    rootfs = work / "rootfs"
+    if archive:
+        return Path(archive)
+    if os.environ.get("VFLEET_IMAGE_BUILD") != "1":
+        pytest.skip("set VFLEET_IMAGE_BUILD=1 (builds the image) or VFLEET_IMAGE_ARCHIVE=FILE")
+    done = subprocess.run(
+        [str(IMAGE / "build.sh"), "--worktree", "--out", str(tmp_path_factory.mktemp("image"))],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def built_rootfs(built_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    _, _, small = oci.read_archive(built_archive)
+    layer, _ = _layer_of(small, built_archive)
+    rootfs = tmp_path_factory.mktemp("image") / "rootfs"
     rootfs.mkdir()
     # as root, tar keeps the owners and modes the image has
     subprocess.run(["tar", "-xzf", "-", "-C", str(rootfs)], input=layer, timeout=300, check=True)
-    names = [str(p.relative_to(rootfs)) for p in rootfs.rglob("*")]
-    assert not oci.secret_paths(names)
     for mount_point in ("dev", "proc"):  # what a container runtime provides
         (rootfs / mount_point).mkdir(exist_ok=True)
     yield rootfs
     shutil.rmtree(rootfs, ignore_errors=True)
+
+
+def test_built_image_config_and_size(
+    built_archive: Path, built_rootfs: Path, record_property: Any
+) -> None:
+    _, config, small = oci.read_archive(built_archive)  # every blob against its digest
+    cfg = config["config"]
+    assert cfg["User"] == "10001:10001"
+    assert cfg["Entrypoint"] == ["/opt/vfleet/bin/vfleet"]
+    assert cfg["WorkingDir"] == "/home/vfleet"
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    labels = cfg["Labels"]
+    assert labels["org.opencontainers.image.version"] == version
+    if (ROOT / ".git").exists():  # built from a clone: the commit is named
+        assert labels["org.opencontainers.image.revision"], "no revision label"
+    assert {"title", "source", "licenses", "description", "created"} <= {
+        k.rsplit(".", 1)[1] for k in labels
+    }
+    assert not [e for e in cfg["Env"] if re.search(r"TOKEN|KEY|SECRET|PASSW|PIP_", e)]
+    # no credentials, caches or build leftovers in the layer
+    names = [str(p.relative_to(built_rootfs)) for p in built_rootfs.rglob("*")]
+    assert not oci.secret_paths(names)
+    leftovers = [
+        n
+        for n in names
+        if n.startswith("tmp/vfleet-")
+        or (
+            n.startswith(("var/cache/apt/", "var/lib/apt/lists/"))
+            and n.endswith((".deb", "Release", "Packages"))
+        )
+    ]
+    assert not leftovers, leftovers[:10]
+    home = built_rootfs / "home" / "vfleet"
+    assert (home.stat().st_uid, home.stat().st_gid) == (10001, 10001)
+    lock = (built_rootfs / "opt" / "vfleet" / "requirements.lock").read_text()
+    assert f"vfleet=={version}" in lock and "file:" not in lock
+    # the size, in the test report (docs/benchmarks.md records a build's)
+    _, manifest = _layer_of(small, built_archive)
+    layer_mb = manifest["layers"][0]["size"] / 1e6
+    record_property("image_archive_mb", round(built_archive.stat().st_size / 1e6, 1))
+    record_property("image_layer_mb", round(layer_mb, 1))
+    assert 20 < layer_mb < 1000, layer_mb  # a layer with Python, git and vfleet; not a disk
 
 
 def _in_image(rootfs: Path, *args: str) -> list[str]:

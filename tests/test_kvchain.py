@@ -17,11 +17,12 @@ from vfleet.router.kvchain import (
     HfTokenizer,
     Prompt,
     SimTokenizer,
+    chain_root,
     load_tokenizer,
     prompt_of,
     tokens_of,
 )
-from vfleet.router.kvindex import chain_hashes
+from vfleet.router.kvindex import chain_hashes, lora_root
 from vfleet.sim import tokenizer as sim_tokenizer
 from vfleet.sim.api import render_chat
 
@@ -57,13 +58,20 @@ def test_the_sim_tokenizer_and_chat_match_the_simulator(
     assert tokens_of(tok, Prompt(messages=tuple(messages))) == sim_tokenizer.encode(rendered)
 
 
-def test_a_model_directory_gives_its_tokenizer_and_chat_template(tmp_path: Path) -> None:
+def save_tokenizer(folder: Path) -> Any:
+    """A small word-level tokenizer saved as `folder`/tokenizer.json; the Rust object."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {"[UNK]": 0, "<s>": 1, "hello": 2, "world": 3, "user": 4, ":": 5}
     rust = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     rust.pre_tokenizer = pre_tokenizers.Whitespace()
-    rust.save(str(tmp_path / "tokenizer.json"))
+    folder.mkdir(parents=True, exist_ok=True)
+    rust.save(str(folder / "tokenizer.json"))
+    return rust
+
+
+def test_a_model_directory_gives_its_tokenizer_and_chat_template(tmp_path: Path) -> None:
+    rust = save_tokenizer(tmp_path)
     template = (
         "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n"
         "{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
@@ -112,6 +120,44 @@ def test_the_block_memo_is_bounded_and_agrees_with_plain_hashing() -> None:
         tokens = list(range(n * 4))
         assert list(memo.hashes(tokens, 4)) == chain_hashes(tokens, 4)
         assert len(memo) <= 10
+    # A LoRA adapter's chain starts from its root: other hashes, memoized apart.
+    tokens = list(range(20))
+    root = lora_root("sql-lora")
+    assert list(memo.hashes(tokens, 4, root)) == chain_hashes(tokens, 4, root)
+    assert set(memo.hashes(tokens, 4, root)).isdisjoint(memo.hashes(tokens, 4))
+
+
+def test_an_adapters_chains_are_keyed_by_the_adapter() -> None:
+    base = {"id": "llama", "root": "/models/llama", "parent": None}
+    adapter = {"id": "sql-lora", "root": "/adapters/sql", "parent": "llama"}
+    assert chain_root("llama", base) is None
+    assert chain_root("sql-lora", adapter) == lora_root("sql-lora")
+    assert lora_root("sql-lora") != lora_root("chat-lora")
+    chains = Chains()
+    try:
+        prompt = Prompt(text="y" * 160)
+        card = {**adapter, "tokenizer": "vfleet-sim"}
+        got = chains.compute("sql-lora", card, 16, prompt).result(timeout=10)
+        plain = chains.compute("llama", {**base, "tokenizer": "vfleet-sim"}, 16, prompt)
+        ids = sim_tokenizer.encode("y" * 160)
+        assert got is not None and list(got.blocks) == chain_hashes(ids, 16, lora_root("sql-lora"))
+        assert list(plain.result(timeout=10).blocks) == chain_hashes(ids, 16)  # type: ignore[union-attr]
+    finally:
+        chains.close()
+
+
+def test_an_adapter_without_a_tokenizer_uses_its_base_models(tmp_path: Path) -> None:
+    save_tokenizer(tmp_path / "base")
+    (tmp_path / "adapter").mkdir()  # adapter weights only, as most LoRA folders are
+    card = {
+        "id": "sql-lora",
+        "root": str(tmp_path / "adapter"),
+        "parent": "m",
+        "base_root": str(tmp_path / "base"),
+    }
+    tok = load_tokenizer(card)
+    assert tok is not None and tok.encode("hello world", True) == [2, 3]
+    assert load_tokenizer({**card, "base_root": None}) is None
 
 
 def test_prompts_the_router_tokenizes() -> None:

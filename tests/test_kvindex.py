@@ -16,6 +16,7 @@ from vfleet.router.kvindex import (
     Predictions,
     chain_hash,
     chain_hashes,
+    lora_root,
 )
 from vfleet.router.policies import KvAffinity, KvDecision, Reason
 from vfleet.router.state import Chain, EndpointState, RouteKey
@@ -24,16 +25,19 @@ from vfleet.sim.kvcache import block_hash
 BS = 4  # tokens per block in these tests
 
 
-def stored(tokens: list[int], parent_tokens: list[int] | None = None) -> dict[str, Any]:
+def stored(
+    tokens: list[int], parent_tokens: list[int] | None = None, lora: str | None = None
+) -> dict[str, Any]:
     """A BlockStored map (the simulator's shape) for `tokens`, chained after `parent_tokens`
-    (engine hashes are the simulator's, which the router never sees the seed of)."""
+    (engine hashes are the simulator's, which the router never sees the seed of), for LoRA
+    adapter `lora` (None: the base model)."""
     parent = None
     for i in range(0, len(parent_tokens or []), BS):
-        parent = block_hash(parent, (parent_tokens or [])[i : i + BS])
+        parent = block_hash(parent, (parent_tokens or [])[i : i + BS], lora)
     hashes = []
     h = parent
     for i in range(0, len(tokens), BS):
-        h = block_hash(h, tokens[i : i + BS])
+        h = block_hash(h, tokens[i : i + BS], lora)
         hashes.append(h)
     return {
         "type": "BlockStored",
@@ -41,8 +45,9 @@ def stored(tokens: list[int], parent_tokens: list[int] | None = None) -> dict[st
         "parent_block_hash": parent,
         "token_ids": tokens,
         "block_size": BS,
-        "lora_id": None,
+        "lora_id": None if lora is None else 1,
         "medium": "GPU",
+        "lora_name": lora,
     }
 
 
@@ -83,8 +88,29 @@ def test_removed_and_cleared_blocks_leave_the_index() -> None:
     assert index.stats.cleared == 1
 
 
+def test_lora_blocks_match_only_requests_for_their_adapter() -> None:
+    index = KvIndex()
+    prompt = list(range(12))
+    index.apply("a", 0, [stored(prompt, lora="sql")])
+    index.apply("b", 0, [stored(prompt)])
+    index.apply("c", 0, [stored(prompt, lora="chat")])
+    urls = {"a", "b", "c"}
+    assert index.match(chain_hashes(prompt, BS, lora_root("sql")), urls) == {"a": 3}
+    assert index.match(chain_hashes(prompt, BS), urls) == {"b": 3}
+    assert index.match(chain_hashes(prompt, BS, lora_root("chat")), urls) == {"c": 3}
+    # Extending an adapter's chain (its parent named by the engine's adapter hash)...
+    index.apply("a", 1, [stored(list(range(12, 16)), prompt, lora="sql")])
+    assert index.match(chain_hashes(list(range(16)), BS, lora_root("sql")), urls) == {"a": 4}
+    # ...and vLLM's array shape: [tag, hashes, parent, tokens, size, lora_id, medium, lora_name]
+    arr = ["BlockStored", [b"\x02" * 32], None, [5, 5, 5, 5], BS, 7, "GPU", "sql"]
+    index.apply("b", 1, [arr])
+    assert index.match(chain_hashes([5] * BS, BS, lora_root("sql")), urls) == {"b": 1}
+    assert index.match(chain_hashes([5] * BS, BS), urls) == {}
+
+
 def test_lora_multimodal_and_orphan_blocks_are_skipped() -> None:
     index = KvIndex()
+    # an adapter known only by its id (no lora_name): its requests cannot be told apart
     lora = {**stored(list(range(8))), "lora_id": 3}
     extra = {**stored(list(range(8))), "extra_keys": [None, ["img"]]}
     orphan = stored(list(range(8, 12)), list(range(8)))  # its parent was never stored
@@ -114,6 +140,29 @@ def test_purge_and_retain_drop_engines() -> None:
     index.retain({"b"})
     assert index.engines() == ["b"]
     assert index.holders(chain_hash(None, [0, 1, 2, 3])) == {"b"}
+
+
+def test_data_parallel_ranks_are_separate_engines_of_one_url() -> None:
+    index = KvIndex()
+    prompt = list(range(16))
+    # Each rank publishes its own stream (own sequence numbers) and caches on its own.
+    assert index.apply("a", 0, [stored(prompt[:8])], rank=0) is Applied.APPLIED
+    assert index.apply("a", 0, [stored(prompt)], rank=1) is Applied.APPLIED
+    assert index.apply("a", 1, [], rank=1) is Applied.APPLIED  # not a restart of rank 0
+    assert index.seq("a") == 0 and index.seq("a", 1) == 1
+    assert index.ranks("a") == [0, 1] and index.rank_count("a") == 2
+    assert index.engines() == ["a"] and index.blocks_of("a") == 6
+    chain = chain_hashes(prompt, BS)
+    assert index.match(chain, {"a"}) == {"a": 4}  # the url's deepest rank...
+    assert index.rank_holding("a", chain, 4) == 1  # ...is rank 1
+    assert index.rank_holding("a", chain, 2) == 0  # (both hold 2 blocks: the lowest)
+    # One rank's publisher restarts: only that rank's blocks go.
+    assert index.apply("a", 0, [], rank=1) is Applied.RESTARTED
+    assert index.match(chain, {"a"}) == {"a": 2} and index.rank_holding("a", chain, 2) == 0
+    index.purge("a", 0)
+    assert index.ranks("a") == [1] and index.match(chain_hashes(prompt, BS), {"a"}) == {}
+    index.purge("a")  # the engine leaves: every rank
+    assert not index.tracks("a") and index.rank_count("a") == 0
 
 
 # -- random streams against a model ------------------------------------------------------------
@@ -228,11 +277,62 @@ def test_the_engine_holding_the_prefix_wins_until_its_queue_costs_more() -> None
     assert policy.choose(eps(0, 0, 0), key) == eps(0, 0, 0)[1]
     assert decisions[-1].reason is Reason.HIT
     assert len(PROMPT) * 63 / 64 <= decisions[-1].cached_tokens <= len(PROMPT)  # depth to 1/64
-    # 3,000 tokens saved against 128 tokens per unit of load: a busier holder still wins...
+    # 3,000 tokens saved against 256 tokens per request ahead: a busier holder still wins...
     assert policy.choose(eps(2, 8, 2), key) == eps(2, 8, 2)[1]
-    # ...until it is past the overload bound (least + max(8, least)): the next best.
+    # ...until it is past the overload bound (max(least + 8, 2 x mean)): the next best.
     assert policy.choose(eps(2, 11, 2), key).url != "http://e1"  # type: ignore[union-attr]
     assert decisions[-1].reason is Reason.SHED
+
+
+def test_the_routers_requests_and_the_engines_count_are_the_same_requests() -> None:
+    """The engine's scraped running/waiting include this router's in-flight requests: counted
+    once (the larger count), or a scrape taken during one long prefill (a burst of `waiting`)
+    would push the engine's prefixes away until the next scrape."""
+    decisions: list[KvDecision] = []
+    policy = KvAffinity(seeded("http://e1", PROMPT))
+    policy.observe = decisions.append
+    key = key_of([*PROMPT, 1, 2, 3])
+    busy = EndpointState("http://e1", True, inflight=6, running=3, waiting=3)
+    idle = [EndpointState(f"http://e{i}", True) for i in (0, 2)]
+    assert policy.choose([idle[0], busy, idle[1]], key) == busy
+    assert decisions[-1].reason is Reason.HIT
+    # Another router's requests show only in the engine's count: they count too.
+    crowded = EndpointState("http://e1", True, inflight=0, running=9, waiting=2)
+    assert policy.choose([idle[0], crowded, idle[1]], key) != crowded
+    assert decisions[-1].reason is Reason.SHED
+
+
+def test_a_hit_is_not_shed_when_every_engine_is_busy() -> None:
+    """The overload bound is against the fleet's mean load: when all engines are busy (the
+    prefills of a cold start), shedding would only add a whole prefill to a busy engine; one
+    engine far ahead of idle ones is still shed from."""
+    decisions: list[KvDecision] = []
+    index = seeded("http://e1", PROMPT)
+    index.apply("http://e3", 0, [])
+    policy = KvAffinity(index)
+    policy.observe = decisions.append
+    busy = [EndpointState(f"http://e{i}", True, inflight=n) for i, n in enumerate((4, 14, 10, 10))]
+    assert policy.choose(busy, key_of([*PROMPT, 1])) == busy[1]
+    assert decisions[-1].reason is Reason.HIT
+    alone = [EndpointState(f"http://e{i}", True, inflight=n) for i, n in enumerate((0, 9, 0, 0))]
+    assert policy.choose(alone, key_of([*PROMPT, 2])) != alone[1]
+    assert decisions[-1].reason is Reason.SHED
+
+
+def test_a_prefill_costs_every_request_it_stalls() -> None:
+    """A prefill runs in the engine's steps, so the requests decoding there wait for it too: a
+    half-cached prompt on a busy engine loses to the whole prompt on an idle one."""
+    decisions: list[KvDecision] = []
+    half = PROMPT[: len(PROMPT) // 2]
+    policy = KvAffinity(seeded("http://e1", half))
+    policy.observe = decisions.append
+    chosen = policy.choose(eps(1, 4, 0), key_of(PROMPT))
+    assert chosen is not None and chosen.url == "http://e2"
+    assert decisions[-1].reason is Reason.BALANCE
+    # Idle, the engine holding half the prompt is the cheaper one (a fresh policy: this one
+    # now guesses that e2 holds the whole prompt).
+    fresh = KvAffinity(seeded("http://e1", half))
+    assert fresh.choose(eps(1, 0, 0), key_of(PROMPT)) == eps(1, 0, 0)[1]
 
 
 def test_a_short_shared_prefix_is_not_worth_a_long_queue() -> None:
@@ -261,6 +361,33 @@ def test_a_burst_of_a_new_prefix_sticks_before_events_arrive_then_the_guess_expi
     assert decisions[-1].reason is Reason.PREDICTED
     policy.choose(eps(*loads), key_of([*PROMPT, 7], now=10.0))
     assert decisions[-1].reason in (Reason.MISS, Reason.BALANCE)
+
+
+def test_a_data_parallel_engine_is_pinned_to_the_rank_holding_the_prefix() -> None:
+    decisions: list[KvDecision] = []
+    index = KvIndex()
+    index.apply("http://e0", 0, [])
+    index.apply("http://e1", 0, [], rank=0)
+    index.apply("http://e1", 0, [stored(PROMPT)], rank=1)
+    policy = KvAffinity(index)
+    policy.observe = decisions.append
+    assert policy.choose(eps(0, 0), key_of([*PROMPT, 5])) == eps(0, 0)[1]
+    assert decisions[-1].reason is Reason.HIT and decisions[-1].dp_rank == 1
+    assert policy.dp_rank == 1  # for the caller's X-data-parallel-rank header
+    # A new prefix on a data-parallel engine: a rank from its first block, the same one for
+    # its burst and in every router process; a single-rank engine is not pinned.
+    other = KvAffinity(index)
+    other.observe = decisions.append
+    for p in range(12):
+        key = key_of([p] * (20 * BS))
+        a = policy.choose(eps(3, 0), key)
+        first = decisions[-1]
+        b = other.choose(eps(3, 0), key)
+        assert a == b and first.dp_rank == decisions[-1].dp_rank
+        assert first.dp_rank in (0, 1)
+    assert {d.dp_rank for d in decisions[-24:]} == {0, 1}  # new prefixes spread over ranks
+    policy.choose(eps(0, 9), key_of([77] * (20 * BS)))
+    assert decisions[-1].dp_rank is None and policy.dp_rank is None  # e0: one rank
 
 
 def test_router_processes_fed_the_same_events_choose_alike() -> None:

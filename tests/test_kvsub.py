@@ -1,17 +1,24 @@
 """The KV-event subscriber (vfleet.kvsub) against the simulator's real ZeroMQ publisher on
-127.0.0.1: it learns blocks, joins late through the replay socket, fills a gap by replay, purges
-an engine when a gap cannot be filled, when the engine leaves and when its publisher changes."""
+127.0.0.1: it learns blocks, joins late through the replay socket (at once, not at the next
+batch; beside tcp and ipc publishers), fills a gap by replay, purges an engine when a gap cannot
+be filled, when the engine leaves and when its publisher changes."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import msgpack
 import pytest
+import zmq
 
 from vfleet.kvsub import KvFeed, decode
 from vfleet.router.kvindex import KvIndex
+from vfleet.router.kvwire import replay_endpoint
 from vfleet.sim.kvcache import BlockStored
 from vfleet.sim.kvevents import KVEventsConfig, ZmqPublisher, encode_batch
 
@@ -88,6 +95,153 @@ def test_it_learns_blocks_and_joins_late_through_the_replay_socket(
     run(work)
 
 
+def test_a_new_subscription_knows_what_an_idle_engine_published(
+    publisher: tuple[ZmqPublisher, str],
+) -> None:
+    """No batch follows the subscription: what the engine holds comes from its replay socket at
+    once (a router restarted beside idle engines knows their caches)."""
+    pub, replay = publisher
+
+    async def work() -> None:
+        for i in range(3):
+            pub.publish(0.0, [block(i)])
+        index = KvIndex()
+        feed = KvFeed(index, replay=lambda _: replay)
+        feed.set_publishers({URL: pub.endpoint})
+        await until(lambda: index.blocks_of(URL) == 3)  # nothing published meanwhile
+        assert index.seq(URL) == 2 and feed.counts["replayed"] == 3
+        await until(lambda: index.blocks_of(URL) == 4, step(pub, 3))
+        assert feed.counts["purged"] == 0
+        await feed.close()
+
+    run(work)
+
+
+def test_a_local_publisher_replays_beside_its_socket(tmp_path: Path) -> None:
+    """`vfleet up`'s engines publish on ipc:// sockets in the run directory, their replay socket
+    where `kvwire` says: the feed finds it with its default rule."""
+    endpoint = f"ipc://{tmp_path}/chat-0.sock"
+    replay = replay_endpoint(endpoint)
+    assert replay == f"ipc://{tmp_path}/chat-0.replay.sock"
+    pub = ZmqPublisher(
+        KVEventsConfig(enable_kv_cache_events=True, endpoint=endpoint, replay_endpoint=replay)
+    )
+
+    async def work() -> None:
+        pub.publish(0.0, [block(0), block(1)])
+        index = KvIndex()
+        feed = KvFeed(index)
+        feed.set_publishers({URL: endpoint})
+        await until(lambda: index.blocks_of(URL) == 2)
+        await feed.close()
+
+    try:
+        run(work)
+    finally:
+        pub.close()
+
+
+def test_a_restarted_publisher_is_learned_afresh(tmp_path: Path) -> None:
+    """The engine behind a local socket restarts and numbers its batches from 0 again: the
+    subscription sees the connection drop, forgets what the old one held, and catches up on the
+    new one (its sequence numbers alone could pass for the old engine's next batches)."""
+    endpoint = f"ipc://{tmp_path}/chat-0.sock"
+    cfg = KVEventsConfig(
+        enable_kv_cache_events=True, endpoint=endpoint, replay_endpoint=replay_endpoint(endpoint)
+    )
+    old = ZmqPublisher(cfg)
+    new: list[ZmqPublisher] = []
+
+    async def work() -> None:
+        old.publish(0.0, [block(i) for i in range(5)])  # seq 0
+        index = KvIndex()
+        feed = KvFeed(index)
+        feed.set_publishers({URL: endpoint})
+        await until(lambda: index.blocks_of(URL) == 5)
+        old.close()
+        new.append(ZmqPublisher(cfg))
+        new[0].publish(0.0, [block(0)])  # seq 0 again, then 1
+        new[0].publish(0.0, [block(1)])
+        await until(lambda: index.blocks_of(URL) == 2 and index.seq(URL) >= 1, new[0])
+        assert feed.counts["disconnects"] >= 1
+        await feed.close()
+
+    try:
+        run(work)
+    finally:
+        old.close()
+        for pub in new:
+            pub.close()
+
+
+def held_replay(pub: ZmqPublisher, asked: threading.Event, go: threading.Event) -> str:
+    """A replay socket that, asked once, sets `asked` and answers when `go` is set, with what
+    `pub` buffers then: batches published in between also reach the (joined) SUB socket."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+
+    def serve() -> None:
+        try:
+            if not sock.poll(10_000):
+                return
+            ident, _, start = sock.recv_multipart()
+            asked.set()
+            go.wait(10)
+            first = int.from_bytes(start, "big")
+            for seq, payload in list(pub._buffer):
+                if seq >= first:
+                    sock.send_multipart([ident, b"", b"", seq.to_bytes(8, "big"), payload])
+            sock.send_multipart([ident, b"", b"", b"\xff" * 8, b""])
+        finally:
+            sock.close(linger=0)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"tcp://127.0.0.1:{port}"
+
+
+def test_batches_published_while_it_catches_up_count_once(
+    publisher: tuple[ZmqPublisher, str],
+) -> None:
+    """Batches sent while the catch-up replay runs arrive twice (replayed, then live from the
+    SUB socket's queue): the second copy is dropped, not taken for a restarted engine."""
+    pub, _ = publisher
+    asked, go = threading.Event(), threading.Event()
+    replay = held_replay(pub, asked, go)
+
+    async def work() -> None:
+        index = KvIndex()
+        feed = KvFeed(index, replay=lambda _: replay)
+        n = 0
+        pub.publish(0.0, [block(n)])
+        feed.set_publishers({URL: pub.endpoint})
+        for _ in range(500):  # until the subscription connects and asks for the replay...
+            if asked.is_set():
+                break
+            n += 1
+            pub.publish(0.0, [block(n)])
+            await asyncio.sleep(0.02)
+        for _ in range(30):  # ...then more, which the joined SUB socket queues meanwhile
+            n += 1
+            pub.publish(0.0, [block(n)])
+            await asyncio.sleep(0.02)
+        go.set()
+        await until(lambda: index.blocks_of(URL) == n + 2, step(pub, n + 1))
+        assert feed.counts["duplicates"] > 0  # the SUB queue did repeat the replay
+        assert feed.counts["purged"] == 0
+        await feed.close()
+
+    run(work)
+
+
+def step(pub: ZmqPublisher, i: int) -> ZmqPublisher:
+    """`pub` after publishing block i (for `until`, which then keeps it sending empty batches
+    so that a subscriber still joining sees the next one)."""
+    pub.publish(0.0, [block(i)])
+    return pub
+
+
 def test_a_gap_is_filled_by_replay(publisher: tuple[ZmqPublisher, str]) -> None:
     pub, replay = publisher
 
@@ -152,7 +306,50 @@ def test_an_engine_that_leaves_or_moves_is_purged(publisher: tuple[ZmqPublisher,
         other.close()
 
 
+def decode_rank(rank: int) -> tuple[list[Any], int] | None:
+    got = decode(encode_batch(0.0, [block(0)], dp_rank=rank))
+    assert got is not None and got[1] == rank
+    return got
+
+
+def test_a_data_parallel_rank_is_kept_apart() -> None:
+    """vLLM runs one publisher per data-parallel rank, each numbering its own batches and
+    naming its rank: the index keeps that rank's cache, not rank 0's."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sent = iter(range(1000))
+
+    def send(events: list[BlockStored]) -> None:
+        seq = next(sent)
+        pub.send_multipart([b"", seq.to_bytes(8, "big"), encode_batch(0.0, events, dp_rank=1)])
+
+    async def work() -> None:
+        index = KvIndex()
+        feed = KvFeed(index, replay=lambda _: None)
+        feed.set_publishers({URL: f"tcp://127.0.0.1:{port}"})
+        for _ in range(400):  # until the subscription has joined
+            if index.seq(URL, 1) >= 0:
+                break
+            send([])
+            await asyncio.sleep(0.02)
+        send([block(0), block(1)])
+        await until(lambda: index.blocks_of(URL) == 2)
+        assert index.seq(URL, 1) >= 0 and index.seq(URL, 0) == -1
+        await feed.close()
+
+    try:
+        run(work)
+    finally:
+        pub.close(linger=0)
+
+
 def test_payloads_that_are_not_batches_are_refused() -> None:
     assert decode(b"\xc1") is None
     assert decode(encode_batch(0.0, [block(0)])) is not None
+    assert decode(encode_batch(0.0, [block(0)], dp_rank=3)) == decode_rank(3)
+    # vLLM leaves dp_rank None without data parallelism: rank 0
+    none_rank = msgpack.packb([0.0, [], None])
+    assert decode(none_rank) == ([], 0)
     assert decode(b"\x93\x01\x02\x03") is None  # [1, 2, 3]: no list of events

@@ -19,6 +19,7 @@ import msgpack
 import pytest
 import zmq
 
+from conftest import start_router
 from httpclient import Client, metric_value, wait_for
 from test_local_up import Up, start_up
 from vfleet.bench import promtext
@@ -84,11 +85,11 @@ def complete(url: str, prompt: str) -> None:
     assert resp.status == 200, resp.body
 
 
-def bound(argv: list[str]) -> str:
-    """The endpoint an engine's command line binds its KV-event publisher to."""
+def bound(argv: list[str]) -> tuple[str, str | None]:
+    """Where an engine's command line binds its KV-event publisher and its replay socket."""
     config = json.loads(argv[argv.index("--kv-events-config") + 1])
     assert config["enable_kv_cache_events"] is True and config["publisher"] == "zmq"
-    return str(config["endpoint"])
+    return str(config["endpoint"]), config.get("replay_endpoint")
 
 
 @pytest.mark.parametrize("where", ["socket", "port", "long path"])
@@ -96,7 +97,8 @@ def test_the_plan_gives_each_generating_engine_a_publisher(fleet_file: Path, whe
     rules = load_rules()
     fleet = load([fleet_file]).fleet
     assert ports_needed(fleet, 8, rules) == 3 * 2 + 1  # enough for ports, whichever it is
-    folder = {"socket": "/run/x", "port": None, "long path": "/run/" + "x" * 100}[where]
+    # ("long path": the publisher's socket path would fit, its replay socket's would not)
+    folder = {"socket": "/run/x", "port": None, "long path": "/run/" + "x" * 80}[where]
     opts = Options(engine_rules=rules, kv_events_dir=folder)
     plan = build(fleet, opts, iter(range(20000, 20100)))
     chats = [e for e in plan.engines if e.model == "chat"]
@@ -105,14 +107,16 @@ def test_the_plan_gives_each_generating_engine_a_publisher(fleet_file: Path, whe
     taken = {e.port for e in plan.engines}
     for e in chats:
         if where == "socket":
-            assert e.kv_events == f"ipc:///run/x/{e.key}.sock" == bound(e.argv)
+            assert e.kv_events == f"ipc:///run/x/{e.key}.sock"
+            # the replay socket beside it, where the router's subscriber looks (kvwire)
+            assert bound(e.argv) == (e.kv_events, f"ipc:///run/x/{e.key}.replay.sock")
             continue
         m = TCP.match(e.kv_events or "")
         assert m, e.kv_events
         port = int(m.group(1))
         assert port not in taken
         taken.add(port)
-        assert bound(e.argv) == f"tcp://*:{port}"
+        assert bound(e.argv) == (f"tcp://*:{port}", None)  # no free neighbour port reserved
 
 
 def test_the_endpoints_file_names_each_publisher(up: Up) -> None:
@@ -201,16 +205,24 @@ def test_the_router_keeps_a_repeated_prefix_on_one_engine(up: Up) -> None:
         except AssertionError:  # no events from it yet: no sample
             return False
 
-    def learned() -> bool:
-        for attempt in range(8):
-            if wait_for(known, timeout_s=2):
-                return True
-            # The router's subscription may have joined after the engine published the prefix's
-            # blocks (local sockets have no replay, and a late join is only noticed at the next
-            # batch): a longer question on the same prefix stores new blocks, events the
-            # router cannot miss once it is subscribed.
-            tail = " ".join(f"detail{attempt}x{j}" for j in range(120))
-            complete(up.url, f"{PREFIX} {tail}?")
-        return False
+    # The router may have subscribed after the engine published the prefix's blocks: it then
+    # catches up from the engine's replay socket as soon as it connects, with no new request.
+    assert wait_for(known, timeout_s=30)
+    # A router started now, beside engines that are idle, knows what they hold at once.
+    late = start_router(
+        "--endpoints-file", str(up.run_dir / "endpoints.json"), "--policy", "kv", timeout_s=30
+    )
+    try:
+        late_client = Client(late.url)
 
-    assert learned()
+        def late_knows() -> bool:
+            text = late_client.get("/metrics").body.decode()
+            try:
+                return metric_value(text, "vfleet_router_kv_blocks", upstream=busy) > 0
+            except AssertionError:
+                return False
+
+        assert wait_for(late_knows, timeout_s=30)
+        assert served(busy) == after[busy]  # no request reached the engine meanwhile
+    finally:
+        late.stop()

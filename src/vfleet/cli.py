@@ -148,6 +148,31 @@ def _model_holds(items: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option("--first-byte-timeout", type=float, default=None, help="Seconds (600).")
 @click.option("--idle-timeout", type=float, default=None, help="Seconds between chunks (300).")
 @click.option("--attempts", type=int, default=None, help="Endpoints tried per request (3).")
+@click.option(
+    "--retry-5xx/--no-retry-5xx",
+    "retry_5xx",
+    default=None,
+    help="Retry a 500 (any 5xx) before a byte is relayed, not only 502/503/504 (off).",
+)
+@click.option(
+    "--breaker/--no-breaker",
+    default=None,
+    help="Eject engines whose requests fail too often (circuit breaker; on).",
+)
+@click.option(
+    "--breaker-error-rate", type=float, default=None, help="Failed fraction that ejects (0.5)."
+)
+@click.option(
+    "--breaker-min-requests", type=int, default=None, help="Requests judged at least (20)."
+)
+@click.option("--breaker-window", type=float, default=None, help="Seconds of requests judged (10).")
+@click.option(
+    "--breaker-cooldown",
+    type=float,
+    default=None,
+    help="Seconds ejected, doubled per trip in a row (5).",
+)
+@click.option("--breaker-max-cooldown", type=float, default=None, help="Cap on the cool-down (60).")
 @click.option("--health-interval", type=float, default=None, help="Seconds between probes (2).")
 @click.option("--k8s-selector", default=None, help="Kubernetes discovery: engine pods' labels.")
 @click.option("--k8s-namespace", default=None, help="Their namespace (default: kubeconfig's).")
@@ -170,12 +195,12 @@ def _model_holds(items: tuple[str, ...]) -> dict[str, dict[str, float]]:
     "--peer",
     "peers",
     multiple=True,
-    help="Another router replica (https://HOST:PORT or http://…) to add demand from.",
+    help="Another router replica (https://HOST:PORT or http://…): demand and key usage are shared.",
 )
 @click.option(
     "--k8s-peer-selector",
     default=None,
-    help="Label selector of the router pods whose demand the scaler adds.",
+    help="Label selector of the router pods (peers: demand and key usage are shared).",
 )
 @click.option(
     "--peer-ca",
@@ -252,6 +277,13 @@ def router(
     first_byte_timeout: float | None,
     idle_timeout: float | None,
     attempts: int | None,
+    retry_5xx: bool | None,
+    breaker: bool | None,
+    breaker_error_rate: float | None,
+    breaker_min_requests: int | None,
+    breaker_window: float | None,
+    breaker_cooldown: float | None,
+    breaker_max_cooldown: float | None,
     health_interval: float | None,
     k8s_selector: str | None,
     k8s_namespace: str | None,
@@ -327,6 +359,13 @@ def router(
             "first_byte_timeout_s": first_byte_timeout,
             "idle_timeout_s": idle_timeout,
             "attempts": attempts,
+            "retry_5xx": retry_5xx,
+            "breaker": breaker,
+            "breaker_error_rate": breaker_error_rate,
+            "breaker_min_requests": breaker_min_requests,
+            "breaker_window_s": breaker_window,
+            "breaker_cooldown_s": breaker_cooldown,
+            "breaker_max_cooldown_s": breaker_max_cooldown,
             "health_interval_s": health_interval,
             "k8s_selector": k8s_selector,
             "k8s_namespace": k8s_namespace,
@@ -359,7 +398,7 @@ def router(
             )
         if cfg.tls_cert is not None and cfg.tls_key is not None:
             load_context(cfg.tls_cert, cfg.tls_key)  # unreadable or mismatched: say so now
-        if cfg.keda_port is not None and (cfg.peer_ca or cfg.tls_cert):
+        if (cfg.keda_port is not None or cfg.shares_limits) and (cfg.peer_ca or cfg.tls_cert):
             from vfleet.router.keda.peertls import PeerTls
 
             PeerTls(cfg.peer_ca, cfg.tls_cert).context()  # what peers are verified against

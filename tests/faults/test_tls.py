@@ -4,142 +4,21 @@ disk while it serves, and unusable files refused before serving."""
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import http.client
-import ipaddress
 import json
-import os
-import re
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conftest import SimProcess, start_sim
-
-READY_TLS = re.compile(r"ready on https://([\d.]+):(\d+)")
-
-
-@dataclass
-class Pair:
-    cert: bytes  # PEM
-    key: bytes  # PEM
-
-    @property
-    def fingerprint(self) -> str:
-        der = x509.load_pem_x509_certificate(self.cert).public_bytes(serialization.Encoding.DER)
-        return hashlib.sha256(der).hexdigest()
-
-
-def make_pair(name: str) -> Pair:
-    """A self-signed certificate for 127.0.0.1 (CN `name`) and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    ip = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([ip]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    private = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return Pair(cert.public_bytes(pem), private)
-
-
-def client_context(*trusted: Pair) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata="".join(p.cert.decode() for p in trusted))
-
-
-def replace(path: Path, data: bytes) -> None:
-    """Write `data` to `path` as a certificate manager does: a new file renamed over the old."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-@dataclass
-class TlsRouter:
-    proc: subprocess.Popen[str]
-    port: int
-    log: list[str]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-    def served_fingerprint(self) -> str:
-        """The SHA-256 of the certificate a new connection is shown (not verified here)."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=ctx)
-        try:
-            conn.connect()
-            assert conn.sock is not None
-            der = conn.sock.getpeercert(binary_form=True)
-            assert der is not None
-            return hashlib.sha256(der).hexdigest()
-        finally:
-            conn.close()
-
-
-def _drain(proc: subprocess.Popen[str], log: list[str]) -> None:
-    try:
-        for line in proc.stderr or ():
-            log.append(line)
-    except ValueError:  # closed by stop()
-        pass
-
-
-def start_tls_router(config: Path) -> TlsRouter:
-    cmd = [sys.executable, "-m", "vfleet", "router", "--config", str(config)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    log: list[str] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        log.append(line)
-        m = READY_TLS.search(line)
-        if m:
-            threading.Thread(target=_drain, args=(proc, log), daemon=True).start()
-            return TlsRouter(proc, int(m.group(2)), log)
-    proc.kill()
-    proc.wait(timeout=10)
-    proc.stderr.close()
-    raise AssertionError("TLS router did not become ready: " + "".join(log))
+from tlskit import Pair, TlsRouter, client_context, make_pair, replace, start_tls_router
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,28 @@ Called with (list $root OVERRIDES).
 {{- include "vfleet.vfleetImage" (list . ((.Values.tests | default dict).image)) -}}
 {{- end }}
 
+{{/*
+The imagePullSecrets of a pod, as a JSON list of {name}: global.imagePullSecrets (every pod),
+then the component's own (a list, or one name as a model's imagePullSecret is), each name once
+and in that order. Entries are names or {name} maps, the Kubernetes form.
+Called with (list $root OWN).
+*/}}
+{{- define "vfleet.pullSecrets" -}}
+{{- $root := index . 0 -}}{{- $own := index . 1 -}}
+{{- if kindIs "string" $own -}}{{- $own = list $own -}}{{- end -}}
+{{- $all := concat (($root.Values.global | default dict).imagePullSecrets | default list) ($own | default list) -}}
+{{- $names := list -}}
+{{- range $all -}}
+{{- $n := . -}}
+{{- if kindIs "map" . -}}{{- $n = .name | default "" -}}{{- end -}}
+{{- $n = toString $n -}}
+{{- if and $n (not (has $n $names)) -}}{{- $names = append $names $n -}}{{- end -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $names -}}{{- $out = append $out (dict "name" .) -}}{{- end -}}
+{{- toJson $out -}}
+{{- end }}
+
 {{- define "vfleet.routerServiceAccount" -}}
 {{- .Values.routerSpec.serviceAccountName | default (printf "%s-router-service-account" .Release.Name) -}}
 {{- end }}

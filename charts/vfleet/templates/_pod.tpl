@@ -80,9 +80,8 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with $m.imagePullSecret }}
-  imagePullSecrets:
-    - name: {{ . | quote }}
+  {{- with include "vfleet.pullSecrets" (list $root $m.imagePullSecret) | fromJsonArray }}
+  imagePullSecrets: {{ toJson . }}
   {{- end }}
   {{- $inits := list }}
   {{- if and $serving (eq $p.mode "job") }}

@@ -19,9 +19,10 @@ round) or closed-loop (C requests in flight: each finish sends the next request)
 requests (embeddings, rerank) are prefill-only sequences, one per input or document, as the
 simulator serves them; the request ends with its last sequence.
 
-Steps are events in a heap keyed by start time, and stretches of pure decoding are decided in
-one go (`_DecodeRun`, the timings of stepping one at a time): an hour of traffic for 16
-engines plans in a minute or two (docs/benchmarks.md).
+Steps are events in a heap keyed by start time, stretches of pure decoding are decided in one
+go (`_DecodeRun`, the timings of stepping one at a time), and only the KV blocks another
+sequence could share are hashed (`hash_limits`: the same timings as hashing every block): an
+hour of traffic for 16 engines plans in well under a minute (docs/bench.md, "How fast").
 
 Modelled: batching, chunked prefill, the KV cache and prefix caching, preemption, the policy's
 choices, GPU sharing. Not modelled: the router's own latency and its metrics scrape interval
@@ -35,13 +36,14 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from vfleet.bench.sharing import SharedHashes, hash_limits, texts
 from vfleet.bench.stats import Record, Slo, percentile, summarize
 from vfleet.bench.workloads import MAX_REQUESTS, BenchRequest, nth
 from vfleet.router.policies import Field, make_policy, prefix_hashes
 from vfleet.router.state import EndpointState, RouteKey
 from vfleet.sim import tokenizer
 from vfleet.sim.profiles import LatencyProfile
-from vfleet.sim.scheduler import Scheduler, SchedulerConfig
+from vfleet.sim.scheduler import HASH_ALL, Scheduler, SchedulerConfig
 from vfleet.sim.scheduler import Sequence as Seq
 
 MAX_ENGINES = 1024
@@ -61,28 +63,21 @@ class _Engine:
     gpu: _Gpu
     clock: float = 0.0  # when this engine's step in progress ends (the next may start)
     admit: list[tuple[float, int, Seq]] = field(default_factory=list)  # heap: schedulable at
-    finishes: list[float] = field(default_factory=list)  # heap of finish times of routed requests
-    routed: int = 0
+    routed: int = 0  # requests routed here and not finished (the router's in-flight count)
     version: int = 0  # bumped whenever `ready()` may have changed (stale heap entries)
     run: _DecodeRun | None = None  # decode steps decided but not yet applied
-    snap: tuple[int, int, EndpointState] | None = None  # (version, inflight, snapshot)
 
-    def snapshot(self, now: float) -> EndpointState:
-        """What the router sees of this engine at `now` (rebuilt only when it changed)."""
-        inflight = self.inflight(now)
-        snap = self.snap
-        if snap is None or snap[0] != self.version or snap[1] != inflight:
-            sched = self.sched
-            state = EndpointState(
-                self.url,
-                True,
-                inflight=inflight,
-                running=len(sched.running),
-                waiting=len(sched.waiting) + len(self.admit),
-                kv_usage=sched.pool.usage,
-            )
-            snap = self.snap = (self.version, inflight, state)
-        return snap[2]
+    def snapshot(self) -> EndpointState:
+        """What the router sees of this engine now."""
+        sched = self.sched
+        return EndpointState(
+            self.url,
+            True,
+            inflight=self.routed,
+            running=len(sched.running),
+            waiting=len(sched.waiting) + len(self.admit),
+            kv_usage=sched.pool.usage,
+        )
 
     def ready(self) -> float:
         """When this engine next wants to step (inf: nothing to do)."""
@@ -91,12 +86,6 @@ class _Engine:
         if self.admit:
             return max(self.clock, self.admit[0][0])
         return INF
-
-    def inflight(self, now: float) -> int:
-        while self.finishes and self.finishes[0] <= now:
-            heapq.heappop(self.finishes)
-            self.routed -= 1
-        return self.routed
 
 
 @dataclass(slots=True)
@@ -169,13 +158,7 @@ def _decode_run(sched: Scheduler, t: float) -> _DecodeRun | None:
         need += max(0, -(-(seq.num_computed + steps) // bs) - len(seq.blocks))
     if need > sched.pool.num_free:
         return None
-    ends = []
-    end, ctx, step_time = t, n + computed, sched.profile.step_time
-    for _ in range(steps):
-        end += step_time(n, 0, ctx)
-        ends.append(end)
-        ctx += n
-    return _DecodeRun(t, ends)
+    return _DecodeRun(t, sched.profile.decode_ends(t, n, n + computed, steps))
 
 
 def _apply_run(sched: Scheduler, steps: int, done_at: float) -> None:
@@ -262,11 +245,20 @@ class _Fleet:
         # and block hashes to the end (holding them made a long plan slower by the hour)
         self.done: list[tuple[float, int, Record, int]] = []
         self.per_engine = [0] * engines
+        # What the router sees, kept up to date incrementally: an engine's snapshot is rebuilt
+        # only when it may have changed (it stepped, was routed to, or a request of it
+        # finished), not for every engine at every arrival
+        self.snaps = [e.snapshot() for e in self.fleet]
+        self.dirty: set[int] = set()
+        self.by_url = {e.url: e for e in self.fleet}
+        self.finishing: list[tuple[float, int]] = []  # heap: (finish time, engine)
         self.tie = 0
         # closed loop: the next request index a finishing "worker" sends; -1 for open loop
         self.next_index = -1
         self.stop_at = INF
         self.limit = len(requests)
+        self.hash_blocks: Sequence[tuple[int, ...]] = ()  # per request (`hash_limits`); () all
+        self.shared = SharedHashes(config.block_size)
 
     # -- arrivals -------------------------------------------------------------------------
 
@@ -283,7 +275,14 @@ class _Fleet:
 
     def route(self, at: float, i: int) -> None:
         req = self._request(i)
-        snaps = [e.snapshot(at) for e in self.fleet]
+        snaps, dirty, fleet, finishing = self.snaps, self.dirty, self.fleet, self.finishing
+        while finishing and finishing[0][0] <= at:  # the router saw those responses end
+            j = heapq.heappop(finishing)[1]
+            fleet[j].routed -= 1
+            dirty.add(j)
+        for j in dirty:
+            snaps[j] = fleet[j].snapshot()
+        dirty.clear()
         needs = self.chooser.needs
         # only what the policy reads, as the live router does (hashing prompts costs time)
         key = RouteKey(
@@ -293,9 +292,11 @@ class _Fleet:
         )
         chosen = self.chooser.choose(snaps, key)
         assert chosen is not None  # every simulated engine is healthy
-        eng = self.fleet[int(chosen.url.rsplit("/", 1)[1])]
+        eng = self.by_url[chosen.url]
         self.per_engine[eng.index] += 1
-        live = _Request(i, at, _sequences(req, at))
+        hb = self.hash_blocks
+        hashes = hb[i] if i < len(hb) else None
+        live = _Request(i, at, _sequences(req, at, hashes, self.shared))
         for seq in live.seqs:
             self.live[id(seq)] = live
             self.tie += 1
@@ -318,6 +319,7 @@ class _Fleet:
 
     def reschedule(self, eng: _Engine) -> None:
         eng.version += 1
+        self.dirty.add(eng.index)
         ready = eng.ready()
         if ready < INF:
             heapq.heappush(self.steps, (max(ready, eng.gpu.free_at), ready, eng.index, eng.version))
@@ -370,7 +372,7 @@ class _Fleet:
         self.reschedule(eng)
 
     def finish(self, req: _Request, eng: _Engine) -> None:
-        heapq.heappush(eng.finishes, req.finished_at)
+        heapq.heappush(self.finishing, (req.finished_at, eng.index))
         self.done.append(
             (req.arrival, req.index, _record(self._request(req.index), req), eng.index)
         )
@@ -397,13 +399,21 @@ class _Fleet:
                 self.step(eng, t_step)
 
 
-def _sequences(req: BenchRequest, at: float) -> list[Seq]:
-    """The engine sequences of one request, as the simulator's server makes them."""
-    if req.kind == "completion":
-        return [Seq(tokenizer.encode(req.prompt), req.max_tokens, at, None)]
-    if req.kind == "embedding":
-        return [Seq(tokenizer.encode(req.prompt), 0, at)]
-    return [Seq(tokenizer.encode(req.prompt + "\n" + d), 0, at) for d in req.documents]
+def _sequences(
+    req: BenchRequest, at: float, hash_blocks: tuple[int, ...] | None, shared: SharedHashes
+) -> list[Seq]:
+    """The engine sequences of one request, as the simulator's server makes them, each
+    hashing `hash_blocks` blocks (None: all)."""
+    prompts = texts(req)
+    hb = hash_blocks or (HASH_ALL,) * len(prompts)
+    out = req.max_tokens if req.kind == "completion" else 0  # pooling: prefill only
+    seqs = []
+    for t, h in zip(prompts, hb, strict=True):
+        seq = Seq(tokenizer.encode(t), out, at, hash_blocks=h)
+        if 0 < h < HASH_ALL and t.isascii():
+            seq.hashes = list(shared.of(t, h))  # a copy: the scheduler extends it
+        seqs.append(seq)
+    return seqs
 
 
 def simulate_fleet(
@@ -420,6 +430,8 @@ def simulate_fleet(
     num_requests: int | None = None,
     duration_s: float | None = None,
     one_step_at_a_time: bool = False,
+    hashes: Sequence[tuple[int, ...]] | None = None,
+    hash_every_block: bool = False,
 ) -> PlanResult:
     """Run `requests` through `engines` engines behind `policy`, `engines_per_gpu` to a GPU.
 
@@ -427,7 +439,9 @@ def simulate_fleet(
     `after` no earlier than that request's finish. Closed loop: `concurrency` requests start at
     0 and each finish sends the next (the workload cycles, ids getting `#1`, `#2`, ...), until
     `num_requests` were sent or, with `duration_s`, no new request starts after it.
-    `one_step_at_a_time` turns off decode runs (`_DecodeRun`), to check them."""
+    `hashes` is `hash_limits(requests, config.block_size)` when the caller has it (it is
+    computed otherwise). `one_step_at_a_time` turns off decode runs (`_DecodeRun`) and
+    `hash_every_block` the hashing of only what can be shared (`hash_limits`), to check them."""
     if not 1 <= engines <= MAX_ENGINES:
         raise ValueError(f"engines must be 1..{MAX_ENGINES}")
     if engines_per_gpu < 1:
@@ -452,6 +466,8 @@ def simulate_fleet(
         for i in range(first):
             sim.release(0.0, i)
         sim.next_index = first
+    if not hash_every_block and sim.limit <= len(requests):  # a cycled workload repeats prompts
+        sim.hash_blocks = hashes if hashes is not None else hash_limits(requests, config.block_size)
     sim.run()
     done = sorted(sim.done, key=lambda d: (d[0], d[1]))
     records = [d[2] for d in done]
@@ -516,6 +532,7 @@ def capacity(
     `ttft_p99_s` (or no target given) and every request finished."""
     if not isinstance(load, PlanLoad):
         load = PlanLoad(offsets=load)
+    hashes = hash_limits(requests, config.block_size)  # once for every run below
     rows = []
     for policy in policies:
         for n in engine_counts:
@@ -530,6 +547,7 @@ def capacity(
                 concurrency=load.concurrency,
                 num_requests=load.num_requests,
                 duration_s=load.duration_s,
+                hashes=hashes,
             )
             s = summarize(res.records, res.duration_s, slo)
             p99 = percentile([r.ttft for r in res.records if r.ttft is not None], 99)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import bisect
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +160,19 @@ def plan(
             enable_prefix_caching=v.enable_prefix_caching is not False,
         )
         spec = workload_spec(workload, min(n, workloads.MAX_REQUESTS), seed, trace_file, **kw)
-        reqs = workloads.generate(spec)
+        offsets: list[float] = []
+        if rate is not None and workload != "trace":
+            # Arrivals first, then only the requests sent before the end: a generated workload's
+            # first k requests do not depend on how many follow, and the 20% margin above was
+            # a sixth of an hour-long plan's time
+            offsets = workloads.poisson_offsets(spec.num_requests, rate, seed)
+            sent = len(offsets) if duration is None else bisect.bisect_left(offsets, duration)
+            reqs = workloads.generate(replace(spec, num_requests=max(1, sent)))
+            del offsets[len(reqs) :]
+        else:
+            reqs = workloads.generate(spec)
+            if rate is not None:
+                offsets = workloads.poisson_offsets(len(reqs), rate, seed)
         if concurrency is not None:
             plan_load = planner.PlanLoad(
                 concurrency=concurrency, num_requests=num_requests, duration_s=duration
@@ -166,8 +180,6 @@ def plan(
         else:
             if rate is None:
                 offsets = [r.at or 0.0 for r in reqs]
-            else:
-                offsets = workloads.poisson_offsets(len(reqs), rate, seed)
             keep = [i for i, t in enumerate(offsets) if duration is None or t < duration]
             reqs = [reqs[i] for i in keep]
             plan_load = planner.PlanLoad(offsets=[offsets[i] for i in keep])

@@ -83,8 +83,8 @@ class KvEventsRules:
     @staticmethod
     def config(endpoint: str, replay: str | None = None) -> str:
         """The flag's JSON for a publisher bound at `endpoint` (`tcp` or an ipc:// path), with
-        its replay socket at `replay` (the router asks there for batches it missed; it looks
-        for it on the publisher's port + 1). Keys sorted, no spaces: as the chart's toJson."""
+        its replay socket at `replay` (the router asks there for batches it missed, where
+        `router.kvwire` says). Keys sorted, no spaces: as the chart's toJson."""
         doc: dict[str, object] = {
             "enable_kv_cache_events": True,
             "publisher": "zmq",

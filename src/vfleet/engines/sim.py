@@ -64,3 +64,13 @@ def sim_command(
     if kv_events_config is not None:
         argv += ["--kv-events-config", kv_events_config]
     return argv
+
+
+def shared_gpu_args(engine: str, devices: Sequence[int], share_pct: int, run_dir: str) -> list[str]:
+    """`--shared-gpu FILE` for a sim engine holding a fraction of one GPU, FILE one per GPU in
+    the run directory: the sim engines packed onto a GPU time-slice it (`sim.gpushare`), as
+    vLLM engines sharing a real one do. Nothing for whole GPUs or for vLLM. (A string path:
+    the launch plan that imports this module does no I/O, not even pathlib.)"""
+    if engine != "sim" or share_pct >= 100 or len(devices) != 1:
+        return []
+    return ["--shared-gpu", f"{run_dir.rstrip('/')}/gpu-{devices[0]}.share"]

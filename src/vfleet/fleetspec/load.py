@@ -58,7 +58,19 @@ def load(files: Sequence[str | Path]) -> Loaded:
     for extra in drafts:
         if extra is not base:
             _merge(base, extra)
-    return Loaded(validate(base), notes, base)
+    return Loaded(paths_from_files(validate(base), base), notes, base)
+
+
+def paths_from_files(fleet: Fleet, draft: Draft) -> Fleet:
+    """The fleet with each relative local model path joined to the directory of the file that
+    wrote it, as Helm and compose read paths in a file: `vfleet up -f conf/fleet.yaml` with
+    `source: ./models/chat` reads conf/models/chat from any working directory."""
+    models = []
+    for i, model in enumerate(fleet.models):
+        where = draft.borrowed[i][0] if i in draft.borrowed else draft
+        directory = Path(where.doc.file).absolute().parent.as_posix()
+        models.append(model.model_copy(update={"source": model.source.joined_to(directory)}))
+    return fleet.model_copy(update={"models": tuple(models)})
 
 
 def _objects(draft: Draft) -> list[Any]:

@@ -9,10 +9,11 @@ format means is decided by its importer and stored in typed fields (Kubernetes s
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 # How a served name hints at a pooling model when no task is given. vLLM itself decides from the
@@ -49,11 +50,44 @@ class Source(Spec):
     endpoint: str | None = None  # a mirror (HF_ENDPOINT) or an S3-compatible endpoint
     include: tuple[str, ...] = ()  # only these files (globs)
     secret: str | None = None  # Kubernetes Secret holding the token or credentials
+    # A relative local path as its file wrote it, once the loader has joined it to the file's
+    # directory: this machine reads the joined path, a node or an image reads the written one.
+    # Private, so no spec can set it and no dump shows it.
+    _written: str | None = PrivateAttr(None)
 
     @model_validator(mode="before")
     @classmethod
     def _from_uri(cls, value: Any) -> Any:
         return parse_source_uri(value) if isinstance(value, str) else value
+
+    @property
+    def relative(self) -> bool:
+        """A local path that names nothing until it is joined to a directory (`~` is the
+        user's home, absolute enough)."""
+        return self.kind == "local" and not self.id.startswith(("/", "~"))
+
+    def joined_to(self, directory: str) -> Source:
+        """This source with a relative local path joined to `directory` (absolute: the spec
+        file's, as Helm and compose read paths in a file); any other source as it is."""
+        if not self.relative:
+            return self
+        out = self.model_copy(update={"id": posixpath.normpath(posixpath.join(directory, self.id))})
+        out._written = self.id
+        return out
+
+    @property
+    def written(self) -> str:
+        """The id as the spec file wrote it."""
+        return self.id if self._written is None else self._written
+
+    def as_written(self) -> Source:
+        """This source with the path its file wrote (for Kubernetes, where a local path is on
+        a node or in an image and the spec's directory means nothing)."""
+        if self._written is None:
+            return self
+        out = self.model_copy(update={"id": self._written})
+        out._written = None
+        return out
 
     @field_validator("id")
     @classmethod
@@ -364,7 +398,8 @@ class Model(Spec):
         """The task, or for `auto` a guess from the names (vLLM decides from the weights)."""
         if self.task != "auto":
             return self.task
-        text = " ".join((*self.served_names, self.source.id, self.source.path)).lower()
+        # the written path: the directories above a spec file say nothing about its models
+        text = " ".join((*self.served_names, self.source.written, self.source.path)).lower()
         return next((task for hint, task in _POOLING_HINTS if hint in text), "generate")
 
     @property
@@ -429,3 +464,8 @@ class Fleet(Spec):
 
     def engine_of(self, model: Model) -> str:
         return model.engine or self.engine
+
+    def paths_as_written(self) -> Fleet:
+        """The fleet with each local source's path as its file wrote it (`Source.as_written`)."""
+        models = tuple(m.model_copy(update={"source": m.source.as_written()}) for m in self.models)
+        return self.model_copy(update={"models": models})

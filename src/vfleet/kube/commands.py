@@ -68,7 +68,9 @@ class _Job:
             rules = load_rules(chart)
         except (SpecError, RulesError) as exc:
             raise click.ClickException(str(exc)) from None
-        fleet = loaded.fleet
+        # a local path is on a node or in an image there: as written, not joined to the spec's
+        # directory as `vfleet up` reads it
+        fleet = loaded.fleet.paths_as_written()
         for loc, message in node_path_problems(fleet)[:1]:
             raise click.ClickException(str(loaded.error_at(loc, message)))
         built = chart_values(fleet, engine_rules=rules)

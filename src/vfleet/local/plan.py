@@ -22,6 +22,7 @@ from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, serve_command
 from vfleet.fleetspec.models import Fleet, HealthCheck, Model
 from vfleet.local.packer import Placement, Request, fewest_devices, pack_optional
+from vfleet.router.kvwire import replay_endpoint
 
 MAX_IPC_PATH = 100  # bytes of a Unix socket's path: the kernel's limit is 107
 
@@ -188,10 +189,9 @@ def _engine(
     port: int,
     opts: Options,
     notices: list[str],
-    kv_at: tuple[str, str] | None = None,
+    kv_at: KvAt | None = None,
 ) -> EngineSpec:
-    """One slot's engine; with `kv_at` (where it binds, where the router connects) it publishes
-    its KV-cache events for the router."""
+    """One slot's engine; with `kv_at` it publishes its KV-cache events for the router."""
     ref = opts.fetched.get(model.name) or model_ref(model, engine, opts)
     env = _env(model, notices if p.replica == 0 else [])
     if p.devices:
@@ -202,9 +202,7 @@ def _engine(
         env["HF_ENDPOINT"] = model.source.endpoint
     shared = p.share_pct < 100 and p.devices
     memory = p.memory if shared and model.vllm.gpu_memory_utilization is None else None
-    # (no replay socket: the router looks for one only beside a TCP publisher, on its port + 1,
-    # and a port chosen here has no free neighbour reserved)
-    config = None if kv_at is None else _rules(opts).kv_events.config(kv_at[0])
+    config = None if kv_at is None else _rules(opts).kv_events.config(kv_at.bind, kv_at.replay)
     if engine == "vllm":
         cmd = serve_command(
             model,
@@ -240,21 +238,31 @@ def _engine(
         env=env,
         startup_timeout_s=model.startup_timeout_s if engine == "vllm" else 60.0,
         health=model.health,
-        kv_events=None if kv_at is None else kv_at[1],
+        kv_events=None if kv_at is None else kv_at.connect,
     )
 
 
-def _kv_endpoints(
-    key: str, opts: Options, rules: EngineRules, ports: Iterator[int]
-) -> tuple[str, str]:
-    """(where engine `key` binds its KV-event publisher, where the router connects to it): a
-    socket in `opts.kv_events_dir` when its path fits, else the next port."""
+@dataclass(frozen=True, slots=True)
+class KvAt:
+    """Where an engine binds its KV-event publisher and its replay socket (None: none), and
+    where the router connects to the publisher."""
+
+    bind: str
+    replay: str | None
+    connect: str
+
+
+def _kv_endpoints(key: str, opts: Options, rules: EngineRules, ports: Iterator[int]) -> KvAt:
+    """Engine `key`'s publisher: a socket in `opts.kv_events_dir` when its path and its replay
+    socket's (by the router's convention, `kvwire`) fit, else the next port. A port chosen here
+    has no free neighbour reserved, so that fallback has no replay socket."""
     if opts.kv_events_dir is not None:
-        path = posixpath.join(opts.kv_events_dir, f"{key}.sock")
-        if len(path.encode()) <= MAX_IPC_PATH:
-            return f"ipc://{path}", f"ipc://{path}"
+        endpoint = "ipc://" + posixpath.join(opts.kv_events_dir, f"{key}.sock")
+        replay = replay_endpoint(endpoint)
+        if replay is not None and len(replay.encode()) - len("ipc://") <= MAX_IPC_PATH:
+            return KvAt(endpoint, replay, endpoint)
     port = next(ports)
-    return rules.kv_events.tcp(port), f"tcp://{_reachable(opts.host)}:{port}"
+    return KvAt(rules.kv_events.tcp(port), None, f"tcp://{_reachable(opts.host)}:{port}")
 
 
 def _reachable(host: str) -> str:

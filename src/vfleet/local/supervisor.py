@@ -27,6 +27,7 @@ import orjson
 import yaml
 
 from vfleet.autoscale import ScalePolicy, policy_for
+from vfleet.engines.sim import shared_gpu_args
 from vfleet.fleetspec.models import Autoscaling, Fleet, Model
 from vfleet.http import client
 from vfleet.local import procs
@@ -360,9 +361,11 @@ class Supervisor:
 
     async def _spawn(self, e: Engine) -> None:
         e.exit_code = None
-        banner = f"start {e.restarts + 1}: {' '.join(e.spec.argv)}"
+        s = e.spec
+        argv = [*s.argv, *shared_gpu_args(s.engine, s.devices, s.share_pct, str(self.run.path))]
+        banner = f"start {e.restarts + 1}: {' '.join(argv)}"
         e.spawned_at = time.time()
-        e.proc = await procs.spawn(e.spec.argv, self.run.log(e.spec.key), e.spec.env, banner)
+        e.proc = await procs.spawn(argv, self.run.log(e.spec.key), e.spec.env, banner)
         if e.wanted:  # else a drain began meanwhile and owns the state
             self.set_state(e, "starting")
 

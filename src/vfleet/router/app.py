@@ -41,6 +41,8 @@ from vfleet.router import auth, filestamp
 from vfleet.router.activator import Activator, HoldLimits
 from vfleet.router.config import BackendSpec, RouterConfig, load_endpoints_file, parse_endpoints
 from vfleet.router.demand import DemandRow, DemandTable
+from vfleet.router.ejection import TICK_S as BREAKER_TICK_S
+from vfleet.router.ejection import Ejector
 from vfleet.router.endpoints import Registry
 from vfleet.router.kvroute import FeedFactory, KvRouting
 from vfleet.router.metrics import RouterMetrics, ScalerMetrics
@@ -71,7 +73,8 @@ FILE_CHECK_S = 0.05  # seconds between checks of the endpoints file for changes
 METRICS_SWEEP_S = 1.0
 # With keys on, these need the admin key: they name engine URLs and the fleet's load (and what
 # is under /ui/). KEDA peer routers and `vfleet up` read /vfleet/demand with an admin key.
-ADMIN_ROUTES = ("/metrics", "/ui", "/vfleet/demand")
+# Peer routers read /vfleet/usage (per-key usage, router.peerpoll) the same way.
+ADMIN_ROUTES = ("/metrics", "/ui", "/vfleet/demand", "/vfleet/usage")
 ADMIN_CHALLENGE = b'www-authenticate: Bearer realm="vfleet-admin"\r\n'
 
 
@@ -189,7 +192,7 @@ def build_router(
     if cfg.backend_api_key:
         auth = b"authorization: Bearer %s\r\n" % cfg.backend_api_key.encode()
     router_metrics = RouterMetrics(metrics, demand.table)
-    return Router(
+    router = Router(
         registry=registry,
         pool=pool,
         policy_for=policy_for,
@@ -198,7 +201,11 @@ def build_router(
         metrics=router_metrics,
         release_max_inflight=cfg.hold_release_max_inflight,
         limits=Limits(
-            cfg.connect_timeout_s, cfg.first_byte_timeout_s, cfg.idle_timeout_s, cfg.attempts
+            cfg.connect_timeout_s,
+            cfg.first_byte_timeout_s,
+            cfg.idle_timeout_s,
+            cfg.attempts,
+            cfg.retry_5xx,
         ),
         api_keys=tuple(k.encode() for k in cfg.api_keys),
         backend_auth=auth,
@@ -211,16 +218,23 @@ def build_router(
                 over.get("first_byte_timeout_s", cfg.first_byte_timeout_s),
                 over.get("idle_timeout_s", cfg.idle_timeout_s),
                 int(over.get("attempts", cfg.attempts)),
+                cfg.retry_5xx,
             )
             for model, over in cfg.model_timeouts.items()
         },
     )
+    breaker = cfg.breaker_policy()
+    if breaker is not None:
+        router.ejector = Ejector(
+            registry, breaker, router_metrics.breaker_event, router.endpoint_up
+        )
+    return router
 
 
 def tenancy(cfg: RouterConfig, row: LimitRow | None, metrics: RouterMetrics) -> Tenancy | None:
     """Per-key identity, allowlists and budgets, when a tenants file or a limit is set (else
     None: the request path does not look for them)."""
-    if not (cfg.tenants_file or cfg.rate_limit_per_minute or cfg.token_limit_per_minute):
+    if not cfg.tenancy:
         return None
 
     def record(key: str, model: str, prompt: int, completion: int) -> None:
@@ -233,12 +247,13 @@ def tenancy(cfg: RouterConfig, row: LimitRow | None, metrics: RouterMetrics) -> 
         metrics.key_requests.inc((key, model, code))
 
     return Tenancy(
-        row if row is not None else LimitTable.create(1).row(0),
+        row if row is not None else LimitTable.create(1, peers=cfg.shares_limits).row(0),
         tuple(k.encode() for k in cfg.api_keys),
         cfg.tenants_file,
         Defaults(cfg.rate_limit_per_minute, cfg.token_limit_per_minute),
         record,
         count,
+        peered=cfg.shares_limits,
     )
 
 
@@ -274,9 +289,11 @@ async def serve(
     metrics: MetricsRow | None = None,
     limits: LimitRow | None = None,
     kv_feed: FeedFactory | None = None,
+    peer_kube: KubeTarget | None = None,
 ) -> None:
     """One worker: `demand`, `metrics` and `limits` are its rows of the shared tables (tables of
-    its own when None); `kv_feed`: see `build_router`."""
+    its own when None); `kv_feed`: see `build_router`; `peer_kube`: Kubernetes discovery of the
+    peer routers (worker 0 asks them for key usage, router.peerpoll)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -349,22 +366,38 @@ async def serve(
         router.backend_auth,
         lambda: router.activator.queues,
         router.endpoint_up,
+        prober.order,  # one order of results: a late answer never overwrites a newer one
     )
     tasks.append(loop.create_task(_guarded(fast.run(), "fast probes")))
     tasks.append(loop.create_task(_guarded(_sweep_departed(router, pool), "metrics sweep")))
+    if router.ejector is not None:
+        tasks.append(loop.create_task(_guarded(_breaker_ticks(router.ejector), "breakers")))
     if cfg.otlp_endpoint is not None:
-        router.tracer = Tracer(cfg.otlp_endpoint)
+        router.tracer = Tracer(cfg.otlp_endpoint, count=router.metrics.span_outcome)
         tasks.append(loop.create_task(_guarded(router.tracer.run(), "OTLP span export")))
     if router.tenancy is not None and cfg.tenants_file:
         tasks.append(loop.create_task(_guarded(router.tenancy.watch(), "tenants file watch")))
+    if router.tenancy is not None and router.tenancy.peered and router.tenancy.row.index == 0:
+        from vfleet.router.peerpoll import peer_polling
+
+        poller, finding = peer_polling(cfg, router.tenancy, peer_kube)
+        if finding is not None:
+            tasks.append(loop.create_task(_guarded(finding, "peer router discovery")))
+        await poller.poll()  # before the port opens: the peers' usage counts from the start
+        tasks.append(loop.create_task(_guarded(poller.run(), "peer key usage polls")))
     tls = None
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         tls = CertReloader(cfg.tls_cert, cfg.tls_key)
         tasks.append(loop.create_task(_guarded(tls.run(cfg.tls_reload_s), "TLS reload")))
     # /ui is answered before the proxy (never forwarded), and behind the admin gate.
     page = StatusPage(router, lambda model: cfg.model_policies.get(model, cfg.policy))
+    inner = page.wrap(router.handle)
+    if router.tenancy is not None:
+        from vfleet.router.peerpoll import usage_route
+
+        inner = usage_route(router.tenancy, inner, time.monotonic)
     handle = admin_gate(
-        page.wrap(router.handle),
+        inner,
         router.keyed,
         tuple(k.encode() for k in cfg.admin_keys),
         router,
@@ -430,6 +463,13 @@ async def _sweep_departed(router: Router, pool: UpstreamPool) -> None:
         pool.retain(listed)
 
 
+async def _breaker_ticks(ejector: Ejector) -> None:
+    """Let endpoints whose breaker cool-down ended take a trial request (router.ejection)."""
+    while True:
+        await asyncio.sleep(BREAKER_TICK_S)
+        ejector.tick(time.monotonic())
+
+
 async def _drain(router: Router, timeout_s: float) -> None:
     """Wait (bounded) until no request is in flight to any engine or held for one."""
     deadline = time.monotonic() + timeout_s
@@ -474,7 +514,8 @@ def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
 
         kube = load_target(cfg)
     peers = None
-    if cfg.keda_port is not None:  # KEDA's external scaler; grpc is imported only then
+    # KEDA's external scaler (grpc is imported only then) and shared key budgets ask peers
+    if cfg.keda_port is not None or cfg.shares_limits:
         from vfleet.router.keda.peers import load_peer_target
 
         peers = load_peer_target(cfg)
@@ -487,11 +528,19 @@ def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
     # One more row for the KEDA scaler's own values (it runs beside the workers, not in one).
     metrics = MetricsTable.create(cfg.workers + (cfg.keda_port is not None))
     scaler_metrics = ScalerMetrics(metrics.row(cfg.workers)) if cfg.keda_port is not None else None
-    limits = LimitTable.create(cfg.workers)  # per-key windows: every worker sees every charge
+    # per-key windows: every worker sees every charge (and the peer routers' usage)
+    limits = LimitTable.create(cfg.workers, peers=cfg.shares_limits)
+    peer_kube = peers if cfg.shares_limits else None
     if cfg.workers == 1:
         row = metrics.row(0, cfg.metrics_grace_s)
         serving = serve(
-            cfg, kube=kube, demand=demand.row(0), metrics=row, limits=limits.row(0), kv_feed=kv_feed
+            cfg,
+            kube=kube,
+            demand=demand.row(0),
+            metrics=row,
+            limits=limits.row(0),
+            kv_feed=kv_feed,
+            peer_kube=peer_kube,
         )
         if cfg.keda_port is not None:
             from vfleet.router.keda.server import serve_with_scaler
@@ -499,7 +548,7 @@ def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
             serving = serve_with_scaler(serving, cfg, demand.models, peers, scaler_metrics)
         uvloop.run(serving)
         return
-    children = fork_workers(cfg, kube, demand, metrics, limits, kv_feed)
+    children = fork_workers(cfg, kube, demand, metrics, limits, kv_feed, peer_kube)
     if cfg.keda_port is None:
         wait_workers(children, demand)
         return
@@ -526,13 +575,14 @@ def fork_workers(
     metrics: MetricsTable | None = None,
     limits: LimitTable | None = None,
     kv_feed: FeedFactory | None = None,
+    peer_kube: KubeTarget | None = None,
 ) -> list[int]:
     """Fork `cfg.workers` serving processes (worker i writes row i of each table); their
     pids, in order."""
     if metrics is None:
         metrics = MetricsTable.create(cfg.workers)
     if limits is None:
-        limits = LimitTable.create(cfg.workers)
+        limits = LimitTable.create(cfg.workers, peers=cfg.shares_limits)
     first = _reuseport_socket(cfg.host, cfg.port)
     port = first.getsockname()[1]  # a fixed port for every worker, even when asked for 0
     children: list[int] = []
@@ -541,7 +591,7 @@ def fork_workers(
         if pid == 0:
             sock = first if not children else _reuseport_socket(cfg.host, port)
             rows = (demand.row(i), metrics.row(i, cfg.metrics_grace_s), limits.row(i))
-            uvloop.run(serve(cfg, sock, kube, *rows, kv_feed=kv_feed))
+            uvloop.run(serve(cfg, sock, kube, *rows, kv_feed=kv_feed, peer_kube=peer_kube))
             os._exit(0)
         children.append(pid)
     first.close()

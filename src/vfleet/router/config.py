@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from vfleet.http.limits import EdgeLimits
+from vfleet.router.breaker import BreakerPolicy
 from vfleet.router.policies import POLICY_NAMES
 from vfleet.router.sharedmetrics import ENDPOINT_GRACE_S
 from vfleet.router.tracing import traces_url
@@ -65,6 +66,17 @@ class RouterConfig:
     attempts: int = 3
     # Per-model overrides of connect_timeout_s, first_byte_timeout_s, idle_timeout_s, attempts.
     model_timeouts: dict[str, dict[str, float]] = field(default_factory=dict)
+    retry_5xx: bool = False  # retry any 5xx before a byte is relayed, not only 502/503/504
+    # The circuit breaker on engine errors (router.breaker): an engine whose failures reach
+    # breaker_error_rate of at least breaker_min_requests requests in the last breaker_window_s
+    # seconds is ejected for breaker_cooldown_s, doubled per trip in a row up to
+    # breaker_max_cooldown_s, then gets one trial request. breaker False: off.
+    breaker: bool = True
+    breaker_error_rate: float = 0.5
+    breaker_min_requests: int = 20
+    breaker_window_s: float = 10.0
+    breaker_cooldown_s: float = 5.0
+    breaker_max_cooldown_s: float = 60.0
     endpoints_url: str | None = None  # an HTTP feed of endpoints (JSON list), polled
     health_interval_s: float = 2.0
     drain_timeout_s: float = 30.0  # on SIGTERM: stop accepting, wait this long for in-flight
@@ -116,6 +128,16 @@ class RouterConfig:
     # changes and re-exported as metrics (router.autoscaled); None: none.
     autoscale_file: str | None = None
 
+    @property
+    def tenancy(self) -> bool:
+        """Whether requests are checked per key (router.tenants)."""
+        return bool(self.tenants_file or self.rate_limit_per_minute or self.token_limit_per_minute)
+
+    @property
+    def shares_limits(self) -> bool:
+        """Whether key budgets are shared with peer replicas (router.peerpoll)."""
+        return self.tenancy and bool(self.peers or self.k8s_peer_selector)
+
     def edge_limits(self) -> EdgeLimits:
         return EdgeLimits(
             max_request_line_bytes=self.max_request_line_bytes,
@@ -127,8 +149,21 @@ class RouterConfig:
             max_connections=self.max_connections,
         )
 
+    def breaker_policy(self) -> BreakerPolicy | None:
+        """The circuit breaker's settings; None when it is off."""
+        if not self.breaker:
+            return None
+        return BreakerPolicy(
+            self.breaker_error_rate,
+            self.breaker_min_requests,
+            self.breaker_window_s,
+            self.breaker_cooldown_s,
+            self.breaker_max_cooldown_s,
+        )
+
     def __post_init__(self) -> None:
         self.edge_limits()  # its own checks: positive sizes and timeouts
+        self.breaker_policy()  # its own checks: a rate in (0, 1], positive counts and times
         for name in (self.policy, *self.model_policies.values()):
             if name not in POLICY_NAMES:
                 raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
@@ -178,8 +213,12 @@ class RouterConfig:
             raise ValueError("TLS needs both a certificate and its key (--tls-cert, --tls-key)")
         if self.tls_reload_s <= 0:
             raise ValueError("tls_reload_s must be above 0")
-        if self.keda_port is None and (self.peers or self.k8s_peer_selector):
-            raise ValueError("peers are asked for demand by the KEDA scaler: set --keda-port")
+        if self.keda_port is None and (self.peers or self.k8s_peer_selector) and not self.tenancy:
+            # peers are asked for demand (the scaler) or key usage (tenancy): neither is on
+            raise ValueError(
+                "peers are asked for demand by the KEDA scaler or for key usage by tenancy, "
+                "and neither is on: set --keda-port or --tenants-file"
+            )
         if not 0 <= self.metrics_grace_s < float("inf"):
             raise ValueError("metrics_grace_s must be a number of seconds >= 0")
         if self.otlp_endpoint is not None:

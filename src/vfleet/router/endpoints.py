@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vfleet.router.breaker import Breaker
 from vfleet.router.state import EndpointState
 
 MAX_BACKOFF_S = 30.0
@@ -41,6 +42,10 @@ class Endpoint:
     # Listed as still loading (endpoints file `"state": "starting"`): while down, probed fast and
     # without backoff (the fast prober); served once its /health answers 200.
     starting: bool = False
+    # The circuit breaker on its request errors (router.ejection); `ejected` mirrors it for the
+    # request path: while set, the endpoint is left out of routing though its probes pass.
+    breaker: Breaker = field(default_factory=Breaker)
+    ejected: bool = False
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -48,7 +53,12 @@ class Endpoint:
 
     def snapshot(self) -> EndpointState:
         return EndpointState(
-            self.url, self.healthy, self.inflight, self.running, self.waiting, self.kv_usage
+            self.url,
+            self.healthy and not self.ejected,
+            self.inflight,
+            self.running,
+            self.waiting,
+            self.kv_usage,
         )
 
     def observe_prefix_cache(self, hits: float, queries: float) -> None:
@@ -108,8 +118,12 @@ class Registry:
         return [ep for ep in self.endpoints.values() if model in ep.models]
 
     def ready(self, model: str) -> list[Endpoint]:
-        """The healthy endpoints serving `model`."""
-        return [ep for ep in self.endpoints.values() if ep.healthy and model in ep.models]
+        """The healthy endpoints serving `model` (none ejected by its breaker)."""
+        return [
+            ep
+            for ep in self.endpoints.values()
+            if ep.healthy and not ep.ejected and model in ep.models
+        ]
 
     def model_names(self) -> list[str]:
         seen: dict[str, None] = {}

@@ -6,7 +6,11 @@ long before the request leaves its queue), so an engine that fails before it (co
 reset, EOF, timeout, or a 502/503/504 answer) costs a retry on another engine, not an error to
 the client, within the model's `attempts`. After it nothing is retried: a stream that breaks ends
 with an SSE error event, any other body with a closed connection. A 500 is relayed as it is: it
-may be the request's own doing, and a dying engine shows as a reset anyway.
+may be the request's own doing, and a dying engine shows as a reset anyway (unless `retry_5xx`).
+
+Each attempt's outcome feeds its engine's circuit breaker (router.ejection): engine failures
+(connection errors, resets, timeouts, 5xx answers) count against it, client errors and clients
+that leave do not.
 
 The relay is flow-controlled: when the client's send buffer passes its high-water mark, reading
 from the engine stops until it drains, so a slow client holds at most one buffer and one read of
@@ -40,7 +44,9 @@ from vfleet.errors import (
 from vfleet.http.server import Connection
 from vfleet.router.activator import Activator
 from vfleet.router.affinity import SNIFF_BYTES, Owners, find_id
+from vfleet.router.breaker import HALF_OPEN
 from vfleet.router.demand import HELD, INFLIGHT, REQUESTS, DemandRow
+from vfleet.router.ejection import Ejector
 from vfleet.router.endpoints import Endpoint, Registry
 from vfleet.router.metrics import RouterMetrics
 from vfleet.router.routes import OPENAI, ErrorStyle
@@ -78,6 +84,9 @@ class Router(Protocol):
     @property
     def release_max_inflight(self) -> int: ...
 
+    @property
+    def ejector(self) -> Ejector | None: ...
+
     def choose(self, key: RouteKey, exclude: tuple[str, ...]) -> Endpoint | None: ...
 
     def hold(self, fwd: Forward) -> None: ...
@@ -93,6 +102,8 @@ class Limits:
     first_byte_s: float = 600.0  # seconds until the engine's response head (long prefills)
     idle_s: float = 300.0  # seconds of silence (or of a stalled client) between body chunks
     attempts: int = 3  # endpoints tried for a request that fails before any byte is relayed
+    # Retry any 5xx answer (a 500 too) before a byte is relayed, not only 502/503/504.
+    retry_5xx: bool = False
 
 
 # No ready engine yet (deadline passed, or no holding).
@@ -207,6 +218,9 @@ class Forward:
         ep.inflight += 1
         self.eslot = router.demand.endpoint(ep.url)
         router.demand.add(self.eslot, INFLIGHT, 1)
+        ejector = router.ejector
+        if ejector is not None and ep.breaker.state == HALF_OPEN:
+            ejector.chosen(ep, time.monotonic())  # this request is its trial
         self.status = 0  # a head held from a failed attempt is not this one's
         self.sse = False
         self.conn.on_close = self._client_left
@@ -271,7 +285,7 @@ class Forward:
     def on_head(
         self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool, length: int | None
     ) -> None:
-        if status in RETRY_STATUSES and self._can_retry():
+        if status >= 500 and self._retried_status(status) and self._can_retry():
             # The engine says it cannot serve now: drop its answer unread, try another.
             up = self.upstream
             if up is not None:
@@ -341,6 +355,8 @@ class Forward:
             self._commit()  # an answer without a body
         if self.meter is not None and self.meter.held:
             self.conn.write(self.meter.release())  # an unfinished last event, as it came
+        if self.router.ejector is not None:
+            self._judge(self.status < 500)
         self._release()
         self._finish()
         self.router.metrics.duration.observe(time.monotonic() - abs(self.t0))
@@ -373,34 +389,56 @@ class Forward:
 
     # -- failures ---------------------------------------------------------------------------
 
+    def _retried_status(self, status: int) -> bool:
+        """Whether a 5xx answer is retried elsewhere (if it can be)."""
+        if status in RETRY_STATUSES:
+            return True
+        router = self.router
+        return router.model_limits.get(self.model, router.limits).retry_5xx
+
+    def _judge(self, ok: bool) -> None:
+        """This attempt's outcome, for its engine's circuit breaker (router.ejection)."""
+        ejector = self.router.ejector
+        ep = self.ep
+        if ejector is not None and ep is not None:
+            ejector.judge(ep, ok, time.monotonic())
+
     def _can_retry(self) -> bool:
         """Another engine may still take this request: nothing relayed, one untried healthy
-        endpoint left, and attempts left."""
+        endpoint left (not ejected by its breaker), and attempts left."""
         if self.relayed or self.gone or self.pin is not None:
             return False
         router = self.router
         if len(self.tried) >= router.model_limits.get(self.model, router.limits).attempts:
             return False
         tried = self.tried
-        return any(e.healthy and e.url not in tried for e in router.registry.serving(self.model))
+        return any(
+            e.healthy and not e.ejected and e.url not in tried
+            for e in router.registry.serving(self.model)
+        )
 
     def _failed(self, err: UpstreamError) -> None:
         """This attempt failed: retry if nothing reached the client, else end the answer."""
         router = self.router
         ep = self.ep
+        # A reset before any answer, the first time: most often a pooled keep-alive connection
+        # the engine had just closed, not the engine's fault (retried on it below).
+        stale = (
+            not self.relayed
+            and isinstance(err, UpstreamReset)
+            and not err.started
+            and not self.reset_retried
+            and ep is not None
+            and ep.healthy
+        )
+        if not (stale or self.gone or self.conn.write_paused):
+            self._judge(False)  # a stalled client's timeout is its own doing, not the engine's
         self._release()
         if self.gone:
             return  # _client_left has finished it
         if not self.relayed:
-            if (
-                isinstance(err, UpstreamReset)
-                and not err.started
-                and not self.reset_retried
-                and ep is not None
-                and ep.healthy
-            ):
-                # Most often a pooled keep-alive connection the engine had just closed:
-                # the same engine, on a fresh connection, once.
+            if stale and ep is not None:
+                # The same engine, on a fresh connection, once.
                 self.reset_retried = True
                 router.metrics.retries[self.model] += 1
                 self.start(same=ep)

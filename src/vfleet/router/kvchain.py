@@ -11,8 +11,13 @@ tokenized with them. Token-id prompts are taken as they are.
 Where a tokenizer comes from, per model, from its engine's `/v1/models` card:
 - `"tokenizer": "vfleet-sim"`: the simulator's (4-byte pieces, ChatML), built in;
 - else `root`, the model's directory (`tokenizer.json`, `tokenizer_config.json`) or a
-  Hugging Face repository id found in the local hub cache (never downloaded here).
+  Hugging Face repository id found in the local hub cache (never downloaded here); for a LoRA
+  adapter (a card with a `parent`) its own directory when it has a tokenizer, else its base
+  model's (`base_root`, added by the caller from the parent's card), as vLLM does.
 No tokenizer: no chain, and the policy falls back to `prefix`.
+
+A LoRA adapter's chains start from `kvindex.lora_root(adapter)`: vLLM hashes the adapter into
+its blocks, so only blocks stored for that adapter are hits (see `router.kvindex`).
 
 Loading and tokenizing run in a small thread pool, never on the event loop; chains are cached
 (bounded by count and by tokens) per prompt, and block hashes per (parent, block) so prompts that
@@ -32,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from vfleet.router.kvindex import chain_hash
+from vfleet.router.kvindex import chain_hash, lora_root
 from vfleet.router.state import Chain
 
 log = logging.getLogger("vfleet.router.kv")
@@ -128,10 +133,13 @@ def load_tokenizer(card: Mapping[str, Any]) -> Tokenizer | None:
     """The tokenizer a model card names (blocking: file reads; run it off the event loop)."""
     if card.get("tokenizer") == SIM_TOKENIZER:
         return SimTokenizer()
-    root = card.get("root")
-    if not isinstance(root, str) or not root:
-        return None
-    files = _model_files(root)
+    files = None
+    for key in ("root", "base_root"):  # an adapter's own tokenizer, else its base model's
+        root = card.get(key)
+        if isinstance(root, str) and root:
+            files = _model_files(root)
+            if files is not None:
+                break
     if files is None:
         return None
     tokenizer_json, config_path, template_path = files
@@ -146,6 +154,13 @@ def load_tokenizer(card: Mapping[str, Any]) -> Tokenizer | None:
     if template_path is not None:
         template = template_path.read_text()
     return HfTokenizer(tokenizer_json, config, template if isinstance(template, str) else None)
+
+
+def chain_root(model: str, card: Mapping[str, Any]) -> int | None:
+    """Where `model`'s chains start: from its adapter's root when the card names a LoRA adapter
+    (vLLM lists one with its base model as `parent`), from nothing for a base model."""
+    parent = card.get("parent")
+    return lora_root(model) if isinstance(parent, str) and parent and parent != model else None
 
 
 def _model_files(root: str) -> tuple[Path, Path | None, Path | None] | None:
@@ -235,14 +250,17 @@ class BlockMemo:
     def __len__(self) -> int:
         return len(self._memo)
 
-    def hashes(self, tokens: Sequence[int], block_size: int) -> tuple[int, ...]:
+    def hashes(
+        self, tokens: Sequence[int], block_size: int, root: int | None = None
+    ) -> tuple[int, ...]:
+        """The chain of `tokens`' full blocks from `root` (a LoRA adapter's, or None)."""
         with self._lock:
-            return self._hashes(tokens, block_size)
+            return self._hashes(tokens, block_size, root)
 
-    def _hashes(self, tokens: Sequence[int], block_size: int) -> tuple[int, ...]:
+    def _hashes(self, tokens: Sequence[int], block_size: int, root: int | None) -> tuple[int, ...]:
         memo = self._memo
         out: list[int] = []
-        parent: int | None = None
+        parent: int | None = root
         for start in range(0, len(tokens) - block_size + 1, block_size):
             block = tuple(tokens[start : start + block_size])
             key = (parent, block)
@@ -299,7 +317,8 @@ class Chains:
         """The prompt's chain, computed in the pool (the tokenizer must be ready) and cached
         when `store` is called with it on the event loop's side."""
         tokenizer = self._tokenizer(model, card)
-        return self._pool.submit(self._chain, tokenizer, block_size, prompt)
+        root = chain_root(model, card)
+        return self._pool.submit(self._chain, tokenizer, block_size, prompt, root)
 
     def store(self, model: str, block_size: int, prompt: Prompt, chain: Chain) -> None:
         key = (model, block_size, prompt.cache_key())
@@ -313,7 +332,7 @@ class Chains:
             self._tokens -= dropped.tokens
 
     def _tokenizer(self, model: str, card: Mapping[str, Any]) -> Future[Tokenizer | None]:
-        key = (model, f"{card.get('tokenizer')}|{card.get('root')}")
+        key = (model, f"{card.get('tokenizer')}|{card.get('root')}|{card.get('base_root')}")
         future = self._tokenizers.get(key)
         if future is None:
             if len(self._tokenizers) > 64:  # models come and go: keep the table bounded
@@ -322,13 +341,17 @@ class Chains:
         return future
 
     def _chain(
-        self, tokenizer: Future[Tokenizer | None], block_size: int, prompt: Prompt
+        self,
+        tokenizer: Future[Tokenizer | None],
+        block_size: int,
+        prompt: Prompt,
+        root: int | None,
     ) -> Chain | None:
         tok = tokenizer.result()
         if tok is None:
             return None
         ids = tokens_of(tok, prompt)
-        return Chain(self._memo.hashes(ids, block_size), len(ids), block_size)
+        return Chain(self._memo.hashes(ids, block_size, root), len(ids), block_size)
 
 
 def _load_logged(card: dict[str, Any]) -> Tokenizer | None:

@@ -155,15 +155,20 @@ class KvRouting:
         asyncio.wrap_future(future, loop=self.loop).add_done_callback(computed)
 
     def _card(self, model: str, serving: Sequence[Endpoint]) -> dict[str, Any] | None:
-        """The model's card with its engines' tokenizer hint; None until one engine has told
-        (asked here, in the background, the first time)."""
+        """The model's card with its engines' tokenizer hint (and, for a LoRA adapter, its base
+        model's directory as `base_root`); None until one engine has told (asked here, in the
+        background, the first time)."""
         for ep in serving:
             if ep.url not in self._hints:
                 self._ask(ep.url)
                 continue
-            card = next((c for c in ep.cards if c.get("id") == model), {"id": model})
+            card = dict(next((c for c in ep.cards if c.get("id") == model), {"id": model}))
+            parent = card.get("parent")
+            if parent:
+                base = next((c for c in ep.cards if c.get("id") == parent), {})
+                card["base_root"] = base.get("root") or parent
             hint = self._hints[ep.url]
-            return {**card, "tokenizer": hint} if hint else dict(card)
+            return {**card, "tokenizer": hint} if hint else card
         return None
 
     def _ask(self, url: str) -> None:

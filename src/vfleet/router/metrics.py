@@ -81,6 +81,8 @@ KV_TOKENS: Final = 13  # prompt tokens it routed, and those it expected the engi
 AUTOSCALER_DESIRED: Final = 14
 ROUTING_DECISIONS: Final = 15  # endpoint choices, by (model, policy, reason)
 KEY_REQUESTS: Final = 16  # per API key name, model and the status the client got: router.tenants
+BREAKER_EVENTS: Final = 17  # circuit breaker events, by (upstream, event): router.ejection
+SPANS: Final = 18  # trace spans by outcome (exported, dropped, failed): router.tracing
 # Values per series; negative for a histogram: its buckets (with +Inf) and its sum.
 WIDTHS: Final[dict[int, int]] = {
     REQUESTS: 1,
@@ -99,6 +101,8 @@ WIDTHS: Final[dict[int, int]] = {
     AUTOSCALER_DESIRED: 1,
     ROUTING_DECISIONS: 1,
     KEY_REQUESTS: 1,
+    BREAKER_EVENTS: 1,
+    SPANS: 1,
 }
 NO_ENDPOINT: Final = "-"  # the upstream label of requests the router answered itself
 # The label naming an engine (its URL). Not `endpoint`: the Prometheus Operator gives every
@@ -123,6 +127,14 @@ def _key_request_labels(key: tuple[str, str, int]) -> str:
     return labels({"key": key[0], "model": key[1], "code": str(key[2])})[1:-1]
 
 
+def _breaker_labels(key: tuple[str, str]) -> str:
+    return labels({UPSTREAM: key[0], "event": key[1]})[1:-1]
+
+
+def _breaker_endpoint(key: tuple[str, str]) -> str:
+    return key[0]
+
+
 def _model_labels(model: str) -> str:
     return labels({"model": model})[1:-1]
 
@@ -141,6 +153,10 @@ def _reason_labels(reason: str) -> str:
 
 def _desired_labels(key: tuple[str, str]) -> str:
     return labels({"model": key[0], "source": key[1]})[1:-1]
+
+
+def _outcome_labels(outcome: str) -> str:
+    return labels({"outcome": outcome})[1:-1]
 
 
 def _decision_labels(key: tuple[str, str, str]) -> str:
@@ -209,6 +225,12 @@ class RouterMetrics:
         self.routing_decisions: SharedCounter[tuple[str, str, str]] = SharedCounter(
             row, ROUTING_DECISIONS, _decision_labels
         )
+        # Circuit breaker events by (endpoint, opened|half_opened|closed|spared).
+        self.breaker_events: SharedCounter[tuple[str, str]] = SharedCounter(
+            row, BREAKER_EVENTS, _breaker_labels, _breaker_endpoint
+        )
+        # OTLP trace spans by outcome; only with tracing on (router.tracing's Tracer counts).
+        self.spans: SharedCounter[str] = SharedCounter(row, SPANS, _outcome_labels)
         # The replicas `vfleet up`'s autoscaler wants per served name, as this worker last read
         # them from the file the supervisor writes (router.autoscaled); every worker reads it.
         self.local_desired: dict[str, int] = {}
@@ -230,6 +252,14 @@ class RouterMetrics:
             self.kv_tokens.inc((model, "prompt"), decision.prompt_tokens)
         if decision.cached_tokens:
             self.kv_tokens.inc((model, "predicted_hit"), decision.cached_tokens)
+
+    def breaker_event(self, url: str, event: str) -> None:
+        """Count one circuit breaker event of an endpoint (router.ejection)."""
+        self.breaker_events.inc((url, event))
+
+    def span_outcome(self, outcome: str, n: int) -> None:
+        """Count `n` trace spans with this outcome (the Tracer's `count`)."""
+        self.spans.inc(outcome, n)
 
     def observe_hold(self, model: str, seconds: float) -> None:
         self.hold_seconds.observe(model, seconds)
@@ -307,6 +337,19 @@ class RouterMetrics:
             "Endpoint choices, by model, policy and reason (picked, retry, none).",
             sums[ROUTING_DECISIONS],
         )
+        _counter(
+            out,
+            "breaker_events_total",
+            "Circuit breaker events per endpoint: opened, half_opened, closed, spared.",
+            sums[BREAKER_EVENTS],
+        )
+        _counter(
+            out,
+            "spans_total",
+            "Trace spans of proxied requests by outcome: exported (the collector took them), "
+            "dropped (the export queue was full), failed (in batches the collector did not take).",
+            sums[SPANS],
+        )
         self._render_replicas(out, registry, sums[AUTOSCALER_DESIRED], held or {})
         _counter(
             out,
@@ -324,6 +367,11 @@ class RouterMetrics:
                 "endpoint_healthy",
                 "1 when the endpoint passes health probes.",
                 [float(ep.healthy) for ep in eps],
+            ),
+            (
+                "breaker_open",
+                "1 while the circuit breaker keeps the endpoint out for its errors.",
+                [float(ep.ejected) for ep in eps],
             ),
             (
                 "endpoint_inflight",

@@ -43,10 +43,14 @@ PREFIX_ABS_SLACK: Final = 4.0  # extra load an affine endpoint may carry over th
 PREFIX_REL_SLACK: Final = 0.5  # ...or this fraction of the least loaded's load, if larger
 PREFIX_CHUNK_TOKENS: Final = 64.0  # tokens in one 256-character chunk (~4 characters a token)
 
-# The kv policy's cost model: prefill tokens one unit of `load_score` is worth (a request ahead
-# counts about two units: the router's in-flight count and the engine's running or waiting one),
-# and the overload bound past which an engine is not chosen whatever it caches.
-KV_QUEUE_TOKENS: Final = 128.0
+# The prefix policy's load guard for long matches: prefill tokens one unit of `load_score` is
+# worth (a request ahead counts about two units: the router's in-flight count and the engine's).
+PREFIX_QUEUE_TOKENS: Final = 128.0
+
+# The kv policy's cost model (`KvAffinity`): prefill tokens one request ahead is worth, and the
+# overload bound past which an engine is not chosen whatever it caches: KV_ABS_SLACK requests
+# over the least loaded engine, or (1 + KV_REL_SLACK) x the fleet's mean load if more.
+KV_QUEUE_TOKENS: Final = 256.0
 KV_ABS_SLACK: Final = 8.0
 KV_REL_SLACK: Final = 1.0
 
@@ -297,7 +301,7 @@ class PrefixAffinity:
         max_entries: int = PREFIX_INDEX_MAX,
         abs_slack: float = PREFIX_ABS_SLACK,
         rel_slack: float = PREFIX_REL_SLACK,
-        queue_tokens: float = KV_QUEUE_TOKENS,
+        queue_tokens: float = PREFIX_QUEUE_TOKENS,
         chunk_tokens: float = PREFIX_CHUNK_TOKENS,
     ) -> None:
         if max_entries < 1:
@@ -384,6 +388,9 @@ class KvDecision:
     reason: Reason
     cached_tokens: int  # prompt tokens the chosen engine is expected to hold
     prompt_tokens: int
+    # The data-parallel rank to pin with vLLM's `X-data-parallel-rank` header when the chosen
+    # url runs several (each has its own KV cache); None: one rank, or let the engine choose.
+    dp_rank: int | None = None
 
 
 class KvAffinity:
@@ -392,14 +399,24 @@ class KvAffinity:
     `key.chain` holds the router's hashes of the prompt's full blocks; the index
     (`router.kvindex`) says how many leading blocks each engine holds, and this policy's own
     short-lived predictions add what it has just sent elsewhere (a burst of one new prefix sticks
-    to one engine before its events arrive). Each engine's cost is the work ahead of the
-    request's first token there, in prefill tokens: the prompt tokens it does not hold plus
-    `queue_tokens` per unit of its `load_score`. The cheapest engine wins among those within the
-    overload bound (`load_score` at most `least + max(abs_slack, rel_slack * least)`), so a
-    prefix every request shares spreads once its engine is that far ahead instead of collapsing
-    onto it, and the policy degrades like `prefix` past saturation. Equal costs are broken by a
-    hash of the prompt's first block and the url, so router processes agree and different
-    prefixes spread.
+    to one engine before its events arrive). Each engine's cost, in prefill tokens, is what the
+    request adds to the latency of everyone there: its uncached tokens `u`, once for itself and
+    once for each of the `n` requests already there (a prefill runs in the engine's steps, so
+    the whole batch waits for it), plus `queue_tokens` per request ahead:
+    `u * (1 + n) + queue_tokens * (n + KV_WEIGHT * kv_usage)`. `n` counts each request once: the
+    router's own in-flight count (exact) or the engine's scraped running + waiting (all
+    routers', up to a probe interval old) when that is more. The cheapest engine wins among
+    those within the overload bound (`n` + the KV term at most
+    `max(least + abs_slack, (1 + rel_slack) * mean)`, bounded loads as in `SessionAffinity`),
+    so a prefix every request shares spreads once its engine is that far ahead instead of
+    collapsing onto it, and the policy degrades like `prefix` past saturation. Equal costs are
+    broken by a hash of the prompt's first block and the url, so router processes agree and
+    different prefixes spread.
+
+    A url that runs several data-parallel ranks (the index learns them from the events'
+    `dp_rank`) is chosen as one engine by its deepest rank; the decision's `dp_rank` names the
+    rank to pin (vLLM's `X-data-parallel-rank` header), or, for a prompt no rank holds, a rank
+    chosen by its first block.
 
     Without a chain (no tokenizer, not a text prompt) or when no engine of the request has its
     events followed, the request goes to `PrefixAffinity`, which learns from every request.
@@ -423,12 +440,16 @@ class KvAffinity:
         self.rel_slack = rel_slack
         self.predictions = predictions if predictions is not None else Predictions()
         self.observe: Callable[[KvDecision], None] | None = None
+        # The data-parallel rank the last decision pins (KvDecision.dp_rank), for the caller
+        # to send as `X-data-parallel-rank`; None: no pin.
+        self.dp_rank: int | None = None
         self._prefix = PrefixAffinity()
 
     def choose(self, endpoints: Sequence[EndpointState], key: RouteKey) -> EndpointState | None:
         # Not sorted by url (as `_healthy` does): no decision here depends on the order (equal
         # costs go by `_tiebreak`), and sorting 64 endpoints is a tenth of a decision's time.
         healthy = [e for e in endpoints if e.healthy]
+        self.dp_rank = None
         if not healthy:
             return None
         chain = key.chain
@@ -443,8 +464,10 @@ class KvAffinity:
         chosen, reason, cached = self._decide(healthy, chain, held, guessed)
         self.predictions.record(chain.blocks, chosen.url, key.now)
         self._prefix.learn(key.prefix, chosen.url)  # for when the events stop
+        if index.rank_count(chosen.url) > 1:
+            self.dp_rank = _dp_rank(index, chosen.url, held.get(chosen.url, 0), chain.blocks)
         if self.observe is not None:
-            self.observe(KvDecision(key.model, reason, cached, chain.tokens))
+            self.observe(KvDecision(key.model, reason, cached, chain.tokens, self.dp_rank))
         return chosen
 
     def _decide(
@@ -456,14 +479,28 @@ class KvAffinity:
     ) -> tuple[EndpointState, Reason, int]:
         size, tokens = chain.block_size, chain.tokens
         queue = self.queue_tokens
-        # load_score, inlined: a call per endpoint costs more than the sum
-        loads = [
-            e.inflight + e.running + WAITING_WEIGHT * e.waiting + KV_WEIGHT * e.kv_usage
+        # Requests at each engine, each counted once: the router's own in flight (exact, now)
+        # or the engine's running and waiting (every router's, but as of the last scrape, up
+        # to a probe interval old) when those are more. Summing the two counts this router's
+        # requests twice, and a scrape taken during one long prefill step (a burst of
+        # `waiting`) would repel the engine's prefixes until the next scrape.
+        ahead = [
+            e.inflight if e.inflight > (queued := e.running + e.waiting) else queued
             for e in healthy
         ]
+        # the KV term (at most KV_WEIGHT) only separates engines with equal counts
+        loads = [n + KV_WEIGHT * e.kv_usage for n, e in zip(ahead, healthy, strict=True)]
         least = min(loads)
-        limit = least + max(self.abs_slack, self.rel_slack * least)
-        costs = [tokens + queue * load for load in loads]  # as if nothing were cached...
+        # The overload bound, as consistent hashing with bounded loads has it (Mirrokni et al.):
+        # up to (1 + rel_slack) x the fleet's mean load, or abs_slack over the least loaded.
+        # Against the mean, not the least loaded engine (the minimum of noisy counts): when the
+        # whole fleet is busy (a cold start's prefills), shedding a hit only adds a prefill to
+        # an engine as busy.
+        limit = max(least + self.abs_slack, (1.0 + self.rel_slack) * sum(loads) / len(loads))
+        # A prefill runs in the engine's steps, so every request in its batch waits for it: the
+        # uncached tokens count once for this request and once for each request already there.
+        # As if nothing were cached...
+        costs = [tokens * (1 + n) + queue * load for n, load in zip(ahead, loads, strict=True)]
         depth = dict(held)
         for url, d in guessed.items():
             if d > depth.get(url, 0):
@@ -472,7 +509,7 @@ class KvAffinity:
             for i, e in enumerate(healthy):
                 d = depth.get(e.url, 0)
                 if d:
-                    costs[i] -= min(tokens, d * size)
+                    costs[i] -= min(tokens, d * size) * (1 + ahead[i])
         # The least loaded engine is always within the limit, so `allowed` is never empty.
         allowed = [c for c, load in zip(costs, loads, strict=True) if load <= limit]
         chosen = self._cheapest(healthy, costs, min(allowed), loads, limit, chain.blocks[0])
@@ -515,6 +552,16 @@ class KvAffinity:
             tokens = key.chain.tokens if key.chain is not None else 0
             self.observe(KvDecision(key.model, Reason.FALLBACK, 0, tokens))
         return chosen
+
+
+def _dp_rank(index: KvIndex, url: str, depth: int, blocks: tuple[int, ...]) -> int:
+    """The rank of a data-parallel engine a request should go to: the one holding its prefix,
+    else one chosen by the prompt's first block (rendezvous), so that a burst of a new prefix,
+    and every router process, pins the same rank before its events arrive."""
+    rank = index.rank_holding(url, blocks, depth)
+    if rank is not None:
+        return rank
+    return min(index.ranks(url), key=lambda r: _tiebreak(blocks[0], f"{url}#dp{r}"))
 
 
 def _tiebreak(seed: int, url: str) -> int:

@@ -88,10 +88,45 @@ def fast_due(registry: Registry, held: Collection[str]) -> list[Endpoint]:
     ]
 
 
+class ProbeOrder:
+    """Which probe results still count, per endpoint URL: a probe takes the next number when
+    it starts, and its result is applied only if no probe started after it has had its result
+    applied already.
+
+    The regular and the fast prober probe one endpoint independently, so results can arrive
+    out of order: a first probe that hung, failing after a later fast probe found the endpoint
+    up, marked it down for a whole backoff. Shared by both probers; URLs no longer listed are
+    dropped as the table outgrows the registry, so it stays about the registry's size."""
+
+    def __init__(self) -> None:
+        self._seq: dict[str, list[int]] = {}  # url -> [last started, last applied]
+
+    def __len__(self) -> int:
+        return len(self._seq)
+
+    def begin(self, url: str, listed: Collection[str]) -> int:
+        """The number of a probe of `url` starting now (`listed`: the URLs to keep)."""
+        if len(self._seq) > 2 * len(listed) + 64:
+            self._seq = {u: seq for u, seq in self._seq.items() if u in listed}
+        seq = self._seq.setdefault(url, [0, 0])
+        seq[0] += 1
+        return seq[0]
+
+    def apply(self, url: str, n: int) -> bool:
+        """Whether probe `n`'s result may be applied (and, if so, it is now the latest): False
+        when a probe started later already had its result applied."""
+        seq = self._seq.setdefault(url, [n, 0])
+        if n < seq[1]:
+            return False
+        seq[1] = n
+        return True
+
+
 class ProbeTasks:
     """At most one probe in flight per endpoint, run as its own task: what the regular prober
-    (`router.prober.Prober`) and the fast one share. Subclasses pick the endpoints to probe
-    and `_probe` one, removing it from `busy` when done."""
+    (`router.prober.Prober`) and the fast one share, with one `ProbeOrder` between them.
+    Subclasses pick the endpoints to probe and `_probe` one (its `ProbeOrder` number `n`),
+    removing it from `busy` when done and applying its result only when `order.apply` agrees."""
 
     def __init__(
         self,
@@ -100,24 +135,27 @@ class ProbeTasks:
         timeout_s: float,
         auth: bytes,
         on_up: Callable[[Endpoint], None],
+        order: ProbeOrder | None = None,
     ) -> None:
         self.registry = registry
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.auth = auth
         self.on_up = on_up
+        self.order = ProbeOrder() if order is None else order
         self.busy: dict[str, asyncio.Task[None]] = {}  # url -> its probe in flight
 
     def start(self, ep: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
         """Probe `ep` now unless a probe of it is already in flight."""
         if ep.url not in self.busy:
-            self.busy[ep.url] = loop.create_task(self._probe(ep))
+            n = self.order.begin(ep.url, self.registry.endpoints)
+            self.busy[ep.url] = loop.create_task(self._probe(ep, n))
 
     def cancel_all(self) -> None:
         for task in self.busy.values():
             task.cancel()
 
-    async def _probe(self, ep: Endpoint) -> None:
+    async def _probe(self, ep: Endpoint, n: int) -> None:
         raise NotImplementedError
 
 
@@ -137,8 +175,9 @@ class FastProber(ProbeTasks):
         auth: bytes,
         held: Callable[[], Collection[str]],
         on_up: Callable[[Endpoint], None],
+        order: ProbeOrder | None = None,
     ) -> None:
-        super().__init__(registry, interval_s, timeout_s, auth, on_up)
+        super().__init__(registry, interval_s, timeout_s, auth, on_up, order)
         self.held = held
 
     async def run(self) -> None:
@@ -155,14 +194,14 @@ class FastProber(ProbeTasks):
         for ep in fast_due(self.registry, self.held()):
             self.start(ep, loop)
 
-    async def _probe(self, ep: Endpoint) -> None:
+    async def _probe(self, ep: Endpoint, n: int) -> None:
         try:
             # An engine whose models are known is served the moment /health answers: held
             # requests wait for it, and vLLM's /metrics alone can take tens of milliseconds.
             # Its models and load are read right after, as every probe does.
             if ep.static_models:
                 ok = await answers_health(ep, self.timeout_s)
-                if ok and self._came_up(ep):
+                if ok and self._came_up(ep, n):
                     await refresh(ep, self.timeout_s, self.auth)
                     return
             else:
@@ -170,13 +209,21 @@ class FastProber(ProbeTasks):
         finally:
             self.busy.pop(ep.url, None)
         if ok:
-            self._came_up(ep)
-        elif ep.unprobed and not ep.starting and self.registry.endpoints.get(ep.url) is ep:
+            self._came_up(ep, n)
+        elif (
+            ep.unprobed
+            and not ep.starting
+            and self.registry.endpoints.get(ep.url) is ep
+            and self.order.apply(ep.url, n)
+        ):
             ep.mark_down(time.monotonic(), self.interval_s)
 
-    def _came_up(self, ep: Endpoint) -> bool:
-        """Mark a probed endpoint up unless it was unlisted meanwhile or is already up."""
-        if self.registry.endpoints.get(ep.url) is not ep or ep.healthy:
+    def _came_up(self, ep: Endpoint, n: int) -> bool:
+        """Mark a probed endpoint up unless it was unlisted meanwhile, a probe started after
+        this one has answered, or it is already up."""
+        if self.registry.endpoints.get(ep.url) is not ep or not self.order.apply(ep.url, n):
+            return False
+        if ep.healthy:
             return False
         ep.mark_up(time.monotonic(), self.interval_s)
         log.warning("endpoint %s is up", ep.url)

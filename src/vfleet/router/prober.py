@@ -46,7 +46,7 @@ class Prober(ProbeTasks):
                 continue
             self.start(ep, loop)
 
-    async def _probe(self, ep: Endpoint) -> None:
+    async def _probe(self, ep: Endpoint, n: int) -> None:
         try:
             ok = await probe(ep, self.timeout_s, self.auth)
         except Exception:
@@ -56,6 +56,8 @@ class Prober(ProbeTasks):
             self.busy.pop(ep.url, None)
         if self.registry.endpoints.get(ep.url) is not ep:
             return  # unlisted while it was probed
+        if not self.order.apply(ep.url, n):
+            return  # a probe started after this one has answered (the fast prober's)
         was = ep.healthy
         if ok:
             ep.mark_up(time.monotonic(), self.interval_s)

@@ -40,6 +40,7 @@ from vfleet.router import affinity, auth
 from vfleet.router.activator import FULL, WOKE, Activator
 from vfleet.router.affinity import Owners
 from vfleet.router.demand import HELD, DemandRow
+from vfleet.router.ejection import Ejector
 from vfleet.router.endpoints import Endpoint, Registry
 from vfleet.router.forward import RETRY_FULL, Forward, Limits
 from vfleet.router.inbound import estimated_tokens, read_body, route_key
@@ -124,6 +125,7 @@ class Router:
     drop_headers: frozenset[bytes] = DROP_REQUEST_HEADERS  # request headers engines never see
     kv: KvRouting | None = None  # KV events and request chains, when a kv policy is configured
     tracer: Tracer | None = None  # OTLP spans of proxied requests (router.tracing); None: off
+    ejector: Ejector | None = None  # the circuit breakers on engine errors; None: off
 
     def __post_init__(self) -> None:
         self.keyed = bool(self.api_keys) or (self.tenancy is not None and self.tenancy.keyed)

@@ -4,7 +4,7 @@ request and token budgets, shared by every worker (router.sharedlimits).
 Keys come from the plain key list (`--api-key-file`, VFLEET_API_KEYS: unnamed, called `key-N`,
 every model, the default limits) and from a tenants file (`--tenants-file`), YAML or JSON:
 
-    replicas: 1                  # router replicas enforcing these limits: each takes limit/replicas
+    replicas: 1                  # router replicas sharing these limits (see below)
     defaults:                    # for keys that set none (else --rate-limit and --token-limit)
       requests_per_minute: 600
     keys:
@@ -14,6 +14,12 @@ every model, the default limits) and from a tenants file (`--tenants-file`), YAM
         requests_per_minute: 60  # absent: the default; 0: none for this key
         tokens_per_minute: 20000 # prompt + completion tokens, charged from the engines' usage
         tokens_per_day: 1000000  # a rolling 24 hours
+
+`replicas`: without peers, each of that many router replicas enforces limit/replicas alone. With
+peers (`--peer`, `--k8s-peer-selector`), the replicas tell each other their keys' usage every
+second (router.peerpoll), and each enforces the whole limit against everyone's usage; a peer that
+stops answering is assumed to use its share, so with none answering each replica is back to
+limit/R, R being the larger of `replicas` and the number of routers listed (router.peerlimits).
 
 The file is re-read when it changes (its stat, checked every FILE_CHECK_S); a file that does not
 parse keeps the keys in force and logs why, naming lines, never their content (a YAML error's
@@ -35,7 +41,8 @@ from typing import Any, Final
 
 import yaml
 
-from vfleet.router import auth, filestamp
+from vfleet.router import auth, filestamp, peerlimits
+from vfleet.router.peerlimits import Usage, WindowUsage, scaled, trimmed
 from vfleet.router.ratelimit import (
     Window,
     requests_window,
@@ -85,6 +92,18 @@ class Tenant:
     def metered(self) -> bool:
         """Whether its requests' token usage is charged against a budget."""
         return self.tokens_minute is not None or self.tokens_day is not None
+
+    def windows(self) -> tuple[tuple[str, int, Window], ...]:
+        """(wire name, region, window) of each limit it has."""
+        out = []
+        for name, region, window in (
+            (peerlimits.REQUESTS, REQUESTS, self.requests),
+            (peerlimits.TOKENS_MINUTE, TOKENS_MINUTE, self.tokens_minute),
+            (peerlimits.TOKENS_DAY, TOKENS_DAY, self.tokens_day),
+        ):
+            if window is not None:
+                out.append((name, region, window))
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,10 +237,16 @@ def _window(limit: float, make: Callable[[float], Window], replicas: int) -> Win
 
 
 def build_tenants(
-    plain: tuple[bytes, ...], file: KeyFile | None, defaults: Defaults, slots: int
+    plain: tuple[bytes, ...],
+    file: KeyFile | None,
+    defaults: Defaults,
+    slots: int,
+    peered: bool = False,
 ) -> tuple[dict[bytes, Tenant], Tenant | None]:
     """(digest -> tenant for every key; the anonymous tenant when there is no key at all);
-    `slots`: the limit table's, which the keys' slots index."""
+    `slots`: the limit table's, which the keys' slots index; `peered`: the replicas share
+    usage, so each window holds the whole limit (scaled down at decision time when peers are
+    missing) instead of limit/replicas."""
     merged = {
         "requests_per_minute": defaults.requests_per_minute,
         "tokens_per_minute": defaults.tokens_per_minute,
@@ -231,7 +256,7 @@ def build_tenants(
     rows: list[tuple[str, bytes, frozenset[str] | None, dict[str, float]]] = []
     if file is not None:
         merged.update(file.defaults)
-        replicas = file.replicas
+        replicas = 1 if peered else file.replicas
         rows += [(e.name, e.digest, e.models, e.limits) for e in file.entries]
     for i, key in enumerate(plain):
         rows.append((f"key-{i}", digest(key), None, {}))
@@ -269,8 +294,16 @@ class Tenancy:
         defaults: Defaults = Defaults(),
         record: Recorder | None = None,
         count: Counter | None = None,
+        peered: bool = False,
     ) -> None:
         self.row = row
+        self.table = row.table
+        # With peers, limits are scaled by the share of replicas whose usage is known (the
+        # table's header, written by the polling worker), one Window per limit and share.
+        self.peered = peered and row.table.peers
+        self.replicas = 1  # the tenants file's `replicas`
+        self._share = (0, 0)
+        self._scaled: dict[Window, Window] = {}
         self.plain = plain
         self.path = path
         self.defaults = defaults
@@ -282,7 +315,10 @@ class Tenancy:
         if path is not None:
             self.stamp = filestamp.stamp(path)
             file = read_key_file(path)  # at start a bad file is an error, not a warning
-        self.by_digest, self.anonymous = build_tenants(plain, file, defaults, row.table.slots)
+            self.replicas = file.replicas
+        self.by_digest, self.anonymous = build_tenants(
+            plain, file, defaults, row.table.slots, self.peered
+        )
 
     # -- who -------------------------------------------------------------------------------
 
@@ -305,7 +341,8 @@ class Tenancy:
         if window is None:
             return 0.0
         row = self.row
-        wait = row.wait(tenant.slot, tenant.tag, REQUESTS, window, now, 1)
+        limit = self._limit(window) if self.peered else window
+        wait = row.wait(tenant.slot, tenant.tag, REQUESTS, limit, now, 1)
         if wait == 0.0:
             row.add(tenant.slot, tenant.tag, REQUESTS, window, now, 1)
         return wait
@@ -320,7 +357,8 @@ class Tenancy:
             (TOKENS_DAY, tenant.tokens_day),
         ):
             if window is not None:
-                wait = max(wait, row.wait(tenant.slot, tenant.tag, region, window, now, cost))
+                limit = self._limit(window) if self.peered else window
+                wait = max(wait, row.wait(tenant.slot, tenant.tag, region, limit, now, cost))
         if wait == 0.0:
             self._charge(tenant, cost, now)
         return wait
@@ -344,6 +382,50 @@ class Tenancy:
             self.record(tenant.name, model, prompt, completion)
         if self.count is not None and code:
             self.count(tenant.name, model, code)
+
+    def share(self) -> tuple[int, int]:
+        """(replicas whose usage this router counts, replicas sharing each limit)."""
+        if not self.peered:
+            return 1, 1  # each window already holds limit/replicas
+        known, expected = self.table.share()
+        if expected == 0:  # the peers not polled yet: this replica's share alone
+            return 1, self.replicas
+        return known, expected
+
+    def _limit(self, window: Window) -> Window:
+        """`window` with the limit this replica enforces now against the usage it knows of."""
+        share = self.table.share()
+        if share != self._share:
+            self._share = share
+            self._scaled.clear()
+        # (0, 0): the peers not polled yet (as in `share`)
+        known, expected = share if share[1] else (1, self.replicas)
+        if known >= expected:
+            return window
+        got = self._scaled.get(window)
+        if got is None:
+            got = self._scaled[window] = scaled(window, known, expected)
+        return got
+
+    # -- what the peers are told -----------------------------------------------------------
+
+    def tenants(self) -> dict[str, Tenant]:
+        """Every tenant in force, by name."""
+        out = {t.name: t for t in self.by_digest.values()}
+        if self.anonymous is not None:
+            out[self.anonymous.name] = self.anonymous
+        return out
+
+    def usage(self, now: float) -> Usage:
+        """This router's own usage (all workers, no peer's) of every key that has any."""
+        table = self.table
+        out: Usage = {}
+        for name, tenant in self.tenants().items():
+            for wname, region, window in tenant.windows():
+                ages = trimmed(table.local_ages(tenant.slot, tenant.tag, region, window, now))
+                if ages:
+                    out.setdefault(name, {})[wname] = WindowUsage(window.width_us, ages)
+        return out
 
     def refused(self, tenant: Tenant, model: str, code: int) -> None:
         """Count a request of `tenant` the router refused before it had a meter (a limit, a
@@ -382,8 +464,10 @@ class Tenancy:
             # Often a write caught half way: the rest of it changes the stat again.
             log.warning("%s; the keys in force stay", exc)
             return False
+        self.replicas = file.replicas
+        self._scaled.clear()  # windows of the previous file
         self.by_digest, self.anonymous = build_tenants(
-            self.plain, file, self.defaults, self.row.table.slots
+            self.plain, file, self.defaults, self.row.table.slots, self.peered
         )
         log.info("tenants file %s: %d keys in force", path, len(self.by_digest))
         return True

@@ -17,13 +17,16 @@ from vfleet.http.limits import raise_nofile_limit
 from vfleet.http.server import protocol_factory
 from vfleet.sim.config import SimConfig, with_environment
 from vfleet.sim.engine import Engine
+from vfleet.sim.gpushare import SharedGpu
 from vfleet.sim.kvevents import ZmqPublisher
 from vfleet.sim.metrics import EngineMetrics
 from vfleet.sim.scheduler import Scheduler
 from vfleet.sim.server import SimServer
 
 
-def build_engine(cfg: SimConfig, publisher: ZmqPublisher | None) -> Engine:
+def build_engine(
+    cfg: SimConfig, publisher: ZmqPublisher | None, gpu: SharedGpu | None = None
+) -> Engine:
     return Engine(
         scheduler=Scheduler(cfg.scheduler, cfg.profile, record_events=publisher is not None),
         metrics=EngineMetrics(
@@ -36,6 +39,7 @@ def build_engine(cfg: SimConfig, publisher: ZmqPublisher | None) -> Engine:
         time_scale=cfg.time_scale,
         publisher=publisher,
         wall_clock=time.time,
+        gpu=gpu,
     )
 
 
@@ -51,8 +55,9 @@ async def serve(cfg: SimConfig) -> None:
             await asyncio.wait_for(stop.wait(), cfg.faults.startup_delay_s)
         if stop.is_set():
             return
+    gpu = SharedGpu(cfg.shared_gpu) if cfg.shared_gpu else None
     publisher = ZmqPublisher(cfg.kv_events) if cfg.kv_events.active else None
-    engine = build_engine(cfg, publisher)
+    engine = build_engine(cfg, publisher, gpu)
     engine.start(loop)
     sim = SimServer(cfg, engine)
     # The KV block table and other start-up objects live as long as the process: keep them out
@@ -81,6 +86,8 @@ async def serve(cfg: SimConfig) -> None:
         server.close()
         if publisher is not None:
             publisher.close()
+        if gpu is not None:
+            gpu.close()
 
 
 def _crash() -> None:

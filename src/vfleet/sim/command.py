@@ -13,6 +13,7 @@ import zmq
 
 from vfleet.sim.config import TASKS, SimConfig
 from vfleet.sim.faults import FaultConfig
+from vfleet.sim.gpushare import GpuShareError
 from vfleet.sim.kvevents import KVEventsConfig
 from vfleet.sim.profiles import PROFILES, LatencyProfile, custom_profile
 from vfleet.sim.scheduler import SchedulerConfig
@@ -116,6 +117,13 @@ def _lora_modules(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     show_default=True,
     help="Stored /v1/responses answers kept for previous_response_id (least recent dropped).",
 )
+@click.option(
+    "--shared-gpu",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File naming the (simulated) GPU this engine shares: engines given the same file "
+    "time-slice it, each step taking as many times longer as they are busy.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--error-rate", type=float, default=0.0, help="Fault: fraction answered with 500.")
 @click.option("--hang-rate", type=float, default=0.0, help="Fault: fraction never answered.")
@@ -156,6 +164,7 @@ def sim(
     enable_auto_tool_choice: bool,
     tool_call_parser: str | None,
     responses_store_size: int,
+    shared_gpu: str | None,
     seed: int,
     error_rate: float,
     hang_rate: float,
@@ -218,11 +227,14 @@ def sim(
             max_loras=max_loras,
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
+            shared_gpu=shared_gpu,
         )
     except (ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
         run(cfg)
+    except GpuShareError as exc:  # unreadable file, or a GPU of more engines than it holds
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # port in use, bad host
         raise click.ClickException(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
     except zmq.ZMQError as exc:  # KV-event endpoints: taken, or an unknown transport

@@ -42,6 +42,7 @@ class SimConfig:
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
     responses_store_size: int = 1024  # stored /v1/responses answers kept (least recent go)
+    shared_gpu: str | None = None  # file naming the GPU this engine time-slices (sim.gpushare)
 
     def __post_init__(self) -> None:
         if not self.served_names or not all(self.served_names):

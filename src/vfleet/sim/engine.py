@@ -28,6 +28,14 @@ class EventPublisher(Protocol):
     def publish(self, ts: float, events: list[KVEvent]) -> None: ...
 
 
+class GpuShare(Protocol):
+    """The GPU this engine time-slices with others (`sim.gpushare.SharedGpu`)."""
+
+    def busy_peers(self) -> int: ...
+
+    def busy_for(self, seconds: float) -> None: ...
+
+
 @dataclass(slots=True, repr=False)
 class Engine:
     scheduler: Scheduler
@@ -35,6 +43,7 @@ class Engine:
     time_scale: float = 1.0  # wall seconds per modelled second
     publisher: EventPublisher | None = None
     wall_clock: Callable[[], float] | None = None  # unix time, for KV-event timestamps
+    gpu: GpuShare | None = None  # shared with other engines: steps stretch while they are busy
     sleep_level: int = 0
     sleeping: bool = False  # stepping paused by /sleep until /wake_up
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
@@ -164,9 +173,12 @@ class Engine:
             # work made us a little late: the schedule is absolute (call_at), so Python time
             # is absorbed instead of being added to every modelled step.
             t = busy if 0.0 <= now - busy <= CATCH_UP_S else max(now, busy)
-            out = self.scheduler.step(t)
+            gpu = self.gpu
+            out = self.scheduler.step(t, 1 if gpu is None else 1 + gpu.busy_peers())
             if out.duration_s > 0:
                 self._busy_until = t + out.duration_s
+                if gpu is not None:
+                    gpu.busy_for((self._busy_until - now) * self.time_scale)
                 self._pending = True
                 when = self._t0 + self._busy_until * self.time_scale
                 self._loop.call_at(when, self._finish_step, out)

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from vfleet.sim import tokenizer
-from vfleet.sim.kvcache import Block, BlockPool, KVEvent, block_hash
+from vfleet.sim.kvcache import Block, BlockPool, KVEvent, block_hashes
 from vfleet.sim.profiles import LatencyProfile
 
 # Output text comes from cycling this text's tokens, so generations are readable and repeatable.
@@ -51,6 +51,8 @@ def filler_tokens(seed: int, start: int, end: int) -> list[int]:
 
 
 _FILLER_TWICE = FILLER_TOKENS * 2
+
+HASH_ALL = 1 << 62  # `Sequence.hash_blocks` default: every full block is hashed as it fills
 
 
 class Owner(Protocol):
@@ -109,6 +111,12 @@ class Sequence:
     num_computed: int = 0  # tokens whose KV is computed
     blocks: list[Block] = field(default_factory=list)
     hashes: list[int] = field(default_factory=list)  # hashes of the full blocks of all tokens
+    # Leading blocks hashed (so cacheable) as they fill. A caller that knows no other sequence
+    # can ever share the blocks past these (a virtual-time plan knows its whole workload) sets
+    # fewer: hashing is most of what a block costs, and a block nobody else can look up is
+    # only ever found again by this sequence after a preemption, so `_preempt` hashes and
+    # caches the rest then; the timings come out as with every block hashed.
+    hash_blocks: int = HASH_ALL
     num_cached_blocks: int = 0  # of `blocks`, those already in the prefix cache
     finish: Finish | None = None
     stop_reason: str | None = None
@@ -234,13 +242,16 @@ class Scheduler:
     def reset_prefix_cache(self) -> bool:
         return self.pool.reset()
 
-    def step(self, now: float) -> StepOutput:
+    def step(self, now: float, slowdown: int = 1) -> StepOutput:
+        """One step from `now`; `slowdown` stretches it (engines time-slicing a GPU: the number
+        of them busy, `sim.gpushare`)."""
         budget = self.config.max_num_batched_tokens
         scheduled: list[Sequence] = []
         preempted, budget = self._schedule_running(scheduled, budget)
         if not preempted:
             budget = self._schedule_waiting(scheduled, budget, now)
-        return self._execute(scheduled, preempted, self.config.max_num_batched_tokens - budget, now)
+        total = self.config.max_num_batched_tokens - budget
+        return self._execute(scheduled, preempted, total, now, slowdown)
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -313,6 +324,10 @@ class Scheduler:
         return True
 
     def _preempt(self, seq: Sequence) -> None:
+        if seq.hash_blocks != HASH_ALL:  # its recompute may find its own blocks: cache them now
+            seq.hash_blocks = HASH_ALL
+            self._extend_hashes(seq)
+            self._cache_full_blocks(seq)
         self._free(seq)
         seq.num_computed = 0
         seq.preemptions += 1
@@ -327,7 +342,7 @@ class Scheduler:
     # -- execution --------------------------------------------------------------------------
 
     def _execute(
-        self, scheduled: list[Sequence], preempted: int, total: int, now: float
+        self, scheduled: list[Sequence], preempted: int, total: int, now: float, slowdown: int
     ) -> StepOutput:
         prefill = 0
         context = total
@@ -339,6 +354,8 @@ class Scheduler:
                 n = seq.n_sched
                 prefill += n if n < todo else todo
         duration = self.profile.step_time(len(scheduled), prefill, context)
+        if slowdown != 1:
+            duration *= slowdown
         done_at = now + duration
         prev = self._prev_done_at
         sampled: list[Sequence] = []
@@ -429,14 +446,16 @@ class Scheduler:
     def _extend_hashes(self, seq: Sequence) -> None:
         bs = self.config.block_size
         hashes = seq.hashes
-        full = seq.num_tokens // bs
-        if len(hashes) >= full:
+        done = len(hashes)
+        full = min(seq.num_tokens // bs, seq.hash_blocks)
+        if done >= full:
             return
-        while len(hashes) < full:  # a preempted sequence may lag several blocks
-            i = len(hashes)
-            parent = hashes[-1] if hashes else None
-            tokens = seq.all_tokens(i * bs, (i + 1) * bs)
-            hashes.append(block_hash(parent, tokens, seq.lora_name))
+        # all missing blocks at once (a new prompt, or a preempted sequence lagging several)
+        if done == 0 and full * bs <= len(seq.prompt) < (full + 1) * bs:  # a whole new prompt
+            hashes.extend(block_hashes(None, seq.prompt, bs, seq.lora_name))  # (no copy)
+            return
+        tokens = seq.all_tokens(done * bs, full * bs)
+        hashes.extend(block_hashes(hashes[-1] if hashes else None, tokens, bs, seq.lora_name))
 
     def _cache_full_blocks(self, seq: Sequence) -> None:
         if not self.pool.enable_prefix_caching:
@@ -446,6 +465,10 @@ class Scheduler:
         if seq.num_cached_blocks >= full:
             return
         pool = self.pool
+        if not pool.record_events:
+            pool.cache_quiet(seq.blocks, seq.hashes, seq.num_cached_blocks, full)
+            seq.num_cached_blocks = full
+            return
         for i in range(seq.num_cached_blocks, full):
             parent = seq.hashes[i - 1] if i else None
             tokens = seq.all_tokens(i * bs, (i + 1) * bs) if pool.record_events else ()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,20 @@ def load_peer_target(cfg: RouterConfig) -> KubeTarget | None:
     # the peers' port: their container port named `http` (the chart's), else this router's
     port = cfg.port or cfg.k8s_port
     return load_target(replace(cfg, k8s_selector=cfg.k8s_peer_selector, k8s_port=port))
+
+
+def peers_from_config(cfg: RouterConfig) -> Peers:
+    """The peers `cfg` names (static ones; Kubernetes discovery publishes into `set_pods`),
+    asked with the admin key when the routers check keys (a client key gets 401 there)."""
+    keys = cfg.admin_keys or cfg.api_keys
+    return Peers(
+        static=cfg.peers,
+        auth=b"authorization: Bearer %s\r\n" % keys[0].encode() if keys else b"",
+        self_name=socket.gethostname(),
+        tls=PeerTls(cfg.peer_ca, cfg.tls_cert, cfg.peer_tls_name),
+        # the replicas of a router that serves TLS serve it too (one Deployment, one Secret)
+        pod_scheme="https" if cfg.tls_cert else "http",
+    )
 
 
 @dataclass(slots=True)
@@ -103,24 +118,25 @@ class Peers:
         results = await asyncio.gather(*(self._read(url, 0.0) for url in urls))
         return {url: r for url, r in zip(urls, results, strict=True) if r is not None}
 
+    async def fetch(self, url: str, path: str, timeout_s: float) -> bytes:
+        """The body of peer `url`'s 200 answer to `GET path`, asked as every peer route is (this
+        router's peer credentials, TLS verified by `tls`); OSError, TimeoutError or ValueError
+        (another status, a URL without a host) when there is none."""
+        if url.startswith("https://"):
+            name = self.tls.server_name(split_url(url)[0])
+            got = await client.get(
+                url, path, timeout_s, self.auth, tls=self.tls.context(), server_name=name
+            )
+        else:
+            got = await client.get(url, path, timeout_s, self.auth)
+        if got.status != 200:
+            raise ValueError(f"HTTP {got.status}")
+        return got.body
+
     async def _read(self, url: str, wait_s: float) -> dict[str, Counts] | None:
         path = f"{DEMAND_PATH}?wait_s={wait_s:g}" if wait_s > 0 else DEMAND_PATH
         try:
-            if url.startswith("https://"):
-                name = self.tls.server_name(split_url(url)[0])
-                got = await client.get(
-                    url,
-                    path,
-                    self.timeout_s + wait_s,
-                    self.auth,
-                    tls=self.tls.context(),
-                    server_name=name,
-                )
-            else:
-                got = await client.get(url, path, self.timeout_s + wait_s, self.auth)
-            if got.status != 200:
-                raise ValueError(f"HTTP {got.status}")
-            reading = parse_demand_body(got.body)
+            reading = parse_demand_body(await self.fetch(url, path, self.timeout_s + wait_s))
         except (OSError, TimeoutError, ValueError, IndexError) as exc:
             if url not in self._failing:
                 self._failing.add(url)
