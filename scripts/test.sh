@@ -70,7 +70,7 @@ for name in ("vfleet.http.server", "vfleet.router.proxy", "vfleet.sim.scheduler"
 PY
 PYTHONPATH=src "$VENV/bin/pytest" "$@" \
   --ignore-glob='tests/test_spec_*' --ignore-glob='tests/test_download_*' \
-  --ignore-glob='tests/test_chart_*' --ignore=tests/test_local_up.py --ignore=tests/test_local_liveness.py \
+  --ignore-glob='tests/test_chart_*' --ignore-glob='tests/test_local_*' \
   --ignore=tests/test_packer.py --ignore=tests/test_vllm_command.py \
   --ignore=tests/test_kubepods.py --ignore=tests/test_router_kube.py \
   --ignore=tests/test_k8s_package.py --ignore=tests/test_image.py \
