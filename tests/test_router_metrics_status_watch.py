@@ -20,6 +20,12 @@ import pytest
 pytestmark = pytest.mark.timeout(40)
 
 
+DEFAULT_SIGINT_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 def state(*keys: str) -> dict[str, Any]:
     engines = [
         {"key": k, "model": "chat", "served": ["chat"], "gpu": "0", "port": 1, "state": "down"}
@@ -50,8 +56,12 @@ def test_watch_redraws_in_place_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     write_state(tmp_path, state("chat-0"))
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "160", "LINES": "40", "TERM": "xterm"}
+    argv = [sys.executable, "-m", "vfleet", "status", "--watch", "0.2", "--run-dir", str(tmp_path)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vfleet", "status", "--watch", "0.2", "--run-dir", str(tmp_path)],
+        # Ctrl-C as a terminal delivers it: a test run started in the background by a shell
+        # without job control inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt (this test failed that way, started with `bash -c '...' &`).
+        [sys.executable, "-c", DEFAULT_SIGINT_EXEC, *argv],
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -67,8 +77,7 @@ def test_watch_redraws_in_place_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert b"\x1b[" in seen  # redrawn in place (cursor movement), not appended below
         assert proc.poll() is None  # still watching
         proc.send_signal(signal.SIGINT)
-        # Read the terminal while it stops: its last redraw blocks on a full pty buffer when no
-        # one reads (it did once in CI, and the wait timed out).
+        # Read the terminal while it stops, so that its last redraw never waits on a full pty.
         deadline = time.monotonic() + 10
         while proc.poll() is None and time.monotonic() < deadline:
             read_until(master, seen, b"\x00", timeout_s=0.2)
