@@ -24,7 +24,7 @@ import pytest
 
 from conftest import SimProcess, start_sim
 from httpclient import wait_for
-from tlskit import Pair, TlsRouter, issue, make_ca, start_tls_router
+from tlskit import Pair, TlsRouter, issue, make_ca, start_tls_router, write_pair
 from vfleet.router.keda import externalscaler_pb2 as pb
 from vfleet.router.keda import externalscaler_pb2_grpc as pb_grpc
 
@@ -53,10 +53,7 @@ def routers(tmp_path: Path, sim: SimProcess) -> Iterator[Start]:
     started: list[TlsRouter] = []
 
     def start(name: str, pair: Pair, *args: str) -> TlsRouter:
-        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-        cert.write_bytes(pair.cert)
-        key.write_bytes(pair.key)
-        key.chmod(0o600)
+        cert, key = write_pair(tmp_path, name, pair)
         tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
         more = ["--backend", sim.url, "--model", "cold", "--keda-port", "0", *tls]
         router = start_tls_router(args=[*more, "--hold-timeout", "60", *args])

@@ -34,6 +34,7 @@ from conftest import SimProcess, run_vfleet, start_sim
 from faults.test_tls import Pair, TlsRouter, make_pair, replace, start_tls_router
 from httpclient import wait_for
 from kubefake import FakeKube
+from tlskit import write_pair
 from vfleet.router.keda import externalscaler_pb2 as pb
 from vfleet.router.keda import externalscaler_pb2_grpc as pb_grpc
 
@@ -104,10 +105,7 @@ def routers(tmp_path: Path, sim: SimProcess) -> Iterator[Start]:
     started: list[TlsRouter] = []
 
     def start(name: str, pair: Pair, port: int = 0, **more: Any) -> TlsRouter:
-        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-        cert.write_bytes(pair.cert)
-        key.write_bytes(pair.key)
-        key.chmod(0o600)
+        cert, key = write_pair(tmp_path, name, pair)
         settings = {
             "backends": [sim.url],
             "models": ["cold"],

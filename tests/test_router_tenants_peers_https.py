@@ -16,7 +16,7 @@ import pytest
 
 from conftest import SimProcess, start_sim
 from httpclient import wait_for
-from tlskit import Pair, TlsRouter, client_context, make_pair, start_tls_router
+from tlskit import Pair, TlsRouter, client_context, make_pair, start_tls_router, write_pair
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -67,10 +67,7 @@ def start(tmp_path: Path, sim: SimProcess) -> Iterator[Any]:
     started: list[TlsRouter] = []
 
     def run(name: str, pair: Pair, port: int, peer_port: int) -> TlsRouter:
-        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-        cert.write_bytes(pair.cert)
-        key.write_bytes(pair.key)
-        key.chmod(0o600)
+        cert, key = write_pair(tmp_path, name, pair)
         args = ("--backend", sim.url, "--tls-cert", str(cert), "--tls-key", str(key))
         args += ("--tenants-file", str(tenants), "--admin-key-file", str(admin))
         args += ("--peer", f"https://127.0.0.1:{peer_port}", "--port", str(port))

@@ -66,6 +66,16 @@ def client_context(*trusted: Pair) -> ssl.SSLContext:
     return ssl.create_default_context(cadata="".join(p.cert.decode() for p in trusted))
 
 
+def write_pair(folder: Path, name: str, pair: Pair) -> tuple[Path, Path]:
+    """`pair` as NAME.crt and NAME.key in `folder`, the key readable by its owner only (as a
+    router wants its key); (certificate path, key path)."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    cert.write_bytes(pair.cert)
+    key.write_bytes(pair.key)
+    key.chmod(0o600)
+    return cert, key
+
+
 def replace(path: Path, data: bytes) -> None:
     """Write `data` to `path` as a certificate manager does: a new file renamed over the old."""
     tmp = path.with_suffix(".tmp")

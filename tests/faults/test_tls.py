@@ -18,7 +18,15 @@ import pytest
 import yaml
 
 from conftest import SimProcess, start_sim
-from tlskit import Pair, TlsRouter, client_context, make_pair, replace, start_tls_router
+from tlskit import (
+    Pair,
+    TlsRouter,
+    client_context,
+    make_pair,
+    replace,
+    start_tls_router,
+    write_pair,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +39,7 @@ def sim() -> Iterator[SimProcess]:
 @pytest.fixture
 def files(tmp_path: Path) -> tuple[Path, Path, Pair]:
     first = make_pair("first")
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    cert.write_bytes(first.cert)
-    key.write_bytes(first.key)
-    key.chmod(0o600)
+    cert, key = write_pair(tmp_path, "tls", first)
     return cert, key, first
 
 
