@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,24 @@ def test_engines_sharing_a_gpu_slow_down_as_measured_on_an_h200() -> None:
     # two GPUs of two engines each sit in between
     pairs = simulate_fleet(reqs, offsets, 4, config, SMALL, "prefix", engines_per_gpu=2)
     assert _tpot_p50(apart) < _tpot_p50(pairs) < _tpot_p50(packed)
+
+
+def test_a_step_on_a_shared_gpu_is_stretched_by_the_engines_busy_when_it_starts() -> None:
+    # `sim.gpushare.stretch`, the model the live engines use: alone, a request's steps take
+    # their time; two requests reaching the two engines of one GPU at once take twice as long
+    reqs = generate(WorkloadSpec("random", 3, seed=1, input_len=64, output_len=4))
+    reqs = [replace(r, prompt=reqs[0].prompt) for r in reqs]  # one prompt: the same steps
+    offsets = [0.0, 1.0, 1.0]
+    alone = simulate_fleet(reqs, offsets, 2, CONFIG, SMALL, "round_robin")
+    shared = simulate_fleet(reqs, offsets, 2, CONFIG, SMALL, "round_robin", engines_per_gpu=2)
+    overhead = SMALL.request_overhead_s
+    a, s = alone.records, shared.records
+    assert s[0].ttft == a[0].ttft  # the other engine idle: nothing to share
+    assert s[0].e2e == a[0].e2e
+    for i in (1, 2):  # both engines busy from the same instant: every step twice as long
+        assert a[i].ttft is not None and s[i].ttft is not None
+        assert s[i].ttft - overhead == pytest.approx(2 * (a[i].ttft - overhead))
+        assert (s[i].e2e or 0) - overhead == pytest.approx(2 * ((a[i].e2e or 0) - overhead))
 
 
 def test_one_engine_per_gpu_is_the_unshared_fleet() -> None:

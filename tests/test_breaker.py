@@ -15,6 +15,7 @@ from vfleet.router.breaker import (
     NOTHING,
     OPEN,
     RECOVERED,
+    STATE_NAMES,
     TRIAL,
     TRIPPED,
     Breaker,
@@ -25,9 +26,12 @@ from vfleet.router.endpoints import Endpoint, Registry
 
 POLICY = BreakerPolicy(error_rate=0.5, min_requests=4, window_s=10.0, cooldown_s=1.0)
 
-# (seconds since the last outcome, ok)
+# (seconds since the last step, what happens: "ok", "fail", or "fold" (the caller's timer))
 steps = st.lists(
-    st.tuples(st.floats(min_value=0.0, max_value=4.0, allow_nan=False), st.booleans()),
+    st.tuples(
+        st.floats(min_value=0.0, max_value=4.0, allow_nan=False),
+        st.sampled_from(["ok", "ok", "fail", "fold"]),
+    ),
     max_size=80,
 )
 policies = st.builds(
@@ -49,30 +53,93 @@ def window_counts(
     return len(kept), kept.count(False)
 
 
-@settings(max_examples=300, deadline=None)
-@given(steps, policies)
+@settings(max_examples=400, deadline=None)
+@given(steps, policies, st.booleans())
 def test_window_counts_match_a_reference_and_trip_exactly_at_the_threshold(
-    seq: list[tuple[float, bool]], policy: BreakerPolicy
+    seq: list[tuple[float, str]], policy: BreakerPolicy, cheap: bool
 ) -> None:
+    """The reference: a success counts from the moment it is folded (the next failure or
+    timer fold after it), a failure from its own moment."""
     b = Breaker()
     now = 1000.0
-    history: list[tuple[float, bool]] = []  # outcomes since the last trip
-    for gap, ok in seq:
+    history: list[tuple[float, bool]] = []  # folded outcomes since the last trip
+    unfolded = 0  # successes counted but not folded yet
+    for gap, op in seq:
         now += gap
-        history.append((now, ok))
-        event = b.record(ok, now, policy)
+        if op == "ok":
+            if cheap:  # the request path's way; the same as record(True) while closed
+                assert b.ok()
+            else:
+                assert b.record(True, now, policy) == NOTHING
+            unfolded += 1
+            assert b.passed == unfolded
+            continue
+        history += [(now, True)] * unfolded
+        unfolded = 0
+        if op == "fold":
+            before = (b.total, b.failed, b.bucket)
+            b.fold(now, policy)
+            assert b.passed == 0
+            if not any(t == now for t, _ in history):  # nothing to fold: the ring did not move
+                assert (b.total, b.failed, b.bucket) == before
+                continue
+            assert (b.total, b.failed) == window_counts(history, now, policy.window_s)
+            continue
+        history.append((now, False))
+        event = b.record(False, now, policy)
+        assert b.passed == 0
         total, failed = window_counts(history, now, policy.window_s)
-        trips = not ok and total >= policy.min_requests and failed >= policy.error_rate * total
-        if trips:
+        if total >= policy.min_requests and failed >= policy.error_rate * total:
             assert event == TRIPPED
             b.open(now, policy)
-            assert b.ejected and b.total == 0
+            assert b.ejected and b.total == 0 and b.passed == 0
+            assert not b.ok()  # while open, successes are not counted
             b.close(now)  # serve again, with an empty window
             history = []
         else:
             assert event == NOTHING
             assert (b.total, b.failed) == (total, failed)
         assert 0 <= b.failed <= b.total
+
+
+def test_successes_counted_cheaply_dilute_the_rate_when_a_failure_folds_them() -> None:
+    policy = BreakerPolicy(error_rate=0.6, min_requests=4, window_s=10.0, cooldown_s=1.0)
+    b = Breaker()
+    for _ in range(4):
+        assert b.ok()
+    assert (b.total, b.passed) == (0, 4)  # nothing reached the window yet
+    # 4 successes folded by the first failure: 6 failures of 10 are the first to reach 0.6
+    for _ in range(5):
+        assert b.record(False, 0.0, policy) == NOTHING
+    assert (b.total, b.failed, b.passed) == (9, 5, 0)
+    assert b.record(False, 0.0, policy) == TRIPPED
+
+
+def test_folded_successes_leave_the_window_with_their_bucket() -> None:
+    b = Breaker()
+    for _ in range(10):
+        b.ok()
+    b.fold(0.0, POLICY)  # the timer: they count from 0 s
+    assert (b.total, b.passed) == (10, 0)
+    for _ in range(3):
+        assert b.record(False, 10.0, POLICY) == NOTHING  # a window later: only failures
+    assert (b.total, b.failed) == (3, 3)
+    assert b.record(False, 10.0, POLICY) == TRIPPED
+
+
+def test_a_trial_is_decided_by_record_and_successes_while_open_are_ignored() -> None:
+    b = Breaker()
+    for _ in range(3):
+        b.ok()
+    b.open(0.0, POLICY)
+    assert b.passed == 0  # ejecting clears the successes not yet folded too
+    assert not b.ok() and b.passed == 0  # open: the caller records it; it is ignored
+    assert b.record(True, 0.5, POLICY) == NOTHING and b.state == OPEN
+    b.expire(1.0)
+    b.take_trial(1.0, POLICY)
+    assert not b.ok()  # a trial's success must go through record, which closes it
+    assert b.record(True, 1.1, POLICY) == RECOVERED and b.state == CLOSED
+    assert b.ok() and b.passed == 1
 
 
 @settings(max_examples=200, deadline=None)
@@ -173,6 +240,14 @@ class Events:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
         self.readmitted: list[str] = []
+        self.states: dict[tuple[str, str], int] = {}  # what `shown` was told last
+
+    def shown(self, url: str, state: str, on: int) -> None:
+        assert self.states.get((url, state), 0) != on  # only changes are told
+        self.states[(url, state)] = on
+
+    def held_out(self, url: str) -> set[str]:
+        return {s for (u, s), on in self.states.items() if u == url and on}
 
     def count(self, url: str, event: str) -> None:
         self.seen.append((url, event))
@@ -204,6 +279,64 @@ def test_an_ejected_endpoint_leaves_routing_then_takes_one_trial() -> None:
     assert a.ejected and a.breaker.state == TRIAL
     ej.judge(a, True, 1.2)
     assert not a.ejected and a.breaker.state == CLOSED
+
+
+def test_the_timer_folds_every_endpoints_successes() -> None:
+    reg = _registry("http://a", "http://b")
+    ev = Events()
+    ej = Ejector(reg, POLICY, ev.count, ev.up)
+    a, b = reg.endpoints["http://a"], reg.endpoints["http://b"]
+    for _ in range(5):
+        ej.judge(a, True, 0.0)
+        assert b.breaker.ok()
+    assert (a.breaker.passed, a.breaker.total) == (5, 0)
+    ej.tick(0.1)
+    assert [(e.breaker.passed, e.breaker.total) for e in (a, b)] == [(0, 5), (0, 5)]
+    # 4 failures of 9 in the window: under the rate, nothing is ejected
+    _fail(ej, a, 4, 0.2)
+    assert not a.ejected and ev.seen == []
+    _fail(ej, a, 1, 0.2)
+    assert a.ejected and ev.seen == [("http://a", OPENED)]
+
+
+def test_state_changes_are_told_with_when_and_why() -> None:
+    reg = _registry("http://a", "http://b")
+    ev = Events()
+    ej = Ejector(reg, POLICY, ev.count, ev.up, ev.shown)
+    a = reg.endpoints["http://a"]
+    ej.judge(a, True, 0.0)
+    _fail(ej, a, 3, 0.5)  # 3 of 4 failed: tripped
+    assert ev.states == {("http://a", "open"): 1}
+    assert (a.breaker.since, a.breaker.trip_failed, a.breaker.trip_total) == (0.5, 3, 4)
+    ej.tick(1.5)
+    assert ev.held_out("http://a") == {"half_open"} and a.breaker.since == 1.5
+    ej.chosen(a, 1.6)
+    assert ev.held_out("http://a") == {"trial"}
+    ej.judge(a, False, 1.7)  # the trial failed: open again, for a failed trial
+    assert ev.held_out("http://a") == {"open"}
+    assert (a.breaker.trip_failed, a.breaker.trip_total) == (1, 1)
+    ej.tick(3.7)
+    ej.chosen(a, 3.7)
+    ej.judge(a, True, 3.8)
+    assert ev.held_out("http://a") == set() and a.breaker.since == 3.8
+
+
+def test_an_endpoint_that_leaves_while_ejected_is_told_closed() -> None:
+    reg = _registry("http://a", "http://b", "http://c")
+    ev = Events()
+    ej = Ejector(reg, POLICY, ev.count, ev.up, ev.shown)
+    _fail(ej, reg.endpoints["http://a"], 4, 0.0)
+    assert ev.held_out("http://a") == {"open"}
+    reg.set_endpoints([("http://b", ("m",), False), ("http://c", ("m",), False)])
+    ej.tick(0.1)
+    assert ev.held_out("http://a") == set() and not ej.told
+    # back within a tick, with a new (closed) breaker: told closed too
+    _fail(ej, reg.endpoints["http://b"], 4, 0.2)
+    assert ev.held_out("http://b") == {"open"}
+    reg.set_endpoints([("http://c", ("m",), False)])
+    reg.set_endpoints([("http://b", ("m",), False), ("http://c", ("m",), False)])
+    ej.tick(0.3)
+    assert ev.held_out("http://b") == set() and not ej.told
 
 
 def test_the_last_endpoint_of_a_model_is_never_ejected() -> None:
@@ -264,7 +397,7 @@ def test_a_model_always_keeps_a_routable_endpoint_while_any_passes_probes(
     urls = ("http://a", "http://b", "http://c")[:n]
     reg = _registry(*urls)
     ev = Events()
-    ej = Ejector(reg, POLICY, ev.count, ev.up)
+    ej = Ejector(reg, POLICY, ev.count, ev.up, ev.shown)
     now = 0.0
     had_ready = True
     for i, op, gap in ops:
@@ -290,6 +423,10 @@ def test_a_model_always_keeps_a_routable_endpoint_while_any_passes_probes(
                 (e.healthy, e.breaker.state) for e in reg.endpoints.values()
             ]
         ej.tick(now)  # the timer runs between any two events
+        assert all(e.breaker.passed == 0 for e in reg.endpoints.values())  # it folded them
+        for e in reg.endpoints.values():  # what the shared table would sum agrees
+            state = e.breaker.state
+            assert ev.held_out(e.url) == (set() if state == CLOSED else {STATE_NAMES[state]})
         assert ep.ejected == ep.breaker.ejected
         if served:
             assert reg.ready("m"), [(e.healthy, e.breaker.state) for e in reg.endpoints.values()]

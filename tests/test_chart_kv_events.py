@@ -22,7 +22,7 @@ from test_chart_render import CHART, NAMESPACE, RELEASE, Case
 from test_chart_validate import VERSIONS, _builtin, _errors, _pod_templates, _validator
 from vfleet.engines.router import kv_event_models
 from vfleet.engines.rulefile import load_rules
-from vfleet.engines.rules import RulesError, parse
+from vfleet.engines.rules import RulesError, data_parallel_size, parse
 from vfleet.engines.vllm import serve_command
 from vfleet.fleetspec.load import load
 from vfleet.kube import render as helm
@@ -32,6 +32,7 @@ from vfleet.router.kubepods import PodRules, pod_endpoint
 RULES = load_rules(CHART)
 KV = RULES.kv_events
 ANNOTATION = "vfleet.io/kv-events-port"
+RANKS = "vfleet.io/kv-events-ranks"
 HAND_WRITTEN = '{"enable_kv_cache_events":true,"endpoint":"tcp://*:6000"}'
 
 FLEET = f"""\
@@ -60,8 +61,13 @@ models:
   - name: toy
     engine: sim
     source: hf://org/toy
+  - name: wide
+    source: hf://org/wide
+    gpu: 2
+    vllm:
+      extraArgs: ["--data-parallel-size", "2"]
 """
-PUBLISHING = ("chat", "big", "toy")
+PUBLISHING = ("chat", "big", "toy", "wide")
 SILENT = ("embed", "plain")
 
 
@@ -108,11 +114,62 @@ def test_publishing_engines_bind_the_rules_port_and_say_so(case: Case) -> None:
             "enable_kv_cache_events": True,
             "publisher": "zmq",
             "endpoint": f"tcp://*:{KV.port}",
-            "replay_endpoint": f"tcp://*:{KV.port + 1}",  # where the router looks for it
+            "replay_endpoint": f"tcp://*:{KV.port + 100}",  # where the router looks for it
         }, model
-        assert pod["metadata"]["annotations"][ANNOTATION] == str(KV.port)
+        annotations = pod["metadata"]["annotations"]
+        assert annotations[ANNOTATION] == str(KV.port)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"http": 8000, "kv-events": KV.port, "kv-replay": KV.port + 1}
+        want = {"http": 8000, "kv-events": KV.port, "kv-replay": KV.replay_port(KV.port)}
+        if model == "wide":  # two data-parallel ranks: vLLM binds rank 1's sockets one up
+            want |= {"kv-events-1": KV.port + 1, "kv-replay-1": KV.port + 101}
+            assert annotations[RANKS] == "2"
+        else:
+            assert RANKS not in annotations
+        assert ports == want, model
+
+
+@pytest.mark.parametrize(
+    ("args", "ranks"),
+    [
+        ([], 1),
+        (["--data-parallel-size", "4"], 4),
+        (["-dp", "3", "--max-num-seqs", "8"], 3),
+        (["--data-parallel-size=2"], 2),
+        (["--data_parallel_size", "5"], 5),
+        (["--data-parallel-size", "2", "-dp", "6"], 6),  # the last one, as vLLM's parser
+        (["--data-parallel-size", "x"], 1),
+        (["--data-parallel-size"], 1),
+        (["--data-parallel-size-local", "2"], 1),
+    ],
+)
+def test_the_data_parallel_size_is_read_from_the_flags(args: list[str], ranks: int) -> None:
+    assert data_parallel_size(args) == ranks
+    publishers, replays = KV.ports(KV.port, ranks)
+    assert list(publishers) == [KV.port + r for r in range(ranks)]
+    assert list(replays) == [KV.port + 100 + r for r in range(ranks)]
+
+
+def test_the_chart_reads_the_data_parallel_size_as_python_does() -> None:
+    """Each spelling rendered by Helm gives the pod the ports `KV.ports` says."""
+    for args in (["-dp", "3"], ["--data-parallel-size=4"], ["--data-parallel-size", "x"]):
+        values: dict[str, Any] = {
+            "servingEngineSpec": {
+                "modelSpec": [
+                    {
+                        "name": "m",
+                        "modelURL": "org/m",
+                        "requestGPU": 1,
+                        "vllmConfig": {"extraArgs": args},
+                    }
+                ]
+            },
+            "routerSpec": {"policy": "kv"},
+        }
+        rendered = helm.render(values, release=RELEASE, namespace=NAMESPACE)
+        pod = pod_template(Case("dp", None, values, rendered), "m")
+        ports = {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]} - {8000}
+        publishers, replays = KV.ports(KV.port, data_parallel_size(args))
+        assert ports == {*publishers, *replays}, args
 
 
 def test_other_engines_publish_nothing(case: Case) -> None:
@@ -140,7 +197,7 @@ def test_chart_line_is_serve_command_with_the_kv_port(case: Case) -> None:
         argv = engine_argv(engine_container(case, model.name))
         spec = model_spec(case.values, model.name)
         publishes = model.name in PUBLISHING
-        config = KV.config(KV.tcp(KV.port), KV.tcp(KV.port + 1)) if publishes else None
+        config = KV.config(KV.tcp(KV.port), KV.tcp(KV.replay_port(KV.port))) if publishes else None
         gmu = RULES.share_memory(model.gpu_share_pct, sliced=True) if model.gpu_share_pct else None
         want = serve_command(
             model,
@@ -182,6 +239,8 @@ def test_only_the_router_reaches_the_publishers(case: Case) -> None:
         {"port": "http", "protocol": "TCP"},
         {"port": "kv-events", "protocol": "TCP"},
         {"port": "kv-replay", "protocol": "TCP"},
+        {"port": "kv-events-1", "protocol": "TCP"},  # wide's rank 1
+        {"port": "kv-replay-1", "protocol": "TCP"},
     ]
     components = router_rule["from"][0]["podSelector"]["matchLabels"]
     assert components["app.kubernetes.io/component"] == "router"
@@ -237,7 +296,12 @@ def test_vllm_stack_kvaware_values_given_to_helm() -> None:
 
 @pytest.mark.parametrize(
     ("port", "message"),
-    [(65535, "1-65534 (its replay socket takes the next)"), ("5557", "1-65534"), (None, "")],
+    [
+        (65436, "1-65435 (its replay socket takes port + 100)"),
+        (65535, "1-65435"),
+        ("5557", "1-65435"),
+        (None, ""),
+    ],
 )
 def test_the_rules_file_checks_the_kv_events_port(port: Any, message: str) -> None:
     raw = yaml.safe_load((CHART / "files" / "engine-rules.yaml").read_text(encoding="utf-8"))

@@ -28,7 +28,7 @@ def test_the_key_carries_exactly_what_the_policy_needs(name: str) -> None:
     assert key == RouteKey(
         "m",
         "s1" if Field.SESSION in policy.needs else None,
-        prefix_hashes(PROMPT) if Field.PREFIX in policy.needs else (),
+        prefix_hashes(PROMPT, model="m") if Field.PREFIX in policy.needs else (),
     )
     assert (name == "session") == (key.session is not None)
     assert (name in ("prefix", "kv")) == bool(key.prefix)  # kv falls back on prefix

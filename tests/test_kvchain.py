@@ -5,6 +5,7 @@ its chat template, and the bounded caches."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,25 +92,40 @@ def test_a_model_directory_gives_its_tokenizer_and_chat_template(tmp_path: Path)
     assert load_tokenizer({"id": "m", "root": "not/a-cached-repo"}) is None
 
 
+def ready(chains: Chains, model: str, card: dict[str, Any]) -> None:
+    """Wait (bounded) until the model's tokenizer is loaded (the slow lane loads it)."""
+    deadline = time.monotonic() + 20
+    while not chains.tokenizer_ready(model, card):
+        assert time.monotonic() < deadline, "the tokenizer did not load"
+        time.sleep(0.01)
+
+
 def test_chains_are_computed_off_the_caller_and_cached() -> None:
     chains = Chains()
     card = {"id": "m", "tokenizer": "vfleet-sim"}
     try:
         assert chains.tokenizer_ready("m", card) in (False, True)
+        ready(chains, "m", card)
         prompt = prompt_of({"prompt": "x" * 200})
         assert prompt is not None
-        chain = chains.compute("m", card, 16, prompt).result(timeout=10)
+        future = chains.compute("m", card, 16, prompt)
+        assert future is not None
+        chain = future.result(timeout=10)
         assert chain is not None and chain.tokens == 50 and chain.block_size == 16
         assert list(chain.blocks) == chain_hashes(sim_tokenizer.encode("x" * 200), 16)
-        assert chains.lookup("m", 16, prompt) is None  # cached only when stored
-        chains.store("m", 16, prompt, chain)
-        assert chains.lookup("m", 16, prompt) == chain
+        assert chains.lookup("m", 16, prompt) == chain  # the pool thread cached it
         small = Chains(max_chains=2)
         for i in range(5):
             small.store("m", 16, Prompt(text=str(i)), chain)
         assert small.lookup("m", 16, Prompt(text="4")) == chain
         assert small.lookup("m", 16, Prompt(text="0")) is None
         small.close()
+        # Bounded by the characters of the prompts that key them, too.
+        by_chars = Chains(max_key_chars=1000)
+        for i in range(5):
+            by_chars.store("m", 16, Prompt(text=str(i) * 400), chain)
+        assert len(by_chars) == 2 and by_chars.lookup("m", 16, Prompt(text="4" * 400)) == chain
+        by_chars.close()
     finally:
         chains.close()
 
@@ -137,11 +153,17 @@ def test_an_adapters_chains_are_keyed_by_the_adapter() -> None:
     try:
         prompt = Prompt(text="y" * 160)
         card = {**adapter, "tokenizer": "vfleet-sim"}
-        got = chains.compute("sql-lora", card, 16, prompt).result(timeout=10)
-        plain = chains.compute("llama", {**base, "tokenizer": "vfleet-sim"}, 16, prompt)
+        base_card = {**base, "tokenizer": "vfleet-sim"}
+        ready(chains, "sql-lora", card)
+        ready(chains, "llama", base_card)
+        adapted, plain = (
+            chains.compute(m, c, 16, prompt) for m, c in (("sql-lora", card), ("llama", base_card))
+        )
+        assert adapted is not None and plain is not None
+        got, got_plain = adapted.result(timeout=10), plain.result(timeout=10)
         ids = sim_tokenizer.encode("y" * 160)
         assert got is not None and list(got.blocks) == chain_hashes(ids, 16, lora_root("sql-lora"))
-        assert list(plain.result(timeout=10).blocks) == chain_hashes(ids, 16)  # type: ignore[union-attr]
+        assert got_plain is not None and list(got_plain.blocks) == chain_hashes(ids, 16)
     finally:
         chains.close()
 

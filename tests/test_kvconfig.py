@@ -18,7 +18,12 @@ from vfleet.router.config import (
     parse_kv_events,
     with_kv_events,
 )
-from vfleet.router.kubepods import KV_EVENTS_ANNOTATION, PodRules, pod_endpoint
+from vfleet.router.kubepods import (
+    KV_EVENTS_ANNOTATION,
+    KV_RANKS_ANNOTATION,
+    PodRules,
+    pod_endpoint,
+)
 
 
 def test_flags_name_publishers_by_engine_url() -> None:
@@ -73,6 +78,42 @@ def test_a_pod_annotation_names_its_publisher_port() -> None:
     pod["metadata"]["annotations"] = {KV_EVENTS_ANNOTATION: "not a port"}
     ep = pod_endpoint(pod, PodRules())
     assert ep is not None and ep.kv_events is None
+
+
+def test_data_parallel_ranks_come_from_the_endpoints_file_and_the_pod(tmp_path: Path) -> None:
+    listed = parse_endpoints(
+        [
+            {"url": "http://a:8000", "kv_events": "tcp://127.0.0.1:5557", "kv_ranks": 2},
+            {"url": "http://b:8000", "kv_events": "tcp://127.0.0.1:5567"},
+        ],
+        "f",
+    )
+    assert [b.kv_ranks for b in listed] == [2, 1]
+    for bad in (0, 101, "2", 1.5):
+        with pytest.raises(ValueError, match="f: endpoint 0: kv_ranks must be a whole number"):
+            parse_endpoints([{"url": "http://a:8000", "kv_ranks": bad}], "f")
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text("backends: [{url: 'http://a:8000', kv_events: 'tcp://a:5557', kv_ranks: 4}]\n")
+    assert RouterConfig(**load_config_file(str(cfg))).backends[0].kv_ranks == 4
+
+    pod = {
+        "metadata": {
+            "name": "e",
+            "namespace": "n",
+            "annotations": {KV_EVENTS_ANNOTATION: "5557", KV_RANKS_ANNOTATION: "2"},
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "10.1.2.3",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    ep = pod_endpoint(pod, PodRules())
+    assert ep is not None and (ep.kv_events, ep.kv_ranks) == ("tcp://10.1.2.3:5557", 2)
+    for text in ("0", "x", "101", ""):
+        pod["metadata"]["annotations"][KV_RANKS_ANNOTATION] = text
+        ep = pod_endpoint(pod, PodRules())
+        assert ep is not None and ep.kv_ranks == 1
 
 
 def test_the_command_refuses_a_bad_flag_in_one_line() -> None:

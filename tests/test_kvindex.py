@@ -16,6 +16,7 @@ from vfleet.router.kvindex import (
     Predictions,
     chain_hash,
     chain_hashes,
+    chain_run,
     lora_root,
 )
 from vfleet.router.policies import KvAffinity, KvDecision, Reason
@@ -73,6 +74,40 @@ def test_blocks_are_rehashed_from_their_tokens_so_the_request_side_meets_them() 
     arr = ["BlockStored", [b"\x01" * 32], None, [7, 7, 7, 7], BS, None, "GPU"]
     assert index.apply("b", 0, [arr]) is Applied.APPLIED
     assert index.holders(chain_hash(None, [7, 7, 7, 7])) == {"b"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**32 - 1), max_size=70),
+    st.integers(1, 8),
+    st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    st.booleans(),
+)
+def test_a_stored_run_hashes_as_its_blocks_one_by_one(
+    tokens: list[int], size: int, parent: int | None, wide: bool
+) -> None:
+    """`chain_run` (how a BlockStored is applied) packs the tokens once: the same hashes as
+    `chain_hash` block by block, a token id over 32 bits included."""
+    if wide and tokens:
+        tokens[len(tokens) // 2] = 2**40
+    count = len(tokens) // size
+    by_block, p = [], parent
+    for i in range(count):
+        p = chain_hash(p, tokens[i * size : (i + 1) * size])
+        by_block.append(p)
+    assert chain_run(parent, tokens, size, count) == by_block == chain_hashes(tokens, size, parent)
+
+
+def test_engine_hashes_as_bytes_are_read_as_ints() -> None:
+    """vLLM's sha256 block hashes arrive as bytes: stored and removed alike by their last 8."""
+    tokens = list(range(8))
+    event = stored(tokens)
+    as_bytes = [h.to_bytes(32, "big") for h in event["block_hashes"]]
+    index = KvIndex()
+    index.apply("a", 0, [event | {"block_hashes": as_bytes}])
+    assert index.blocks_of("a") == 2
+    index.apply("a", 1, [{"type": "BlockRemoved", "block_hashes": as_bytes[1:], "medium": "GPU"}])
+    assert index.blocks_of("a") == 1 and index.stats.removed == 1
 
 
 def test_removed_and_cleared_blocks_leave_the_index() -> None:

@@ -1,7 +1,9 @@
 """The KV-event subscriber (vfleet.kvsub) against the simulator's real ZeroMQ publisher on
 127.0.0.1: it learns blocks, joins late through the replay socket (at once, not at the next
 batch; beside tcp and ipc publishers), fills a gap by replay, purges an engine when a gap cannot
-be filled, when the engine leaves and when its publisher changes."""
+be filled, when the engine leaves and when its publisher changes; it catches up on a deep replay
+buffer that the publisher sends lossily under a live stream, without purging and without taking
+the event loop, and follows every data-parallel rank of an engine."""
 
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import pytest
 import zmq
 
 from vfleet.kvsub import KvFeed, decode
-from vfleet.router.kvindex import KvIndex
-from vfleet.router.kvwire import replay_endpoint
-from vfleet.sim.kvcache import BlockStored
+from vfleet.router.kvindex import Applied, KvIndex, chain_hashes
+from vfleet.router.kvwire import Publisher, replay_endpoint
+from vfleet.sim.kvcache import BlockRemoved, BlockStored
 from vfleet.sim.kvevents import KVEventsConfig, ZmqPublisher, encode_batch
 
 URL = "http://127.0.0.1:1"  # the engine's URL as the router lists it (never dialled here)
@@ -353,3 +355,146 @@ def test_payloads_that_are_not_batches_are_refused() -> None:
     none_rank = msgpack.packb([0.0, [], None])
     assert decode(none_rank) == ([], 0)
     assert decode(b"\x93\x01\x02\x03") is None  # [1, 2, 3]: no list of events
+
+
+def chain_batch(i: int, blocks: int = 64) -> list[BlockStored | BlockRemoved]:
+    """Batch i of a busy engine: a new chain of `blocks` 16-token blocks stored, and the chain
+    batch i - 50 stored evicted (so the index's state depends on every batch, in order)."""
+    first = i * blocks + 1
+    hashes = tuple(range(first, first + blocks))
+    tokens = tuple((i * 7919 + t) % 50_000 for t in range(16 * blocks))
+    out: list[BlockStored | BlockRemoved] = [BlockStored(hashes, None, tokens, 16, None)]
+    if i >= 50:
+        old = (i - 50) * blocks + 1
+        out.append(BlockRemoved(tuple(range(old, old + blocks))))
+    return out
+
+
+def test_a_late_subscriber_catches_up_on_a_deep_buffer_under_a_live_stream(
+    tmp_path: Path,
+) -> None:
+    """A router starts beside an engine that has buffered thousands of batches and keeps
+    publishing. The engine answers the catch-up with its whole buffer in one burst, and its
+    ROUTER drops what overflows its send queue (the end marker too), as vLLM's does: the
+    subscriber asks again from the first batch missing instead of purging, and its index ends
+    equal to one built from every batch in order."""
+    endpoint = f"ipc://{tmp_path}/busy.sock"
+    pub = ZmqPublisher(
+        KVEventsConfig(
+            enable_kv_cache_events=True,
+            endpoint=endpoint,
+            replay_endpoint=replay_endpoint(endpoint),
+        )
+    )
+    for i in range(6000):  # published before the router starts
+        seq = pub._seq
+        pub._seq += 1
+        pub._buffer.append((seq, encode_batch(0.0, list(chain_batch(i)))))
+    stop = threading.Event()
+
+    def live() -> None:  # the engine keeps serving meanwhile
+        i = pub._seq
+        while not stop.is_set() and i < 6600:
+            pub.publish(0.0, list(chain_batch(i)))
+            i += 1
+            stop.wait(0.005)
+
+    async def work() -> None:
+        index = KvIndex()
+        feed = KvFeed(index, replay_timeout_s=0.5)
+        seen: list[int] = []  # the index's place, as another task of the loop saw it
+
+        async def other_task() -> None:
+            while True:
+                seen.append(index.seq(URL))
+                await asyncio.sleep(0)
+
+        thread = threading.Thread(target=live)
+        thread.start()
+        watcher = asyncio.create_task(other_task())
+        try:
+            feed.set_publishers({URL: endpoint})
+            await until(lambda: index.seq(URL) >= 6000)
+        finally:
+            stop.set()
+            thread.join(5)
+            watcher.cancel()
+        # The catch-up shared the loop: other tasks ran while it was half-way.
+        assert any(0 <= seq < 5000 for seq in seen)
+        last = pub._seq - 1
+        await until(lambda: index.seq(URL) == last, None)
+        assert feed.counts["purged"] == 0
+        assert feed.counts["replayed"] >= 6000
+        reference = KvIndex()
+        for seq, payload in list(pub._buffer):
+            batch = decode(payload)
+            assert batch is not None
+            assert reference.apply(URL, seq, batch[0]) is Applied.APPLIED
+        assert index.seq(URL) == reference.seq(URL) == last
+        assert index.blocks_of(URL) == reference.blocks_of(URL) == 50 * 64
+        assert index.stats.stored == reference.stats.stored
+        for i in range(last + 1):
+            stored = chain_batch(i)[0]
+            assert isinstance(stored, BlockStored)
+            tail = chain_hashes(list(stored.token_ids), 16)[-1]
+            assert index.holders(tail) == reference.holders(tail)
+        await feed.close()
+
+    try:
+        run(work)
+    finally:
+        stop.set()
+        pub.close()
+
+
+def dp_publishers(ranks: int) -> tuple[int, list[ZmqPublisher]]:
+    """A data-parallel engine's publishers on loopback, configured as vLLM's are (one endpoint,
+    one replay endpoint; rank r binds both r ports up): (rank 0's port, publishers)."""
+    error: zmq.ZMQError | None = None
+    for _ in range(50):  # until ports P..P+ranks-1 and their replay ports are all free
+        base = free_port()
+        endpoint = f"tcp://*:{base}"  # vLLM binds only a wildcard host's endpoint
+        cfg = KVEventsConfig(
+            enable_kv_cache_events=True,
+            endpoint=endpoint,
+            replay_endpoint=replay_endpoint(endpoint),
+        )
+        pubs: list[ZmqPublisher] = []
+        try:
+            for rank in range(ranks):
+                pubs.append(ZmqPublisher(cfg, dp_rank=rank))
+        except zmq.ZMQError as exc:
+            error = exc
+            for pub in pubs:
+                pub.close()
+            continue
+        return base, pubs
+    raise AssertionError(f"no free ports: {error}")
+
+
+def test_every_data_parallel_rank_is_followed() -> None:
+    """Told of rank 0's endpoint and 2 ranks, the feed follows both ranks' publishers and
+    catches up from both ranks' replay sockets, each rank's cache kept apart."""
+    base, (rank0, rank1) = dp_publishers(2)
+
+    async def work() -> None:
+        rank0.publish(0.0, [block(0), block(1)])  # before the router starts
+        rank1.publish(0.0, [block(0)])
+        index = KvIndex()
+        feed = KvFeed(index)
+        feed.set_publishers({URL: Publisher(f"tcp://127.0.0.1:{base}", ranks=2)})
+        await until(lambda: index.ranks(URL) == [0, 1] and index.blocks_of(URL) == 3)
+        assert feed.counts["replayed"] == 2
+        await until(lambda: index.seq(URL, 1) >= 1, step(rank1, 1))  # live, on rank 1
+        assert index.blocks_of(URL) == 4 and index.seq(URL, 0) == 0
+        assert feed.counts["purged"] == 0
+        # One rank fewer: the engine is followed afresh, rank 1 forgotten.
+        feed.set_publishers({URL: Publisher(f"tcp://127.0.0.1:{base}")})
+        await until(lambda: index.ranks(URL) == [0] and index.blocks_of(URL) == 2, rank0)
+        await feed.close()
+
+    try:
+        run(work)
+    finally:
+        rank0.close()
+        rank1.close()

@@ -469,6 +469,27 @@ def test_prefix_hashes_count_only_full_chunks_up_to_the_cap() -> None:
     assert prefix_hashes("x" * 100, max_chunks=0) == ()
 
 
+def test_the_same_text_asked_of_two_models_is_two_prefixes() -> None:
+    # vLLM hashes a LoRA adapter into its blocks: the same text under another adapter (or the
+    # base model) is not cached, so the prefix policy must not send it where the text went.
+    text = "shared system prompt " * 40
+    base, one, two = (prefix_hashes(text, model=m) for m in ("", "sql-lora", "chat-lora"))
+    assert len(base) == len(one) == len(two) == 3
+    assert not set(base) & set(one) and not set(one) & set(two) and not set(base) & set(two)
+    assert prefix_hashes(text, model="sql-lora") == one  # and stable for one model
+    policy = PrefixAffinity()
+    idle = [EndpointState(url(i), True) for i in (1, 2)]
+    first = policy.choose(idle, RouteKey("sql-lora", prefix=one))
+    assert first is not None
+    # its engine a request busier (within the prefix slack): the adapter's text still goes
+    # there, the other adapter's same text goes to the idle engine
+    busier = [EndpointState(e.url, True, inflight=1 if e.url == first.url else 0) for e in idle]
+    again = policy.choose(busier, RouteKey("sql-lora", prefix=one))
+    other = policy.choose(busier, RouteKey("chat-lora", prefix=two))
+    assert again is not None and again.url == first.url
+    assert other is not None and other.url != first.url
+
+
 def test_prefix_hashes_are_chained() -> None:
     base = prefix_hashes("a" * 256 + "b" * 256 + "c" * 256)
     changed = prefix_hashes("A" + "a" * 255 + "b" * 256 + "c" * 256)

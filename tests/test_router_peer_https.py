@@ -24,7 +24,7 @@ import pytest
 
 from conftest import SimProcess, start_sim
 from httpclient import wait_for
-from tlskit import Pair, TlsRouter, issue, make_ca, start_tls_router, write_pair
+from tlskit import TlsRouter, TlsRouters, issue, make_ca
 from vfleet.router.keda import externalscaler_pb2 as pb
 from vfleet.router.keda import externalscaler_pb2_grpc as pb_grpc
 
@@ -49,20 +49,11 @@ Start = Callable[..., TlsRouter]
 
 @pytest.fixture
 def routers(tmp_path: Path, sim: SimProcess) -> Iterator[Start]:
-    """Start a router serving HTTPS with `pair`, a KEDA scaler, and `cold` known (no engine)."""
-    started: list[TlsRouter] = []
-
-    def start(name: str, pair: Pair, *args: str) -> TlsRouter:
-        cert, key = write_pair(tmp_path, name, pair)
-        tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
-        more = ["--backend", sim.url, "--model", "cold", "--keda-port", "0", *tls]
-        router = start_tls_router(args=[*more, "--hold-timeout", "60", *args])
-        started.append(router)
-        return router
-
-    yield start
-    for router in started:
-        router.stop()
+    """Start a router serving HTTPS with `pair`, a KEDA scaler, and `cold` known (no engine);
+    its own settings here are flags (`--peer`, `--peer-ca`)."""
+    fleet = TlsRouters(tmp_path, sim.url)
+    yield fleet.start
+    fleet.stop()
 
 
 def _tls_client(ca_pem: bytes) -> ssl.SSLContext:

@@ -11,30 +11,21 @@ and verify what they talk to: real router processes on 127.0.0.1 with certificat
 
 from __future__ import annotations
 
-import datetime
 import functools
-import ipaddress
 import json
 import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conftest import SimProcess, run_vfleet, start_sim
-from faults.test_tls import Pair, TlsRouter, make_pair, replace, start_tls_router
 from httpclient import wait_for
 from kubefake import FakeKube
-from tlskit import write_pair
+from tlskit import Pair, TlsRouter, TlsRouters, issue, make_ca, make_pair, replace
 from vfleet.router.keda import externalscaler_pb2 as pb
 from vfleet.router.keda import externalscaler_pb2_grpc as pb_grpc
 
@@ -47,40 +38,8 @@ NAME = "router.vfleet.test"
 
 def _issued(ca_name: str) -> tuple[Pair, bytes]:
     """A leaf for 127.0.0.1 and NAME issued by a new CA: (leaf chain + key, the CA's PEM)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_subject)
-        .issuer_name(ca_subject)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName(NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)]))
-        .issuer_name(ca_subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    private = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    # served as a chain file is: the leaf, then its issuer
-    return Pair(leaf.public_bytes(pem) + ca.public_bytes(pem), private), ca.public_bytes(pem)
+    ca = make_ca(ca_name)
+    return issue(ca, NAME, dns=[NAME]), ca.pem
 
 
 def _free_port() -> int:
@@ -101,31 +60,11 @@ Start = Callable[..., TlsRouter]
 
 @pytest.fixture
 def routers(tmp_path: Path, sim: SimProcess) -> Iterator[Start]:
-    """Start a TLS router with a KEDA scaler holding requests for `cold` (stopped at the end)."""
-    started: list[TlsRouter] = []
-
-    def start(name: str, pair: Pair, port: int = 0, **more: Any) -> TlsRouter:
-        cert, key = write_pair(tmp_path, name, pair)
-        settings = {
-            "backends": [sim.url],
-            "models": ["cold"],
-            "host": "127.0.0.1",
-            "port": port,
-            "tls_cert": str(cert),
-            "tls_key": str(key),
-            "keda_port": 0,
-            "hold_timeout_s": 60,
-            **more,
-        }
-        config = tmp_path / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(settings))
-        router = start_tls_router(config)
-        started.append(router)
-        return router
-
-    yield start
-    for router in started:
-        router.stop()
+    """Start a TLS router with a KEDA scaler holding requests for `cold` (stopped at the end);
+    its own settings here are config keys (`peers=[...]`, `port=`, ...)."""
+    fleet = TlsRouters(tmp_path, sim.url)
+    yield fleet.start
+    fleet.stop()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Simulated engines time-slicing one GPU (`vfleet sim --shared-gpu FILE`): the slot file, the
-stretched steps, and real sim processes decoding slower while their GPU neighbours are busy."""
+"""Simulated engines time-slicing one GPU (`vfleet sim --shared-gpu FILE`): the model
+(`stretch`), the slot file, the stretched steps, and real sim processes decoding slower while
+their GPU neighbours are busy."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from conftest import SimProcess, run_vfleet
 from httpclient import Client
 from test_local_up import start_up
-from vfleet.sim.gpushare import GRACE_S, SLOTS, GpuShareError, SharedGpu
+from vfleet.sim.gpushare import BUSY, LEASE_S, SLOTS, GpuShareError, SharedGpu, stretch
 from vfleet.sim.profiles import PROFILES
 from vfleet.sim.scheduler import Scheduler, SchedulerConfig, Sequence
 
@@ -29,22 +30,34 @@ class Clock:
         return self.t
 
 
-def test_engines_on_one_file_see_each_other_busy_until_their_step_ends(tmp_path: Path) -> None:
+def test_a_step_is_stretched_by_one_plus_the_peers_busy_when_it_starts() -> None:
+    # the model both `bench.plan` and the live engines use: a peer is busy until the time given
+    assert stretch(5.0, []) == 1
+    assert stretch(5.0, [BUSY, BUSY, BUSY]) == 4  # three peers with work
+    assert stretch(5.0, [5.5, 5.0, 4.0, BUSY]) == 3  # one mid-step, two done, one with work
+
+
+def test_engines_on_one_file_count_each_other_busy_while_they_have_work(tmp_path: Path) -> None:
     path, clock = str(tmp_path / "gpu-0"), Clock()
     a = SharedGpu(path, pid=101, clock=clock, alive=lambda pid: True)
     b = SharedGpu(path, pid=102, clock=clock, alive=lambda pid: True)
     c = SharedGpu(path, pid=103, clock=clock, alive=lambda pid: True)
-    assert (a.slot, b.slot, c.slot) == (0, 1, 2)
-    assert a.busy_peers() == 0
-    b.busy_for(0.010)
-    c.busy_for(0.002)
-    assert a.busy_peers() == 2
-    assert b.busy_peers() == 1  # an engine does not count itself
-    clock.t += 0.002 + GRACE_S + 1e-6  # c's step ended longer ago than the gap between steps
-    assert a.busy_peers() == 1
-    clock.t += 0.010
-    assert a.busy_peers() == 0
-    for g in (a, b, c):
+    d = SharedGpu(path, pid=104, clock=clock, alive=lambda pid: True)
+    assert (a.slot, b.slot, c.slot, d.slot) == (0, 1, 2, 3)
+    assert a.slowdown() == 1
+    b.step(0.010, more=True)
+    c.step(0.002, more=True)
+    d.step(0.001, more=False)  # its last step: it stops counting when the step ends
+    assert a.slowdown() == 4
+    assert b.slowdown() == 3  # an engine does not count itself
+    clock.t += 0.002 + 0.001  # c's step ended; it still has work (its next step is coming)
+    assert a.slowdown() == 3
+    assert a.slowdown(ago=0.0025) == 4  # a step that started back then saw d still busy
+    c.idle()  # asleep with work left: no longer counted, at once
+    assert a.slowdown() == 2
+    clock.t += 0.010 + LEASE_S  # b was killed mid-work: its claim runs out a lease after its step
+    assert a.slowdown() == 1
+    for g in (a, b, c, d):
         g.close()
 
 

@@ -21,13 +21,35 @@ from conftest import SimProcess
 from httpclient import Client, Conn, wait_for
 from test_router import assert_openai_error
 from vfleet.prom import labels
-from vfleet.router.ui import MAX_EVENTS, Tracker, by_label, parse_labels, request_counts
+from vfleet.router.breaker import Breaker, BreakerPolicy
+from vfleet.router.ui import (
+    MAX_EVENTS,
+    Tracker,
+    breaker_view,
+    by_label,
+    by_upstream,
+    parse_labels,
+    request_counts,
+)
 
 Factory = Callable[..., SimProcess]
 HEALTH = ("--health-interval", "0.2")
 ENGINE = ("--model", "demo", "--profile", "instant")
 COMPLETION = {"model": "demo", "prompt": "hello there", "max_tokens": 4}
 SHOWN_DOWN_WITHIN_S = 5.0  # the issue's bound: a killed engine shows as down within 5 s
+# Eject after 4 failures; a cool-down (60 s) longer than any test here: it stays ejected.
+BREAKER = (
+    "--retry-5xx",
+    "--breaker-min-requests",
+    "4",
+    "--breaker-window",
+    "60",
+    "--breaker-cooldown",
+    "60",
+    "--breaker-max-cooldown",
+    "60",
+)
+MAX_REQUESTS = 400  # the ejection loop sends at most this many requests
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -44,6 +66,35 @@ def test_tracker_rate_and_events() -> None:
         t.observe(5.0 + i, 105.0 + i, [(("m", "a", 503), i + 1)], {}, {"a": i % 2 == 0})
     assert len(t.events) == MAX_EVENTS
     assert len(t.samples) <= t.samples.maxlen  # type: ignore[operator]
+
+
+def test_tracker_shows_breaker_openings_and_recoveries() -> None:
+    t = Tracker()
+    t.observe(0.0, 100.0, [], {}, {"a": True}, {("a", "opened"): 1})
+    t.observe(1.0, 101.0, [], {}, {"a": True}, {("a", "opened"): 3, ("a", "half_opened"): 2})
+    t.observe(2.0, 102.0, [], {}, {"a": True}, {("a", "opened"): 3, ("a", "closed"): 1})
+    assert [(e.kind, e.endpoint, e.count) for e in t.events] == [
+        ("ejected", "a", 2),
+        ("readmitted", "a", 1),
+    ]
+
+
+def test_breaker_view_in_wall_clock_time() -> None:
+    policy = BreakerPolicy(min_requests=4, cooldown_s=5.0)
+    b = Breaker()
+    view = breaker_view(b, 50.0, 1050.0, {})
+    assert view["state"] == "closed" and view["since"] is None and view["until"] is None
+    assert view["workers"] == {"open": 0, "half_open": 0, "trial": 0}
+    b.ok()
+    for _ in range(3):
+        b.record(False, 10.0, policy)
+    b.open(10.0, policy)
+    view = breaker_view(b, 12.0, 1012.0, {"open": 2})
+    assert (view["state"], view["since"], view["until"]) == ("open", 1010.0, 1015.0)
+    assert (view["tripped_failed"], view["tripped_total"], view["tripped_rate"]) == (3, 4, 0.75)
+    assert view["trips"] == 1 and view["workers"] == {"open": 2, "half_open": 0, "trial": 0}
+    series = {labels({"upstream": "http://e", "state": "open"})[1:-1]: [2.0]}
+    assert by_upstream(series, "state") == {"http://e": {"open": 2}}
 
 
 def test_shared_series_labels_read_back() -> None:
@@ -95,6 +146,93 @@ def test_ui_needs_the_admin_key(
         assert_openai_error(c.get(path, {"authorization": "Bearer sk-client"}), 401)
     state = c.get("/ui/state", {"authorization": "Bearer sk-admin"})
     assert state.status == 200 and state.json()["replicas"][0]["url"] == x.url
+
+
+def _eject_in_both_workers(sim_factory: Factory, router_factory: Factory) -> tuple[str, str, str]:
+    """A router with two workers over a good and a bad engine (answering 500s), each worker's
+    breaker ejecting the bad one; (router URL, good URL, bad URL)."""
+    good = sim_factory(*ENGINE)
+    bad = sim_factory(*ENGINE)
+    rp = router_factory(
+        *("--backend", good.url, "--backend", bad.url, "--workers", "2"),
+        *("--policy", "round_robin", *HEALTH, *BREAKER),
+    )
+    assert Client(bad.url).post("/sim/faults", {"error_rate": 1.0}).status == 200
+
+    def open_in() -> float:  # workers whose breaker holds the bad engine open, all workers
+        text = Client(rp.url).get("/metrics").body.decode()
+        want = f'vfleet_router_breaker_workers{{state="open",upstream="{bad.url}"}} '
+        return next((float(ln[len(want) :]) for ln in text.splitlines() if ln.startswith(want)), 0)
+
+    sent = 0
+    while open_in() < 2 and sent < MAX_REQUESTS:
+        for _ in range(10):  # a connection each: the kernel spreads them over both workers
+            assert Client(rp.url).post("/v1/completions", COMPLETION).status == 200
+        sent += 10
+    assert open_in() == 2, sent
+    return rp.url, good.url, bad.url
+
+
+@pytest.mark.timeout(90)
+def test_state_shows_an_engine_ejected_by_the_breaker(
+    sim_factory: Factory, router_factory: Factory
+) -> None:
+    url, good, bad = _eject_in_both_workers(sim_factory, router_factory)
+    for _ in range(6):  # a connection each: whichever worker answers, it shows the ejection
+        state = Client(url).get("/ui/state").json()
+        assert state["breaker"] == {"enabled": True, "workers": 2}
+        replicas = {r["url"]: r for r in state["replicas"]}
+        b = replicas[bad]["breaker"]
+        assert replicas[bad]["healthy"]  # its probes pass: only the breaker keeps it out
+        assert b["state"] == "open" and b["workers"] == {"open": 2, "half_open": 0, "trial": 0}
+        assert b["since"] <= state["time"] < b["until"]
+        assert (b["tripped_failed"], b["tripped_total"], b["tripped_rate"]) == (4, 4, 1.0)
+        g = replicas[good]["breaker"]
+        assert g["state"] == "closed" and g["workers"] == {"open": 0, "half_open": 0, "trial": 0}
+    # the page's fleet-wide count is the one /metrics gives
+    assert Client(url).metric("vfleet_router_breaker_workers", upstream=bad, state="open") == 2
+
+
+def test_state_without_the_breaker(sim_factory: Factory, router_factory: Factory) -> None:
+    x = sim_factory(*ENGINE)
+    rp = router_factory("--backend", x.url, "--no-breaker")
+    state = Client(rp.url).get("/ui/state").json()
+    assert state["breaker"] == {"enabled": False, "workers": 1}
+    assert state["replicas"][0]["breaker"] is None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (scripts/test.sh installs it via apt)")
+def test_page_shows_an_engine_ejected_by_the_breaker(
+    sim_factory: Factory, router_factory: Factory, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, good, bad = _eject_in_both_workers(sim_factory, router_factory)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 760})
+            problems: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(f"{url}/ui")
+            ejected = f'#replicas tr[data-url="{bad}"][data-ejected="yes"][data-breaker="open"]'
+            page.locator(ejected).wait_for(timeout=10_000)
+            assert page.locator(f'#replicas tr[data-url="{good}"][data-ejected="no"]').count() == 1
+            cell = page.inner_text(f'#replicas tr[data-url="{bad}"] td.breaker')
+            assert "open since" in cell and "4/4 failed (100 %)" in cell, cell
+            assert "open in 2 of 2 workers" in cell, cell
+            note = page.inner_text("#breaker-note")
+            assert "worker that answered" in note and "2 workers" in note, note
+            assert page.inner_text(f'#replicas tr[data-url="{bad}"] td.health') == "up"
+            assert page.inner_text("#up") == "2 / 2 (1 ejected)"
+            assert not problems, problems
+            page.screenshot(path=str(tmp_path / "ui-breaker.png"), full_page=True)
+        finally:
+            browser.close()
 
 
 @pytest.mark.timeout(90)

@@ -1,5 +1,6 @@
 """TLS for tests: self-signed certificates made on the spot, and a real `vfleet router` process
-serving HTTPS (started from a YAML config or from flags), shared by the TLS tests."""
+serving HTTPS (started from a YAML config or from flags), shared by the TLS tests; `TlsRouters`
+starts the HTTPS replicas with a KEDA scaler that the peer tests (demand over HTTPS) share."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -128,6 +131,46 @@ def start_tls_router(config: Path | None = None, args: Sequence[str] = ()) -> Tl
     return TlsRouter(sp.proc, sp.port, sp.log)
 
 
+HELD_MODEL = "cold"  # known to the routers TlsRouters starts, served by no engine
+
+
+@dataclass
+class TlsRouters:
+    """HTTPS routers in front of `backend` for the peer tests: each knows HELD_MODEL with no
+    engine, so a request for it is held by the activator (demand a peer reports), and runs a
+    KEDA scaler on a free port. Stopped together by `stop`."""
+
+    folder: Path  # where each router's certificate, key and config are written
+    backend: str
+    started: list[TlsRouter] = field(default_factory=list)
+
+    def start(self, name: str, pair: Pair, *args: str, **settings: Any) -> TlsRouter:
+        """Router `name` serving `pair` (written as NAME.crt and NAME.key) from the YAML config
+        NAME.yaml: 127.0.0.1 and a free port unless `settings` say otherwise; `settings` are
+        more config keys (or replace these), `args` more flags (which override the config)."""
+        cert, key = write_pair(self.folder, name, pair)
+        config = {
+            "backends": [self.backend],
+            "models": [HELD_MODEL],
+            "host": "127.0.0.1",
+            "port": 0,
+            "tls_cert": str(cert),
+            "tls_key": str(key),
+            "keda_port": 0,
+            "hold_timeout_s": 60,  # longer than any test holds a request
+            **settings,
+        }
+        path = self.folder / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        router = start_tls_router(path, args)
+        self.started.append(router)
+        return router
+
+    def stop(self) -> None:
+        for router in self.started:
+            router.stop()
+
+
 @dataclass
 class Ca:
     key: ec.EllipticCurvePrivateKey
@@ -138,10 +181,10 @@ class Ca:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
-def make_ca() -> Ca:
-    """A new CA (valid for a day) to issue leaves with."""
+def make_ca(name: str = "vfleet test CA") -> Ca:
+    """A new CA (valid for a day, CN `name`) to issue leaves with."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vfleet test CA")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -157,12 +200,12 @@ def make_ca() -> Ca:
     return Ca(key, cert)
 
 
-def issue(ca: Ca, name: str) -> Pair:
-    """A leaf for 127.0.0.1 (CN `name`) signed by `ca`, served as a chain file is: the leaf,
-    then its issuer."""
+def issue(ca: Ca, name: str, dns: Sequence[str] = ()) -> Pair:
+    """A leaf for `dns` names and 127.0.0.1 (CN `name`) signed by `ca`, served as a chain file
+    is: the leaf, then its issuer."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    ip = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    names = [*map(x509.DNSName, dns), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     leaf = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -171,7 +214,7 @@ def issue(ca: Ca, name: str) -> Pair:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([ip]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca.key, hashes.SHA256())
     )

@@ -39,12 +39,19 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/ve
 GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 [ "${GPUS:-0}" -ge 1 ] || GPUS=1
 
+# each engine binds its KV-cache event publisher (for the kv policy; vLLM binds an endpoint with
+# a `*` host and connects to any other) on 5557 + 10 i, its replay
+# socket 100 ports above (the convention the router assumes)
+kv_config() {
+  printf '{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://*:%d","replay_endpoint":"tcp://*:%d","topic":"kv"}' \
+    $((5557 + 10 * $1)) $((5657 + 10 * $1))
+}
 ENGINES=()
 for i in 0 1; do
   port=$((8100 + i))
   CUDA_VISIBLE_DEVICES=$((i % GPUS)) vllm serve "$MODEL" --served-model-name "$NAME" \
     --host 127.0.0.1 --port "$port" --max-model-len 4096 --gpu-memory-utilization 0.35 \
-    --enable-prefix-caching > "$OUT/vllm-$i.log" 2>&1 &
+    --enable-prefix-caching --kv-events-config "$(kv_config $i)" > "$OUT/vllm-$i.log" 2>&1 &
   pids+=($!)
   wait_healthy "http://127.0.0.1:$port" 600
   ENGINES+=("http://127.0.0.1:$port")
@@ -60,10 +67,11 @@ for rep in 1 2; do
     --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,99 \
     --save-result --result-dir "$OUT/A" --result-filename "vllm-bench-$rep.json" \
     > "$OUT/A-vllm-bench-$rep.log" 2>&1
-  # the bench counts simulator tokens (4 characters); a real tokenizer reads about 1.2 of them
-  # per token of these texts, so ask for that many more to send prompts of the same length
+  # the bench sizes prompts in simulator tokens (4 characters); on an H200 run (2026-12-05) the
+  # random model's tokenizer read 1.04 of its tokens per 4 characters of these texts (319
+  # tokens for --input-len 307), so ask for 24/25 of the length to send the same number
   python3 -m vfleet bench run --url "$E0" --model "$NAME" --workload random \
-    --input-len $((IN * 6 / 5)) --output-len "$OUTLEN" --rate "$RATE" --requests "$N" \
+    --input-len $((IN * 24 / 25)) --output-len "$OUTLEN" --rate "$RATE" --requests "$N" \
     --seed "$rep" --out "$OUT/A/vfleet-bench-$rep" > "$OUT/A-vfleet-bench-$rep.log" 2>&1
 done
 python3 - "$OUT/A" <<'PY' | tee "$OUT/A-agreement.txt"
@@ -85,9 +93,10 @@ PY
 # -- B: routing policies on shared-prefix --------------------------------------------------
 WL=(--workload shared-prefix --groups 8 --users 8 --prefix-len 1024 --input-len 64
     --output-len 64 --rate 16 --requests 300 --seed 7)
-for policy in round_robin least_load session prefix; do
+for policy in round_robin least_load session prefix kv; do
   post "$E0/reset_prefix_cache"; post "$E1/reset_prefix_cache"
-  python3 -m vfleet router --host 127.0.0.1 --port 8000 --backend "$E0" --backend "$E1" \
+  python3 -m vfleet router --host 127.0.0.1 --port 8000 --backend "$E0=$NAME" --backend "$E1=$NAME" \
+    --kv-events "$E0=tcp://127.0.0.1:5557" --kv-events "$E1=tcp://127.0.0.1:5567" \
     --policy "$policy" > "$OUT/router-$policy.log" 2>&1 &
   rpid=$!
   wait_healthy http://127.0.0.1:8000 30
@@ -96,7 +105,7 @@ for policy in round_robin least_load session prefix; do
   kill "$rpid"; wait "$rpid" 2>/dev/null || true
 done
 python3 -m vfleet bench compare "$OUT/B/round_robin" "$OUT/B/least_load" "$OUT/B/session" \
-  "$OUT/B/prefix" --plot "$OUT/B/policies.png" | tee "$OUT/B-compare.md"
+  "$OUT/B/prefix" "$OUT/B/kv" --plot "$OUT/B/policies.png" | tee "$OUT/B-compare.md"
 
 # -- C: the plan of the same traffic, simulated ----------------------------------------------
 cat > "$OUT/fleet.yaml" <<YAML

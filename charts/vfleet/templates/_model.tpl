@@ -203,7 +203,9 @@ replicas and scaling. Input: dict "root" $ "m" <modelSpec entry>.
 {{- $va := include "vfleet.vllmArgs" (dict "m" $m "rules" $rules "ver" $ver "ref" $ref "port" $port "revision" $vrev "gmuDefault" $gmuDefault "defaultServed" $defaultServed) | fromJson -}}
 {{- /* KV-cache events, for a generating model whose router policy (by served name, else the
 router's) reads them: the publisher binds on all addresses at kvEvents.port and its replay
-socket on the next port, the flag goes last (a hand-written one is dropped: the router must
+socket 100 ports above (vfleet.router.kvwire's rule; vLLM offsets both by the data-parallel
+rank, so an engine of `--data-parallel-size N` binds port..port+N-1 and port+100..port+100+N-1,
+all declared on the pod, and the pod says N for the router), the flag goes last (a hand-written one is dropped: the router must
 know where events are), and the pod carries the port for the router's discovery. A command of
 one's own (vfleet writes one for the simulator) publishes what its own flag says: the port is
 read from its tcp://*:PORT. */ -}}
@@ -236,7 +238,7 @@ read from its tcp://*:PORT. */ -}}
 {{- else -}}{{- $args = append $args . -}}
 {{- end -}}
 {{- end -}}
-{{- $config := dict "enable_kv_cache_events" true "publisher" "zmq" "endpoint" (printf "tcp://*:%d" $kvPort) "replay_endpoint" (printf "tcp://*:%d" (add1 $kvPort)) -}}
+{{- $config := dict "enable_kv_cache_events" true "publisher" "zmq" "endpoint" (printf "tcp://*:%d" $kvPort) "replay_endpoint" (printf "tcp://*:%d" (add 100 $kvPort)) -}}
 {{- $args = concat $args (list $K.flag ($config | toJson)) -}}
 {{- end -}}
 {{- $command := concat (list "vllm") $args -}}
@@ -246,6 +248,22 @@ read from its tcp://*:PORT. */ -}}
 {{- if $kvPort -}}{{- $command = concat $command (slice $args (sub (len $args) 2)) -}}{{- end -}}
 {{- end -}}
 {{- with $m.command -}}{{- $command = . -}}{{- end -}}
+{{- /* the data-parallel ranks of a publishing engine (the last --data-parallel-size, -dp, as
+vLLM's parser; vfleet.engines.rules.data_parallel_size): one publisher each */ -}}
+{{- $kvRanks := 0 -}}
+{{- if $kvPort -}}
+{{- $kvRanks = 1 -}}
+{{- $words := $command | toStrings -}}
+{{- range $i, $w := $words -}}
+{{- $kv := splitn "=" 2 $w -}}
+{{- if has (replace "_" "-" $kv._0) (list "--data-parallel-size" "-dp") -}}
+{{- $n := ternary $kv._1 "" (contains "=" $w) -}}
+{{- if and (not (contains "=" $w)) (lt (add1 $i) (len $words)) -}}{{- $n = index $words (add1 $i) -}}{{- end -}}
+{{- $kvRanks = ternary (int64 $n) 1 (and (regexMatch "^[0-9]+$" (toString $n)) (gt (int64 $n) 0)) -}}
+{{- end -}}
+{{- end -}}
+{{- if gt $kvRanks 100 -}}{{- fail (printf "model %s: --data-parallel-size %d publishes KV events on more than 100 ports, where its replay ports begin" $m.name $kvRanks) -}}{{- end -}}
+{{- end -}}
 {{- $models := $va.served -}}
 {{- $loraModules := get $cfg $rules.lora.modules.key -}}
 {{- range $k, $v := ($loraModules | default dict) -}}{{- $models = append $models $k -}}{{- end -}}
@@ -277,7 +295,7 @@ read from its tcp://*:PORT. */ -}}
   "jobName" (printf "%s-download-%s" $full $jobHash)
   "ref" $ref "gpuPct" $pct "gpus" $whole "podGpus" $podGpus "size" $size "sharing" $sharing
   "resources" $resources "command" $command "served" $va.served "models" $models
-  "annotateModels" $annotateModels "kvEventsPort" $kvPort "gmu" $va.gmu "gmuExplicit" $va.gmuExplicit "task" $va.task
+  "annotateModels" $annotateModels "kvEventsPort" $kvPort "kvRanks" $kvRanks "gmu" $va.gmu "gmuExplicit" $va.gmuExplicit "task" $va.task
   "scaled" $scaled "replicas" $replicas "auto" $auto "autoMin" $autoMin "autoMax" $autoMax "workloadKind" $kindName "workload" $workload
   "service" (printf "%s-engine-service" $full)
   | toJson -}}

@@ -4,7 +4,9 @@ role: single (a Deployment's pod), leader or worker (a LeaderWorkerSet's).
 Serving pods carry what the router's discovery reads: the app.kubernetes.io/component=engine
 label, the vfleet.io/models annotation (served names, comma-separated) and a container port
 named http (also in vfleet.io/port); an engine that publishes KV-cache events, their port in
-vfleet.io/kv-events-port and container ports named kv-events and kv-replay (the next one). LeaderWorkerSet workers are
+vfleet.io/kv-events-port and container ports named kv-events and kv-replay (100 above); one of
+N data-parallel ranks (N > 1) also vfleet.io/kv-events-ranks: N and, for rank r = 1..N-1, the
+ports kv-events-r and kv-replay-r (each + r: vLLM offsets a rank's sockets so). LeaderWorkerSet workers are
 labelled engine-worker, so the router never sends them requests.
 */}}
 {{- define "vfleet.enginePod" -}}
@@ -29,6 +31,9 @@ metadata:
     vfleet.io/port: {{ $p.port | quote }}
     {{- if and $serving $p.kvEventsPort }}
     vfleet.io/kv-events-port: {{ $p.kvEventsPort | quote }}
+    {{- if gt (int $p.kvRanks) 1 }}
+    vfleet.io/kv-events-ranks: {{ $p.kvRanks | quote }}
+    {{- end }}
     {{- end }}
     {{- with $m.podAnnotations }}
     {{- toYaml . | nindent 4 }}
@@ -220,8 +225,16 @@ spec:
           containerPort: {{ $p.kvEventsPort }}
           protocol: TCP
         - name: kv-replay
-          containerPort: {{ add1 $p.kvEventsPort }}
+          containerPort: {{ add 100 $p.kvEventsPort }}
           protocol: TCP
+        {{- range $r := untilStep 1 (int $p.kvRanks) 1 }}
+        - name: kv-events-{{ $r }}
+          containerPort: {{ add $r $p.kvEventsPort }}
+          protocol: TCP
+        - name: kv-replay-{{ $r }}
+          containerPort: {{ add 100 $r $p.kvEventsPort }}
+          protocol: TCP
+        {{- end }}
         {{- end }}
       {{- with $E.startupProbe }}
       {{- $probe := deepCopy . }}

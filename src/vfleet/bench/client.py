@@ -54,6 +54,9 @@ class _Conn(asyncio.Protocol):
         self.stream = False
         self.buf = bytearray()
         self.body = bytearray()
+        # httptools answers should_keep_alive() only inside on_message_complete (after feed_data
+        # returns it says False): taken there, or every request would open a new connection
+        self.keep_alive = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,6 +99,7 @@ class _Conn(asyncio.Protocol):
             self._fail(f"a streamed event over {MAX_EVENT} bytes")
 
     def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
         self.ex.done = self.now
         self.ex.body = bytes(self.body)
         if self.waiter is not None and not self.waiter.done():
@@ -138,6 +142,7 @@ class _Conn(asyncio.Protocol):
     async def exchange(self, head: bytes, body: bytes, sent: float) -> Exchange:
         assert self.transport is not None
         self.ex = Exchange(sent)
+        self.keep_alive = False
         self.stream = False
         self.buf.clear()
         self.body.clear()
@@ -179,7 +184,7 @@ class Client:
             except BaseException:
                 conn._fail("aborted")
                 raise
-        if not conn.closed and conn.parser.should_keep_alive() and len(self._idle) < self._max_idle:
+        if not conn.closed and conn.keep_alive and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         elif conn.transport is not None:
             conn.transport.close()

@@ -8,11 +8,11 @@ its KV-cache use). Engines advance step by step; an arrival is routed at its tim
 engine's queue at the first step that starts after it clears the API server's overhead, exactly
 as `sim.virtual` does for one engine.
 
-Engines packed onto one GPU share it: a GPU runs one step at a time, so the steps of the
-engines on it are serialized (time-slicing, as CUDA does for processes without MPS), the engine
-that has waited longest going first. Measured on an H200 (issue 12), one 0.35B engine decoded at
-a TPOT of 2.6 ms alone and 8-14 ms with four engines busy on the GPU; serialized steps give four
-times the alone step time, 4 x 2.6 = 10.4 ms, inside that range, with no fitted constant.
+Engines packed onto one GPU time-slice it (as CUDA does for processes without MPS): a step is
+stretched by one plus the number of the GPU's other engines busy when it starts, the model of
+`sim.gpushare.stretch`, which the live sim engines of one GPU (`vfleet sim --shared-gpu`) call
+too. Measured on an H200 (issue 12), one 0.35B engine decoded at a TPOT of 2.6 ms alone and
+8-14 ms with four engines busy on the GPU: four times the alone step, with no fitted constant.
 
 Load is open-loop (arrival times given; a multi-round request also waits for its previous
 round) or closed-loop (C requests in flight: each finish sends the next request). Pooling
@@ -45,14 +45,10 @@ from vfleet.sim import tokenizer
 from vfleet.sim.profiles import LatencyProfile
 from vfleet.sim.scheduler import HASH_ALL, Scheduler, SchedulerConfig
 from vfleet.sim.scheduler import Sequence as Seq
+from vfleet.sim.timeslice import BUSY, stretch
 
 MAX_ENGINES = 1024
 INF = float("inf")
-
-
-@dataclass(slots=True)
-class _Gpu:
-    free_at: float = 0.0  # when the step running on it ends
 
 
 @dataclass(slots=True)
@@ -60,7 +56,7 @@ class _Engine:
     index: int
     url: str
     sched: Scheduler
-    gpu: _Gpu
+    peers: list[_Engine]  # the other engines on its GPU
     clock: float = 0.0  # when this engine's step in progress ends (the next may start)
     admit: list[tuple[float, int, Seq]] = field(default_factory=list)  # heap: schedulable at
     routed: int = 0  # requests routed here and not finished (the router's in-flight count)
@@ -86,6 +82,14 @@ class _Engine:
         if self.admit:
             return max(self.clock, self.admit[0][0])
         return INF
+
+    def busy_until(self, t: float) -> float:
+        """Until when this engine is busy on its GPU, seen at `t` (`sim.gpushare.stretch`): in
+        a step until it ends, and for good while it has work (an admission due by `t` counts:
+        the live engine has queued it by then)."""
+        if self.sched.has_work or (self.admit and self.admit[0][0] <= t):
+            return BUSY
+        return self.clock
 
 
 @dataclass(slots=True)
@@ -223,17 +227,15 @@ class _Fleet:
         self.overhead = profile.request_overhead_s
         # decode stretches in one go; not on shared GPUs, whose steps interleave across engines
         self.fast = engines_per_gpu == 1
-        gpus = [_Gpu() for _ in range(-(-engines // engines_per_gpu))]
         self.fleet = [
-            _Engine(
-                i,
-                f"sim://{i:04d}",
-                Scheduler(config, profile, record_events=False),
-                gpus[i // engines_per_gpu],
-            )
+            _Engine(i, f"sim://{i:04d}", Scheduler(config, profile, record_events=False), [])
             for i in range(engines)
         ]
-        self.steps: list[tuple[float, float, int, int]] = []  # (start, ready, engine, version)
+        for e in self.fleet:
+            first = e.index - e.index % engines_per_gpu
+            gpu = self.fleet[first : first + engines_per_gpu]
+            e.peers.extend(p for p in gpu if p is not e)
+        self.steps: list[tuple[float, int, int]] = []  # (start, engine, version)
         self.arrivals: list[tuple[float, int]] = []  # heap of (time, request index)
         # ids others wait on, without the `#cycle` suffix a cycled workload adds
         self.waits_on = {r.after for r in requests if r.after}
@@ -288,7 +290,7 @@ class _Fleet:
         key = RouteKey(
             self.model,
             session=req.session if Field.SESSION in needs else None,
-            prefix=prefix_hashes(req.prompt) if Field.PREFIX in needs else (),
+            prefix=prefix_hashes(req.prompt, model=self.model) if Field.PREFIX in needs else (),
         )
         chosen = self.chooser.choose(snaps, key)
         assert chosen is not None  # every simulated engine is healthy
@@ -312,7 +314,7 @@ class _Fleet:
         assert run is not None
         j, t = run.steps_before(x)
         _apply_run(eng.sched, j, t)
-        eng.clock = eng.gpu.free_at = t
+        eng.clock = t
         eng.run = None
 
     # -- engine steps ---------------------------------------------------------------------
@@ -322,21 +324,16 @@ class _Fleet:
         self.dirty.add(eng.index)
         ready = eng.ready()
         if ready < INF:
-            heapq.heappush(self.steps, (max(ready, eng.gpu.free_at), ready, eng.index, eng.version))
+            heapq.heappush(self.steps, (ready, eng.index, eng.version))
 
     def next_step(self) -> tuple[float, _Engine | None]:
-        """The engine whose step starts first, and when (lazily fixing stale heap entries:
-        a GPU's `free_at` only grows, so a stored start is a lower bound)."""
+        """The engine whose step starts first, and when (dropping stale heap entries)."""
         steps = self.steps
         while steps:
-            start, ready, i, version = steps[0]
+            start, i, version = steps[0]
             eng = self.fleet[i]
             if version != eng.version:
                 heapq.heappop(steps)
-                continue
-            actual = max(ready, eng.gpu.free_at)
-            if actual > start:
-                heapq.heapreplace(steps, (actual, ready, i, version))
                 continue
             return start, eng
         return INF, None
@@ -357,11 +354,14 @@ class _Fleet:
                     run = None
             if run is not None:
                 eng.run = run
-                eng.clock = eng.gpu.free_at = run.end
+                eng.clock = run.end
                 self.reschedule(eng)
                 return
-        out = eng.sched.step(t)
-        eng.clock = eng.gpu.free_at = t + out.duration_s
+        # steps of engines sharing a GPU are processed in start order, so every peer's state
+        # at `t` is known here
+        slow = stretch(t, (p.busy_until(t) for p in eng.peers)) if eng.peers else 1
+        out = eng.sched.step(t, slow)
+        eng.clock = t + out.duration_s
         for seq in out.finished:
             assert seq.finished_at is not None
             req = self.live.pop(id(seq))

@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+# A TCP publisher's replay socket listens REPLAY_OFFSET ports above it (the chart's kv-replay
+# port): vLLM offsets both sockets by the data-parallel rank, so rank r publishes on port + r
+# and replays on port + REPLAY_OFFSET + r, and up to 100 ranks never collide (kvwire.MAX_RANKS).
+from vfleet.router.kvwire import REPLAY_OFFSET
 
 Version = tuple[int, ...]
 SettingType = Literal["int", "float", "str", "switch", "flag"]
 Place = Literal["vllmConfig", "modelSpec"]
 _TYPES = ("int", "float", "str", "switch", "flag")
 _PLACES = ("vllmConfig", "modelSpec")
+
+
+# vLLM's data-parallel size flag and its short spelling (`vllm serve --help`)
+DP_FLAGS: Final = ("--data-parallel-size", "-dp")
 
 
 class RulesError(ValueError):
@@ -79,6 +88,18 @@ class KvEventsRules:
         """The publisher's endpoint on `port`: all addresses, as vLLM binds only an endpoint with
         a `*` host (any other TCP endpoint it connects to)."""
         return f"tcp://*:{port}"
+
+    @staticmethod
+    def replay_port(port: int) -> int:
+        """The replay socket's port of the (rank 0) publisher on `port`."""
+        return port + REPLAY_OFFSET
+
+    @staticmethod
+    def ports(port: int, ranks: int = 1) -> tuple[range, range]:
+        """(publisher ports, replay ports) of an engine of `ranks` data-parallel ranks whose
+        rank 0 publishes on `port`: vLLM binds rank r's sockets at these + r."""
+        replay = port + REPLAY_OFFSET
+        return range(port, port + ranks), range(replay, replay + ranks)
 
     @staticmethod
     def config(endpoint: str, replay: str | None = None) -> str:
@@ -233,10 +254,28 @@ def _rewrite(raw: Mapping[str, Any]) -> Rewrite:
     )
 
 
+def data_parallel_size(args: Sequence[str]) -> int:
+    """The data-parallel size vLLM flags `args` ask for (`--data-parallel-size N`, `-dp N`,
+    `--data-parallel-size=N`; the last one wins, as in vLLM's parser); 1 when none or not a
+    positive int (vLLM then refuses the line itself)."""
+    size = 1
+    for i, word in enumerate(args):
+        name, eq, value = word.partition("=")
+        if name.replace("_", "-") not in DP_FLAGS:
+            continue
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        size = int(value) if value.isdigit() and int(value) > 0 else 1
+    return size
+
+
 def _kv_events(raw: Mapping[str, Any]) -> KvEventsRules:
     port = raw["port"]
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65535:
-        raise ValueError(f"kvEvents.port {port!r}: 1-65534 (its replay socket takes the next)")
+    top = 65535 - REPLAY_OFFSET
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= top:
+        raise ValueError(
+            f"kvEvents.port {port!r}: 1-{top} (its replay socket takes port + {REPLAY_OFFSET})"
+        )
     return KvEventsRules(
         flag=str(raw["flag"]),
         policies=frozenset(str(p) for p in raw["policies"]),

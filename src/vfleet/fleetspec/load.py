@@ -18,7 +18,7 @@ from vfleet.fleetspec import models
 from vfleet.fleetspec.draft import Draft
 from vfleet.fleetspec.importers import manifests, t9k, tke, vllm_stack
 from vfleet.fleetspec.importers.common import put_args, slug
-from vfleet.fleetspec.models import Fleet
+from vfleet.fleetspec.models import Fleet, adapter_is_path, chat_template_is_local
 from vfleet.fleetspec.source import Document, SpecError, dotted, parse, read_text
 
 VALUES_FORMATS = (("vllm-stack", vllm_stack), ("tke", tke), ("t9k", t9k))
@@ -62,15 +62,56 @@ def load(files: Sequence[str | Path]) -> Loaded:
 
 
 def paths_from_files(fleet: Fleet, draft: Draft) -> Fleet:
-    """The fleet with each relative local model path joined to the directory of the file that
-    wrote it, as Helm and compose read paths in a file: `vfleet up -f conf/fleet.yaml` with
-    `source: ./models/chat` reads conf/models/chat from any working directory."""
+    """The fleet with each relative local path joined to the directory of the file that wrote
+    it, as Helm and compose read paths in a file: `vfleet up -f conf/fleet.yaml` with
+    `source: ./models/chat` reads conf/models/chat from any working directory. The paths: model
+    sources, LoRA adapters (those written as paths, `adapter_is_path`), chat template files
+    (`chat_template_is_local`) and `router.tenantsFile` (the router is the first file's)."""
     models = []
     for i, model in enumerate(fleet.models):
         where = draft.borrowed[i][0] if i in draft.borrowed else draft
-        directory = Path(where.doc.file).absolute().parent.as_posix()
-        models.append(model.model_copy(update={"source": model.source.joined_to(directory)}))
-    return fleet.model_copy(update={"models": tuple(models)})
+        directory = _directory(where)
+        update = {
+            "source": model.source.joined_to(directory),
+            "vllm": model.vllm.joined_to(directory),
+        }
+        models.append(model.model_copy(update=update))
+    router = fleet.router.joined_to(_directory(draft))
+    return fleet.model_copy(update={"models": tuple(models), "router": router})
+
+
+def _directory(draft: Draft) -> str:
+    return Path(draft.doc.file).absolute().parent.as_posix()
+
+
+def missing_local_files(fleet: Fleet) -> list[tuple[tuple[Any, ...], str]]:
+    """(fleet field, message) for each file this machine must read that is not there: the
+    router's tenants file, and per model its chat template file and every LoRA adapter written
+    as paths. For `vfleet up`, which names the spec's file and line with `Loaded.error_at`; a
+    Kubernetes render reads these paths as written, on the cluster's side, and checks none. (A
+    missing model source is the local plan's to report.)"""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    tenants = fleet.router.tenants_file
+    if tenants and not _is_file(tenants):
+        out.append((("router", "tenantsFile"), f"tenants file {tenants} {_missing(tenants)}"))
+    for i, model in enumerate(fleet.models):
+        template = model.vllm.chat_template
+        if template and chat_template_is_local(template) and not _is_file(template):
+            at = ("models", i, "vllm", "chatTemplate")
+            out.append((at, f"chat template {template} {_missing(template)}"))
+        for name, path in model.vllm.lora.modules.items():
+            if adapter_is_path(path) and not Path(path).expanduser().exists():
+                loc = ("models", i, "vllm", "lora", "modules", name)
+                out.append((loc, f"LoRA adapter {name!r}: {path} does not exist"))
+    return out
+
+
+def _is_file(path: str) -> bool:
+    return Path(path).expanduser().is_file()
+
+
+def _missing(path: str) -> str:
+    return "is a directory, not a file" if Path(path).expanduser().is_dir() else "does not exist"
 
 
 def _objects(draft: Draft) -> list[Any]:

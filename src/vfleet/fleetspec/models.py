@@ -185,11 +185,67 @@ class Hold(Spec):
     max_queued: int = Field(1000, ge=1)  # requests held at most; more get 429
 
 
+def adapter_is_path(value: str) -> bool:
+    """Whether a LoRA adapter is named by a local path rather than a hub id: written as a
+    path is (`/…`, `./…`, `../…`, `~…`), as a model source is; a bare `org/name` is a hub id."""
+    return value.startswith(("/", "./", "../", "~")) or value in (".", "..")
+
+
+def _relative_path(value: str) -> bool:
+    return adapter_is_path(value) and not value.startswith(("/", "~"))
+
+
+def _joined(directory: str, path: str) -> str:
+    return posixpath.normpath(posixpath.join(directory, path))
+
+
 class Lora(Spec):
     enabled: bool = False
     max_loras: int | None = Field(None, ge=1)
     max_lora_rank: int | None = Field(None, ge=1)
-    modules: dict[str, str] = Field(default_factory=dict)  # name -> adapter path or HF id
+    # name -> adapter path or HF id (`adapter_is_path`); a relative path is read from the
+    # spec file's directory by `vfleet up`, as a local source is
+    modules: dict[str, str] = Field(default_factory=dict)
+    # the relative adapter paths as their file wrote them, by name, once joined (see Source)
+    _written: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def joined_to(self, directory: str) -> Lora:
+        """These settings with each relative adapter path joined to `directory`."""
+        written = {n: p for n, p in self.modules.items() if _relative_path(p)}
+        if not written:
+            return self
+        joined = {n: _joined(directory, written[n]) for n in written}
+        out = self.model_copy(update={"modules": {**self.modules, **joined}})
+        out._written = written
+        return out
+
+    def as_written(self) -> Lora:
+        """These settings with the adapter paths their file wrote (for Kubernetes)."""
+        if not self._written:
+            return self
+        out = self.model_copy(update={"modules": {**self.modules, **self._written}})
+        out._written = {}
+        return out
+
+
+# vLLM's --chat-template takes either a file or the template itself: it opens the value as a
+# file and, when that fails, uses it as a template only if it holds a `{`, `}` or a newline (any
+# Jinja template does, a usable path does not), else stops saying it looks like a path. The same
+# characters decide here, so an inline template is passed on untouched, never taken for a path.
+_TEMPLATE_CHARS = ("{", "}", "\n")
+
+
+def chat_template_is_path(value: str) -> bool:
+    """Whether `vllm.chatTemplate` names a file rather than holding the template itself."""
+    return bool(value.strip()) and not any(c in value for c in _TEMPLATE_CHARS)
+
+
+def chat_template_is_local(value: str) -> bool:
+    """Whether `vllm.chatTemplate` is a file vfleet resolves and checks: one written as a path
+    (`/…`, `./…`, `../…`, `~…`), as a LoRA adapter is. A bare name (`chat.jinja`, or T9k's
+    `examples/tool_chat_template_mistral.jinja`, a file in vLLM's image) is vLLM's to open from
+    its own working directory, as written."""
+    return chat_template_is_path(value) and adapter_is_path(value)
 
 
 class ToolCalling(Spec):
@@ -212,10 +268,39 @@ class EngineSettings(Spec):
     enable_chunked_prefill: bool | None = None
     enforce_eager: bool = False
     trust_remote_code: bool = False
+    # a file or the template itself (`chat_template_is_path`); a file written as a relative
+    # path is read from the spec file's directory by `vfleet up`, as a local source is
+    # (`chat_template_is_local`)
     chat_template: str | None = None
     lora: Lora = Field(default_factory=Lora)
     tool_calling: ToolCalling = Field(default_factory=ToolCalling)
     extra_args: tuple[str, ...] = ()
+    _template_written: str | None = PrivateAttr(None)  # a joined chat template file as written
+
+    def joined_to(self, directory: str) -> EngineSettings:
+        """These settings with the relative local paths they name joined to `directory`: the
+        LoRA adapters and a chat template file. A `~` template is expanded too (unlike the
+        adapters, where vLLM is left to read it): vLLM opens the file with a plain open(),
+        which would look for a directory named `~`."""
+        lora = self.lora.joined_to(directory)
+        template = self.chat_template
+        if template is None or not chat_template_is_local(template) or template.startswith("/"):
+            return self if lora is self.lora else self.model_copy(update={"lora": lora})
+        path = _joined(directory, posixpath.expanduser(template))
+        out = self.model_copy(update={"chat_template": path, "lora": lora})
+        out._template_written = template
+        return out
+
+    def as_written(self) -> EngineSettings:
+        """These settings with the paths their file wrote (for Kubernetes, where the template
+        is in the image or a mounted ConfigMap)."""
+        template = self.chat_template if self._template_written is None else self._template_written
+        lora = self.lora.as_written()
+        if template == self.chat_template and lora is self.lora:
+            return self
+        out = self.model_copy(update={"chat_template": template, "lora": lora})
+        out._template_written = None
+        return out
 
 
 class SimSettings(Spec):
@@ -419,13 +504,31 @@ class RouterSpec(Spec):
     api_keys: tuple[str, ...] = ()
     rate_limit_per_minute: float = Field(0.0, ge=0)  # requests per key; 0: no limit
     token_limit_per_minute: float = Field(0.0, ge=0)  # tokens per key (usage); 0: no limit
-    # Named keys with model allowlists and budgets (docs/router.md, Tenancy), a path from the
-    # current directory; read by `vfleet up`. The chart reads one from a Secret
-    # (kubernetes.tenants.secretName): k8s render warns when the spec names none.
+    # Named keys with model allowlists and budgets (docs/router.md, Tenancy), a relative path
+    # read from the spec file's directory; read by `vfleet up`. The chart reads one from a
+    # Secret (kubernetes.tenants.secretName): k8s render warns when the spec names none.
     tenants_file: str | None = None
     replicas: int = Field(1, ge=0)  # Kubernetes
     workers: int = Field(1, ge=1, le=64)  # router processes sharing the port (SO_REUSEPORT)
     kubernetes: dict[str, Any] = Field(default_factory=dict)  # routerSpec chart values, as written
+    _tenants_written: str | None = PrivateAttr(None)  # a relative tenants_file as written
+
+    def joined_to(self, directory: str) -> RouterSpec:
+        """These settings with a relative tenants file joined to `directory` (`~` is absolute
+        enough, as for a source)."""
+        path = self.tenants_file
+        if not path or path.startswith(("/", "~")):
+            return self
+        out = self.model_copy(update={"tenants_file": _joined(directory, path)})
+        out._tenants_written = path
+        return out
+
+    def as_written(self) -> RouterSpec:
+        if self._tenants_written is None:
+            return self
+        out = self.model_copy(update={"tenants_file": self._tenants_written})
+        out._tenants_written = None
+        return out
 
 
 class Fleet(Spec):
@@ -466,6 +569,11 @@ class Fleet(Spec):
         return model.engine or self.engine
 
     def paths_as_written(self) -> Fleet:
-        """The fleet with each local source's path as its file wrote it (`Source.as_written`)."""
-        models = tuple(m.model_copy(update={"source": m.source.as_written()}) for m in self.models)
-        return self.model_copy(update={"models": models})
+        """The fleet with each local path as its file wrote it: the sources
+        (`Source.as_written`), LoRA adapters, chat template files and the router's tenants
+        file."""
+        models = tuple(
+            m.model_copy(update={"source": m.source.as_written(), "vllm": m.vllm.as_written()})
+            for m in self.models
+        )
+        return self.model_copy(update={"models": models, "router": self.router.as_written()})

@@ -109,7 +109,7 @@ def _model(fleet: Fleet, m: Model, r: EngineRules) -> dict[str, Any]:
         # its KV-event publisher as the chart's own for vLLM (the chart reads the port back)
         kv = m.name in kv_event_models(fleet, r.kv_events.policies)
         k = r.kv_events
-        config = k.config(k.tcp(k.port), k.tcp(k.port + 1)) if kv else None
+        config = k.config(k.tcp(k.port), k.tcp(k.replay_port(k.port))) if kv else None
         spec["command"] = sim_command(
             m, m.source.id, "0.0.0.0", 8000, executable=("vfleet",), kv_events_config=config
         )

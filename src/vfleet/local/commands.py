@@ -25,7 +25,7 @@ from vfleet.engines.router import router_options
 from vfleet.engines.rulefile import load_rules
 from vfleet.fleetspec.caveats import as_warning, caveats, documents
 from vfleet.fleetspec.importers.common import slug
-from vfleet.fleetspec.load import load
+from vfleet.fleetspec.load import load, missing_local_files
 from vfleet.fleetspec.models import Fleet
 from vfleet.fleetspec.source import SpecError
 from vfleet.local import display
@@ -218,6 +218,8 @@ def _prepare(
         for caveat in caveats(documents(files), loaded.fleet, "", loaded.notes):
             if caveat.local:  # what matters on this machine (the chart's own: k8s render)
                 click.echo(str(caveat), err=True)
+        for loc, message in missing_local_files(loaded.fleet)[:1]:
+            raise loaded.error_at(loc, message)  # the spec's file, line and field
         keys = api_keys(loaded.fleet, key_file)
         for line in keys.said:
             click.echo(f"vfleet: {line}", err=True)

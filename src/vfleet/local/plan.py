@@ -1,6 +1,7 @@
 """What `vfleet up` will start: one entry per engine replica, with its GPU, port and command
 (and, for a model whose router policy reads KV-cache events, where the engine publishes them:
-a socket in the run directory or a second port, which the router's endpoints file names).
+a socket in the run directory or a second port, which the router's endpoints file names; an
+engine of N data-parallel ranks: ports PORT..PORT+N-1, replayed at PORT+100..PORT+100+N-1).
 
 An autoscaled model gets a slot (GPU share, port, command) for each replica it may reach, as
 many as fit; the first minReplicas start with the fleet, the rest wait for the autoscaler.
@@ -17,12 +18,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from vfleet.engines.router import kv_event_models
-from vfleet.engines.rules import EngineRules
+from vfleet.engines.rules import EngineRules, data_parallel_size
 from vfleet.engines.sim import sim_command
 from vfleet.engines.vllm import Version, serve_command
 from vfleet.fleetspec.models import Fleet, HealthCheck, Model
 from vfleet.local.packer import Placement, Request, fewest_devices, pack_optional
-from vfleet.router.kvwire import replay_endpoint
+from vfleet.router.kvwire import MAX_RANKS, replay_endpoint
 
 MAX_IPC_PATH = 100  # bytes of a Unix socket's path: the kernel's limit is 107
 
@@ -49,6 +50,9 @@ class EngineSpec:
     # Where the router subscribes to the engine's KV-cache events (tcp://HOST:PORT), for the
     # models whose policy reads them; None: the engine publishes none.
     kv_events: str | None = None
+    # Its data-parallel ranks (`--data-parallel-size`): rank r publishes at kv_events' port + r
+    # (vLLM offsets each rank's sockets), where the router follows each rank.
+    kv_ranks: int = 1
 
     @property
     def gpu_label(self) -> str:
@@ -161,7 +165,17 @@ def build(fleet: Fleet, opts: Options, ports: Iterator[int], gpus: Sequence[int]
         model = by_name[p.model]
         port = next(ports)
         key = f"{model.name}-{p.replica}"
-        kv_at = _kv_endpoints(key, opts, rules, ports) if model.name in kv else None
+        kv_at = None
+        if model.name in kv:
+            ranks = data_parallel_size(model.vllm.extra_args) if engines[p.model] == "vllm" else 1
+            kv_at = _kv_endpoints(key, opts, rules, ports, ranks)
+            if ranks > 1 and p.replica == 0:
+                pub, replay = rules.kv_events.ports(_port_of(kv_at.bind), ranks)
+                notices.append(
+                    f"{model.name}: {ranks} data-parallel ranks publish KV events on ports "
+                    f"{pub[0]}-{pub[-1]} and replay on {replay[0]}-{replay[-1]} (per replica, "
+                    "from its first port); only the first is checked free"
+                )
         spec = _engine(model, p, engines[p.model], port, opts, notices, kv_at)
         auto = model.autoscaling
         if auto is not None:
@@ -239,6 +253,7 @@ def _engine(
         startup_timeout_s=model.startup_timeout_s if engine == "vllm" else 60.0,
         health=model.health,
         kv_events=None if kv_at is None else kv_at.connect,
+        kv_ranks=1 if kv_at is None else kv_at.ranks,
     )
 
 
@@ -250,12 +265,29 @@ class KvAt:
     bind: str
     replay: str | None
     connect: str
+    ranks: int = 1  # data-parallel ranks: each binds its own sockets, the port + its rank
 
 
-def _kv_endpoints(key: str, opts: Options, rules: EngineRules, ports: Iterator[int]) -> KvAt:
+def _kv_endpoints(
+    key: str, opts: Options, rules: EngineRules, ports: Iterator[int], ranks: int = 1
+) -> KvAt:
     """Engine `key`'s publisher: a socket in `opts.kv_events_dir` when its path and its replay
     socket's (by the router's convention, `kvwire`) fit, else the next port. A port chosen here
-    has no free neighbour reserved, so that fallback has no replay socket."""
+    has no free neighbour reserved, so that fallback has no replay socket.
+
+    An engine of several data-parallel ranks publishes on TCP (vLLM offsets a rank's sockets by
+    port; it refuses an ipc:// endpoint for a rank above 0): ranks on the port drawn and the
+    next ones, replay sockets 100 above (`rules.REPLAY_OFFSET`, where the router looks). The
+    ports above the first are not reserved: taken as they come."""
+    if ranks > MAX_RANKS:
+        raise PlanError(f"{key}: at most {MAX_RANKS} data-parallel ranks publish KV events")
+    if ranks > 1:
+        port = next(ports)
+        if rules.kv_events.ports(port, ranks)[1][-1] > 65535:
+            raise PlanError(f"{key}: no room above port {port} for {ranks} ranks' KV events")
+        tcp = rules.kv_events.tcp
+        connect = f"tcp://{_reachable(opts.host)}:{port}"
+        return KvAt(tcp(port), tcp(rules.kv_events.replay_port(port)), connect, ranks)
     if opts.kv_events_dir is not None:
         endpoint = "ipc://" + posixpath.join(opts.kv_events_dir, f"{key}.sock")
         replay = replay_endpoint(endpoint)
@@ -263,6 +295,10 @@ def _kv_endpoints(key: str, opts: Options, rules: EngineRules, ports: Iterator[i
             return KvAt(endpoint, replay, endpoint)
     port = next(ports)
     return KvAt(rules.kv_events.tcp(port), None, f"tcp://{_reachable(opts.host)}:{port}")
+
+
+def _port_of(endpoint: str) -> int:
+    return int(endpoint.rpartition(":")[2])
 
 
 def _reachable(host: str) -> str:

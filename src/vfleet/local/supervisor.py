@@ -263,6 +263,8 @@ class Supervisor:
             entry: dict[str, Any] = {"url": e.url, "models": list(e.spec.served)}
             if e.spec.kv_events is not None:  # the router subscribes to its KV-cache events
                 entry["kv_events"] = e.spec.kv_events
+                if e.spec.kv_ranks > 1:  # each data-parallel rank publishes at port + rank
+                    entry["kv_ranks"] = e.spec.kv_ranks
             if e.state == "healthy" and e.wanted:
                 listed.append(entry)
             elif e.state == "starting" and e.wanted:

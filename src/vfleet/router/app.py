@@ -45,6 +45,7 @@ from vfleet.router.ejection import TICK_S as BREAKER_TICK_S
 from vfleet.router.ejection import Ejector
 from vfleet.router.endpoints import Registry
 from vfleet.router.kvroute import FeedFactory, KvRouting
+from vfleet.router.kvwire import Publisher
 from vfleet.router.metrics import RouterMetrics, ScalerMetrics
 from vfleet.router.policies import KvAffinity, Policy, make_policy
 from vfleet.router.probe import FastProber
@@ -85,8 +86,9 @@ class Feeds:
     registry: Registry
     on_change: Callable[[], None] = lambda: None
     sources: dict[str, Listed] = field(default_factory=dict)
-    # KV-event publishers each source names (url -> ZMQ endpoint), for the kv policy.
-    kv_sources: dict[str, dict[str, str]] = field(default_factory=dict)
+    # KV-event publishers each source names (url -> rank 0's ZMQ endpoint and the rank count),
+    # for the kv policy.
+    kv_sources: dict[str, dict[str, Publisher]] = field(default_factory=dict)
 
     def set(self, source: str, endpoints: Iterable[tuple[str, tuple[str, ...], bool]]) -> None:
         self.sources[source] = list(endpoints)
@@ -95,16 +97,20 @@ class Feeds:
 
     def set_specs(self, source: str, specs: Iterable[BackendSpec]) -> None:
         specs = list(specs)
-        self.kv_sources[source] = {b.url: b.kv_events for b in specs if b.kv_events}
+        self.kv_sources[source] = {
+            b.url: Publisher(b.kv_events, b.kv_ranks) for b in specs if b.kv_events
+        }
         self.set(source, ((b.url, b.models, b.starting) for b in specs))
 
     def set_pods(self, pods: Sequence[PodEndpoint]) -> None:
-        self.kv_sources["kubernetes"] = {p.url: p.kv_events for p in pods if p.kv_events}
+        self.kv_sources["kubernetes"] = {
+            p.url: Publisher(p.kv_events, p.kv_ranks) for p in pods if p.kv_events
+        }
         self.set("kubernetes", ((p.url, p.models, False) for p in pods))
 
-    def publishers(self, named: Mapping[str, str]) -> dict[str, str]:
+    def publishers(self, named: Mapping[str, str]) -> dict[str, Publisher]:
         """The publisher of each listed engine that has one: its source's, else `named`'s."""
-        out = {url: named[url] for url in self.registry.endpoints if url in named}
+        out = {url: Publisher(named[url]) for url in self.registry.endpoints if url in named}
         for listed in self.kv_sources.values():
             out.update((u, e) for u, e in listed.items() if u in self.registry.endpoints)
         return out
@@ -226,7 +232,11 @@ def build_router(
     breaker = cfg.breaker_policy()
     if breaker is not None:
         router.ejector = Ejector(
-            registry, breaker, router_metrics.breaker_event, router.endpoint_up
+            registry,
+            breaker,
+            router_metrics.breaker_event,
+            router.endpoint_up,
+            router_metrics.breaker_state,
         )
     return router
 

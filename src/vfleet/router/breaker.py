@@ -12,6 +12,13 @@ failure, and the rule never to eject the last endpoint of a model (fail open), b
 caller (`router.ejection`). Recording is O(1): the window is a ring of `BUCKETS` counters, each
 `window_s / BUCKETS` seconds wide, with running totals (so the window spans between
 `window_s` less one bucket and `window_s`).
+
+Successes are nearly free, because nearly every request is one: while CLOSED, `ok()` only adds
+one to `passed`, with no clock read and no ring update. `fold` moves `passed` into the ring's
+bucket of the moment it runs: before a failure is judged (so the rate it sees counts them), and
+on the caller's timer (`router.ejection` folds every tick, 0.1 s), so a success is counted in
+the bucket of the next fold after it, at most one tick late: it may stay in the window up to a
+tick longer than exactly, never shorter.
 """
 
 from __future__ import annotations
@@ -69,8 +76,12 @@ class Breaker:
         "failed",
         "fails",
         "oks",
+        "passed",
+        "since",
         "state",
         "total",
+        "trip_failed",
+        "trip_total",
         "trips",
         "until",
     )
@@ -85,6 +96,12 @@ class Breaker:
         self.bucket = -1  # number of the newest bucket (time / bucket width); -1: none yet
         self.total = 0  # outcomes in the window
         self.failed = 0  # failures in the window
+        self.passed = 0  # successes not yet folded into the ring (see the module docstring)
+        # For the status page: when `state` last changed (0: never), and the window's failures
+        # and outcomes when it last tripped (a failed trial: 1 of 1).
+        self.since = 0.0
+        self.trip_failed = 0
+        self.trip_total = 0
 
     @property
     def ejected(self) -> bool:
@@ -94,7 +111,8 @@ class Breaker:
     def record(self, ok: bool, now: float, policy: BreakerPolicy) -> int:
         """Count one request's outcome; NOTHING, TRIPPED (the threshold is reached, or a trial
         failed) or RECOVERED (a trial succeeded). Outcomes while OPEN are of requests sent
-        before the trip and are not counted."""
+        before the trip and are not counted. A success while CLOSED only adds to `passed`
+        (as `ok` does); a failure first folds those into the window, then is judged."""
         state = self.state
         if state == OPEN:
             return NOTHING
@@ -103,17 +121,34 @@ class Breaker:
                 self.close(now)
                 return RECOVERED
             return TRIPPED
+        if ok:
+            self.passed += 1
+            return NOTHING
         self._advance(now, policy)
         i = self.bucket % BUCKETS
+        if self.passed:
+            self._add_passed(i)
         self.total += 1
-        if ok:
-            self.oks[i] += 1
-            return NOTHING
         self.fails[i] += 1
         self.failed += 1
         if self.total >= policy.min_requests and self.failed >= policy.error_rate * self.total:
             return TRIPPED
         return NOTHING
+
+    def ok(self) -> bool:
+        """Count one success the cheap way: True when counted (CLOSED: added to `passed`);
+        False when it must go through `record` (a trial it decides, or one ignored while OPEN).
+        """
+        if self.state == CLOSED:
+            self.passed += 1
+            return True
+        return False
+
+    def fold(self, now: float, policy: BreakerPolicy) -> None:
+        """Move the successes counted since the last fold into the ring's bucket of `now`."""
+        if self.passed:
+            self._advance(now, policy)
+            self._add_passed(self.bucket % BUCKETS)
 
     def open(self, now: float, policy: BreakerPolicy) -> float:
         """Eject: OPEN for the cool-down its trips in a row earn; the cool-down, in seconds."""
@@ -121,7 +156,12 @@ class Breaker:
             self.trips = 0  # closed and well for a whole cap: a new trip starts over
         self.trips += 1
         cooldown = policy.cooldown(self.trips)
+        if self.state == CLOSED:
+            self.trip_failed, self.trip_total = self.failed, self.total
+        else:
+            self.trip_failed, self.trip_total = 1, 1
         self.state = OPEN
+        self.since = now
         self.until = now + cooldown
         self._clear()
         return cooldown
@@ -130,25 +170,29 @@ class Breaker:
         """Serve again, counting from an empty window."""
         self.state = CLOSED
         self.closed_at = now
+        self.since = now
         self._clear()
 
     def expire(self, now: float) -> bool:
         """The cool-down (or a trial's wait) is over: HALF_OPEN; True when that happened."""
         if self.state in (OPEN, TRIAL) and now >= self.until:
             self.state = HALF_OPEN
+            self.since = now
             return True
         return False
 
-    def readmit(self) -> None:
+    def readmit(self, now: float) -> None:
         """HALF_OPEN now, whatever the cool-down left (the caller fails open)."""
         if self.state in (OPEN, TRIAL):
             self.state = HALF_OPEN
+            self.since = now
 
     def take_trial(self, now: float, policy: BreakerPolicy) -> None:
         """A request goes to this HALF_OPEN endpoint: it is the trial, and no other request
         follows it until it ends (or, past the current cool-down, another is tried)."""
         if self.state == HALF_OPEN:
             self.state = TRIAL
+            self.since = now
             self.until = now + policy.cooldown(self.trips)
 
     def _advance(self, now: float, policy: BreakerPolicy) -> None:
@@ -168,9 +212,15 @@ class Breaker:
             fails[i] = 0
         self.bucket = b
 
+    def _add_passed(self, i: int) -> None:
+        self.oks[i] += self.passed
+        self.total += self.passed
+        self.passed = 0
+
     def _clear(self) -> None:
         for i in range(BUCKETS):
             self.oks[i] = 0
             self.fails[i] = 0
         self.total = 0
         self.failed = 0
+        self.passed = 0

@@ -11,6 +11,7 @@ import yaml
 
 from vfleet.http.limits import EdgeLimits
 from vfleet.router.breaker import BreakerPolicy
+from vfleet.router.kvwire import MAX_RANKS
 from vfleet.router.policies import POLICY_NAMES
 from vfleet.router.sharedmetrics import ENDPOINT_GRACE_S
 from vfleet.router.tracing import traces_url
@@ -28,6 +29,9 @@ class BackendSpec:
     # The engine's KV-cache event publisher (ZMQ PUB, vLLM's wire format), e.g.
     # tcp://127.0.0.1:5557: the `kv` policy subscribes to it. None: the engine publishes none.
     kv_events: str | None = None
+    # Its data-parallel ranks (vLLM `--data-parallel-size`): rank r publishes at kv_events' port
+    # + r (`router.kvwire`), and the kv policy pins a request to the rank holding its prefix.
+    kv_ranks: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +274,13 @@ def _kv_field(item: dict[str, Any], where: str) -> str | None:
     return check_kv_endpoint(value)
 
 
+def _ranks_field(item: dict[str, Any], where: str) -> int:
+    value = item.get("kv_ranks", 1)
+    if type(value) is not int or not 1 <= value <= MAX_RANKS:
+        raise ValueError(f"{where}: kv_ranks must be a whole number from 1 to {MAX_RANKS}")
+    return value
+
+
 def parse_backend(text: str) -> BackendSpec:
     """`http://host:port` or `http://host:port=model1,model2`."""
     url, _, models = text.partition("=")
@@ -295,8 +306,9 @@ def parse_endpoints(raw: Any, path: str) -> list[BackendSpec]:
         elif isinstance(item, dict) and isinstance(item.get("url"), str):
             starting = item.get("state") == "starting"
             models = tuple(item.get("models") or ())
-            kv = _kv_field(item, f"{path}: endpoint {i}")
-            out.append(BackendSpec(item["url"].rstrip("/"), models, starting, kv))
+            where = f"{path}: endpoint {i}"
+            kv, ranks = _kv_field(item, where), _ranks_field(item, where)
+            out.append(BackendSpec(item["url"].rstrip("/"), models, starting, kv, ranks))
         else:
             raise ValueError(f"{path}: endpoint {i} needs a url")
     return out
@@ -325,6 +337,7 @@ def load_config_file(path: str) -> dict[str, Any]:
                 tuple(b.get("models", ())),
                 b.get("state") == "starting",
                 _kv_field(b, f"{path}: backends"),
+                _ranks_field(b, f"{path}: backends"),
             )
             for b in raw["backends"]
         )

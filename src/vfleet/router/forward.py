@@ -18,10 +18,13 @@ memory; a client that stalls past the idle timeout is dropped, and a client that
 engine's request. In-flight counts are released on every path.
 
 A request pinned to one engine (a stored response lives there: `router.affinity`) is never
-retried elsewhere. Errors are written in the route's style (OpenAI's, or Anthropic's on the
-Messages routes). An answer to POST /v1/responses is looked at up to its id, which is learned.
-A request of a tenancy carries a meter (router.usage) that reads the answer's token usage as it
-is relayed and charges the key when the request ends, on every path.
+retried elsewhere. When the kv policy names a data-parallel rank of the engine it chose (the
+rank whose KV cache holds the prompt's prefix), the attempt carries vLLM's
+`x-data-parallel-rank` header; other requests' bytes go as they were built. Errors are
+written in the route's style (OpenAI's, or Anthropic's on the Messages routes). An answer to
+POST /v1/responses is looked at up to its id, which is learned. A request of a tenancy carries
+a meter (router.usage) that reads the answer's token usage as it is relayed and charges the key
+when the request ends, on every path.
 """
 
 from __future__ import annotations
@@ -87,6 +90,9 @@ class Router(Protocol):
     @property
     def ejector(self) -> Ejector | None: ...
 
+    @property
+    def dp_rank(self) -> int | None: ...
+
     def choose(self, key: RouteKey, exclude: tuple[str, ...]) -> Endpoint | None: ...
 
     def hold(self, fwd: Forward) -> None: ...
@@ -112,6 +118,9 @@ RETRY_FULL: Final = b"retry-after: 2\r\n"  # the hold queue is full
 # An engine's answers that mean "not me, not now": retried elsewhere while nothing was relayed.
 RETRY_STATUSES: Final = frozenset({502, 503, 504})
 _SSE: Final = b"text/event-stream"
+# vLLM's API server sends a request with this header to that data-parallel rank's engine core
+# (an int in range; anything else it ignores), as the kv policy pins a rank holding the prefix.
+DP_RANK_HEADER: Final = b"x-data-parallel-rank: %d\r\n"
 # A span's status when the client left before its answer ended (nginx's 499).
 CLIENT_CLOSED: Final = 499
 
@@ -137,6 +146,7 @@ class Forward:
         "model",
         "mslot",
         "pin",
+        "rank",
         "relayed",
         "reset_retried",
         "router",
@@ -164,6 +174,7 @@ class Forward:
         self.router = router
         self.style = style
         self.pin: Endpoint | None = None  # the one engine this request may go to
+        self.rank: int | None = None  # the data-parallel rank pinned on this attempt's engine
         self.learn: Owners | None = None  # where the answer's response id is learned
         self.meter: Meter | None = None  # the key's token usage, read from the answer (tenancy)
         self.sniffed = b""  # the answer's first bytes, while its id is not found yet
@@ -212,6 +223,8 @@ class Forward:
             self.active = True
             self._counted()
             router.demand.add(self.mslot, INFLIGHT, 1)
+        if same is None:  # a retry on the same engine keeps its rank
+            self.rank = None if self.pin is not None else router.dp_rank
         self.ep = ep
         tried = self.tried
         self.tried = (*tried, ep.url) if tried else (ep.url,)
@@ -225,7 +238,8 @@ class Forward:
         self.sse = False
         self.conn.on_close = self._client_left
         limits = router.model_limits.get(self.model, router.limits)
-        router.pool.send(ep.url, self.data, self, limits.first_byte_s, limits.idle_s, self._attach)
+        data = self.data if self.rank is None else with_rank(self.data, self.rank)
+        router.pool.send(ep.url, data, self, limits.first_byte_s, limits.idle_s, self._attach)
 
     # -- Waiter (held by the activator) ------------------------------------------------------
 
@@ -400,7 +414,8 @@ class Forward:
         """This attempt's outcome, for its engine's circuit breaker (router.ejection)."""
         ejector = self.router.ejector
         ep = self.ep
-        if ejector is not None and ep is not None:
+        # a success of a serving engine is one addition (Breaker.ok): no clock read, no window
+        if ejector is not None and ep is not None and not (ok and ep.breaker.ok()):
             ejector.judge(ep, ok, time.monotonic())
 
     def _can_retry(self) -> bool:
@@ -528,3 +543,10 @@ class Forward:
         self._trace(err.status, err.type)
         self.conn.on_close = None
         self.conn.respond(err.status, self.style.render(err))
+
+
+def with_rank(data: bytes, rank: int) -> bytes:
+    """The request `data` (head and body) with vLLM's data-parallel rank header first after its
+    request line: a header the client sent too comes later, and vLLM reads the first."""
+    end = data.index(b"\r\n") + 2
+    return b"".join((data[:end], DP_RANK_HEADER % rank, data[end:]))

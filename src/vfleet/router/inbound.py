@@ -128,7 +128,7 @@ def route_key(policy: Policy, model: str, req: Request, fields: dict[str, Any]) 
     return RouteKey(
         model,
         session(req, fields) if Field.SESSION in needs else None,
-        prefix(fields) if Field.PREFIX in needs else (),
+        prefix(fields, model) if Field.PREFIX in needs else (),
     )
 
 
@@ -140,14 +140,14 @@ def session(req: Request, fields: dict[str, Any]) -> str | None:
     return user if isinstance(user, str) and user else None
 
 
-def prefix(fields: dict[str, Any]) -> tuple[int, ...]:
+def prefix(fields: dict[str, Any], model: str = "") -> tuple[int, ...]:
     messages = fields.get("messages")
     if isinstance(messages, list):
         text = "".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
     else:
         prompt = fields.get("prompt")
         text = prompt if isinstance(prompt, str) else ""
-    return prefix_hashes(text) if text else ()
+    return prefix_hashes(text, model=model) if text else ()
 
 
 def estimated_tokens(fields: dict[str, Any]) -> float:

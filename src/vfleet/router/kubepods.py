@@ -19,12 +19,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vfleet.router.kvwire import MAX_RANKS
+
 MODELS_ANNOTATION = "vfleet.io/models"  # comma-separated served names; any characters
 PORT_ANNOTATION = "vfleet.io/port"  # the engine's port, when it is not the `http` container port
 PORT_NAME = "http"  # a container port with this name is the engine's port
 # The port of the engine's KV-cache event publisher (vLLM --kv-events-config, bound on all
 # addresses): the router subscribes to tcp://POD_IP:PORT. No annotation: no events.
 KV_EVENTS_ANNOTATION = "vfleet.io/kv-events-port"
+# How many data-parallel ranks publish (rank r at that port + r); absent: one.
+KV_RANKS_ANNOTATION = "vfleet.io/kv-events-ranks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,7 @@ class PodEndpoint:
     url: str  # http://podIP:port
     models: tuple[str, ...]  # empty: learn them from the engine's /v1/models
     kv_events: str | None = None  # tcp://podIP:port of its KV-event publisher, if it has one
+    kv_ranks: int = 1  # its data-parallel ranks, each publishing at that port + rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,15 @@ def pod_kv_events(pod: Mapping[str, Any], host: str) -> str | None:
     return None if port is None else f"tcp://{host}:{port}"
 
 
+def pod_kv_ranks(pod: Mapping[str, Any]) -> int:
+    """The `vfleet.io/kv-events-ranks` annotation; 1 when absent or not a rank count."""
+    annotations = _dict(_dict(pod.get("metadata")).get("annotations"))
+    text = annotations.get(KV_RANKS_ANNOTATION)
+    if isinstance(text, str) and text.isdigit() and 1 <= int(text) <= MAX_RANKS:
+        return int(text)
+    return 1
+
+
 def _host(ip: str) -> str:
     try:
         return f"[{ip}]" if ipaddress.ip_address(ip).version == 6 else ip
@@ -152,6 +166,7 @@ def pod_endpoint(pod: Mapping[str, Any], rules: PodRules) -> PodEndpoint | None:
         url=f"http://{_host(ip)}:{pod_port(pod, rules.port)}",
         models=pod_models(pod, rules.model_label),
         kv_events=pod_kv_events(pod, _host(ip)),
+        kv_ranks=pod_kv_ranks(pod),
     )
 
 

@@ -7,9 +7,11 @@ policy is configured, so that nothing else in the router reaches ZeroMQ), the ch
 GET /sim/tokenizer; a vLLM engine answers 404 and its model's own files are used).
 
 `prepare` gives a request's routing key its chain: at once when the chain is cached, after a
-pool thread computed it (bounded by CHAIN_WAIT_S, the tokenizer's first load included), or
-without one (the policy then routes as `prefix`) when the model has no tokenizer, or the
-computation takes longer. The block size
+pool thread computed it when that is quick (a prompt sharing a cached prefix: `Chains`' quick
+lane), or without one (the policy then routes as `prefix`) when the model has no tokenizer,
+when the prompt needs a full encode (done in the background for the next request), when the
+pool has `max_pending` computations under way, or when it queued for a thread CHAIN_QUEUE_S
+and got none. The block size
 is the one the engines' events carry, or before any event the one their /metrics report in
 `vllm:cache_config_info` (asked once per engine, with the tokenizer question).
 """
@@ -29,15 +31,16 @@ import orjson
 
 from vfleet.http import client
 from vfleet.router.endpoints import Endpoint
-from vfleet.router.kvchain import SIM_TOKENIZER, Chains, Prompt, prompt_of
+from vfleet.router.kvchain import SIM_TOKENIZER, Chains, prompt_of
 from vfleet.router.kvindex import KvIndex
+from vfleet.router.kvwire import Publisher
 from vfleet.router.state import Chain, RouteKey
 
 
 class Feed(Protocol):
     """Subscriptions to engines' KV-event publishers that feed an index (vfleet.kvsub)."""
 
-    def set_publishers(self, wanted: Mapping[str, str]) -> None: ...
+    def set_publishers(self, wanted: Mapping[str, str | Publisher]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -47,7 +50,13 @@ FeedFactory = Callable[[KvIndex], Feed]
 log = logging.getLogger("vfleet.router.kv")
 
 _BLOCK_SIZE: Final = re.compile(rb'vllm:cache_config_info\{[^}]*block_size="(\d+)"')
-CHAIN_WAIT_S: Final = 0.05  # longest a request waits for its chain; then it goes without
+# A computation that had to queue for a quick-lane thread (the threads were busy when it was
+# submitted) is given up after CHAIN_QUEUE_S without one: its request goes without a chain.
+# One that got a thread is waited for: its work is bounded (kvchain.QUICK_CHARS, ~0.3-1 ms in
+# benchmarks/kv_tokenize.py), and CHAIN_WAIT_S only bounds a starved machine's worst case (and
+# a model's first requests, while its tokenizer loads: kvchain.LOAD_WAIT_S).
+CHAIN_QUEUE_S: Final = 0.002
+CHAIN_WAIT_S: Final = 0.05
 HINT_TIMEOUT_S: Final = 2.0  # GET /sim/tokenizer
 
 
@@ -72,8 +81,9 @@ class KvRouting:
         self._block_sizes: dict[str, int] = {}
         self._asking: set[str] = set()
 
-    def set_publishers(self, publishers: Mapping[str, str]) -> None:
-        """Subscribe to exactly these engines' publishers (url -> ZMQ endpoint)."""
+    def set_publishers(self, publishers: Mapping[str, str | Publisher]) -> None:
+        """Subscribe to exactly these engines' publishers (url -> ZMQ endpoint, or a
+        `kvwire.Publisher` naming its data-parallel ranks)."""
         if self._feed is None:
             if not publishers or self._make_feed is None:
                 return
@@ -120,20 +130,24 @@ class KvRouting:
         if self.chains.tokenizer_ready(key.model, card) is None:
             then(key)  # the model has no tokenizer the router can use
             return
-        # Computed after the tokenizer's load when it is still loading: a quick one (the
-        # simulator's) serves even the first request; a slow one lets it go without, at
-        # CHAIN_WAIT_S, and is ready for the next.
-        self._wait(self.chains.compute(key.model, card, size, prompt), key, size, prompt, then)
+        # While the model's tokenizer loads, a computation waits for it (kvchain.LOAD_WAIT_S):
+        # a quick one (the simulator's) serves even the first request.
+        queued = self.chains.would_queue()
+        future = self.chains.compute(key.model, card, size, prompt)
+        if future is None:
+            then(key)  # the pool is at its bound: no queueing behind a burst
+            return
+        self._wait(future, queued, key, then)
 
     def _wait(
         self,
         future: Future[Chain | None],
+        queued: bool,
         key: RouteKey,
-        size: int,
-        prompt: Prompt,
         then: Callable[[RouteKey], None],
     ) -> None:
         done = False
+        timer: asyncio.TimerHandle
 
         def finish(chain: Chain | None) -> None:
             nonlocal done
@@ -146,12 +160,20 @@ class KvRouting:
         def computed(fut: asyncio.Future[Chain | None]) -> None:
             chain = None
             if not fut.cancelled() and fut.exception() is None:
-                chain = fut.result()
-                if chain is not None:
-                    self.chains.store(key.model, size, prompt, chain)
+                chain = fut.result()  # cached by the pool thread that computed it
             finish(chain)
 
-        timer = self.loop.call_later(CHAIN_WAIT_S, finish, None)
+        def queued_long() -> None:
+            nonlocal timer
+            if future.cancel():  # still queued: skipped, and its request goes now
+                finish(None)
+            else:  # a thread has it: its work is bounded
+                timer = self.loop.call_later(CHAIN_WAIT_S - CHAIN_QUEUE_S, finish, None)
+
+        if queued:
+            timer = self.loop.call_later(CHAIN_QUEUE_S, queued_long)
+        else:
+            timer = self.loop.call_later(CHAIN_WAIT_S, finish, None)
         asyncio.wrap_future(future, loop=self.loop).add_done_callback(computed)
 
     def _card(self, model: str, serving: Sequence[Endpoint]) -> dict[str, Any] | None:

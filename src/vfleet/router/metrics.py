@@ -83,6 +83,9 @@ ROUTING_DECISIONS: Final = 15  # endpoint choices, by (model, policy, reason)
 KEY_REQUESTS: Final = 16  # per API key name, model and the status the client got: router.tenants
 BREAKER_EVENTS: Final = 17  # circuit breaker events, by (upstream, event): router.ejection
 SPANS: Final = 18  # trace spans by outcome (exported, dropped, failed): router.tracing
+# 1 in a worker's row while its breaker holds the endpoint in the state, by (upstream, state):
+# the rows' sum is how many workers hold it there (router.ejection's `shown`)
+BREAKER_STATES: Final = 19
 # Values per series; negative for a histogram: its buckets (with +Inf) and its sum.
 WIDTHS: Final[dict[int, int]] = {
     REQUESTS: 1,
@@ -103,6 +106,7 @@ WIDTHS: Final[dict[int, int]] = {
     KEY_REQUESTS: 1,
     BREAKER_EVENTS: 1,
     SPANS: 1,
+    BREAKER_STATES: 1,
 }
 NO_ENDPOINT: Final = "-"  # the upstream label of requests the router answered itself
 # The label naming an engine (its URL). Not `endpoint`: the Prometheus Operator gives every
@@ -133,6 +137,10 @@ def _breaker_labels(key: tuple[str, str]) -> str:
 
 def _breaker_endpoint(key: tuple[str, str]) -> str:
     return key[0]
+
+
+def _breaker_state_labels(key: tuple[str, str]) -> str:
+    return labels({UPSTREAM: key[0], "state": key[1]})[1:-1]
 
 
 def _model_labels(model: str) -> str:
@@ -229,6 +237,10 @@ class RouterMetrics:
         self.breaker_events: SharedCounter[tuple[str, str]] = SharedCounter(
             row, BREAKER_EVENTS, _breaker_labels, _breaker_endpoint
         )
+        # Whether this worker's breaker holds an endpoint open, half open or in a trial.
+        self.breaker_states: SharedCounter[tuple[str, str]] = SharedCounter(
+            row, BREAKER_STATES, _breaker_state_labels, _breaker_endpoint
+        )
         # OTLP trace spans by outcome; only with tracing on (router.tracing's Tracer counts).
         self.spans: SharedCounter[str] = SharedCounter(row, SPANS, _outcome_labels)
         # The replicas `vfleet up`'s autoscaler wants per served name, as this worker last read
@@ -256,6 +268,10 @@ class RouterMetrics:
     def breaker_event(self, url: str, event: str) -> None:
         """Count one circuit breaker event of an endpoint (router.ejection)."""
         self.breaker_events.inc((url, event))
+
+    def breaker_state(self, url: str, state: str, on: int) -> None:
+        """This worker's breaker of `url` entered (1) or left (0) `state` (router.ejection)."""
+        self.breaker_states[(url, state)] = on
 
     def span_outcome(self, outcome: str, n: int) -> None:
         """Count `n` trace spans with this outcome (the Tracer's `count`)."""
@@ -343,6 +359,13 @@ class RouterMetrics:
             "Circuit breaker events per endpoint: opened, half_opened, closed, spared.",
             sums[BREAKER_EVENTS],
         )
+        out += [
+            "# HELP vfleet_router_breaker_workers Router workers whose circuit breaker holds the "
+            "endpoint in the state (open, half_open, trial); 0: closed in every worker.\n",
+            "# TYPE vfleet_router_breaker_workers gauge\n",
+        ]
+        for lbl, vals in sorted(sums[BREAKER_STATES].items()):
+            out.append(f"vfleet_router_breaker_workers{{{lbl}}} {fmt(vals[0])}\n")
         _counter(
             out,
             "spans_total",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from vfleet.errors import MethodNotAllowed, error_json
 from vfleet.http.server import Connection, Handler, Request
 from vfleet.router import peerlimits
-from vfleet.router.keda.peers import Peers, peers_from_config
+from vfleet.router.keda.peers import Outages, Peers, peers_from_config
 from vfleet.router.peerlimits import Usage, Want, decode, encode, merge
 from vfleet.router.sharedlimits import MAX_KEYS, REQUESTS, TOKENS_DAY, TOKENS_MINUTE
 from vfleet.router.tenants import Tenancy
@@ -86,7 +86,11 @@ class PeerPoller:
         self.row = tenancy.table.peer_row()
         self.answers: dict[str, tuple[float, Usage]] = {}  # url -> (arrived, usage), bounded
         self.written: set[tuple[int, int]] = set()  # (slot, region) holding peer usage
-        self.failing: set[str] = set()
+        self.outages = Outages(
+            log,
+            "peer %s: no key usage (%s); its share of each limit is held back",
+            "peer %s: key usage answers again",
+        )
         self.itself: set[str] = set()  # listed URLs that answer as this router: not peers
         self.capped = False
 
@@ -107,22 +111,15 @@ class PeerPoller:
         await asyncio.gather(*(self._ask(url) for url in urls))
         for gone in set(self.answers) - set(urls):
             del self.answers[gone]
+        self.outages.keep(urls)
         self.itself &= set(urls)
         self.write(self.clock(), len(urls) - len(self.itself))
 
     async def _ask(self, url: str) -> None:
-        try:
-            body = await self.peers.fetch(url, USAGE_PATH, self.timeout_s)
-            instance, usage = decode(body, MAX_KEYS)
-        except (OSError, TimeoutError, ValueError, IndexError) as exc:
-            if url not in self.failing:
-                self.failing.add(url)
-                log.warning(
-                    "peer %s: no key usage (%s); its share of each limit is held back",
-                    url,
-                    str(exc) or type(exc).__name__,
-                )
+        got = await self.peers.ask(url, USAGE_PATH, self.timeout_s, _decode, self.outages)
+        if got is None:
             return
+        instance, usage = got
         if instance == self.tenancy.table.instance():
             # A peer list shared by every replica names this one too: its usage is counted
             # already, and it is not one more replica.
@@ -132,9 +129,6 @@ class PeerPoller:
             return
         self.itself.discard(url)
         self.answers[url] = (self.clock(), usage)
-        if url in self.failing:
-            self.failing.discard(url)
-            log.info("peer %s: key usage answers again", url)
 
     def write(self, now: float, peers: int) -> None:
         """The peers' recent usage into the peer row, then the replica counts (`peers`: how
@@ -156,6 +150,10 @@ class PeerPoller:
         self.written = now_written
         known = peerlimits.known_replicas((a[0] for a in fresh), now, self.stale_s)
         self.row.publish(known, peerlimits.expected_replicas(self.tenancy.replicas, peers))
+
+
+def _decode(body: bytes) -> tuple[int, Usage]:
+    return decode(body, MAX_KEYS)
 
 
 def peer_polling(

@@ -111,7 +111,9 @@ def load_score(endpoint: EndpointState) -> float:
     )
 
 
-def prefix_hashes(text: str, chunk_chars: int = 256, max_chunks: int = 16) -> tuple[int, ...]:
+def prefix_hashes(
+    text: str, chunk_chars: int = 256, max_chunks: int = 16, model: str = ""
+) -> tuple[int, ...]:
     """Chained 64-bit hashes of the first full `chunk_chars`-character chunks of `text`.
 
     Hash i covers hash i-1 and chunk i (blake2b, 8-byte digest, over the previous hash as 8
@@ -123,6 +125,10 @@ def prefix_hashes(text: str, chunk_chars: int = 256, max_chunks: int = 16) -> tu
 
     Chunks are characters, not tokens: the router does not tokenize, and matching prefixes only
     needs the same split on every request.
+
+    `model` (the name the request asks for) starts the chain: an engine caches a LoRA adapter's
+    blocks apart from its base model's and from other adapters' (vLLM hashes the adapter into
+    them), so the same text asked of two adapters is two prefixes.
     """
     if chunk_chars < 1:
         raise ValueError("chunk_chars must be at least 1")
@@ -131,6 +137,8 @@ def prefix_hashes(text: str, chunk_chars: int = 256, max_chunks: int = 16) -> tu
     count = min(len(text) // chunk_chars, max_chunks)
     out: list[int] = []
     parent = b"\x00" * 8
+    if model and count:
+        parent = hashlib.blake2b(model.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     for i in range(count):
         chunk = text[i * chunk_chars : (i + 1) * chunk_chars]
         h = hashlib.blake2b(parent, digest_size=8, person=_PREFIX_PERSON)

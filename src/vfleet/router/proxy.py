@@ -47,7 +47,7 @@ from vfleet.router.inbound import estimated_tokens, read_body, route_key
 from vfleet.router.kvroute import KvRouting
 from vfleet.router.locator import Locator
 from vfleet.router.metrics import RouterMetrics
-from vfleet.router.policies import Field, Policy
+from vfleet.router.policies import Field, KvAffinity, Policy
 from vfleet.router.polls import Polls
 from vfleet.router.routes import (
     DEMAND,
@@ -126,6 +126,9 @@ class Router:
     kv: KvRouting | None = None  # KV events and request chains, when a kv policy is configured
     tracer: Tracer | None = None  # OTLP spans of proxied requests (router.tracing); None: off
     ejector: Ejector | None = None  # the circuit breakers on engine errors; None: off
+    # The data-parallel rank the last `choose` pins on its engine (the kv policy's decision, sent
+    # as vLLM's `X-data-parallel-rank`); None: no pin. Read by the Forward right after `choose`.
+    dp_rank: int | None = None
 
     def __post_init__(self) -> None:
         self.keyed = bool(self.api_keys) or (self.tenancy is not None and self.tenancy.keyed)
@@ -457,6 +460,7 @@ class Router:
         eps = [ep.snapshot() for ep in self.registry.serving(key.model) if ep.url not in exclude]
         policy = self.policy_for(key.model)
         picked = policy.choose(eps, key)
+        self.dp_rank = policy.dp_rank if isinstance(policy, KvAffinity) else None
         # Counted here, not in the policies: they stay pure, and this is one increment.
         reason = "none" if picked is None else "retry" if exclude else "picked"
         self.metrics.routing_decisions.inc((key.model, policy.name, reason))

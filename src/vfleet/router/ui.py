@@ -10,6 +10,12 @@ share (router.sharedmetrics) and in-flight and held counts from the demand table
 worker comparing what it read on its previous refresh (a browser's keep-alive connection stays
 with one worker).
 
+Circuit breakers (router.breaker) are per worker: each judges the requests it forwards. A
+replica's `breaker` is what the answering worker's breaker knows (state, since when, the
+failures that tripped it); its `workers` counts, per state, the workers whose breaker holds the
+endpoint out of closed, read from the shared metrics table (router.ejection's `shown`), so an
+ejection is visible whichever worker answers.
+
 `Tracker` is the pure part: it turns successive counter snapshots into a request rate and a
 bounded list of recent errors and health changes; `StatusPage` reads the router and answers.
 """
@@ -28,12 +34,15 @@ import orjson
 
 from vfleet.errors import NotFound, error_json
 from vfleet.http.server import Connection, Handler, Request
-from vfleet.router.metrics import REJECTED, REQUESTS, UPSTREAM
+from vfleet.router.breaker import CLOSED, OPEN, STATE_NAMES, TRIAL, Breaker
+from vfleet.router.metrics import BREAKER_EVENTS, BREAKER_STATES, REJECTED, REQUESTS, UPSTREAM
 from vfleet.router.proxy import Router
 
 RATE_WINDOW_S = 10.0  # requests per second is averaged over about this many seconds
 MAX_SAMPLES = 64  # counter samples kept for the rate (bounded whatever the poll rate)
 MAX_EVENTS = 50  # recent errors and health changes kept for the page
+# Circuit breaker events (router.ejection) shown as recent events, and their kinds.
+BREAKER_KINDS = {"opened": "ejected", "closed": "readmitted"}
 ASSETS = {
     "/ui": ("index.html", b"text/html; charset=utf-8"),
     "/ui/": ("index.html", b"text/html; charset=utf-8"),
@@ -77,10 +86,46 @@ def by_label(series: Mapping[str, list[float]], name: str) -> dict[str, int]:
     return {parse_labels(text).get(name, ""): int(vals[0]) for text, vals in series.items()}
 
 
+def by_upstream(series: Mapping[str, list[float]], name: str) -> dict[str, dict[str, int]]:
+    """An (upstream, `name`) family's series keyed upstream -> that label's value -> count."""
+    out: dict[str, dict[str, int]] = {}
+    for text, vals in series.items():
+        lbl = parse_labels(text)
+        url = lbl.get(UPSTREAM, "")
+        out.setdefault(url, {})[lbl.get(name, "")] = int(vals[0])
+    return out
+
+
+def breaker_view(
+    b: Breaker, mono: float, wall: float, workers: Mapping[str, int]
+) -> dict[str, Any]:
+    """One endpoint's breaker for the page: this worker's state, since when (wall clock; None:
+    never changed), when a cool-down or trial ends, the window's failures when it last tripped,
+    and `workers`: per state other than closed, how many workers hold it there."""
+
+    def wall_of(t: float) -> float:
+        return wall - (mono - t)
+
+    return {
+        "state": STATE_NAMES[b.state],
+        "since": wall_of(b.since) if b.since else None,
+        "until": wall_of(b.until) if b.state in (OPEN, TRIAL) else None,
+        "trips": b.trips if b.state != CLOSED else 0,
+        "tripped_failed": b.trip_failed,
+        "tripped_total": b.trip_total,
+        "tripped_rate": b.trip_failed / b.trip_total if b.trip_total else None,
+        "window_failed": b.failed,
+        "window_total": b.total + b.passed,
+        "workers": {name: workers.get(name, 0) for name in STATE_NAMES[1:]},
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     at: float  # wall-clock seconds
-    kind: str  # "error" (answered >= 400), "rejected" (refused by the router), "down", "up"
+    # "error" (answered >= 400), "rejected" (refused by the router), "down", "up", "ejected"
+    # and "readmitted" (a circuit breaker opened, or closed after a trial, in any worker)
+    kind: str
     model: str = ""
     endpoint: str = ""
     status: int = 0
@@ -112,6 +157,7 @@ class Tracker:
     errors: dict[tuple[str, str, int], int] | None = None
     rejected: dict[str, int] = field(default_factory=dict)
     health: dict[str, bool] = field(default_factory=dict)
+    breaker: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def observe(
         self,
@@ -120,7 +166,9 @@ class Tracker:
         requests: Iterable[tuple[tuple[str, str, int], int]],
         rejected: Mapping[str, int],
         health: Mapping[str, bool],
+        breaker: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
+        """`breaker`: circuit breaker event counts by (endpoint, event), all workers."""
         total = 0
         errors: dict[tuple[str, str, int], int] = {}
         for key, n in requests:
@@ -141,9 +189,15 @@ class Tracker:
             for url, up in sorted(health.items()):
                 if url in self.health and self.health[url] != up:
                     self.events.append(Event(wall, "up" if up else "down", endpoint=url))
+            for (url, event), n in sorted((breaker or {}).items()):
+                kind = BREAKER_KINDS.get(event)
+                grew = n - self.breaker.get((url, event), 0)
+                if kind is not None and grew > 0:
+                    self.events.append(Event(wall, kind, endpoint=url, count=grew))
         self.errors = errors
         self.rejected = dict(rejected)
         self.health = dict(health)
+        self.breaker = dict(breaker or {})
 
     def rate(self) -> float:
         """Requests answered per second over the last RATE_WINDOW_S (0 until two samples)."""
@@ -202,14 +256,21 @@ class StatusPage:
         eps = sorted(router.registry.endpoints.values(), key=lambda e: e.url)
         wall = time.time()
         # every worker's counts, summed (one pass over the shared table)
-        sums = router.metrics.row.table.collect({REQUESTS: 1, REJECTED: 1})
+        sums = router.metrics.row.table.collect(
+            {REQUESTS: 1, REJECTED: 1, BREAKER_EVENTS: 1, BREAKER_STATES: 1}
+        )
+        mono = time.monotonic()
+        events = by_upstream(sums[BREAKER_EVENTS], "event")
         self.tracker.observe(
-            time.monotonic(),
+            mono,
             wall,
             request_counts(sums[REQUESTS]).items(),
             by_label(sums[REJECTED], "reason"),
             {ep.url: ep.healthy for ep in eps},
+            {(url, ev): n for url, evs in events.items() for ev, n in evs.items()},
         )
+        breakers = router.ejector is not None
+        held_out = by_upstream(sums[BREAKER_STATES], "state")
         # in flight and held across all workers, from the demand table they share
         demand = router.demand.table
         everywhere = demand.models()
@@ -224,6 +285,7 @@ class StatusPage:
             "uptime_s": wall - self.started,
             "requests_per_s": self.tracker.rate(),
             "requests_total": self.tracker.samples[-1][1],
+            "breaker": {"enabled": breakers, "workers": router.demand.table.workers},
             "models": [
                 {
                     "name": m,
@@ -246,6 +308,11 @@ class StatusPage:
                     "waiting": ep.waiting,
                     "kv_usage": ep.kv_usage,
                     "prefix_hit_ratio": ep.prefix_hit_ratio,
+                    "breaker": (
+                        breaker_view(ep.breaker, mono, wall, held_out.get(ep.url, {}))
+                        if breakers
+                        else None
+                    ),
                 }
                 for ep in eps
             ],

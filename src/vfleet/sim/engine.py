@@ -31,9 +31,11 @@ class EventPublisher(Protocol):
 class GpuShare(Protocol):
     """The GPU this engine time-slices with others (`sim.gpushare.SharedGpu`)."""
 
-    def busy_peers(self) -> int: ...
+    def slowdown(self, ago: float) -> int: ...
 
-    def busy_for(self, seconds: float) -> None: ...
+    def step(self, seconds: float, more: bool) -> None: ...
+
+    def idle(self) -> None: ...
 
 
 @dataclass(slots=True, repr=False)
@@ -64,18 +66,31 @@ class Engine:
 
     def submit(self, seqs: list[Sequence]) -> None:
         """Queue sequences, after the profile's request overhead (the API server's share)."""
-        delay = self.scheduler.profile.request_overhead_s
-        if delay > 0:
-            assert self._loop is not None, "engine not started"
-            self._loop.call_later(delay * self.time_scale, self._admit, seqs)
-        else:
-            self._admit(seqs)
-
-    def _admit(self, seqs: list[Sequence]) -> None:
         now = self.now()
+        # due a modelled overhead after the request came in: the sim's own parsing is part of
+        # the API server's work the overhead models, not added to it
+        due = (
+            min((s.arrival for s in seqs), default=now) + self.scheduler.profile.request_overhead_s
+        )
+        if due > now:
+            assert self._loop is not None, "engine not started"
+            self._loop.call_later((due - now) * self.time_scale, self._admit, seqs, due)
+        else:
+            self._admit(seqs, due)
+
+    def _admit(self, seqs: list[Sequence], due: float) -> None:
+        now = self.now()
+        # A late wake-up (a busy host) is absorbed as a late step is: the sequences join at
+        # the modelled time they were due, and an idle engine's first step starts then.
+        at = due if 0.0 <= now - due <= CATCH_UP_S else now
+        if not self._pending and not self.scheduler.has_work:
+            self._busy_until = max(self._busy_until, at)
+        elif self.gpu is not None and self._pending and not self.scheduler.has_work:
+            # its step in progress was its last: now another follows, so it stays busy
+            self.gpu.step((self._busy_until - now) * self.time_scale, True)
         for seq in seqs:
             if seq.finish is None:  # not aborted while still on its way in
-                self.scheduler.add(seq, now)
+                self.scheduler.add(seq, at)
         self._kick()
 
     def abort(self, seqs: Iterable[Sequence]) -> None:
@@ -142,6 +157,8 @@ class Engine:
             for owner in owners.values():
                 owner.flush()
             self._kick()
+            if not self._pending:
+                self._gpu_idle()
         except Exception:
             self._crashed("delivering an engine step failed")
 
@@ -149,6 +166,7 @@ class Engine:
         """A bug in a step must not wedge the server: end every request, keep serving."""
         log.exception("%s; aborting %d in-flight sequences", what, self._in_flight())
         self._pending = False
+        self._gpu_idle()
         live = [*self.scheduler.running, *self.scheduler.waiting]
         # The same abort path as a client disconnect: metrics and KV events stay consistent.
         self.abort(live)
@@ -174,13 +192,15 @@ class Engine:
             # is absorbed instead of being added to every modelled step.
             t = busy if 0.0 <= now - busy <= CATCH_UP_S else max(now, busy)
             gpu = self.gpu
-            out = self.scheduler.step(t, 1 if gpu is None else 1 + gpu.busy_peers())
+            scale = self.time_scale
+            # peers as they were when the step starts in the model (a late wake-up is absorbed)
+            out = self.scheduler.step(t, 1 if gpu is None else gpu.slowdown((now - t) * scale))
             if out.duration_s > 0:
                 self._busy_until = t + out.duration_s
-                if gpu is not None:
-                    gpu.busy_for((self._busy_until - now) * self.time_scale)
+                when = self._t0 + self._busy_until * scale
+                if gpu is not None:  # busy past the step only while it has work left after it
+                    gpu.step((self._busy_until - now) * scale, self.scheduler.has_work)
                 self._pending = True
-                when = self._t0 + self._busy_until * self.time_scale
                 self._loop.call_at(when, self._finish_step, out)
                 break
             self._deliver(out, owners)
@@ -190,6 +210,14 @@ class Engine:
             owner.flush()
         if not self._pending:
             self._kick()
+        if not self._pending:
+            self._gpu_idle()
+
+    def _gpu_idle(self) -> None:
+        """No step follows (no work, or asleep): the GPU's other engines stop counting this one
+        as busy (`sim.gpushare`), as `bench.plan` stops at once."""
+        if self.gpu is not None:
+            self.gpu.idle()
 
     def _deliver(self, out: StepOutput, owners: dict[int, Owner]) -> None:
         self.metrics.observe_step(out)

@@ -5,6 +5,11 @@ Each engine step's events go out as one ZMQ PUB multipart message
 with `"type"`. A ROUTER socket at `replay_endpoint` answers `[b"", start_seq]` with the buffered
 batches from `start_seq` on, then an end marker whose seq is eight 0xff bytes. Encoding is pure;
 `ZmqPublisher` owns the sockets (replay served from its own thread, which alone touches the ROUTER).
+Like vLLM's, the replay is one burst through a ROUTER with the default send queue (1,000
+messages), which drops what overflows: subscribers must cope, and tests see that they do.
+
+Data parallelism: the publisher of rank r binds both its endpoints r TCP ports up
+(`offset_endpoint`, vLLM's rule) and stamps its batches with r.
 """
 
 from __future__ import annotations
@@ -135,6 +140,20 @@ def encode_batch(ts: float, events: list[KVEvent], dp_rank: int = 0) -> bytes:
     return payload
 
 
+def offset_endpoint(endpoint: str, dp_rank: int) -> str:
+    """Where data-parallel rank `dp_rank` binds a socket configured at `endpoint`: the TCP port
+    plus the rank, an inproc name with a `_dpN` suffix; vLLM refuses any other transport (ipc)
+    on a rank above 0, and so does this."""
+    if dp_rank == 0:
+        return endpoint
+    if endpoint.startswith("inproc://"):
+        return f"{endpoint}_dp{dp_rank}"
+    host, _, port = endpoint.rpartition(":")
+    if not endpoint.startswith("tcp://") or not port.isdigit():
+        raise ValueError(f"cannot offset {endpoint} by data-parallel rank {dp_rank}")
+    return f"{host}:{int(port) + dp_rank}"
+
+
 def binds(endpoint: str) -> bool:
     """vLLM binds endpoints with a wildcard host or IPC/in-process transports, else connects."""
     return "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://"))
@@ -143,25 +162,41 @@ def binds(endpoint: str) -> bool:
 class ZmqPublisher:
     """Publishes event batches; call `close()` on shutdown."""
 
-    def __init__(self, config: KVEventsConfig, ctx: zmq.Context[zmq.Socket[bytes]] | None = None):
+    def __init__(
+        self,
+        config: KVEventsConfig,
+        ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+        dp_rank: int = 0,
+    ):
         self._ctx = ctx or zmq.Context.instance()
+        self._dp_rank = dp_rank
+        endpoint = offset_endpoint(config.endpoint, dp_rank)
+        replay = config.replay_endpoint and offset_endpoint(config.replay_endpoint, dp_rank)
         self._topic = config.topic.encode()
         self._seq = 0
         self._buffer: deque[tuple[int, bytes]] = deque(maxlen=config.buffer_steps)
         self._lock = threading.Lock()
         self._pub = self._ctx.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.SNDHWM, config.hwm)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        if binds(config.endpoint):
-            self._pub.bind(config.endpoint)
-        else:
-            self._pub.connect(config.endpoint)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if config.replay_endpoint:
-            router = self._ctx.socket(zmq.ROUTER)
-            router.setsockopt(zmq.LINGER, 0)
-            router.bind(config.replay_endpoint)
+        router = self._ctx.socket(zmq.ROUTER) if replay else None
+        try:
+            self._pub.setsockopt(zmq.SNDHWM, config.hwm)
+            self._pub.setsockopt(zmq.LINGER, 0)
+            if binds(endpoint):
+                self._pub.bind(endpoint)
+            else:
+                self._pub.connect(endpoint)
+            if router is not None and replay:
+                router.setsockopt(zmq.LINGER, 0)
+                router.bind(replay)
+        except zmq.ZMQError:
+            # a port taken: leave nothing bound behind (the caller may try other ports)
+            self._pub.close(linger=0)
+            if router is not None:
+                router.close(linger=0)
+            raise
+        if router is not None:
             self._thread = threading.Thread(
                 target=self._serve_replay, args=(router,), name="kv-replay", daemon=True
             )
@@ -174,7 +209,7 @@ class ZmqPublisher:
         return last.decode() if isinstance(last, bytes) else str(last)
 
     def publish(self, ts: float, events: list[KVEvent]) -> None:
-        payload = encode_batch(ts, events)
+        payload = encode_batch(ts, events, self._dp_rank)
         seq = self._seq
         self._seq += 1
         with self._lock:

@@ -11,7 +11,8 @@ them:
   held on another replica wakes the model within a few milliseconds) and otherwise within a
   second, which keeps an idle fleet at about one request per second per peer.
 
-A peer that stops answering is logged once when it fails and once when it answers again.
+A peer that stops answering is logged once when it fails and once when it answers again
+(`Outages`, which the key-usage poller, router.peerpoll, uses for its own requests too).
 
 A router that serves TLS asks the pods it finds over HTTPS (its replicas serve what it serves);
 static peers say their scheme in their URL. `peertls` owns what an HTTPS peer must present.
@@ -26,7 +27,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from vfleet.http import client
 from vfleet.http.client import split_url
@@ -46,6 +47,8 @@ MIN_POLL_GAP_S = 0.025  # a follower asks one peer at most this often
 RETRY_S = 0.5  # after a failed poll, wait this long before asking that peer again
 STALE_S = LONG_POLL_S + PEER_TIMEOUT_S + 1.0  # readings older than this no longer count
 DEMAND_PATH = "/vfleet/demand"
+
+T = TypeVar("T")
 
 
 def load_peer_target(cfg: RouterConfig) -> KubeTarget | None:
@@ -74,6 +77,42 @@ def peers_from_config(cfg: RouterConfig) -> Peers:
 
 
 @dataclass(slots=True)
+class Outages:
+    """The peers failing one kind of request, so that an outage is logged once when it starts
+    and once when it ends rather than on every poll (peers are asked every second or faster).
+
+    `failed` is a %-format of the peer URL and the reason, `recovered` of the URL alone. Each
+    kind of request keeps its own set: a peer may answer one route and refuse another."""
+
+    logger: logging.Logger
+    failed: str
+    recovered: str
+    _failing: set[str] = field(default_factory=set)
+
+    def fail(self, url: str, exc: BaseException) -> None:
+        if url not in self._failing:
+            self._failing.add(url)
+            self.logger.warning(self.failed, url, str(exc) or type(exc).__name__)
+
+    def answered(self, url: str) -> None:
+        if url in self._failing:
+            self._failing.discard(url)
+            self.logger.info(self.recovered, url)
+
+    def keep(self, urls: Sequence[str]) -> None:
+        """Forget peers no longer listed (pods come and go: the set stays bounded by the list)."""
+        self._failing.intersection_update(urls)
+
+
+def _demand_outages() -> Outages:
+    return Outages(
+        log,
+        "peer %s: no demand reading (%s); skipped until it answers",
+        "peer %s answers again",
+    )
+
+
+@dataclass(slots=True)
 class _Followed:
     """The follower's state for one peer."""
 
@@ -95,7 +134,7 @@ class Peers:
     tls: PeerTls = field(default_factory=PeerTls)  # for https:// peers
     pod_scheme: str = "http"  # of the peers found in Kubernetes: https when this router is
     _pods: tuple[str, ...] = ()
-    _failing: set[str] = field(default_factory=set)
+    _outages: Outages = field(default_factory=_demand_outages)  # of the demand reads
     _followed: dict[str, _Followed] = field(default_factory=dict)
     _followers: int = 0
     _loop: asyncio.Task[None] | None = None
@@ -110,7 +149,7 @@ class Peers:
         self._pods = tuple(
             scheme + p.url.partition("://")[2] for p in pods if p.name.rpartition("/")[2] != mine
         )
-        self._failing &= set(self.urls())  # pods come and go: remember only current peers
+        self._outages.keep(self.urls())
 
     async def read_all(self) -> dict[str, dict[str, Counts]]:
         """Every peer's demand now; peers that fail or time out are left out."""
@@ -133,23 +172,28 @@ class Peers:
             raise ValueError(f"HTTP {got.status}")
         return got.body
 
+    async def ask(
+        self,
+        url: str,
+        path: str,
+        timeout_s: float,
+        parse: Callable[[bytes], T],
+        outages: Outages,
+    ) -> T | None:
+        """`parse` of peer `url`'s answer to `GET path` (see `fetch`), or None when there is
+        none or `parse` refuses it (ValueError, IndexError); `outages` logs the peer's failing
+        and recovering, once each."""
+        try:
+            got = parse(await self.fetch(url, path, timeout_s))
+        except (OSError, TimeoutError, ValueError, IndexError) as exc:
+            outages.fail(url, exc)
+            return None
+        outages.answered(url)
+        return got
+
     async def _read(self, url: str, wait_s: float) -> dict[str, Counts] | None:
         path = f"{DEMAND_PATH}?wait_s={wait_s:g}" if wait_s > 0 else DEMAND_PATH
-        try:
-            reading = parse_demand_body(await self.fetch(url, path, self.timeout_s + wait_s))
-        except (OSError, TimeoutError, ValueError, IndexError) as exc:
-            if url not in self._failing:
-                self._failing.add(url)
-                log.warning(
-                    "peer %s: no demand reading (%s); skipped until it answers",
-                    url,
-                    str(exc) or type(exc).__name__,
-                )
-            return None
-        if url in self._failing:
-            self._failing.discard(url)
-            log.info("peer %s answers again", url)
-        return reading
+        return await self.ask(url, path, self.timeout_s + wait_s, parse_demand_body, self._outages)
 
     # -- the follower, shared by every open stream --------------------------------------------
 

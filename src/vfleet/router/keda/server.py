@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import socket
 import sys
 import threading
 import time
@@ -29,8 +28,7 @@ import uvloop
 
 from vfleet.router.keda import externalscaler_pb2 as pb
 from vfleet.router.keda import externalscaler_pb2_grpc as pb_grpc
-from vfleet.router.keda.peers import Peers
-from vfleet.router.keda.peertls import PeerTls
+from vfleet.router.keda.peers import Peers, peers_from_config
 from vfleet.router.keda.query import (
     MetadataError,
     RateWindow,
@@ -194,21 +192,12 @@ async def start_scaler(
     """Serve the scaler on cfg.host:cfg.keda_port in the running loop; OSError if it cannot."""
     assert cfg.keda_port is not None
     # Peers answer /vfleet/demand to an admin key when keys are on (a client key gets 401).
-    keys = cfg.admin_keys or cfg.api_keys
-    auth = b"authorization: Bearer %s\r\n" % keys[0].encode() if keys else b""
     if cfg.api_keys and not cfg.admin_keys and (cfg.peers or cfg.k8s_peer_selector):
         log.warning(
             "API keys are on and no admin key is set: peer routers will refuse to "
             "share their demand; give every router the same admin key"
         )
-    peers = Peers(
-        static=cfg.peers,
-        auth=auth,
-        self_name=socket.gethostname(),
-        tls=PeerTls(cfg.peer_ca, cfg.tls_cert, cfg.peer_tls_name),
-        # the replicas of a router that serves TLS serve it too (one Deployment, one Secret)
-        pod_scheme="https" if cfg.tls_cert else "http",
-    )
+    peers = peers_from_config(cfg)
     server = grpc.aio.server()
     pb_grpc.add_ExternalScalerServicer_to_server(
         ExternalScaler(local, peers, metrics=metrics), server

@@ -22,6 +22,48 @@ function health(replica) {
   return replica.starting ? "starting" : "down";
 }
 
+const BREAKER_WORDS = { closed: "closed", open: "open", half_open: "half open", trial: "trial" };
+
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString();
+}
+
+// The answering worker's breaker, and how many workers (all of them, from the shared table)
+// hold the endpoint out of closed.
+function breakerText(b, workers) {
+  if (!b) return "off";
+  const parts = [BREAKER_WORDS[b.state] || b.state];
+  if (b.state !== "closed") {
+    if (b.since !== null) parts[0] += ` since ${clock(b.since)}`;
+    if (b.state === "open" && b.until !== null) parts.push(`cool-down to ${clock(b.until)}`);
+    if (b.state === "half_open") parts.push("next request is a trial");
+    if (b.tripped_total > 0) {
+      parts.push(`tripped at ${b.tripped_failed}/${b.tripped_total} failed ` +
+        `(${(b.tripped_rate * 100).toFixed(0)} %)`);
+    }
+  }
+  const out = Object.entries(b.workers).filter(([, n]) => n > 0);
+  if (workers > 1 && out.length) {
+    parts.push(out.map(([s, n]) => `${BREAKER_WORDS[s] || s} in ${n} of ${workers} workers`)
+      .join(", "));
+  }
+  return parts.join(" · ");
+}
+
+function breakerState(b) {
+  if (!b) return "off";
+  if (b.state !== "closed") return b.state;
+  // closed here, but another worker holds it out: show the worst
+  for (const s of ["open", "trial", "half_open"]) if (b.workers[s] > 0) return s;
+  return "closed";
+}
+
+function ejected(b) {
+  if (!b) return "no";
+  return b.state === "open" || b.state === "trial" || b.workers.open > 0 ||
+    b.workers.trial > 0 ? "yes" : "no";
+}
+
 function kvBar(usage) {
   const pct = Math.max(0, Math.min(100, usage * 100));
   const fillBar = el("span");
@@ -39,6 +81,8 @@ function describe(ev) {
     case "down": return `${ev.endpoint} is down`;
     case "up": return `${ev.endpoint} is up`;
     case "rejected": return `${ev.count} refused by the router (${ev.reason})`;
+    case "ejected": return `${ev.endpoint} ejected by the circuit breaker for its errors`;
+    case "readmitted": return `${ev.endpoint} serves again: its trial request succeeded`;
     default: {
       const where = ev.endpoint && ev.endpoint !== "-" ? ` from ${ev.endpoint}` : "";
       return `${ev.count} × ${ev.status} for ${ev.model}${where}`;
@@ -51,7 +95,9 @@ function render(state) {
   const held = state.models.reduce((n, m) => n + m.held, 0);
   document.getElementById("rps").textContent = state.requests_per_s.toFixed(1);
   document.getElementById("total").textContent = String(state.requests_total);
-  document.getElementById("up").textContent = `${up} / ${state.replicas.length}`;
+  const out = state.replicas.filter((r) => ejected(r.breaker) === "yes").length;
+  document.getElementById("up").textContent =
+    `${up} / ${state.replicas.length}${out ? ` (${out} ejected)` : ""}`;
   document.getElementById("held").textContent = String(held);
 
   fill(document.querySelector("#models tbody"), state.models.map((m) =>
@@ -61,12 +107,28 @@ function render(state) {
 
   fill(document.querySelector("#replicas tbody"), state.replicas.map((r) => {
     const h = health(r);
-    return el("tr", { class: "replica", "data-url": r.url, "data-health": h },
+    const b = breakerState(r.breaker);
+    return el("tr", {
+      class: "replica", "data-url": r.url, "data-health": h, "data-breaker": b,
+      "data-ejected": ejected(r.breaker),
+    },
       el("td", {}, r.url), el("td", {}, r.models.join(", ")),
       el("td", { class: "health", "data-health": h }, h),
+      el("td", { class: "breaker", "data-breaker": b },
+        breakerText(r.breaker, state.breaker.workers)),
       el("td", {}, r.inflight), el("td", {}, r.running), el("td", {}, r.waiting),
       kvBar(r.kv_usage), el("td", {}, `${(r.prefix_hit_ratio * 100).toFixed(0)} %`));
   }));
+
+  const workers = state.breaker.workers;
+  document.getElementById("breaker-note").textContent = !state.breaker.enabled
+    ? "Circuit breaker off (--no-breaker)."
+    : workers > 1
+      ? `Breaker: the state, times and trip counts are those of the router worker that ` +
+        `answered this refresh (each of the ${workers} workers judges the requests it ` +
+        `forwards); "… in N of ${workers} workers" counts every worker.`
+      : "Breaker: an engine whose requests fail too often is ejected for a cool-down, " +
+        "then gets one trial request.";
 
   const events = state.events.map((ev) =>
     el("li", { class: `kind-${ev.kind}` },
