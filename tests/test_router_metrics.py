@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from test_kvindex import stored  # a BlockStored event as the simulator sends it
 from vfleet.errors import UpstreamError
 from vfleet.router.demand import DemandTable
 from vfleet.router.endpoints import Endpoint, Registry, parse_prefix_cache
+from vfleet.router.kvindex import KvIndex
 from vfleet.router.metrics import RouterMetrics
 from vfleet.router.sharedmetrics import RETIRE_HOLD_S, MetricsTable
 from vfleet.router.upstream import UpstreamPool
@@ -252,3 +254,13 @@ def _engine_metrics(hits: float, queries: float) -> str:
         "# TYPE vllm:prefix_cache_queries counter\n"
         f'vllm:prefix_cache_queries_total{{engine="0",model_name="m"}} {queries}\n'
     )
+
+
+def test_kv_blocks_lists_an_engine_whose_events_come_from_a_rank_other_than_0() -> None:
+    registry = Registry()
+    registry.set_endpoints([(A, ("m",), False), (B, ("m",), False)])
+    index = KvIndex()
+    index.apply(B, 0, [stored(list(range(8)))], rank=1)  # 2 blocks of 4 tokens, rank 1 only
+    got = samples(RouterMetrics().render(registry, kv=index).decode())
+    assert got[f'vfleet_router_kv_blocks{{upstream="{B}"}}'] == 2
+    assert f'vfleet_router_kv_blocks{{upstream="{A}"}}' not in got  # no events: not listed

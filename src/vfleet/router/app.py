@@ -198,6 +198,8 @@ def build_router(
     if cfg.backend_api_key:
         auth = b"authorization: Bearer %s\r\n" % cfg.backend_api_key.encode()
     router_metrics = RouterMetrics(metrics, demand.table)
+    if kv is not None:
+        kv.count = router_metrics.kv_chain
     router = Router(
         registry=registry,
         pool=pool,

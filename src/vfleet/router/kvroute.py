@@ -11,9 +11,10 @@ pool thread computed it when that is quick (a prompt sharing a cached prefix: `C
 lane), or without one (the policy then routes as `prefix`) when the model has no tokenizer,
 when the prompt needs a full encode (done in the background for the next request), when the
 pool has `max_pending` computations under way, or when it queued for a thread CHAIN_QUEUE_S
-and got none. The block size
-is the one the engines' events carry, or before any event the one their /metrics report in
-`vllm:cache_config_info` (asked once per engine, with the tokenizer question).
+and got none. Each request `prepare` handles is counted once, by outcome (OUTCOMES), through
+`count` (the router's `vfleet_router_kv_chains_total`). The block size is the one the engines'
+events carry, or before any event the one their /metrics report in `vllm:cache_config_info`
+(asked once per engine, with the tokenizer question).
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ _BLOCK_SIZE: Final = re.compile(rb'vllm:cache_config_info\{[^}]*block_size="(\d+
 CHAIN_QUEUE_S: Final = 0.002
 CHAIN_WAIT_S: Final = 0.05
 HINT_TIMEOUT_S: Final = 2.0  # GET /sim/tokenizer
+# Why a request had a chain or went without one (`count`'s outcome). Without: no_prompt (not
+# one text or chat prompt), no_block_size (no engine told it yet), tokenizer_loading (not
+# loaded within kvchain.LOAD_WAIT_S, or no engine told yet which tokenizer to use),
+# no_tokenizer (the model has none the router can use), background (the prompt needs a full
+# encode: done in the slow lane for the next request), busy (the quick lane at its bound, or
+# no thread within CHAIN_QUEUE_S), timeout (CHAIN_WAIT_S), failed (the computation raised).
+OUTCOMES: Final = (
+    "cached",
+    "computed",
+    "no_prompt",
+    "no_block_size",
+    "tokenizer_loading",
+    "no_tokenizer",
+    "background",
+    "busy",
+    "timeout",
+    "failed",
+)
+
+
+def _no_count(model: str, outcome: str) -> None:
+    pass
 
 
 class KvRouting:
@@ -80,6 +103,8 @@ class KvRouting:
         # engine url -> block size its vllm:cache_config_info reports (before any event does)
         self._block_sizes: dict[str, int] = {}
         self._asking: set[str] = set()
+        # (model, one of OUTCOMES) per request prepared; the router sets its metrics' counter
+        self.count: Callable[[str, str], None] = _no_count
 
     def set_publishers(self, publishers: Mapping[str, str | Publisher]) -> None:
         """Subscribe to exactly these engines' publishers (url -> ZMQ endpoint, or a
@@ -121,13 +146,17 @@ class KvRouting:
             )
         card = self._card(key.model, serving) if size else None
         if prompt is None or card is None:
+            why = "no_prompt" if prompt is None else "no_block_size" if not size else ""
+            self.count(key.model, why or "tokenizer_loading")  # card None: no hint heard yet
             then(key)
             return
         chain = self.chains.lookup(key.model, size, prompt)
         if chain is not None:
+            self.count(key.model, "cached")
             then(dataclasses.replace(key, chain=chain))
             return
         if self.chains.tokenizer_ready(key.model, card) is None:
+            self.count(key.model, "no_tokenizer")
             then(key)  # the model has no tokenizer the router can use
             return
         # While the model's tokenizer loads, a computation waits for it (kvchain.LOAD_WAIT_S):
@@ -135,45 +164,57 @@ class KvRouting:
         queued = self.chains.would_queue()
         future = self.chains.compute(key.model, card, size, prompt)
         if future is None:
+            self.count(key.model, "busy")
             then(key)  # the pool is at its bound: no queueing behind a burst
             return
-        self._wait(future, queued, key, then)
+        self._wait(future, queued, key, card, then)
 
     def _wait(
         self,
         future: Future[Chain | None],
         queued: bool,
         key: RouteKey,
+        card: Mapping[str, Any],
         then: Callable[[RouteKey], None],
     ) -> None:
         done = False
         timer: asyncio.TimerHandle
 
-        def finish(chain: Chain | None) -> None:
+        def finish(chain: Chain | None, outcome: str) -> None:
             nonlocal done
             if done:
                 return
             done = True
             timer.cancel()
+            self.count(key.model, outcome)
             then(key if chain is None else dataclasses.replace(key, chain=chain))
 
         def computed(fut: asyncio.Future[Chain | None]) -> None:
-            chain = None
-            if not fut.cancelled() and fut.exception() is None:
-                chain = fut.result()  # cached by the pool thread that computed it
-            finish(chain)
+            if fut.cancelled():
+                finish(None, "busy")  # only queued_long cancels, and it finished first
+            elif fut.exception() is not None:
+                finish(None, "failed")
+            elif (chain := fut.result()) is not None:  # cached by the thread that computed it
+                finish(chain, "computed")
+            else:
+                # None: the tokenizer was not loaded in time, or the prompt needs a full
+                # encode. Asked now, the tokenizer may have just finished loading: rare, and
+                # then miscounted as background.
+                ready = self.chains.tokenizer_ready(key.model, card)
+                why = "background" if ready else "no_tokenizer" if ready is None else ""
+                finish(None, why or "tokenizer_loading")
 
         def queued_long() -> None:
             nonlocal timer
             if future.cancel():  # still queued: skipped, and its request goes now
-                finish(None)
+                finish(None, "busy")
             else:  # a thread has it: its work is bounded
-                timer = self.loop.call_later(CHAIN_WAIT_S - CHAIN_QUEUE_S, finish, None)
+                timer = self.loop.call_later(CHAIN_WAIT_S - CHAIN_QUEUE_S, finish, None, "timeout")
 
         if queued:
             timer = self.loop.call_later(CHAIN_QUEUE_S, queued_long)
         else:
-            timer = self.loop.call_later(CHAIN_WAIT_S, finish, None)
+            timer = self.loop.call_later(CHAIN_WAIT_S, finish, None, "timeout")
         asyncio.wrap_future(future, loop=self.loop).add_done_callback(computed)
 
     def _card(self, model: str, serving: Sequence[Endpoint]) -> dict[str, Any] | None:

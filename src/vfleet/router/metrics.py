@@ -86,6 +86,7 @@ SPANS: Final = 18  # trace spans by outcome (exported, dropped, failed): router.
 # 1 in a worker's row while its breaker holds the endpoint in the state, by (upstream, state):
 # the rows' sum is how many workers hold it there (router.ejection's `shown`)
 BREAKER_STATES: Final = 19
+KV_CHAINS: Final = 20  # requests the kv policy prepared, by (model, outcome): router.kvroute
 # Values per series; negative for a histogram: its buckets (with +Inf) and its sum.
 WIDTHS: Final[dict[int, int]] = {
     REQUESTS: 1,
@@ -107,6 +108,7 @@ WIDTHS: Final[dict[int, int]] = {
     BREAKER_EVENTS: 1,
     SPANS: 1,
     BREAKER_STATES: 1,
+    KV_CHAINS: 1,
 }
 NO_ENDPOINT: Final = "-"  # the upstream label of requests the router answered itself
 # The label naming an engine (its URL). Not `endpoint`: the Prometheus Operator gives every
@@ -149,6 +151,10 @@ def _model_labels(model: str) -> str:
 
 def _kv_decision_labels(key: tuple[str, str]) -> str:
     return labels({"model": key[0], "reason": key[1]})[1:-1]
+
+
+def _kv_chain_labels(key: tuple[str, str]) -> str:
+    return labels({"model": key[0], "outcome": key[1]})[1:-1]
 
 
 def _kv_token_labels(key: tuple[str, str]) -> str:
@@ -229,6 +235,10 @@ class RouterMetrics:
         self.kv_tokens: SharedCounter[tuple[str, str]] = SharedCounter(
             row, KV_TOKENS, _kv_token_labels
         )
+        # Whether each request the kv policy prepared had a chain, or why not (KvRouting.count).
+        self.kv_chains: SharedCounter[tuple[str, str]] = SharedCounter(
+            row, KV_CHAINS, _kv_chain_labels
+        )
         # Every endpoint choice, by (model, policy, reason): router.proxy counts it.
         self.routing_decisions: SharedCounter[tuple[str, str, str]] = SharedCounter(
             row, ROUTING_DECISIONS, _decision_labels
@@ -264,6 +274,10 @@ class RouterMetrics:
             self.kv_tokens.inc((model, "prompt"), decision.prompt_tokens)
         if decision.cached_tokens:
             self.kv_tokens.inc((model, "predicted_hit"), decision.cached_tokens)
+
+    def kv_chain(self, model: str, outcome: str) -> None:
+        """Count one request the kv policy prepared, by outcome (router.kvroute.OUTCOMES)."""
+        self.kv_chains.inc((model, outcome))
 
     def breaker_event(self, url: str, event: str) -> None:
         """Count one circuit breaker event of an endpoint (router.ejection)."""
@@ -310,10 +324,12 @@ class RouterMetrics:
             "learned from its KV events (the kv policy).\n",
             "# TYPE vfleet_router_kv_blocks gauge\n",
         ]
-        known = [u for u in sorted(registry.endpoints) if kv.seq(u) >= 0] if kv is not None else []
-        for url in known:
-            n = kv.blocks_of(url) if kv is not None else 0
-            out.append(f"vfleet_router_kv_blocks{labels({UPSTREAM: url})} {fmt(n)}\n")
+        # An engine with events on any data-parallel rank (not only rank 0) is listed.
+        if kv is not None:
+            for url in sorted(registry.endpoints):
+                if any(kv.seq(url, r) >= 0 for r in kv.ranks(url)):
+                    n = kv.blocks_of(url)
+                    out.append(f"vfleet_router_kv_blocks{labels({UPSTREAM: url})} {fmt(n)}\n")
         for name, fid, what in (
             ("time_to_first_byte_seconds", TTFT, "Router-seen time to the first body byte."),
             ("request_duration_seconds", DURATION, "Router-seen request duration."),
@@ -346,6 +362,13 @@ class RouterMetrics:
             "Prompt tokens the kv policy routed (kind prompt), and those it expected the chosen "
             "engine to hold (kind predicted_hit).",
             sums[KV_TOKENS],
+        )
+        _counter(
+            out,
+            "kv_chains_total",
+            "Requests the kv policy prepared, by model and outcome: cached or computed (routed "
+            "with a KV-block chain), or why none (then routed as prefix).",
+            sums[KV_CHAINS],
         )
         _counter(
             out,
