@@ -17,13 +17,8 @@ from vfleet.http import client
 from vfleet.local.gpus import free_ports
 from vfleet.local.plan import Options, build
 from vfleet.local.rundir import RunDir
-from vfleet.local.supervisor import (
-    BACKOFF_MAX_S,
-    RouterSettings,
-    Supervisor,
-    failures_after_exit,
-    restart_delay,
-)
+from vfleet.local.supervisor import RouterSettings, Supervisor
+from vfleet.restarts import BACKOFF_MAX_S, failures_after_exit, restart_delay
 
 FLEET = """
 name: backoff

@@ -77,6 +77,9 @@ def stand_ins(tmp_path: Path) -> dict[str, str]:
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "PYTHON": sys.executable,
         "VFLEET_STATE_DIR": str(tmp_path / "state"),
+        # Stand-in engines hold no memory to allocate and restart in well under a second.
+        "VFLEET_CHECK_SETTLE_S": "0",
+        "VFLEET_CHECK_POLL_S": "0.2",
     }
 
 

@@ -1,7 +1,7 @@
 """The shared metrics table (router.sharedmetrics) and the scrape built on it (router.metrics):
-rows written by separate processes are summed, counts of an exited worker stay, departed
-endpoints' series retire after the grace period and their slots are reused, the per-endpoint
-engine gauges, and the upstream pool forgetting departed engines."""
+rows written by separate processes are summed, counts of an exited worker stay (its open
+breakers do not), departed endpoints' series retire after the grace period and their slots are
+reused, the per-endpoint engine gauges, and the upstream pool forgetting departed engines."""
 
 from __future__ import annotations
 
@@ -68,6 +68,42 @@ def test_rows_written_by_forked_workers_are_summed_and_outlive_them() -> None:
     assert got["vfleet_router_time_to_first_byte_seconds_sum"] == pytest.approx(0.018)
     assert got['vfleet_router_hold_seconds_count{model="m"}'] == 3
     assert got['vfleet_router_hold_seconds_bucket{model="m",le="0.25"}'] == 3
+
+
+def test_an_exited_workers_open_breakers_leave_the_gauge_and_its_counts_stay() -> None:
+    """router.app's wait_workers as `--workers 2` runs it (a forked parent over forked workers):
+    each worker opens its breaker of A and exits; the dead workers no longer count among those
+    holding A open (vfleet_router_breaker_workers, /ui), while their breaker events stay."""
+    from vfleet.router.app import wait_workers
+
+    table = MetricsTable.create(2, slots=64)
+    demand = DemandTable.create(2)
+    registry = Registry()
+    registry.set_endpoints([(A, ("m",), False)])
+    parent = os.fork()
+    if parent == 0:  # the router's parent process (its signal handlers stay in this process)
+        code = 1
+        try:
+            children = []
+            for worker in range(2):
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        m = RouterMetrics(table.row(worker))
+                        m.breaker_event(A, "opened")
+                        m.breaker_state(A, "open", 1)
+                    finally:
+                        os._exit(0)
+                children.append(pid)
+            wait_workers(children, demand, table)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(parent, 0)
+    assert status == 0
+    got = samples(RouterMetrics(table.row(0)).render(registry).decode())
+    assert got[f'vfleet_router_breaker_events_total{{event="opened",upstream="{A}"}}'] == 2
+    assert got[f'vfleet_router_breaker_workers{{state="open",upstream="{A}"}}'] == 0
 
 
 def test_counter_reads_like_a_counter() -> None:

@@ -4,7 +4,8 @@ paths (`./…`, `../…`; a bare `org/name` is a hub id). `vfleet up` and `vflee
 them joined, `vfleet k8s render` as written (a path in the image or on a node), and `vfleet up`
 names the field, the spec's line and the joined path when one is missing. `vllm.chatTemplate` too,
 when it names a file written as a path rather than holding the template (`chat_template_is_path`,
-`chat_template_is_local`).
+`chat_template_is_local`), except that `k8s render` reads a relative (or `~`) one as `up` does and
+ships it in the chart's ConfigMap.
 
 The commands run as real `vfleet` processes from a working directory that is not the spec's.
 """
@@ -25,6 +26,7 @@ from httpclient import Client
 from test_local_up import Up, one_error_line, start_up
 from vfleet.fleetspec.load import load, missing_local_files
 from vfleet.fleetspec.models import chat_template_is_local, chat_template_is_path
+from vfleet.kube.values import shipped_chat_templates
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -305,14 +307,25 @@ def test_up_passes_vllm_the_chat_template_next_to_the_spec(tmp_path: Path, elsew
     }
 
 
-def test_k8s_render_passes_the_chat_template_as_written(tmp_path: Path, elsewhere: Path) -> None:
-    # nothing exists: the paths are the pod's (vLLM's: the simulator takes no template)
-    spec = _template_spec(tmp_path / "conf", TEMPLATES, engine="vllm")
-    done = run_vfleet("k8s", "render", "-f", str(spec), timeout_s=60)
+def test_k8s_render_ships_a_local_chat_template_in_a_configmap(
+    tmp_path: Path, elsewhere: Path
+) -> None:
+    """A template file written as a local path is read from the spec's directory, as `vfleet up`
+    reads it, and shipped in the chart's ConfigMap, mounted at /templates; an absolute path or
+    a bare name is the pod's (the image's), passed as written and not read here."""
+    conf = tmp_path / "conf"
+    templates = {**TEMPLATES, "bare": "chat.jinja", "abs": "/vllm-workspace/examples/t.jinja"}
+    spec = _template_spec(conf, templates, engine="vllm")
+    (conf / "chat.jinja").write_text(INLINE + "\n")
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "chat.jinja").write_text("shared {{ messages }}")
+    done = run_vfleet("k8s", "render", "-f", os.path.relpath(spec, elsewhere), timeout_s=60)
     assert done.returncode == 0, done.stderr
     assert str(tmp_path) not in done.stdout
-    found = {}
+    found, shipped = {}, {}
     for o in yaml.safe_load_all(done.stdout):
+        if o and o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-chat-templates"):
+            shipped[o["metadata"]["labels"]["model"]] = o["data"]
         if not o or o["kind"] != "Deployment" or "router" in o["metadata"]["name"]:
             continue
         for c in o["spec"]["template"]["spec"]["containers"]:
@@ -321,7 +334,48 @@ def test_k8s_render_passes_the_chat_template_as_written(tmp_path: Path, elsewher
                 found[o["spec"]["template"]["metadata"]["labels"]["model"]] = words[
                     words.index("--chat-template") + 1
                 ]
-    assert found == TEMPLATES
+    assert found == {
+        **templates,
+        "here": "/templates/chat.jinja",
+        "shared": "/templates/chat.jinja",
+    }
+    assert shipped == {
+        "here": {"chat.jinja": INLINE + "\n"},
+        "shared": {"chat.jinja": "shared {{ messages }}"},
+    }
+
+
+def test_which_chat_templates_a_kubernetes_render_ships(tmp_path: Path) -> None:
+    """A relative or `~` file; not an absolute one, a bare name, an inline template, nor one
+    whose text the file gives itself (vllm-stack's chatTemplateConfigMap, read without a
+    warning: the chart takes it)."""
+    templates = {**TEMPLATES, "home": "~/t.jinja", "bare": "t.jinja", "abs": "/srv/t.jinja"}
+    fleet = load([_template_spec(tmp_path / "conf", templates)]).fleet.paths_as_written()
+    assert [fleet.models[i].name for i in shipped_chat_templates(fleet)] == [
+        "here",
+        "shared",
+        "home",
+    ]
+    stack = tmp_path / "stack.yaml"
+    model = {"name": "m", "modelURL": "facebook/opt-125m", "chatTemplate": "./t.jinja"}
+    model["chatTemplateConfigMap"] = INLINE
+    stack.write_text(yaml.safe_dump({"servingEngineSpec": {"modelSpec": [model]}}))
+    loaded = load([stack])
+    assert not [n for n in loaded.notes if "chatTemplate" in n], loaded.notes
+    assert shipped_chat_templates(loaded.fleet.paths_as_written()) == []
+
+
+def test_k8s_render_names_the_field_and_the_joined_path_of_a_missing_chat_template(
+    tmp_path: Path, elsewhere: Path
+) -> None:
+    conf = tmp_path / "conf"
+    spec = _template_spec(conf, {"inline": INLINE, "here": "./chat.jinja"}, engine="vllm")
+    done = run_vfleet("k8s", "render", "-f", str(spec), timeout_s=60)
+    at = _line(spec, "chatTemplate: ./chat.jinja")
+    assert one_error_line(done) == (
+        f"Error: {spec}:{at}: models[1].vllm.chatTemplate: chat template {conf}/chat.jinja "
+        "does not exist (k8s render ships it in a ConfigMap)"
+    )
 
 
 def test_up_names_the_field_and_the_joined_path_of_a_missing_chat_template(

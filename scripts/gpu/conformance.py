@@ -34,8 +34,14 @@ class Reply:
             return None
 
 
-def call(base: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-         raw: bytes | None = None) -> Reply:
+def call(
+    base: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> Reply:
     url = urllib.parse.urlsplit(base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
     hdrs = {"Content-Type": "application/json", **(headers or {})}
@@ -140,49 +146,160 @@ def generate_probes(model: str, key: str | None) -> list[Probe]:
         Probe("load", "GET", "/load"),
         Probe("unknown route", "GET", "/nope"),
         Probe("wrong method", "POST", "/v1/models", body={}, headers=auth),
-        Probe("completion", "POST", "/v1/completions", headers=auth,
-              body={"model": model, "prompt": "Hello there", "max_tokens": 8, "ignore_eos": True}),
-        Probe("completion n=2 + stop", "POST", "/v1/completions", headers=auth,
-              body={"model": model, "prompt": ["a", "b"], "n": 2, "max_tokens": 8,
-                    "stop": ["zzz"]}),
-        Probe("chat", "POST", "/v1/chat/completions", headers=auth,
-              body={"model": model, "messages": msgs, "max_tokens": 8, "ignore_eos": True}),
-        Probe("chat stream + usage", "POST", "/v1/chat/completions", headers=auth, stream=True,
-              body={"model": model, "messages": msgs, "max_tokens": 8, "ignore_eos": True,
-                    "stream": True, "stream_options": {"include_usage": True}}),
-        Probe("chat stream", "POST", "/v1/chat/completions", headers=auth, stream=True,
-              body={"model": model, "messages": msgs, "max_tokens": 8, "ignore_eos": True,
-                    "stream": True}),
-        Probe("completion stream + usage", "POST", "/v1/completions", headers=auth, stream=True,
-              body={"model": model, "prompt": "Hi", "max_tokens": 8, "ignore_eos": True,
-                    "stream": True, "stream_options": {"include_usage": True}}),
-        Probe("unknown model", "POST", "/v1/chat/completions", headers=auth,
-              exact=(*err, "message"), body={"model": "nope", "messages": msgs}),
-        Probe("invalid json", "POST", "/v1/chat/completions", headers=auth, raw=b"{not json",
-              exact=("type", "code")),
-        Probe("missing messages", "POST", "/v1/chat/completions", headers=auth, exact=err,
-              body={"model": model}),
-        Probe("max_tokens 0", "POST", "/v1/completions", headers=auth, exact=(*err, "message"),
-              body={"model": model, "prompt": "x", "max_tokens": 0}),
-        Probe("max_tokens > max_model_len", "POST", "/v1/completions", headers=auth, exact=err,
-              body={"model": model, "prompt": "x", "max_tokens": 100000}),
-        Probe("prompt too long", "POST", "/v1/completions", headers=auth, exact=err,
-              body={"model": model, "prompt": too_long, "max_tokens": 4}),
-        Probe("stream_options without stream", "POST", "/v1/completions", headers=auth,
-              exact=err,
-              body={"model": model, "prompt": "x", "stream_options": {"include_usage": True}}),
-        Probe("text/plain body", "POST", "/v1/completions", exact=("type", "code"),
-              headers={**auth, "Content-Type": "text/plain"}, raw=b'{"prompt": "x"}'),
+        Probe(
+            "completion",
+            "POST",
+            "/v1/completions",
+            headers=auth,
+            body={"model": model, "prompt": "Hello there", "max_tokens": 8, "ignore_eos": True},
+        ),
+        Probe(
+            "completion n=2 + stop",
+            "POST",
+            "/v1/completions",
+            headers=auth,
+            body={"model": model, "prompt": ["a", "b"], "n": 2, "max_tokens": 8, "stop": ["zzz"]},
+        ),
+        Probe(
+            "chat",
+            "POST",
+            "/v1/chat/completions",
+            headers=auth,
+            body={"model": model, "messages": msgs, "max_tokens": 8, "ignore_eos": True},
+        ),
+        Probe(
+            "chat stream + usage",
+            "POST",
+            "/v1/chat/completions",
+            headers=auth,
+            stream=True,
+            body={
+                "model": model,
+                "messages": msgs,
+                "max_tokens": 8,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ),
+        Probe(
+            "chat stream",
+            "POST",
+            "/v1/chat/completions",
+            headers=auth,
+            stream=True,
+            body={
+                "model": model,
+                "messages": msgs,
+                "max_tokens": 8,
+                "ignore_eos": True,
+                "stream": True,
+            },
+        ),
+        Probe(
+            "completion stream + usage",
+            "POST",
+            "/v1/completions",
+            headers=auth,
+            stream=True,
+            body={
+                "model": model,
+                "prompt": "Hi",
+                "max_tokens": 8,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ),
+        Probe(
+            "unknown model",
+            "POST",
+            "/v1/chat/completions",
+            headers=auth,
+            exact=(*err, "message"),
+            body={"model": "nope", "messages": msgs},
+        ),
+        Probe(
+            "invalid json",
+            "POST",
+            "/v1/chat/completions",
+            headers=auth,
+            raw=b"{not json",
+            exact=("type", "code"),
+        ),
+        Probe(
+            "missing messages",
+            "POST",
+            "/v1/chat/completions",
+            headers=auth,
+            exact=err,
+            body={"model": model},
+        ),
+        Probe(
+            "max_tokens 0",
+            "POST",
+            "/v1/completions",
+            headers=auth,
+            exact=(*err, "message"),
+            body={"model": model, "prompt": "x", "max_tokens": 0},
+        ),
+        Probe(
+            "max_tokens > max_model_len",
+            "POST",
+            "/v1/completions",
+            headers=auth,
+            exact=err,
+            body={"model": model, "prompt": "x", "max_tokens": 100000},
+        ),
+        Probe(
+            "prompt too long",
+            "POST",
+            "/v1/completions",
+            headers=auth,
+            exact=err,
+            body={"model": model, "prompt": too_long, "max_tokens": 4},
+        ),
+        Probe(
+            "stream_options without stream",
+            "POST",
+            "/v1/completions",
+            headers=auth,
+            exact=err,
+            body={"model": model, "prompt": "x", "stream_options": {"include_usage": True}},
+        ),
+        Probe(
+            "text/plain body",
+            "POST",
+            "/v1/completions",
+            exact=("type", "code"),
+            headers={**auth, "Content-Type": "text/plain"},
+            raw=b'{"prompt": "x"}',
+        ),
         Probe("no api key", "GET", "/v1/models"),
         Probe("wrong api key", "GET", "/v1/models", headers={"Authorization": "Bearer wrong"}),
-        Probe("embeddings on a generate model", "POST", "/v1/embeddings", headers=auth,
-              body={"model": model, "input": "x"}),
+        Probe(
+            "embeddings on a generate model",
+            "POST",
+            "/v1/embeddings",
+            headers=auth,
+            body={"model": model, "input": "x"},
+        ),
         Probe("tokenize prompt", "POST", "/tokenize", body={"model": model, "prompt": "Hello"}),
-        Probe("tokenize messages", "POST", "/tokenize",
-              body={"model": model, "messages": msgs, "return_token_strs": True}),
+        Probe(
+            "tokenize messages",
+            "POST",
+            "/tokenize",
+            body={"model": model, "messages": msgs, "return_token_strs": True},
+        ),
         Probe("detokenize", "POST", "/detokenize", body={"model": model, "tokens": [1, 2, 3]}),
-        Probe("unload unknown lora", "POST", "/v1/unload_lora_adapter", headers=auth,
-              exact=(*err, "message"), body={"lora_name": "nope"}),
+        Probe(
+            "unload unknown lora",
+            "POST",
+            "/v1/unload_lora_adapter",
+            headers=auth,
+            exact=(*err, "message"),
+            body={"lora_name": "nope"},
+        ),
         Probe("is_sleeping", "GET", "/is_sleeping"),
     ]
 
@@ -191,16 +308,34 @@ def embed_probes(model: str) -> list[Probe]:
     docs = ["the fox runs", "stock prices fell", "a quick brown fox"]
     return [
         Probe("embeddings", "POST", "/v1/embeddings", body={"model": model, "input": ["a", "b"]}),
-        Probe("embeddings token ids", "POST", "/v1/embeddings",
-              body={"model": model, "input": [1000, 2000, 3000]}),
-        Probe("rerank", "POST", "/v1/rerank",
-              body={"model": model, "query": "fox", "documents": docs, "top_n": 2}),
-        Probe("score", "POST", "/v1/score",
-              body={"model": model, "queries": "fox", "documents": docs}),
-        Probe("chat on an embedding model", "POST", "/v1/chat/completions",
-              body={"model": model, "messages": [{"role": "user", "content": "x"}]}),
-        Probe("embeddings missing input", "POST", "/v1/embeddings", exact=("type", "code"),
-              body={"model": model}),
+        Probe(
+            "embeddings token ids",
+            "POST",
+            "/v1/embeddings",
+            body={"model": model, "input": [1000, 2000, 3000]},
+        ),
+        Probe(
+            "rerank",
+            "POST",
+            "/v1/rerank",
+            body={"model": model, "query": "fox", "documents": docs, "top_n": 2},
+        ),
+        Probe(
+            "score", "POST", "/v1/score", body={"model": model, "queries": "fox", "documents": docs}
+        ),
+        Probe(
+            "chat on an embedding model",
+            "POST",
+            "/v1/chat/completions",
+            body={"model": model, "messages": [{"role": "user", "content": "x"}]},
+        ),
+        Probe(
+            "embeddings missing input",
+            "POST",
+            "/v1/embeddings",
+            exact=("type", "code"),
+            body={"model": model},
+        ),
     ]
 
 
@@ -242,8 +377,12 @@ def compare_metrics(vllm: str, sim: str) -> dict[str, Any]:
     problems += [
         f"{k}: vLLM {fa[k]} vs sim {fb[k]}" for k in sorted(set(fa) & set(fb)) if fa[k] != fb[k]
     ]
-    return {"probe": "metrics families", "ok": not problems, "problems": problems,
-            "extra_in_sim": sorted(set(fb) - set(fa))}
+    return {
+        "probe": "metrics families",
+        "ok": not problems,
+        "problems": problems,
+        "extra_in_sim": sorted(set(fb) - set(fa)),
+    }
 
 
 def main() -> int:

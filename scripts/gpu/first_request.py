@@ -18,10 +18,19 @@ PORT = 8311
 
 
 def chat() -> float:
-    body = json.dumps({"model": "m", "max_tokens": 1, "ignore_eos": True,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{PORT}/v1/chat/completions", data=body,
-                                 headers={"content-type": "application/json"})
+    body = json.dumps(
+        {
+            "model": "m",
+            "max_tokens": 1,
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{PORT}/v1/chat/completions",
+        data=body,
+        headers={"content-type": "application/json"},
+    )
     t0 = time.time()
     with urllib.request.urlopen(req, timeout=120) as resp:
         resp.read()
@@ -41,16 +50,31 @@ def main() -> None:
     for rep in range(reps):
         t0 = time.time()
         proc = subprocess.Popen(
-            ["vllm", "serve", model, "--served-model-name", "m", "--port", str(PORT),
-             "--gpu-memory-utilization", "0.27", "--max-model-len", "2048"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "vllm",
+                "serve",
+                model,
+                "--served-model-name",
+                "m",
+                "--port",
+                str(PORT),
+                "--gpu-memory-utilization",
+                "0.27",
+                "--max-model-len",
+                "2048",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         while not healthy():
             time.sleep(0.002)
         up = time.time() - t0
         first, warm = chat(), chat()
-        print(f"rep {rep + 1}: start-up {up:.1f} s, first request {first * 1e3:.1f} ms, "
-              f"warm {warm * 1e3:.1f} ms", flush=True)
+        print(
+            f"rep {rep + 1}: start-up {up:.1f} s, first request {first * 1e3:.1f} ms, "
+            f"warm {warm * 1e3:.1f} ms",
+            flush=True,
+        )
         proc.terminate()
         proc.wait(60)
 

@@ -48,8 +48,13 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, float]:
 
         async def task(i: int) -> None:
             prompt = f"request {i} " + "lorem ipsum " * args.prompt_words
-            body = {"model": args.model, "prompt": prompt, "max_tokens": args.tokens,
-                    "ignore_eos": True, "stream": True}
+            body = {
+                "model": args.model,
+                "prompt": prompt,
+                "max_tokens": args.tokens,
+                "ignore_eos": True,
+                "stream": True,
+            }
             async with sem:
                 results.append(await one(session, url, body))
 

@@ -36,6 +36,8 @@ import yaml
 
 PLACEHOLDERS = {"/models/chat": "chat", "/models/embed": "embed"}
 NVLS = "NCCL_NVLS_ENABLE"
+# Seconds between `vfleet status` reads while waiting for a restart; the CI stand-in sets it lower.
+POLL_S = float(os.environ.get("VFLEET_CHECK_POLL_S", "2"))
 
 # -- spec ------------------------------------------------------------------------------------
 
@@ -262,11 +264,11 @@ def wait_restarted(run_dir: str, key: str, old_pid: int, timeout: float) -> dict
         try:
             row = next(e for e in status(run_dir)["engines"] if e["key"] == key)
         except (subprocess.SubprocessError, ValueError):  # a status read mid-write: next turn
-            time.sleep(2)
+            time.sleep(POLL_S)
             continue
         if row["restarts"] >= 1 and row["state"] == "healthy" and row["pid"] not in (None, old_pid):
             return row
-        time.sleep(2)
+        time.sleep(POLL_S)
     return None
 
 
@@ -461,7 +463,9 @@ def main() -> int:
     ck.add_argument("--plan", required=True, help="`vfleet up --dry-run` output")
     ck.add_argument("--out", required=True)
     ck.add_argument("--restart-timeout", type=float, default=900.0)
-    ck.add_argument("--settle", type=float, default=5.0)
+    ck.add_argument(
+        "--settle", type=float, default=float(os.environ.get("VFLEET_CHECK_SETTLE_S", "5"))
+    )
     dn = sub.add_parser("after-down")
     dn.add_argument("--baseline", required=True)
     dn.add_argument("--state", nargs="+", required=True)

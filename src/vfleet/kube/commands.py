@@ -20,7 +20,17 @@ from vfleet.fleetspec.load import load
 from vfleet.fleetspec.models import NAME
 from vfleet.fleetspec.source import SpecError
 from vfleet.kube import render as helm
-from vfleet.kube.values import chart_values, deep_merge, namespace_of, node_path_problems
+from vfleet.kube.values import (
+    chart_values,
+    deep_merge,
+    namespace_of,
+    node_path_problems,
+    shipped_chat_templates,
+)
+
+# A chat template shipped in a ConfigMap: real ones are a few KiB; the ConfigMap (and Helm's
+# release record, which holds the values) must stay well under the API server's 1 MiB.
+MAX_CHAT_TEMPLATE = 256 * 1024
 
 _files = click.option(
     "-f",
@@ -73,7 +83,17 @@ class _Job:
         fleet = loaded.fleet.paths_as_written()
         for loc, message in node_path_problems(fleet)[:1]:
             raise click.ClickException(str(loaded.error_at(loc, message)))
-        built = chart_values(fleet, engine_rules=rules)
+        # except a chat template written as a local path: read here as `vfleet up` reads it
+        # (from the spec's directory) and shipped in a ConfigMap, since the pod has no such file
+        templates: dict[str, str] = {}
+        for i in shipped_chat_templates(fleet):
+            path = loaded.fleet.models[i].vllm.chat_template or ""  # joined, `~` expanded
+            try:
+                templates[fleet.models[i].name] = _chat_template(path)
+            except ValueError as exc:
+                loc = ("models", i, "vllm", "chatTemplate")
+                raise click.ClickException(str(loaded.error_at(loc, str(exc)))) from None
+        built = chart_values(fleet, engine_rules=rules, chat_templates=templates)
         self.values = with_sets(built.values, sets)
         self.release = release or default_release(fleet.name)
         self.namespace = namespace or namespace_of(fleet) or "default"
@@ -88,6 +108,32 @@ class _Job:
     def echo_notes(self) -> None:
         for note in self.notes:
             click.echo(note, err=True)
+
+
+def _chat_template(path: str) -> str:
+    """The text of the chat template file `path`, for the chart's ConfigMap; ValueError (one
+    line, naming the file) when there is none to ship."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CHAT_TEMPLATE + 1)
+    except FileNotFoundError:
+        why = "does not exist"
+    except IsADirectoryError:
+        why = "is a directory, not a file"
+    except OSError as exc:
+        why = f"cannot be read ({exc.strerror})"
+    else:
+        if len(raw) > MAX_CHAT_TEMPLATE:
+            why = (
+                f"is over {MAX_CHAT_TEMPLATE // 1024} KiB, too large for a ConfigMap: put it in "
+                "the image or on a volume and write its absolute path"
+            )
+        else:
+            try:
+                return raw.decode()
+            except UnicodeDecodeError:
+                why = "is not UTF-8 text"
+    raise ValueError(f"chat template {path} {why} (k8s render ships it in a ConfigMap)")
 
 
 def default_release(fleet_name: str) -> str:

@@ -14,6 +14,7 @@ as written.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +29,11 @@ from vfleet.fleetspec.models import (
     ModelKubernetes,
     RouterSpec,
     Source,
+    chat_template_is_local,
 )
 
 _STARTUP_DEFAULT_S = 900.0
+CHAT_TEMPLATE_CONFIGMAP = "chatTemplateConfigMap"  # modelSpec key: a chat template's text
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,17 @@ class ChartValues:
     notes: list[str] = field(default_factory=list)
 
 
-def chart_values(fleet: Fleet, *, engine_rules: EngineRules) -> ChartValues:
+def chart_values(
+    fleet: Fleet, *, engine_rules: EngineRules, chat_templates: Mapping[str, str] | None = None
+) -> ChartValues:
     """The chart values that deploy `fleet`; `engine_rules` are the rules of the chart they are
-    for (`vfleet.engines.rulefile.load_rules`). What a file's format meant, and what of it was
-    left out, the importers already said in their notes; `notes` is empty."""
+    for (`vfleet.engines.rulefile.load_rules`); `chat_templates`: model name -> the text of its
+    chat template file, shipped in the chart's ConfigMap (`shipped_chat_templates`). What a
+    file's format meant, and what of it was left out, the importers already said in their
+    notes; `notes` is empty."""
     notes: list[str] = []
-    models = [_model(fleet, m, engine_rules) for m in fleet.models]
+    texts = chat_templates or {}
+    models = [_model(fleet, m, engine_rules, texts.get(m.name)) for m in fleet.models]
     engine_spec: dict[str, Any] = {"modelSpec": models}
     values: dict[str, Any] = {
         "servingEngineSpec": engine_spec,
@@ -77,7 +85,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model(fleet: Fleet, m: Model, r: EngineRules) -> dict[str, Any]:
+def _model(fleet: Fleet, m: Model, r: EngineRules, template: str | None) -> dict[str, Any]:
     engine = fleet.engine_of(m)
     kube = m.kubernetes
     spec: dict[str, Any] = {"name": m.name}
@@ -98,6 +106,9 @@ def _model(fleet: Fleet, m: Model, r: EngineRules) -> dict[str, Any]:
         if tag:
             spec["tag"] = tag
     spec.update(_engine(m.vllm, r))
+    if template is not None:
+        # the chart mounts it at /templates/NAME (NAME: the file's) and passes that path
+        spec[CHAT_TEMPLATE_CONFIGMAP] = template
     if m.task != "auto":
         spec.setdefault("vllmConfig", {})["task"] = m.task
     if m.env:
@@ -228,6 +239,26 @@ def node_path_problems(fleet: Fleet) -> list[tuple[tuple[Any, ...], str]]:
             )
         )
     return out
+
+
+def shipped_chat_templates(fleet: Fleet) -> list[int]:
+    """The models (indexes into `fleet`, its paths as written) whose chat template file a
+    Kubernetes render reads and ships in the chart's `chatTemplateConfigMap` (vllm-stack's key).
+
+    A template written as `./…`, `../…` or `~…` names a file on the machine that reads the spec
+    (`vfleet up` reads it from the spec file's directory) and nothing in the pod, where vLLM
+    would stop at start-up on a file it cannot open; shipped, the same spec serves the same
+    template both ways. An absolute path stays as written (a file in the image, such as vLLM's
+    /vllm-workspace/examples/, or on a mounted volume), as do a bare name (vLLM's own to open),
+    an inline template, and a model whose chartValues carry their own chatTemplateConfigMap."""
+    return [
+        i
+        for i, m in enumerate(fleet.models)
+        if m.vllm.chat_template is not None
+        and chat_template_is_local(m.vllm.chat_template)
+        and not m.vllm.chat_template.startswith("/")
+        and CHAT_TEMPLATE_CONFIGMAP not in m.kubernetes.chart_values
+    ]
 
 
 def source_values(src: Source, host_path: bool) -> dict[str, Any]:

@@ -35,10 +35,10 @@ from vfleet.local.elastic import Elastic, engine_load
 from vfleet.local.plan import EngineSpec, Plan
 from vfleet.local.rundir import RunDir
 from vfleet.local.scaler import ModelScaler, SlotView, pick, routed
+from vfleet.restarts import failures_after_exit, restart_delay  # shared with the router
 
 log = logging.getLogger("vfleet.local")
 
-BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0  # a process that ran this long before exiting is restarted after 1 s again
 START_POLL_S = 0.025  # /health poll of a starting engine: a woken model serves within ms
 ROUTER_FORGET_S = 30.0  # bound on waiting for the router to stop routing to a drained engine
@@ -47,17 +47,6 @@ DRAIN_POLL_S = 0.1
 # plus --grace before SIGKILL, so requests in flight are not cut by the engines' grace.
 ROUTER_DRAIN_S = 30.0
 MIN_PERIOD_S = 0.1  # shortest autoscaling period
-
-
-def restart_delay(failures: int) -> float:
-    """1, 2, 4, ... seconds, at most BACKOFF_MAX_S, by consecutive failures."""
-    return min(BACKOFF_MAX_S, 2.0 ** max(0, failures - 1))
-
-
-def failures_after_exit(failures: int, ran_s: float, stable_s: float) -> int:
-    """Consecutive failures, counting an exit after `ran_s` seconds of running: one that ran
-    `stable_s` or longer had recovered, so its exit starts the count (and the backoff) anew."""
-    return 1 if ran_s >= stable_s else failures + 1
 
 
 class StartError(RuntimeError):

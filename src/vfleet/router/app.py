@@ -4,6 +4,8 @@ With `workers > 1` the parent forks children that each bind the same port with S
 run their own event loop; every routing input comes from the engines (probes, metrics), so the
 workers agree without talking to each other. With Kubernetes discovery each worker runs its own
 list+watch (one watch per worker on the API server), so no worker depends on another's view.
+The parent supervises them: a worker that exits (killed, out of memory, crashed) before the
+shutdown signal is forked again into its slot after a backoff (`wait_workers`, router.restarts).
 
 The endpoint set is the union of its sources (static backends, endpoints file, endpoints URL,
 Kubernetes), each replaced as a whole whenever that source has news. The endpoints file is
@@ -21,6 +23,7 @@ import contextlib
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -37,6 +40,7 @@ from vfleet.errors import Unauthorized, error_json
 from vfleet.http import client
 from vfleet.http.limits import raise_nofile_limit
 from vfleet.http.server import Connection, Edge, Handler, Request
+from vfleet.restarts import Slots
 from vfleet.router import auth, filestamp
 from vfleet.router.activator import Activator, HoldLimits
 from vfleet.router.config import BackendSpec, RouterConfig, load_endpoints_file, parse_endpoints
@@ -46,7 +50,7 @@ from vfleet.router.ejection import Ejector
 from vfleet.router.endpoints import Registry
 from vfleet.router.kvroute import FeedFactory, KvRouting
 from vfleet.router.kvwire import Publisher
-from vfleet.router.metrics import RouterMetrics, ScalerMetrics
+from vfleet.router.metrics import WORKER_GAUGES, RouterMetrics, ScalerMetrics
 from vfleet.router.policies import KvAffinity, Policy, make_policy
 from vfleet.router.probe import FastProber
 from vfleet.router.prober import Prober
@@ -560,9 +564,10 @@ def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
             serving = serve_with_scaler(serving, cfg, demand.models, peers, scaler_metrics)
         uvloop.run(serving)
         return
-    children = fork_workers(cfg, kube, demand, metrics, limits, kv_feed, peer_kube)
+    workers = Workers(cfg, kube, demand, metrics, limits, kv_feed, peer_kube)
+    children = workers.start()
     if cfg.keda_port is None:
-        wait_workers(children, demand)
+        wait_workers(children, demand, metrics, workers.fork)
         return
     from vfleet.router.keda.server import ScalerThread  # after the fork: grpc must not fork
 
@@ -572,61 +577,190 @@ def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        wait_workers(children, demand)
+        wait_workers(children, demand, metrics)
         raise
     try:
-        wait_workers(children, demand)
+        wait_workers(children, demand, metrics, workers.fork)
     finally:
         scaler.stop()
 
 
-def fork_workers(
-    cfg: RouterConfig,
-    kube: KubeTarget | None,
+@dataclass(slots=True)
+class Workers:
+    """Forks the serving processes. Worker i writes row i of each shared table whichever process
+    runs it: the first one, or one forked again into its slot after it exited (router.restarts),
+    so its counters carry on, and worker 0 takes up its duties again (peer polls)."""
+
+    cfg: RouterConfig
+    kube: KubeTarget | None
+    demand: DemandTable
+    metrics: MetricsTable
+    limits: LimitTable
+    kv_feed: FeedFactory | None = None
+    peer_kube: KubeTarget | None = None
+    port: int = 0  # the port every worker binds, known once the first socket is bound
+    first: socket.socket | None = None  # worker 0's socket, while the first workers are forked
+
+    def start(self) -> list[int]:
+        """Fork `cfg.workers` workers; their pids, in order."""
+        self.first = _reuseport_socket(self.cfg.host, self.cfg.port)
+        self.port = self.first.getsockname()[1]  # a fixed port for every worker, even for 0
+        try:
+            return [self.fork(i) for i in range(self.cfg.workers)]
+        finally:
+            self.first.close()  # worker 0 has it; a socket nobody accepts on must not stay open
+            self.first = None
+
+    def fork(self, worker: int) -> int:
+        """Fork worker `worker`; its pid. Signals are blocked across the fork: the child must
+        not run the parent's handlers (they signal the workers), and a shutdown signal reaches
+        the parent's handler only once the new pid is known to it."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    _worker_signals(held)
+                    code = self._serve(worker)
+                finally:
+                    os._exit(code)  # never back into the parent's code
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # the parent's (the child exited)
+        return pid
+
+    def _serve(self, worker: int) -> int:
+        """The worker process's life; its exit status."""
+        sock = self.first if worker == 0 else None
+        if self.first is not None and sock is None:
+            # Worker 0's socket stays in the port's SO_REUSEPORT group while any process holds
+            # it: once worker 0 is gone the kernel would keep handing it connections nobody takes.
+            self.first.close()
+        try:
+            if sock is None:
+                sock = _reuseport_socket(self.cfg.host, self.port)
+            rows = (
+                self.demand.row(worker),
+                self.metrics.row(worker, self.cfg.metrics_grace_s),
+                self.limits.row(worker),
+            )
+            serving = serve(self.cfg, sock, self.kube, *rows, self.kv_feed, self.peer_kube)
+            uvloop.run(serving)
+        except Exception:
+            log.exception("router worker %d failed", worker)
+            return 1
+        return 0
+
+
+# Signals the parent handles (and blocks across a fork): shutdown, and a worker's exit.
+WAKE_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
+
+
+def _worker_signals(mask: Iterable[int]) -> None:
+    """A forked worker starts as the first ones did: default handlers (not the parent's, which
+    signal the workers), no wake-up pipe, and the signal mask from before the fork."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def wait_workers(
+    children: list[int],
     demand: DemandTable,
     metrics: MetricsTable | None = None,
-    limits: LimitTable | None = None,
-    kv_feed: FeedFactory | None = None,
-    peer_kube: KubeTarget | None = None,
-) -> list[int]:
-    """Fork `cfg.workers` serving processes (worker i writes row i of each table); their
-    pids, in order."""
-    if metrics is None:
-        metrics = MetricsTable.create(cfg.workers)
-    if limits is None:
-        limits = LimitTable.create(cfg.workers, peers=cfg.shares_limits)
-    first = _reuseport_socket(cfg.host, cfg.port)
-    port = first.getsockname()[1]  # a fixed port for every worker, even when asked for 0
-    children: list[int] = []
-    for i in range(cfg.workers):
-        pid = os.fork()
-        if pid == 0:
-            sock = first if not children else _reuseport_socket(cfg.host, port)
-            rows = (demand.row(i), metrics.row(i, cfg.metrics_grace_s), limits.row(i))
-            uvloop.run(serve(cfg, sock, kube, *rows, kv_feed=kv_feed, peer_kube=peer_kube))
-            os._exit(0)
-        children.append(pid)
-    first.close()
-    return children
-
-
-def wait_workers(children: list[int], demand: DemandTable) -> None:
+    restart: Callable[[int], int] | None = None,
+) -> None:
     """Forward SIGTERM/SIGINT to the workers and wait for them all; the live demand of one
-    that exits is cleared from the table."""
+    that exits is cleared from the table, and its gauges (breakers it held open) from
+    `metrics` (its counts stay: no counter goes backwards). With `restart` (forks worker i into
+    its slot, returns the pid), a worker that exits before the shutdown signal is forked again,
+    after a backoff by its consecutive failures (router.restarts); during shutdown none is."""
+    slots = Slots(children, time.monotonic(), restart=restart is not None)
 
     def forward(signum: int, _frame: object) -> None:
-        for pid in children:
+        slots.stop()
+        for pid in slots.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    # A signal handler's only effect on a waiting parent is a byte on this pipe, so one poll
+    # waits for an exit, a shutdown signal or the next restart's time, whichever comes first.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    woken = select.poll()
+    woken.register(wake_r, select.POLLIN)
+    before = signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, _woken)  # SIG_DFL would not write to the pipe
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    left = dict.fromkeys(children)
-    while left:
+    try:
+        while True:
+            _reap(slots, demand, metrics)
+            now = time.monotonic()
+            if restart is not None:
+                for worker in slots.due(now):
+                    try:
+                        slots.started(worker, restart(worker), now)
+                    except OSError as exc:  # fork failed: try again later, still serving
+                        delay = slots.not_forked(worker, now)
+                        log.error("router worker %d: %s; trying again in %.1fs", worker, exc, delay)
+            if slots.done():
+                return
+            wait_s = slots.wait_s(time.monotonic())
+            woken.poll(None if wait_s is None else wait_s * 1000.0)
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 512):  # bounded: the pipe holds what signals wrote
+                    pass
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(before)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _woken(_signum: int, _frame: object) -> None:
+    """SIGCHLD's handler: the wake-up pipe is what matters (the loop reaps)."""
+
+
+def _reap(slots: Slots, demand: DemandTable, metrics: MetricsTable | None) -> None:
+    """Collect every worker that has exited: clear what it had live, say when it comes back."""
+    gone: list[tuple[int, int | None]]  # (pid, wait status)
+    while True:
         try:
-            pid, _ = os.wait()
-        except ChildProcessError:
-            return
-        if pid in left:
-            del left[pid]
-            demand.clear_row(children.index(pid))
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # none left, though some were thought running: gone too
+            gone = [(pid, None) for pid in slots.pids()]
+            if not gone:
+                return
+        else:
+            if pid == 0:
+                return
+            gone = [(pid, status)]
+        for pid, raw in gone:
+            ended = slots.exited(pid, time.monotonic())
+            if ended is None:
+                continue  # not a worker
+            demand.clear_row(ended.worker)
+            if metrics is not None:
+                metrics.zero(ended.worker, WORKER_GAUGES)
+            if ended.restart_in is not None:
+                log.warning(
+                    "router worker %d (pid %d) %s after %.1fs; starting it again in %.1fs",
+                    ended.worker,
+                    pid,
+                    _how_it_ended(raw),
+                    ended.ran_s,
+                    ended.restart_in,
+                )
+
+
+def _how_it_ended(status: int | None) -> str:
+    if status is None:
+        return "vanished"
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"

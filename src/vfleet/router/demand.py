@@ -170,6 +170,19 @@ class DemandRow:
         self.urls: dict[int, str] = {}  # endpoint slot -> url, to reclaim by slot
         self.free: list[int] = []  # reclaimed slots, reused before new ones
         self.full_logged = False
+        # A worker forked again into this row (router.app) takes over what the one before left
+        # (cleared by `clear_row`): its models' slots, whose request counts carry on, and the
+        # free slots, so restarts do not fill the row.
+        w = table.words
+        for s in range(min(w[base], table.slots)):
+            slot = base + HEADER_WORDS + s * SLOT_WORDS
+            if w[slot + 1] == MODEL:
+                n = min(max(w[slot + 2], 0), MAX_NAME)
+                start = (slot + NAME_WORD) * 8
+                name = bytes(table.buf[start : start + n]).decode("utf-8", "replace")
+                self.models.setdefault(name, slot)
+            elif w[slot + 1] == FREE:
+                self.free.append(slot)
 
     def model(self, name: str) -> int:
         """The slot of a model (claimed on first use), or -1 when the row is full."""

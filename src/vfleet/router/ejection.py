@@ -14,8 +14,9 @@ meanwhile.
 leave ejected endpoints out); each worker process judges the requests it forwards itself. So
 that the whole router's view can be shown (/metrics, /ui), `shown(url, state, 1 or 0)` hears
 each change of an endpoint's breaker out of or back to closed (router.metrics keeps it in the
-worker's row of the shared metrics table, where a scrape sums the rows: workers per state).
-It runs on state changes only, never per request.
+worker's row of the shared metrics table, where a scrape sums the rows: workers per state; the
+row of a worker that exits is zeroed, router.app's wait_workers). It runs on state changes
+only, never per request.
 """
 
 from __future__ import annotations

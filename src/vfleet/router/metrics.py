@@ -87,6 +87,9 @@ SPANS: Final = 18  # trace spans by outcome (exported, dropped, failed): router.
 # the rows' sum is how many workers hold it there (router.ejection's `shown`)
 BREAKER_STATES: Final = 19
 KV_CHAINS: Final = 20  # requests the kv policy prepared, by (model, outcome): router.kvroute
+# Families whose values say what a worker holds now, not what it counted: zeroed in the row of a
+# worker that exited (router.app's wait_workers), so a dead worker's open breakers do not linger.
+WORKER_GAUGES: Final = frozenset({BREAKER_STATES})
 # Values per series; negative for a histogram: its buckets (with +Inf) and its sum.
 WIDTHS: Final[dict[int, int]] = {
     REQUESTS: 1,

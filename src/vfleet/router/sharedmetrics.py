@@ -5,7 +5,8 @@ Each worker is the only writer of its row, so the hot path takes no lock: a coun
 or a histogram observation is one or two additions at word indexes the worker resolved once,
 when the series was first used. A scrape, on whichever worker the kernel hands it to,
 sums the rows: the whole router's counts, whatever the number of workers. The parent keeps the
-map, so the rows of a worker that exited stay in the sums and no counter goes backwards.
+map, so the rows of a worker that exited stay in the sums and no counter goes backwards; its
+gauges (what it held, such as open breakers) are zeroed when it exits (`zero`).
 
 Lock-free reads, as in router.demand (the same reasoning, summarised):
 
@@ -120,6 +121,18 @@ class MetricsTable:
             sums[fid].pop(name, None)
         return sums
 
+    def zero(self, worker: int, families: Collection[int]) -> None:
+        """Set worker `worker`'s series of `families` to 0: the gauges of a worker that has
+        exited (what it held went with it; its counters stay summed). Only once it is gone: a
+        row has one writer. Each value is one word store, so a scrape sees it before or after."""
+        w = self.words
+        base = worker * self.row_words
+        for s in range(min(w[base], self.slots)):
+            i = base + HEADER_WORDS + s * SLOT_WORDS
+            if w[i + FAMILY] in families:
+                for v in range(i + VALUES, i + VALUES + VALUE_WORDS):
+                    w[v] = 0
+
     def _read(self, i: int, widths: Mapping[int, int]) -> tuple[int, str, bool, list[float]] | None:
         w = self.words
         for _ in range(READ_TRIES):
@@ -159,6 +172,24 @@ class MetricsRow:
         self.departed: dict[str, float] = {}  # endpoint url -> when first seen unlisted
         self.retiring: deque[tuple[float, int]] = deque()  # (retired at, slot), oldest first
         self.full_logged = False
+        # A worker forked again into this row (router.app) takes over what the one before left:
+        # its live series, claimed again by name with their counts (no counter starts over),
+        # its free slots, and the slots it had retired (freed after RETIRE_HOLD_S from the
+        # first sweep), so restarts neither fill the row nor hide a series for good.
+        self.adopted: dict[tuple[int, bytes], int] = {}
+        self.retired_before: list[int] = []
+        w = table.words
+        for s in range(min(w[base], table.slots)):
+            slot = base + HEADER_WORDS + s * SLOT_WORDS
+            if w[slot + FAMILY] == 0:
+                self.free.append(slot)
+            elif w[slot + RETIRED]:
+                self.retired_before.append(slot)
+            else:
+                n = min(max(w[slot + NAME_LEN], 0), MAX_NAME)
+                start = (slot + NAME_WORD) * 8
+                name = bytes(table.buf[start : start + n])
+                self.adopted.setdefault((w[slot + FAMILY], name), slot)
 
     def claim(self, fid: int, name: str) -> int:
         """A zeroed slot for the series `name` of family `fid`; -1 when the row is full."""
@@ -166,6 +197,9 @@ class MetricsRow:
         w = self.table.words
         if len(raw) > MAX_NAME:
             return self._full(f"labels longer than {MAX_NAME} bytes: {name[:60]}...")
+        slot = self.take(fid, raw)
+        if slot >= 0:
+            return slot  # the series of the worker before in this row: counts carry on
         if self.free:
             slot = self.free.pop()
         elif w[self.base] < self.table.slots:
@@ -185,9 +219,17 @@ class MetricsRow:
             w[self.base] += 1  # published only once the slot is complete
         return slot
 
+    def take(self, fid: int, raw: bytes) -> int:
+        """The slot of series `raw` of family `fid` that the worker before in this row left
+        (its values as they are), else -1."""
+        return self.adopted.pop((fid, raw), -1) if self.adopted else -1
+
     def sweep(self, listed: Collection[str], now: float) -> None:
         """Retire the series of endpoints unlisted for `grace_s`, free slots retired for
         RETIRE_HOLD_S. Called every second or so; `listed`: the endpoints known now."""
+        if self.retired_before:
+            self.retiring.extend((now, slot) for slot in self.retired_before)
+            self.retired_before = []
         seen: set[str] = set()
         for family in self.families:
             for url in family.endpoints():
@@ -243,7 +285,14 @@ class SharedCounter(Generic[K]):
 
     def __getitem__(self, key: K) -> int:
         i = self.index.get(key)
-        return 0 if i is None else self.words[i]
+        if i is None:
+            # `c[key] += 1` reads first: a series the worker before in this row left is taken
+            # over here, or the write would start its count over.
+            slot = self.row.take(self.fid, self.label_text(key).encode())
+            if slot < 0:
+                return 0
+            i = self.index[key] = slot + VALUES
+        return self.words[i]
 
     def __setitem__(self, key: K, value: int) -> None:
         i = self.index.get(key)

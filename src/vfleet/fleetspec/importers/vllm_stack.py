@@ -56,6 +56,7 @@ MODEL_K8S = {
     "tolerationsPolicy",
     "shmSize",
     "serviceAnnotations",
+    "chatTemplateConfigMap",  # chatTemplate's text, which the chart mounts at /templates
     "keda",
     "raySpec",
     "sidecar",
