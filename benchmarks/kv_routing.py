@@ -22,10 +22,17 @@ that cold start is a fifth of the run and sets kv's p90; --requests 1440 dilutes
 an overloaded policy's queue grow). Per-run `tails` give TTFT of each prefix's first request
 apart from the rest.
 
+--tokenizer trained: every engine encodes prompts with a real tokenizer (`vfleet sim
+--tokenizer DIR`), a 16k-vocabulary byte-level BPE trained here on a few MB of generated text
+(`train_tokenizer`, cached in the temp dir), like the GPU host's model; the engines' cards name
+DIR as their root, so a kv router loads and pays for the same tokenizer, as with vLLM (issue 11:
+there the kv policy collapsed past 64 req/s). --tokenizer DIR uses a model directory of your own.
+Default: the simulator's free 4-byte pieces.
+
 usage: python benchmarks/kv_routing.py [--rates 16,32,48,64] [--requests 480] [--engines 8]
        [--blocks 3500] [--policies round_robin,prefix,kv] [--time-scale 2] [--out DIR]
        [--sample-queues] [--src new=TREE/src --src old=OTHER/src --policies kv@new,kv@old]
-       [--router-src DIR] [--engine-src DIR]
+       [--router-src DIR] [--engine-src DIR] [--tokenizer trained|DIR]
 A policy named NAME@TAG runs the router from the tree --src TAG=DIR names (an A/B of a change
 in the same process tree; --router-src and --engine-src: the trees of the other routers and of
 the engines, default the installed vfleet); --sample-queues records each engine's running and
@@ -42,8 +49,10 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -65,6 +74,105 @@ ROUTER_STOP_S = 20.0
 # "At least as good" allows this much noise: one run per policy on a shared machine.
 TTFT_NOISE = 0.05
 TOK_S_NOISE = 0.02
+
+
+# ChatML, as Qwen's tokenizer_config.json has it (the GPU host's model's template was ChatML-like)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+TRAINED_VOCAB = 16384
+TRAINED_VERSION = 2  # bump when train_tokenizer changes: the cached directory is rebuilt
+
+
+def _corpus(rng: random.Random, size: int) -> list[str]:
+    """About `size` characters of generated text: the workload's own words (its prompts' text)
+    mixed with Zipf-distributed made-up words, punctuation, numbers and line breaks, so that a
+    16k vocabulary fills with whole words and word pieces as on natural text."""
+    syllables = [a + b for a in "bcdfghjklmnprstvwz" for b in "aeiou"] + list("aeiouy")
+    made = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(40_000)]
+    cum_weights = list(itertools.accumulate(1.0 / (i + 1) for i in range(len(made))))
+    own = list(workloads._WORDS)
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        words = []
+        for _ in range(rng.randint(5, 30)):
+            roll = rng.random()
+            if roll < 0.45:
+                words.append(rng.choice(own))
+            elif roll < 0.95:
+                word = rng.choices(made, cum_weights=cum_weights)[0]
+                words.append(word.capitalize() if rng.random() < 0.1 else word)
+            else:
+                words.append(str(rng.randint(0, 10 ** rng.randint(1, 5))))
+        line = " ".join(words) + rng.choice([".", ",", ";", "?", "!", ":", ""])
+        lines.append(line)
+        total += len(line) + 1
+    return lines
+
+
+def byte_level_bpe(vocab: int) -> tuple[Any, Any]:
+    """An untrained byte-level BPE (ByteLevel pre-tokenizer and decoder, ChatML special tokens,
+    the GPU host's kind) and its trainer for `vocab` ids; kv_tokenize.py trains one too."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    return tok, trainer
+
+
+def train_tokenizer(folder: Path, vocab: int = TRAINED_VOCAB, size: int = 4_000_000) -> Path:
+    """A byte-level BPE (ByteLevel pre-tokenizer and decoder, `vocab` ids, ChatML special
+    tokens) trained on `size` characters of `_corpus`, saved in `folder` as a model directory
+    (tokenizer.json, tokenizer_config.json with a ChatML chat_template); kept there, so later
+    runs reuse it."""
+
+    if (folder / "tokenizer.json").is_file() and (folder / "tokenizer_config.json").is_file():
+        return folder
+    tok, trainer = byte_level_bpe(vocab)
+    started = time.monotonic()
+    tok.train_from_iterator(_corpus(random.Random(11), size), trainer)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    tok.save(str(tmp / "tokenizer.json"))
+    config = {
+        "chat_template": CHATML_TEMPLATE,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "model_max_length": 32768,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    with contextlib.suppress(OSError):  # another run made it meanwhile: keep that one
+        tmp.rename(folder)
+    print(
+        f"trained a {tok.get_vocab_size()}-id byte-level BPE in {time.monotonic() - started:.0f}s"
+        f" into {folder}",
+        file=sys.stderr,
+    )
+    return folder
+
+
+def tokenizer_dir(choice: str | None) -> str | None:
+    """--tokenizer: None (the sim's pieces), 'trained' (train_tokenizer, cached) or a model
+    directory."""
+    if not choice:
+        return None
+    if choice == "trained":
+        cache = Path(tempfile.gettempdir()) / f"vfleet-bpe{TRAINED_VOCAB}-v{TRAINED_VERSION}"
+        return str(train_tokenizer(cache))
+    if not (Path(choice) / "tokenizer.json").is_file():
+        raise SystemExit(f"--tokenizer {choice}: no tokenizer.json there")
+    return str(Path(choice).resolve())
 
 
 @dataclass
@@ -124,14 +232,25 @@ def empty_caches(engines: list[Proc]) -> None:
 
 async def kv_reasons(url: str) -> dict[str, float]:
     """The kv policy's decisions by reason, from the router's /metrics (empty for others)."""
+    return await _counted(url, "vfleet_router_kv_decisions_total", "reason")
+
+
+async def kv_chains(url: str) -> dict[str, float]:
+    """How the kv policy's requests got their KV-block chains (cached, computed) or why they
+    went without one (background, busy, timeout...), from the router's /metrics."""
+    return await _counted(url, "vfleet_router_kv_chains_total", "outcome")
+
+
+async def _counted(url: str, family: str, label: str) -> dict[str, float]:
+    """{label value: count} of one counter family in `url`'s /metrics, summed over the rest."""
     out: dict[str, float] = {}
     with contextlib.suppress(OSError, ValueError):
         resp = await http_client.get(url, "/metrics", 5.0)
         for line in resp.body.decode().splitlines():
-            if line.startswith("vfleet_router_kv_decisions_total{"):
+            if line.startswith(family + "{") and f'{label}="' in line:
                 labels, _, value = line.rpartition(" ")
-                reason = labels.split('reason="', 1)[1].split('"', 1)[0]
-                out[reason] = out.get(reason, 0.0) + float(value)
+                key = labels.split(f'{label}="', 1)[1].split('"', 1)[0]
+                out[key] = out.get(key, 0.0) + float(value)
     return out
 
 
@@ -212,6 +331,7 @@ def sim_argv(args: argparse.Namespace, port: int, kv_port: int) -> list[str]:
         *("--num-gpu-blocks", str(args.blocks), "--max-model-len", "4096"),
         *("--time-scale", f"{args.time_scale:g}", "--host", "127.0.0.1", "--port", str(port)),
         *("--kv-events-config", json.dumps(config)),
+        *(("--tokenizer", args.tokenizer_dir) if args.tokenizer_dir else ()),
     ]
 
 
@@ -310,10 +430,12 @@ async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                         with contextlib.suppress(asyncio.CancelledError):
                             await sampler
                     reasons = await kv_reasons(router.url)
+                    chains = await kv_chains(router.url)
                 finally:
                     router.stop(ROUTER_STOP_S)
                 numbers = {"policy": policy, "rate": rate, **row(result.summary, args.time_scale)}
                 numbers["kv_reasons"] = reasons
+                numbers["kv_chains"] = chains
                 # What any router could deliver at most: every token offered, at once.
                 numbers["offered_tok_s"] = (
                     rate * sum(r.max_tokens for r in requests) / len(requests)
@@ -378,6 +500,7 @@ def report(results: dict[str, Any]) -> str:
         "",
         *(
             f"- {r['policy']} at {r['rate']:g} req/s, decisions by reason: {r['kv_reasons']}"
+            + (f"; chains by outcome: {r['kv_chains']}" if r.get("kv_chains") else "")
             for r in runs
             if r.get("kv_reasons")
         ),
@@ -479,8 +602,15 @@ def main() -> int:
         action="store_true",
         help="scrape the engines' running/waiting gauges during runs (costs some CPU)",
     )
+    ap.add_argument(
+        "--tokenizer",
+        default=None,
+        help="'trained' (a 16k byte-level BPE trained here) or a model directory: the engines "
+        "encode prompts with it (vfleet sim --tokenizer), and so does a kv router",
+    )
     ap.add_argument("--out", default=None, help="results folder (default: a temp dir)")
     args = ap.parse_args()
+    args.tokenizer_dir = tokenizer_dir(args.tokenizer)
     out = Path(args.out or tempfile.mkdtemp(prefix="vfleet-kv-routing-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"logs and results in {out} (pid {os.getpid()})", file=sys.stderr)

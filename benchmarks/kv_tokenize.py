@@ -39,6 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from kv_routing import byte_level_bpe
 from vfleet.router.kvchain import QUICK_THREADS, BlockMemo, Chains, HfTokenizer, Prompt, text_chain
 from vfleet.router.state import Chain
 
@@ -48,7 +49,7 @@ OLD_WAIT_S = 0.05  # the previous kvroute.CHAIN_WAIT_S
 
 def train(folder: Path, vocab: int = 16384, budget: int = 6_000_000) -> Path:
     """A byte-level BPE tokenizer trained on up to `budget` bytes of the standard library."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
 
     root = sysconfig.get_paths()["stdlib"]
     files: list[str] = []
@@ -60,15 +61,7 @@ def train(folder: Path, vocab: int = 16384, budget: int = 6_000_000) -> Path:
         size += os.path.getsize(path)
         if size > budget:
             break
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    tok, trainer = byte_level_bpe(vocab)
     tok.train(files, trainer)
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     saved = folder / "tokenizer.json"

@@ -55,7 +55,7 @@ def test_the_sim_tokenizer_and_chat_match_the_simulator(
     tok = SimTokenizer()
     assert tok.encode(prompt, True) == sim_tokenizer.encode(prompt)
     rendered = tok.render_chat(messages)
-    assert rendered == render_chat(messages, {})
+    assert rendered == render_chat(messages, {}, sim_tokenizer.Pieces())
     assert tokens_of(tok, Prompt(messages=tuple(messages))) == sim_tokenizer.encode(rendered)
 
 

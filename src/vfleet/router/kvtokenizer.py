@@ -21,16 +21,15 @@ one encoded before reuses its ids up to a safe cut and encodes only the rest.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import threading
 from array import array
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from vfleet.chattemplate import compile_template, read_settings, special_texts
 from vfleet.router.kvtokens import (
     MARGIN_CHARS,
     Encoded,
@@ -70,7 +69,7 @@ class SimTokenizer:
     `vfleet.sim.tokenizer`, which the router may not import: engines are known by URL only)."""
 
     def __init__(self) -> None:
-        self._template = _compile(CHATML)
+        self._template = compile_template(CHATML)
 
     def encode(self, text: str, special: bool) -> list[int]:
         data = text.encode("utf-8")
@@ -100,8 +99,8 @@ class HfTokenizer:
         # and padding unless asked for them
         self.rust.no_truncation()
         self.rust.no_padding()
-        self._template = _compile(template) if template else None
-        self._special = {name: _token_text(config.get(name)) for name in ("bos_token", "eos_token")}
+        self._template = compile_template(template) if template else None
+        self._special = special_texts(dict(config))
         self.name = name
         self.incremental: Incremental | None = None
         self.refused: str | None = None  # why the self-check refused incremental encoding
@@ -203,31 +202,6 @@ class HfTokenizer:
         )
 
 
-def _token_text(value: Any) -> str:
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else ""
-
-
-def _compile(template: str) -> Any:
-    """A chat template compiled as Hugging Face compiles one (what vLLM renders through)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise ValueError(message)
-
-    def tojson(value: Any, indent: int | None = None) -> str:
-        return json.dumps(value, ensure_ascii=False, indent=indent)
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
-
-
 def load_tokenizer(card: Mapping[str, Any]) -> Tokenizer | None:
     """The tokenizer a model card names (blocking: file reads; run it off the event loop)."""
     if card.get("tokenizer") == SIM_TOKENIZER:
@@ -242,18 +216,8 @@ def load_tokenizer(card: Mapping[str, Any]) -> Tokenizer | None:
     if files is None:
         return None
     tokenizer_json, config_path, template_path = files
-    config: dict[str, Any] = {}
-    if config_path is not None:
-        loaded = json.loads(config_path.read_text())
-        config = loaded if isinstance(loaded, dict) else {}
-    template = config.get("chat_template")
-    if isinstance(template, list):  # named templates: the default one
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    if template_path is not None:
-        template = template_path.read_text()
+    config, template = read_settings(config_path, template_path)
     name = str(card.get("id") or "")
-    template = template if isinstance(template, str) else None
     return HfTokenizer(tokenizer_json, config, template, name=name)
 
 

@@ -22,6 +22,7 @@ from vfleet.sim.errors import (
     validation_error,
     wrong_type,
 )
+from vfleet.sim.tokenizer import PromptCodec
 
 Body = dict[str, Any]
 
@@ -244,13 +245,13 @@ def _token_ids(v: Any, loc: tuple[Any, ...]) -> list[int]:
     return list(v)
 
 
-def _prompts(v: Any, key: str) -> tuple[list[int], ...]:
+def _prompts(v: Any, key: str, codec: PromptCodec) -> tuple[list[int], ...]:
     """str | list[str] | list[int] | list[list[int]] -> token ids per prompt."""
     if isinstance(v, str):
-        return (tokenizer.encode(v),)
+        return (codec.encode(v, True),)
     if isinstance(v, list) and v:
         if all(isinstance(p, str) for p in v):
-            return tuple(tokenizer.encode(p) for p in v)
+            return tuple(codec.encode(p, True) for p in v)
         if all(type(p) is int for p in v):
             return (_token_ids(v, (key,)),)
         if all(isinstance(p, list) for p in v):
@@ -278,13 +279,16 @@ def message_text(content: Any, loc: tuple[Any, ...]) -> str:
     raise wrong_type(loc, "string", content)
 
 
-def render_chat(messages: Any, body: Body, add_generation_prompt: bool = True) -> str:
-    """ChatML rendering, as the Qwen family's chat template does."""
+def render_chat(
+    messages: Any, body: Body, codec: PromptCodec, add_generation_prompt: bool = True
+) -> str:
+    """`messages` checked as vLLM checks them, then rendered by `codec`: ChatML for the built-in
+    pieces, DIR's chat template with `--tokenizer DIR` (`sim.hftok`)."""
     if not isinstance(messages, list):
         if messages is None:
             raise missing(("messages",), body)
         raise wrong_type(("messages",), "list", messages)
-    out = []
+    turns: list[tuple[str, str]] = []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise wrong_type(("messages", i), "dictionary", msg)
@@ -292,10 +296,11 @@ def render_chat(messages: Any, body: Body, add_generation_prompt: bool = True) -
         if not isinstance(role, str):
             raise missing(("messages", i, "role"), msg)
         text = message_text(msg.get("content"), ("messages", i, "content"))
-        out.append(f"<|im_start|>{role}\n{text}<|im_end|>\n")
-    if add_generation_prompt:
-        out.append("<|im_start|>assistant\n")
-    return "".join(out)
+        turns.append((role, text))
+    try:
+        return codec.render_chat(messages, turns, add_generation_prompt)
+    except Exception as exc:  # a template's raise_exception, a Jinja error: vLLM's 400
+        raise ApiError(400, str(exc)) from exc
 
 
 # -- request parsers ------------------------------------------------------------------------
@@ -308,34 +313,34 @@ def _has_extras(body: Body) -> bool:
     return not _EXTRA_KEYS.isdisjoint(body)
 
 
-def parse_chat(body: Body) -> GenerateRequest:
+def parse_chat(body: Body, codec: PromptCodec) -> GenerateRequest:
     # vLLM's model validators (tool_choice, logprobs) run before its field checks.
     extras = structured.chat_extras(body) if _has_extras(body) else None
-    prompt = tokenizer.encode(render_chat(body.get("messages"), body))
+    prompt = codec.encode(render_chat(body.get("messages"), body, codec), False)
     return GenerateRequest(_model(body), (prompt,), _sampling(body, None), True, True, extras)
 
 
-def parse_completion(body: Body) -> GenerateRequest:
+def parse_completion(body: Body, codec: PromptCodec) -> GenerateRequest:
     if "prompt" not in body:
         raise missing(("prompt",), body)
     wants = "logprobs" in body or "response_format" in body
     extras = structured.completion_extras(body) if wants else None
     raw = body["prompt"]
-    prompts = _prompts(raw, "prompt")
+    prompts = _prompts(raw, "prompt", codec)
     text = isinstance(raw, str) or (isinstance(raw, list) and isinstance(raw[0], str))
     # The OpenAI completions API defaults max_tokens to 16, and vLLM follows it.
     return GenerateRequest(_model(body), prompts, _sampling(body, 16), False, text, extras)
 
 
-def parse_embed(body: Body) -> EmbedRequest:
+def parse_embed(body: Body, codec: PromptCodec) -> EmbedRequest:
     if "input" not in body:
         if "messages" in body:
-            text = render_chat(body["messages"], body, add_generation_prompt=False)
-            inputs: tuple[list[int], ...] = (tokenizer.encode(text),)
+            text = render_chat(body["messages"], body, codec, add_generation_prompt=False)
+            inputs: tuple[list[int], ...] = (codec.encode(text, False),)
         else:
             raise missing(("input",), body)
     else:
-        inputs = _prompts(body["input"], "input")
+        inputs = _prompts(body["input"], "input", codec)
     fmt = body.get("encoding_format", "float") or "float"
     if fmt not in ("float", "base64"):
         raise ApiError(400, f"Unsupported encoding_format: {fmt!r}", param="encoding_format")
@@ -393,7 +398,7 @@ class TokenizeRequest:
     return_token_strs: bool
 
 
-def parse_tokenize(body: Body) -> TokenizeRequest:
+def parse_tokenize(body: Body, codec: PromptCodec) -> TokenizeRequest:
     if "messages" in body:
         gen = _bool(body, "add_generation_prompt", True)
         if gen and _bool(body, "continue_final_message", False):
@@ -401,16 +406,20 @@ def parse_tokenize(body: Body) -> TokenizeRequest:
                 400,
                 "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
             )
-        text = render_chat(body["messages"], body, add_generation_prompt=gen)
+        text = render_chat(body["messages"], body, codec, add_generation_prompt=gen)
+        special = False  # the template has them
     elif "prompt" in body:
         prompt = body["prompt"]
         if not isinstance(prompt, str):
             raise wrong_type(("prompt",), "string", prompt)
         text = prompt
+        special = _bool(body, "add_special_tokens", True)
     else:
         raise missing(("prompt",), body)
     return TokenizeRequest(
-        _model(body), tokenizer.encode(text), _bool(body, "return_token_strs", False)
+        _model(body),
+        codec.encode(text, special),
+        _bool(body, "return_token_strs", False),
     )
 
 

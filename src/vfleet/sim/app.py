@@ -22,6 +22,7 @@ from vfleet.sim.kvevents import ZmqPublisher
 from vfleet.sim.metrics import EngineMetrics
 from vfleet.sim.scheduler import Scheduler
 from vfleet.sim.server import SimServer
+from vfleet.sim.tokenizer import Pieces, PromptCodec
 
 
 def build_engine(
@@ -43,7 +44,7 @@ def build_engine(
     )
 
 
-async def serve(cfg: SimConfig) -> None:
+async def serve(cfg: SimConfig, codec: PromptCodec) -> None:
     """Run until SIGINT/SIGTERM; prints one `ready` line with the bound address."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -59,7 +60,7 @@ async def serve(cfg: SimConfig) -> None:
     publisher = ZmqPublisher(cfg.kv_events) if cfg.kv_events.active else None
     engine = build_engine(cfg, publisher, gpu)
     engine.start(loop)
-    sim = SimServer(cfg, engine)
+    sim = SimServer(cfg, engine, codec)
     # The KV block table and other start-up objects live as long as the process: keep them out
     # of the cyclic collector's scans, which otherwise walk them again and again under load.
     gc.freeze()
@@ -103,6 +104,21 @@ def run(cfg: SimConfig) -> None:
         cfg = with_environment(cfg, os.environ)
     except ValueError as exc:
         raise SystemExit(f"vfleet sim: {exc}") from None
+    # before the port opens, as vLLM loads its tokenizer before serving
+    codec = prompt_codec(cfg)
     # Before listening: the default soft limit (often 1024) is a few idle clients away.
     raise_nofile_limit()
-    uvloop.run(serve(cfg))
+    uvloop.run(serve(cfg, codec))
+
+
+def prompt_codec(cfg: SimConfig) -> PromptCodec:
+    """The built-in pieces, or with `--tokenizer DIR` DIR's tokenizer (SystemExit if unreadable)."""
+    if not cfg.tokenizer:
+        return Pieces()
+    # imported only here: a simulator without --tokenizer never loads jinja2 or tokenizers
+    from vfleet.sim import hftok
+
+    try:
+        return hftok.load(cfg.tokenizer)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"vfleet sim: --tokenizer: {exc}") from None

@@ -124,6 +124,13 @@ def _lora_modules(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     help="File naming the (simulated) GPU this engine shares: engines given the same file "
     "time-slice it, each step taking as many times longer as they are busy.",
 )
+@click.option(
+    "--tokenizer",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Model directory (tokenizer.json, tokenizer_config.json with a chat_template) whose "
+    "tokenizer encodes prompts, reported as the model's root. Default: the sim's 4-byte pieces.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--error-rate", type=float, default=0.0, help="Fault: fraction answered with 500.")
 @click.option("--hang-rate", type=float, default=0.0, help="Fault: fraction never answered.")
@@ -165,6 +172,7 @@ def sim(
     tool_call_parser: str | None,
     responses_store_size: int,
     shared_gpu: str | None,
+    tokenizer: str | None,
     seed: int,
     error_rate: float,
     hang_rate: float,
@@ -228,6 +236,7 @@ def sim(
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
             shared_gpu=shared_gpu,
+            tokenizer=tokenizer,
         )
     except (ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc

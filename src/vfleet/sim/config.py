@@ -43,6 +43,8 @@ class SimConfig:
     tool_call_parser: str | None = None
     responses_store_size: int = 1024  # stored /v1/responses answers kept (least recent go)
     shared_gpu: str | None = None  # file naming the GPU this engine time-slices (sim.gpushare)
+    # a model directory whose tokenizer encodes prompts (sim.hftok; None: sim.tokenizer's pieces)
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if not self.served_names or not all(self.served_names):

@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 
-from vfleet.sim import api, rich, tokenizer
+from vfleet.sim import api, rich
 from vfleet.sim.errors import ApiError, missing, validation_error, value_error, wrong_type
 from vfleet.sim.scheduler import Sequence
 from vfleet.sim.structured import Extras, Forced, json_output, required_call, tool_call_text
+from vfleet.sim.tokenizer import PromptCodec
 
 ROLES = ("user", "assistant", "system")
 ROLE_ALIASES = {"ctx": "user", "msg": "user"}  # roles recent Claude Code sends; vLLM maps them
@@ -208,7 +209,7 @@ def _max_tokens(body: Body) -> int:
     return v
 
 
-def parse(body: Body, count_only: bool = False) -> api.GenerateRequest:
+def parse(body: Body, codec: PromptCodec, count_only: bool = False) -> api.GenerateRequest:
     """A Messages (or count_tokens) request as the chat request vLLM makes of it."""
     model = _model(body)
     chat = _chat_messages(body)
@@ -222,7 +223,7 @@ def parse(body: Body, count_only: bool = False) -> api.GenerateRequest:
         raise wrong_type(("stream",), "boolean", stream)
     sampling_fields: Body = {k: body[k] for k in ("temperature", "top_p", "top_k") if k in body}
     api.check_sampling(sampling_fields, 1)
-    prompt = tokenizer.encode(api.render_chat(chat, body))
+    prompt = codec.encode(api.render_chat(chat, body, codec), False)
     sampling = api.Sampling(
         max_tokens=max_tokens,
         request_id=None,

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from vfleet.sim import api, rich, tokenizer
+from vfleet.sim import api, rich
 from vfleet.sim.errors import ApiError, missing, wrong_type
 from vfleet.sim.scheduler import Sequence
 from vfleet.sim.structured import (
@@ -34,6 +34,7 @@ from vfleet.sim.structured import (
     required_call,
     tool_call_text,
 )
+from vfleet.sim.tokenizer import PromptCodec
 
 Body = dict[str, Any]
 Message = dict[str, str]
@@ -136,7 +137,7 @@ def _input_messages(body: Body) -> list[Message]:
     return out
 
 
-def parse(body: Body, store: ResponseStore) -> ResponsesRequest:
+def parse(body: Body, store: ResponseStore, codec: PromptCodec) -> ResponsesRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise wrong_type(("model",), "string", model)
@@ -169,7 +170,7 @@ def parse(body: Body, store: ResponseStore) -> ResponsesRequest:
         history.extend(stored.conversation)
     history.extend(new)
     chat = ([{"role": "system", "content": instructions}] if instructions else []) + history
-    prompt = tokenizer.encode(api.render_chat(chat, body))
+    prompt = codec.encode(api.render_chat(chat, body, codec), False)
     sampling = api.Sampling(
         max_tokens=max_out,
         request_id=None,

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from vfleet.http.server import Connection, Request
-from vfleet.sim import api, messages, responses, respstore, rich, tokenizer
+from vfleet.sim import api, messages, responses, respstore, rich
 from vfleet.sim.config import SimConfig
 from vfleet.sim.embed import embed, relevance
 from vfleet.sim.engine import Engine
@@ -47,6 +47,7 @@ from vfleet.sim.jobs import (
 )
 from vfleet.sim.scheduler import Sequence
 from vfleet.sim.structured import AUTO_TOOLS_OFF, Extras
+from vfleet.sim.tokenizer import PromptCodec
 
 log = logging.getLogger("vfleet.sim")
 
@@ -70,9 +71,11 @@ def _is_json(req: Request) -> bool:
 class SimServer:
     """Routes and state of one simulated engine."""
 
-    def __init__(self, cfg: SimConfig, engine: Engine) -> None:
+    def __init__(self, cfg: SimConfig, engine: Engine, codec: PromptCodec) -> None:
         self.cfg = cfg
         self.engine = engine
+        # how prompts become token ids (sim.tokenizer.Pieces, or sim.hftok with --tokenizer DIR)
+        self.codec = codec
         self.faults = FaultState(cfg.faults, cfg.seed)
         self.loras: dict[str, str] = dict(cfg.lora_modules)
         self.inflight = InFlight(
@@ -107,7 +110,8 @@ class SimServer:
             "/is_sleeping": {"GET": self._is_sleeping},
             "/sim/faults": {"GET": self._get_faults, "POST": self._set_faults},
             # Not a vLLM route: tells a router (the kv policy) to tokenize as the simulator does
-            # (sim.tokenizer, ChatML chats) instead of looking for the model's own tokenizer.
+            # (sim.tokenizer, ChatML chats) instead of looking for the model's own tokenizer;
+            # with --tokenizer DIR it names DIR, and the router uses the card's root (DIR).
             "/sim/tokenizer": {"GET": self._tokenizer_info},
         }
         # vLLM registers only the routes of the model's task; the others are plain 404s.
@@ -212,7 +216,12 @@ class SimServer:
         conn.respond(200, orjson.dumps({"version": responses.VLLM_VERSION}))
 
     def _tokenizer_info(self, req: Request, conn: Connection) -> None:
-        conn.respond(200, b'{"tokenizer":"vfleet-sim","chat_template":"chatml"}')
+        directory = self.codec.directory
+        if directory is None:
+            conn.respond(200, b'{"tokenizer":"vfleet-sim","chat_template":"chatml"}')
+            return
+        # --tokenizer DIR: a router tokenizes as for a real engine, from the card's root (DIR)
+        conn.respond(200, orjson.dumps({"tokenizer": directory, "chat_template": "model"}))
 
     def _load(self, req: Request, conn: Connection) -> None:
         conn.respond(200, orjson.dumps({"server_load": self.inflight.load}))
@@ -224,16 +233,18 @@ class SimServer:
         now = int(time.time())
         cfg = self.cfg
         max_len = cfg.scheduler.max_model_len
-        cards = [
-            responses.model_card(n, cfg.model_path, None, max_len, now) for n in cfg.served_names
-        ]
+        directory = self.codec.directory
+        # with --tokenizer DIR, `root` is DIR, as a real engine's is its model directory (where a
+        # router's kv policy finds the tokenizer)
+        root = cfg.model_path if directory is None else directory
+        cards = [responses.model_card(n, root, None, max_len, now) for n in cfg.served_names]
         cards += [responses.model_card(n, p, cfg.name, None, now) for n, p in self.loras.items()]
         conn.respond(200, orjson.dumps({"object": "list", "data": cards}))
 
     def _tokenize(self, req: Request, conn: Connection) -> None:
-        tr = api.parse_tokenize(api.parse_json(req.body))
+        tr = api.parse_tokenize(api.parse_json(req.body), self.codec)
         self.resolve_model(tr.model)
-        strs = [tokenizer.piece(t) for t in tr.tokens] if tr.return_token_strs else None
+        strs = [self.codec.piece(t) for t in tr.tokens] if tr.return_token_strs else None
         out = {
             "count": len(tr.tokens),
             "max_model_len": self.cfg.scheduler.max_model_len,
@@ -245,7 +256,7 @@ class SimServer:
     def _detokenize(self, req: Request, conn: Connection) -> None:
         model, tokens = api.parse_detokenize(api.parse_json(req.body))
         self.resolve_model(model)
-        conn.respond(200, orjson.dumps({"prompt": tokenizer.decode(tokens)}))
+        conn.respond(200, orjson.dumps({"prompt": self.codec.decode(tokens)}))
 
     def _load_lora(self, req: Request, conn: Connection) -> None:
         body = api.parse_json(req.body)
@@ -303,10 +314,10 @@ class SimServer:
     # -- generation -------------------------------------------------------------------------
 
     def _chat(self, req: Request, conn: Connection) -> None:
-        self._generate(req, conn, api.parse_chat(api.parse_json(req.body)))
+        self._generate(req, conn, api.parse_chat(api.parse_json(req.body), self.codec))
 
     def _completions(self, req: Request, conn: Connection) -> None:
-        self._generate(req, conn, api.parse_completion(api.parse_json(req.body)))
+        self._generate(req, conn, api.parse_completion(api.parse_json(req.body), self.codec))
 
     def _generate(self, req: Request, conn: Connection, g: api.GenerateRequest) -> None:
         prepared = self.prepare(req, conn, g)
@@ -426,7 +437,7 @@ class SimServer:
     # -- Anthropic Messages -----------------------------------------------------------------
 
     def _messages(self, req: Request, conn: Connection) -> None:
-        g = messages.parse(api.parse_json(req.body))
+        g = messages.parse(api.parse_json(req.body), self.codec)
         try:
             prepared = self.prepare(req, conn, g)
         except ApiError as exc:  # errors while serving come back in Anthropic's shape
@@ -447,7 +458,7 @@ class SimServer:
         PoolJob(self.inflight, conn, seqs, answer).start()
 
     def _count_tokens(self, req: Request, conn: Connection) -> None:
-        g = messages.parse(api.parse_json(req.body), count_only=True)
+        g = messages.parse(api.parse_json(req.body), self.codec, count_only=True)
         try:
             self.resolve_model(g.model)
         except ApiError as exc:
@@ -461,7 +472,7 @@ class SimServer:
         body = api.parse_json(req.body)
         model = body.get("model")
         self.resolve_model(model if isinstance(model, str) else None)
-        r = respstore.parse(body, self.store)
+        r = respstore.parse(body, self.store, self.codec)
         prepared = self.prepare(req, conn, r.g)
         if prepared is None:
             return
@@ -503,7 +514,7 @@ class SimServer:
     # -- pooling ----------------------------------------------------------------------------
 
     def _embeddings(self, req: Request, conn: Connection) -> None:
-        e = api.parse_embed(api.parse_json(req.body))
+        e = api.parse_embed(api.parse_json(req.body), self.codec)
         self.resolve_model(e.model)
         dim = self.cfg.embedding_dim
         if e.dimensions is not None and e.dimensions > dim:
@@ -516,7 +527,7 @@ class SimServer:
         def answer(done: list[Sequence]) -> bytes:
             vectors: list[object] = []
             for seq in done:
-                vec = embed(tokenizer.decode(seq.prompt), dim)
+                vec = embed(self.codec.decode(seq.prompt), dim)
                 if e.dimensions is not None:
                     vec = _renormalise(vec[: e.dimensions])
                 vectors.append(
@@ -541,7 +552,7 @@ class SimServer:
         ]
         if not pairs:
             raise ApiError(400, "At least one document is required", param="documents")
-        seqs = self._pooling_seqs(tuple(tokenizer.encode(q + "\n" + d) for q, d in pairs))
+        seqs = self._pooling_seqs(tuple(self.codec.encode(q + "\n" + d, True) for q, d in pairs))
         if self._fault(conn):
             return
         rid = req.header(b"x-request-id") or self.new_request_id()
