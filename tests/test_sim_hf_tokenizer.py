@@ -107,6 +107,14 @@ def test_a_kv_router_routes_by_the_real_tokenizers_blocks(
     assert len(want) != -(-len(chatml(messages).encode()) // 4)  # not the sim's 4-byte pieces
     tokenized = direct.post("/tokenize", {"model": "demo", "messages": messages}).json()
     assert tokenized["tokens"] == want
+    # Content given as parts: this template does not loop over a message's content, so (as
+    # vLLM does) it gets the text parts joined by newlines.
+    parts = [{"type": "text", "text": PREFIX}, {"type": "text", "text": "why?"}]
+    body = {"model": "demo", "messages": [{"role": "user", "content": parts}], "max_tokens": 2}
+    resp = direct.post("/v1/chat/completions", body)
+    assert resp.status == 200, resp.body
+    joined = chatml([{"role": "user", "content": PREFIX + "\n" + "why?"}])
+    assert resp.json()["usage"]["prompt_tokens"] == len(tok.encode(joined).ids)
     resp = direct.post("/v1/completions", {"model": "demo", "prompt": WORDS, "max_tokens": 1})
     assert resp.json()["usage"]["prompt_tokens"] == len(tok.encode(WORDS).ids)
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from vfleet.chattemplate import compile_template, read_settings, special_texts
+from vfleet.chattemplate import ChatTemplate, compile_template, read_settings, special_texts
 from vfleet.router.kvtokens import (
     MARGIN_CHARS,
     Encoded,
@@ -99,8 +99,8 @@ class HfTokenizer:
         # and padding unless asked for them
         self.rust.no_truncation()
         self.rust.no_padding()
-        self._template = compile_template(template) if template else None
-        self._special = special_texts(dict(config))
+        # contents as vLLM hands them to this template (joined text, or a list of parts)
+        self._chat = ChatTemplate(template, special_texts(dict(config))) if template else None
         self.name = name
         self.incremental: Incremental | None = None
         self.refused: str | None = None  # why the self-check refused incremental encoding
@@ -195,11 +195,9 @@ class HfTokenizer:
             return None
 
     def render_chat(self, messages: list[Any]) -> str:
-        if self._template is None:
+        if self._chat is None:
             raise ValueError("the model has no chat template")
-        return str(
-            self._template.render(messages=messages, add_generation_prompt=True, **self._special)
-        )
+        return self._chat.render(messages)
 
 
 def load_tokenizer(card: Mapping[str, Any]) -> Tokenizer | None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vfleet.chattemplate import compile_template, read_settings, special_texts
+from vfleet.chattemplate import ChatTemplate, read_settings, special_texts
 
 
 class HfPromptTokenizer:
@@ -44,8 +44,7 @@ class HfPromptTokenizer:
             template_path if template_path.is_file() else None,
         )
         self.has_template = template is not None
-        self._template = compile_template(template) if template is not None else None
-        self._special = special_texts(config)
+        self._chat = ChatTemplate(template, special_texts(config)) if template else None
         self.vocab_size = self.rust.get_vocab_size()
 
     def encode(self, text: str, special: bool) -> list[int]:
@@ -63,15 +62,11 @@ class HfPromptTokenizer:
     def render_chat(
         self, messages: list[Any], turns: list[tuple[str, str]], add_generation_prompt: bool
     ) -> str:
-        # the template reads the messages as sent (content parts and all), as vLLM's does
-        if self._template is None:
+        # contents as vLLM hands them to this template (joined text, or a list of parts)
+        if self._chat is None:
             # vLLM: "As of transformers v4.44, default chat template is no longer allowed"
             raise ValueError(f"the tokenizer in {self.directory} has no chat template")
-        return str(
-            self._template.render(
-                messages=messages, add_generation_prompt=add_generation_prompt, **self._special
-            )
-        )
+        return self._chat.render(messages, add_generation_prompt)
 
 
 def load(directory: str) -> HfPromptTokenizer:
