@@ -102,7 +102,7 @@ async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         router = spawn(
             [
                 *(sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1"),
-                *("--port", str(router_port), "--policy", "kv"),
+                *("--port", str(router_port), "--policy", args.policy),
                 *("--backend", f"{engine_url}={MODEL}"),
                 *("--kv-events", f"{engine_url}=tcp://127.0.0.1:{kv_port}"),
             ],
@@ -141,7 +141,7 @@ async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         if router is not None:
             router.stop()
         engine.stop()
-    result: dict[str, Any] = {"args": dict(vars(args)), "paths": {}}
+    result: dict[str, Any] = {"args": dict(vars(args)), "policy": args.policy, "paths": {}}
     for path, recs in records.items():
         ok = [r for r in recs if r.ok]
         ttfts = [r.ttft for r in ok if r.ttft is not None]
@@ -166,7 +166,7 @@ def report(result: dict[str, Any]) -> str:
         "| path | requests (failed) | prompt tokens | TTFT p50 ms | TTFT p90 ms | TPOT p50 ms |",
         "|---|---|---|---|---|---|",
     ]
-    for name, p in (("direct to the engine", d), ("kv router", r)):
+    for name, p in (("direct to the engine", d), (f"{result['policy']} router", r)):
         tokens = "-" if p["prompt_tokens_mean"] is None else f"{p['prompt_tokens_mean']:.0f}"
         lines.append(
             f"| {name} | {p['requests']} ({p['failed']}) | {tokens} | {ms(p['ttft_p50'])} "
@@ -200,6 +200,11 @@ def main() -> int:
         help="the tokenizer's characters per token on the workload's text (trained: ~5)",
     )
     ap.add_argument("--prefixes", type=int, default=8)
+    ap.add_argument(
+        "--policy",
+        default="kv",
+        help="the router's policy (e.g. round_robin: the proxy's cost alone)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-tokens", type=int, default=64)
     ap.add_argument("--profile", default="llama-8b-h100", help="the engine's latency profile")
