@@ -114,6 +114,7 @@ def part1(tok: HfTokenizer, prompts: Prompts, args: argparse.Namespace) -> None:
     old: list[float] = []
     new: list[float] = []
     reused = []
+    todo = []  # characters a hit encodes (its suffix, and the shared text after the cut)
     for r in range(args.rounds):
         texts = [prompts.next() for _ in range(args.per_round)]
         order = [("old", old), ("new", new)]
@@ -127,6 +128,7 @@ def part1(tok: HfTokenizer, prompts: Prompts, args: argparse.Namespace) -> None:
                     chain = text_chain(tok, text, True, BLOCK, None, plan)
                     if plan is not None:
                         reused.append(1 - plan.todo / len(text))
+                        todo.append(plan.todo)
                 out.append(time.perf_counter() - t0)
                 if name == "new":
                     assert chain == old_chain(tok, BlockMemo(), text), "incremental != full"
@@ -142,7 +144,10 @@ def part1(tok: HfTokenizer, prompts: Prompts, args: argparse.Namespace) -> None:
                 new_chain(tok, text)
             (miss_old if name == "old" else miss_new).append(time.perf_counter() - t0)
     chars = statistics.mean(len(prompts.next()) for _ in range(32))
-    print(f"prompts: ~{chars:,.0f} chars, text reused per hit {statistics.mean(reused):.1%}")
+    print(
+        f"prompts: ~{chars:,.0f} chars, text reused per hit {statistics.mean(reused):.1%} "
+        f"(encoded: {statistics.median(todo):,.0f} chars p50)"
+    )
     print("per-request chain cost, one thread (ms)   p50      p99")
     for label, values in (("old: encode + BlockMemo", old), ("new: incremental", new)):
         print(f"  {label:36s} {pct(values, 0.5) * 1e3:7.3f}  {pct(values, 0.99) * 1e3:7.3f}")

@@ -320,3 +320,21 @@ def test_computations_under_way_are_bounded() -> None:
     finally:
         gate.set()
         chains.close()
+
+
+def test_a_hit_is_cut_past_its_last_anchor(loaded: dict[str, HfTokenizer]) -> None:
+    """The shared text is compared on past the last shared anchor, in cut steps: a prompt
+    whose shared prefix ends between anchors is cut near where it ends, not at the anchor."""
+    tok = loaded["bytelevel"]
+    assert tok.incremental is not None
+    margin = tok.incremental.cache.margin
+    step = margin + 20
+    inc = Incremental(tok.body, PrefixCache(anchor_chars=4 * step, margin=margin, cut_chars=step))
+    prefix = "".join(check_texts(["alpha beta", " gamma(delta)", "\n\n"], [], random.Random(2), 2))
+    shared = 4 * step * 3 + 2 * step + 5  # 3 anchors and 2 steps shared, then a different text
+    inc.encode(inc.plan(prefix[:shared] + " the first one, and its own words"))
+    text = prefix[:shared] + " a second one (other words)."
+    plan = inc.plan(text)
+    assert plan.source is not None and plan.shared == 3 * 4 + 2
+    assert 4 * step * 3 < plan.cut_char <= shared - margin  # past the anchor, the margin kept
+    assert list(inc.encode(plan).ids) == encode_full(tok, text, False)

@@ -7,7 +7,9 @@ its exit starts the count again.
 
 `Slots` keeps the router parent's worker slots: worker i always writes row i of the shared
 tables, so a worker that exits is forked again into the same slot (the row's counters carry on,
-and worker 0 takes up its duties again). Once stopping, nothing is restarted.
+and worker 0 takes up its duties again). Once stopping, nothing is restarted. The last `last`
+slots (the KEDA scaler's process) are supervised alike but stopped only once every other slot's
+process has exited: KEDA must still see the requests a draining worker holds.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Slot:
     started: float  # when it was forked
     failures: int = 0  # consecutive exits, for the backoff
     due: float | None = None  # when to fork it again (None: not waiting for a restart)
+    told: bool = False  # asked to stop (the slots stopped last are asked once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,8 @@ class Exit:
 
 class Slots:
     """The worker slots of the router's parent: which pid runs in which, and when a slot whose
-    worker exited is due to be forked again. `restart`: False only waits (no worker comes back)."""
+    worker exited is due to be forked again. `restart`: False only waits (no worker comes back).
+    `last`: how many of the slots, at the end of `pids`, are stopped after all the others."""
 
     def __init__(
         self,
@@ -60,8 +64,12 @@ class Slots:
         restart: bool = True,
         first_s: float = WORKER_FIRST_S,
         stable_s: float = WORKER_STABLE_S,
+        last: int = 0,
     ) -> None:
         self.slots = [Slot(pid, now) for pid in pids]
+        self.first = len(self.slots) - last  # the slots before this one are stopped first
+        if not 0 <= self.first <= len(self.slots):
+            raise ValueError(f"{last} slots to stop last out of {len(self.slots)}")
         self.restart = restart
         self.first_s = first_s
         self.stable_s = stable_s
@@ -70,6 +78,20 @@ class Slots:
     def pids(self) -> list[int]:
         """The running workers' pids (never 0: that would signal the whole process group)."""
         return [s.pid for s in self.slots if s.pid > 0]
+
+    def stopped_first(self) -> list[int]:
+        """The running pids a shutdown signal goes to at once: all but the slots stopped last."""
+        return [s.pid for s in self.slots[: self.first] if s.pid > 0]
+
+    def to_stop_last(self) -> list[int]:
+        """While stopping, once no slot stopped first runs: the running pids of the slots
+        stopped last not asked yet (each returned once: the caller asks them to stop)."""
+        if not self.stopping or self.stopped_first():
+            return []
+        told = [s for s in self.slots[self.first :] if s.pid > 0 and not s.told]
+        for slot in told:
+            slot.told = True
+        return [s.pid for s in told]
 
     def exited(self, pid: int, now: float) -> Exit | None:
         """Record that `pid` exited; None when it is not one of the workers."""
@@ -109,7 +131,7 @@ class Slots:
 
     def started(self, worker: int, pid: int, now: float) -> None:
         slot = self.slots[worker]
-        slot.pid, slot.started, slot.due = pid, now, None
+        slot.pid, slot.started, slot.due, slot.told = pid, now, None, False
 
     def wait_s(self, now: float) -> float | None:
         """How long the parent may wait for a worker's exit before a restart is due; None:

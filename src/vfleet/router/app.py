@@ -6,6 +6,9 @@ workers agree without talking to each other. With Kubernetes discovery each work
 list+watch (one watch per worker on the API server), so no worker depends on another's view.
 The parent supervises them: a worker that exits (killed, out of memory, crashed) before the
 shutdown signal is forked again into its slot after a backoff (`wait_workers`, router.restarts).
+With a KEDA port the scaler gets a process of its own (`ScalerProcess`), forked and supervised
+like a worker and stopped after the workers: the parent stays single-threaded (grpc's threads
+would make every later fork of a worker unsafe) and never loads grpc.
 
 The endpoint set is the union of its sources (static backends, endpoints file, endpoints URL,
 Kubernetes), each replaced as a whole whenever that source has news. The endpoints file is
@@ -29,7 +32,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -541,9 +544,8 @@ def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per API request is noise
     demand = DemandTable.create(cfg.workers)  # before any fork: shared by every worker
     # Likewise the metrics: the parent keeps the map, so an exited worker's counts stay summed.
-    # One more row for the KEDA scaler's own values (it runs beside the workers, not in one).
+    # One more row for the KEDA scaler's own values (its own process, or beside the only worker).
     metrics = MetricsTable.create(cfg.workers + (cfg.keda_port is not None))
-    scaler_metrics = ScalerMetrics(metrics.row(cfg.workers)) if cfg.keda_port is not None else None
     # per-key windows: every worker sees every charge (and the peer routers' usage)
     limits = LimitTable.create(cfg.workers, peers=cfg.shares_limits)
     peer_kube = peers if cfg.shares_limits else None
@@ -561,7 +563,8 @@ def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
         if cfg.keda_port is not None:
             from vfleet.router.keda.server import serve_with_scaler
 
-            serving = serve_with_scaler(serving, cfg, demand.models, peers, scaler_metrics)
+            scaler_row = ScalerMetrics(metrics.row(cfg.workers))
+            serving = serve_with_scaler(serving, cfg, demand.models, peers, scaler_row)
         uvloop.run(serving)
         return
     workers = Workers(cfg, kube, demand, metrics, limits, kv_feed, peer_kube)
@@ -569,20 +572,22 @@ def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
     if cfg.keda_port is None:
         wait_workers(children, demand, metrics, workers.fork)
         return
-    from vfleet.router.keda.server import ScalerThread  # after the fork: grpc must not fork
-
+    # The scaler in a process of its own, forked like a worker: grpc's threads must never be in
+    # the parent, which forks a worker again whenever one dies.
+    scaler = ScalerProcess(cfg, demand, metrics, peers)
     try:
-        scaler = ScalerThread(cfg, demand.models, peers, scaler_metrics).start()
-    except Exception:  # no scaler (its port is taken): no router either
+        children.append(scaler.start())
+    except OSError:  # no scaler (its port is taken): no router either
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         wait_workers(children, demand, metrics)
         raise
-    try:
-        wait_workers(children, demand, metrics, workers.fork)
-    finally:
-        scaler.stop()
+
+    def fork(slot: int) -> int:
+        return scaler.fork() if slot == cfg.workers else workers.fork(slot)
+
+    wait_workers(children, demand, metrics, fork, last=1)
 
 
 @dataclass(slots=True)
@@ -652,6 +657,112 @@ class Workers:
         return 0
 
 
+SCALER_START_S = 30.0  # the scaler's process serves, or says why it cannot, within this
+PORT_TAKEN = 3  # the scaler process's exit status when it cannot bind its port
+REPORT_MAX = 512  # bytes of its report line (one pipe write: atomic)
+
+
+@dataclass(slots=True)
+class ScalerProcess:
+    """Forks the KEDA scaler's process (router.keda.server's run_scaler), which reads the same
+    shared tables as a scaler in the parent would: the demand, and its own row of the metrics
+    table (row `cfg.workers`). It is supervised as a worker is (wait_workers), and stopped after
+    the workers: KEDA still sees the requests a draining worker holds."""
+
+    cfg: RouterConfig
+    demand: DemandTable
+    metrics: MetricsTable
+    peer_target: KubeTarget | None  # settings only (no client, no connection): safe to fork
+
+    def start(self) -> int:
+        """Fork the scaler and wait until it serves; its pid. OSError (the process has exited)
+        when it cannot bind its port or start at all. Once started, its port is the one a
+        scaler forked again binds (with --keda-port 0 too: KEDA knows the first one)."""
+        r, w = os.pipe()
+        try:
+            pid = self.fork(w)
+        finally:
+            os.close(w)  # the child's copy is the only writer left: EOF once it exits
+        try:
+            line = _read_report(r, SCALER_START_S)
+        finally:
+            os.close(r)
+        kind, _, detail = line.partition(" ")
+        if kind == "port":
+            self.cfg = replace(self.cfg, keda_port=int(detail))
+            return pid
+        # it has said why it cannot serve, or exited, or been silent for SCALER_START_S (stuck)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)  # bounded: it was just killed if it had not exited
+        raise OSError(detail or f"KEDA scaler {_how_it_ended(status)} before serving")
+
+    def fork(self, report: int = -1) -> int:
+        """Fork the scaler's process; its pid. `report`: a pipe for its one line (see start)."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    _worker_signals(held)
+                    # Ctrl-C reaches the whole group: the scaler stops on the parent's SIGTERM,
+                    # after the workers, not at once with them
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    code = self._serve(report)
+                finally:
+                    os._exit(code)  # never back into the parent's code
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        return pid
+
+    def _serve(self, report: int) -> int:
+        """The scaler process's life; its exit status."""
+        from vfleet.router.keda.server import run_scaler  # here only: grpc must not fork
+
+        def serving(port: int) -> None:
+            _report(report, f"port {port}")
+
+        try:
+            # the row made here, not in the parent: a scaler forked again adopts the series its
+            # predecessor wrote in the row (sharedmetrics), as a worker does
+            row = ScalerMetrics(self.metrics.row(self.cfg.workers))
+            run_scaler(self.cfg, self.demand.models, self.peer_target, row, serving)
+        except OSError as exc:  # its port: start_scaler's only OSError
+            log.error("%s", exc)  # before the report: the parent starting it stops it then
+            _report(report, f"error {exc}")
+            return PORT_TAKEN
+        except Exception as exc:
+            log.exception("KEDA scaler failed")
+            _report(report, f"error KEDA scaler failed: {exc!r}")
+            return 1
+        return 0
+
+
+def _report(fd: int, line: str) -> None:
+    """The scaler's one line to the parent starting it (none when forked again)."""
+    if fd >= 0:
+        with contextlib.suppress(OSError):  # the parent gave up waiting: nobody to tell
+            os.write(fd, line.encode(errors="replace")[: REPORT_MAX - 1] + b"\n")
+
+
+def _read_report(fd: int, timeout_s: float) -> str:
+    """The line on pipe `fd`; "" at EOF (its writer exited) or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    got = b""
+    readable = select.poll()
+    readable.register(fd, select.POLLIN)
+    while not got.endswith(b"\n") and len(got) < REPORT_MAX:
+        left = deadline - time.monotonic()
+        if left <= 0 or not readable.poll(left * 1000.0):
+            return ""
+        more = os.read(fd, REPORT_MAX - len(got))
+        if not more:
+            break
+        got += more
+    return got.decode(errors="replace").strip()
+
+
 # Signals the parent handles (and blocks across a fork): shutdown, and a worker's exit.
 WAKE_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
 
@@ -671,17 +782,20 @@ def wait_workers(
     demand: DemandTable,
     metrics: MetricsTable | None = None,
     restart: Callable[[int], int] | None = None,
+    last: int = 0,
 ) -> None:
     """Forward SIGTERM/SIGINT to the workers and wait for them all; the live demand of one
     that exits is cleared from the table, and its gauges (breakers it held open) from
     `metrics` (its counts stay: no counter goes backwards). With `restart` (forks worker i into
     its slot, returns the pid), a worker that exits before the shutdown signal is forked again,
-    after a backoff by its consecutive failures (router.restarts); during shutdown none is."""
-    slots = Slots(children, time.monotonic(), restart=restart is not None)
+    after a backoff by its consecutive failures (router.restarts); during shutdown none is.
+    `last`: how many of `children`, at the end, are not workers but stopped after them (the
+    KEDA scaler's process, slot `demand.workers`): SIGTERM once every worker has exited."""
+    slots = Slots(children, time.monotonic(), restart=restart is not None, last=last)
 
     def forward(signum: int, _frame: object) -> None:
         slots.stop()
-        for pid in slots.pids():
+        for pid in slots.stopped_first():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
@@ -699,6 +813,9 @@ def wait_workers(
     try:
         while True:
             _reap(slots, demand, metrics)
+            for pid in slots.to_stop_last():  # the workers are gone: now the scaler
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
             now = time.monotonic()
             if restart is not None:
                 for worker in slots.due(now):
@@ -706,7 +823,9 @@ def wait_workers(
                         slots.started(worker, restart(worker), now)
                     except OSError as exc:  # fork failed: try again later, still serving
                         delay = slots.not_forked(worker, now)
-                        log.error("router worker %d: %s; trying again in %.1fs", worker, exc, delay)
+                        log.error(
+                            "%s: %s; trying again in %.1fs", _name(demand, worker), exc, delay
+                        )
             if slots.done():
                 return
             wait_s = slots.wait_s(time.monotonic())
@@ -725,8 +844,13 @@ def _woken(_signum: int, _frame: object) -> None:
     """SIGCHLD's handler: the wake-up pipe is what matters (the loop reaps)."""
 
 
+def _name(demand: DemandTable, slot: int) -> str:
+    return f"router worker {slot}" if slot < demand.workers else "KEDA scaler"
+
+
 def _reap(slots: Slots, demand: DemandTable, metrics: MetricsTable | None) -> None:
-    """Collect every worker that has exited: clear what it had live, say when it comes back."""
+    """Collect every child that has exited: clear what a worker had live, say when it comes
+    back."""
     gone: list[tuple[int, int | None]]  # (pid, wait status)
     while True:
         try:
@@ -743,13 +867,14 @@ def _reap(slots: Slots, demand: DemandTable, metrics: MetricsTable | None) -> No
             ended = slots.exited(pid, time.monotonic())
             if ended is None:
                 continue  # not a worker
-            demand.clear_row(ended.worker)
-            if metrics is not None:
-                metrics.zero(ended.worker, WORKER_GAUGES)
+            if ended.worker < demand.workers:  # the scaler's row keeps its last answer
+                demand.clear_row(ended.worker)
+                if metrics is not None:
+                    metrics.zero(ended.worker, WORKER_GAUGES)
             if ended.restart_in is not None:
                 log.warning(
-                    "router worker %d (pid %d) %s after %.1fs; starting it again in %.1fs",
-                    ended.worker,
+                    "%s (pid %d) %s after %.1fs; starting it again in %.1fs",
+                    _name(demand, ended.worker),
                     pid,
                     _how_it_ended(raw),
                     ended.ran_s,

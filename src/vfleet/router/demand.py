@@ -2,7 +2,7 @@
 per endpoint, in one anonymous shared memory map created before the workers are forked.
 
 Each worker owns one row and is its only writer, so no lock is needed. Any process (a worker
-answering `GET /vfleet/demand`, the parent running an external scaler) sums the rows.
+answering `GET /vfleet/demand`, the external scaler's process) sums the rows.
 
 Reading without locks is safe enough for demand figures, and exact for the words that matter:
 

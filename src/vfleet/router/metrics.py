@@ -183,7 +183,7 @@ def _decision_labels(key: tuple[str, str, str]) -> str:
 class ScalerMetrics:
     """What the KEDA external scaler records: the replicas its last answer implies per model.
 
-    It writes a row of its own in the shared table (the scaler runs in the parent process, or
+    It writes a row of its own in the shared table (the scaler runs in a process of its own, or
     beside the only worker), so the scrape, on any worker, shows its values as they are."""
 
     def __init__(self, row: MetricsRow) -> None:

@@ -7,16 +7,19 @@ GetMetrics feed the HPA KEDA makes (replicas = demand / target). Demand is this 
 worker processes, one shared table) plus every peer replica's; see `query` and `peers`.
 
 grpcio is imported only by this module, and this module only when a KEDA port is set, so a
-router without it does not pay for grpc's memory.
+router without it does not pay for grpc's memory. With worker processes the scaler has a process
+of its own (`run_scaler`), and grpc is loaded only there: never in the parent, which forks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
+import signal
 import sys
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -50,7 +53,6 @@ log = logging.getLogger("vfleet.router.keda")
 STREAM_POLL_S = 0.025  # StreamIsActive looks at demand this often (a held request: < 100 ms)
 MAX_RATE_WINDOWS = 256  # rps windows kept, one per scaled object; the oldest goes first
 LOCAL = "local"  # this router's name among the demand sources
-START_TIMEOUT_S = 30.0  # the scaler thread starts (or stops) within this
 
 LocalDemand = Callable[[], Reading]  # this router's demand now, summed over its workers
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -244,54 +246,43 @@ async def serve_with_scaler(
         await scaler.stop()
 
 
-class ScalerThread:
-    """The scaler for a router with worker processes: in the parent, which only waits for its
-    children, on an event loop of its own thread (started after the fork: grpc and fork do not
-    mix; the main thread keeps its blocking wait and signal handling)."""
+PARENT_CHECK_S = 1.0  # a scaler process whose parent is gone stops within this
 
-    def __init__(
-        self,
-        cfg: RouterConfig,
-        local: LocalDemand,
-        peer_target: KubeTarget | None,
-        metrics: ScalerMetrics | None = None,
-    ) -> None:
-        self._args = (cfg, local, peer_target, metrics)
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="keda-scaler", daemon=True)
 
-    def start(self) -> ScalerThread:
-        """Serve, or raise what kept the scaler from starting (OSError for its port)."""
-        self._thread.start()
-        self._started.wait(START_TIMEOUT_S)
-        if self._error is not None:
-            raise self._error
-        return self
+def run_scaler(
+    cfg: RouterConfig,
+    local: LocalDemand,
+    peer_target: KubeTarget | None,
+    metrics: ScalerMetrics | None,
+    serving: Callable[[int], None],
+) -> None:
+    """The life of the scaler's own process, for a router with worker processes (forked by the
+    parent like a worker, before grpc is loaded there: the parent stays single-threaded, so it
+    can fork a worker again at any time). Serves until SIGTERM, or until its parent is gone;
+    `serving(port)` once it serves; OSError when it cannot bind its port."""
+    uvloop.run(_serve_process(cfg, local, peer_target, metrics, serving))
 
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(START_TIMEOUT_S)
 
-    def _run(self) -> None:
-        try:
-            uvloop.run(self._serve())
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._started.set()
-
-    async def _serve(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        scaler = await start_scaler(*self._args)
-        self._started.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await scaler.stop()
+async def _serve_process(
+    cfg: RouterConfig,
+    local: LocalDemand,
+    peer_target: KubeTarget | None,
+    metrics: ScalerMetrics | None,
+    serving: Callable[[int], None],
+) -> None:
+    parent = os.getppid()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    scaler = await start_scaler(cfg, local, peer_target, metrics)
+    try:
+        serving(scaler.port)
+        # bounded waits: an orphan (its parent killed) must not keep the port and answer KEDA
+        # from tables nobody writes any more
+        while not stop.is_set() and os.getppid() == parent:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PARENT_CHECK_S)
+    finally:
+        await scaler.stop()
 
 
 async def _guarded(work: Any) -> None:
