@@ -590,6 +590,28 @@ def run(cfg: RouterConfig, kv_feed: FeedFactory | None = None) -> None:
     wait_workers(children, demand, metrics, fork, last=1)
 
 
+def fork_child(life: Callable[[], int], ignore_sigint: bool = False) -> int:
+    """Fork a process that runs `life` and exits with what it returns; its pid. Signals are
+    blocked across the fork: the child must not run the parent's handlers (they signal the
+    children), and a shutdown signal reaches the parent's handler only once the new pid is
+    known to it."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _worker_signals(held)
+                if ignore_sigint:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                code = life()
+            finally:
+                os._exit(code)  # never back into the parent's code
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # the parent's (the child exited)
+    return pid
+
+
 @dataclass(slots=True)
 class Workers:
     """Forks the serving processes. Worker i writes row i of each shared table whichever process
@@ -617,22 +639,8 @@ class Workers:
             self.first = None
 
     def fork(self, worker: int) -> int:
-        """Fork worker `worker`; its pid. Signals are blocked across the fork: the child must
-        not run the parent's handlers (they signal the workers), and a shutdown signal reaches
-        the parent's handler only once the new pid is known to it."""
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    _worker_signals(held)
-                    code = self._serve(worker)
-                finally:
-                    os._exit(code)  # never back into the parent's code
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # the parent's (the child exited)
-        return pid
+        """Fork worker `worker`; its pid."""
+        return fork_child(lambda: self._serve(worker))
 
     def _serve(self, worker: int) -> int:
         """The worker process's life; its exit status."""
@@ -698,23 +706,10 @@ class ScalerProcess:
         raise OSError(detail or f"KEDA scaler {_how_it_ended(status)} before serving")
 
     def fork(self, report: int = -1) -> int:
-        """Fork the scaler's process; its pid. `report`: a pipe for its one line (see start)."""
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    _worker_signals(held)
-                    # Ctrl-C reaches the whole group: the scaler stops on the parent's SIGTERM,
-                    # after the workers, not at once with them
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    code = self._serve(report)
-                finally:
-                    os._exit(code)  # never back into the parent's code
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        return pid
+        """Fork the scaler's process; its pid. `report`: a pipe for its one line (see start).
+        Ctrl-C reaches the whole group: the scaler ignores it and stops on the parent's
+        SIGTERM, after the workers, not at once with them."""
+        return fork_child(lambda: self._serve(report), ignore_sigint=True)
 
     def _serve(self, report: int) -> int:
         """The scaler process's life; its exit status."""
