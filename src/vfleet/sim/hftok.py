@@ -43,7 +43,6 @@ class HfPromptTokenizer:
             config_path if config_path.is_file() else None,
             template_path if template_path.is_file() else None,
         )
-        self.has_template = template is not None
         self._chat = ChatTemplate(template, special_texts(config)) if template else None
         self.vocab_size = self.rust.get_vocab_size()
 
