@@ -29,8 +29,13 @@ DIR as their root, so a kv router loads and pays for the same tokenizer, as with
 there the kv policy collapsed past 64 req/s). --tokenizer DIR uses a model directory of your own.
 Default: the simulator's free 4-byte pieces.
 
+--engines 4 --profile small --shared-gpu: the GPU host's setup instead (4 engines of a ~0.4B
+model time-slicing one simulated GPU, `vfleet sim --shared-gpu`), where real vLLM ran at 64, 96
+and 128 req/s.
+
 usage: python benchmarks/kv_routing.py [--rates 16,32,48,64] [--requests 480] [--engines 8]
-       [--blocks 3500] [--policies round_robin,prefix,kv] [--time-scale 2] [--out DIR]
+       [--blocks 3500] [--profile llama-8b-h100] [--shared-gpu]
+       [--policies round_robin,prefix,kv] [--time-scale 2] [--out DIR]
        [--sample-queues] [--src new=TREE/src --src old=OTHER/src --policies kv@new,kv@old]
        [--router-src DIR] [--engine-src DIR] [--tokenizer trained|DIR]
 A policy named NAME@TAG runs the router from the tree --src TAG=DIR names (an A/B of a change
@@ -327,8 +332,9 @@ def sim_argv(args: argparse.Namespace, port: int, kv_port: int) -> list[str]:
     config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{kv_port}"}
     return [
         *(sys.executable, "-m", "vfleet", "sim", "--model", "sim/llama-8b"),
-        *("--served-model-name", MODEL, "--profile", "llama-8b-h100"),
+        *("--served-model-name", MODEL, "--profile", args.profile),
         *("--num-gpu-blocks", str(args.blocks), "--max-model-len", "4096"),
+        *(("--shared-gpu", str(args.shared_gpu)) if args.shared_gpu else ()),
         *("--time-scale", f"{args.time_scale:g}", "--host", "127.0.0.1", "--port", str(port)),
         *("--kv-events-config", json.dumps(config)),
         *(("--tokenizer", args.tokenizer_dir) if args.tokenizer_dir else ()),
@@ -583,6 +589,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--engines", type=int, default=8)
     ap.add_argument("--blocks", type=int, default=3500, help="KV blocks per engine (16 tokens)")
+    ap.add_argument("--profile", default="llama-8b-h100", help="the engines' latency profile")
+    ap.add_argument(
+        "--shared-gpu",
+        action="store_true",
+        help="the engines time-slice one simulated GPU (vfleet sim --shared-gpu), as the GPU "
+        "host's 4 engines do; with --profile small and --engines 4 its setup",
+    )
     ap.add_argument("--rates", default="16,32,48,64", help="offered req/s, modelled time")
     ap.add_argument("--requests", type=int, default=480, help="requests per run")
     ap.add_argument("--policies", default="round_robin,prefix,kv")
@@ -613,6 +626,7 @@ def main() -> int:
     args.tokenizer_dir = tokenizer_dir(args.tokenizer)
     out = Path(args.out or tempfile.mkdtemp(prefix="vfleet-kv-routing-"))
     out.mkdir(parents=True, exist_ok=True)
+    args.shared_gpu = str(out / "gpu0.shared") if args.shared_gpu else None
     print(f"logs and results in {out} (pid {os.getpid()})", file=sys.stderr)
     # SIGTERM ends the run like Ctrl-C: engines and router are stopped, not orphaned.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -19,7 +19,7 @@ from vfleet.router.kvindex import (
     chain_run,
     lora_root,
 )
-from vfleet.router.policies import KvAffinity, KvDecision, Reason
+from vfleet.router.policies import KvAffinity, KvDecision, PrefixAffinity, Reason
 from vfleet.router.state import Chain, EndpointState, RouteKey
 from vfleet.sim.kvcache import block_hash
 
@@ -301,6 +301,17 @@ def seeded(holder: str, prompt: list[int]) -> KvIndex:
     return index
 
 
+def silent_fleet() -> tuple[KvAffinity, list[KvDecision]]:
+    """A kv policy over three engines whose events arrived empty, and its decisions."""
+    index = KvIndex()
+    for url in ("http://e0", "http://e1", "http://e2"):
+        index.apply(url, 0, [])
+    decisions: list[KvDecision] = []
+    policy = KvAffinity(index)
+    policy.observe = decisions.append
+    return policy, decisions
+
+
 PROMPT = list(range(3000 // BS * BS))  # a 3,000-token prefix
 
 
@@ -381,12 +392,7 @@ def test_a_short_shared_prefix_is_not_worth_a_long_queue() -> None:
 
 
 def test_a_burst_of_a_new_prefix_sticks_before_events_arrive_then_the_guess_expires() -> None:
-    decisions: list[KvDecision] = []
-    index = KvIndex()
-    for url in ("http://e0", "http://e1", "http://e2"):
-        index.apply(url, 0, [])
-    policy = KvAffinity(index)
-    policy.observe = decisions.append
+    policy, decisions = silent_fleet()
     first = policy.choose(eps(0, 0, 0), key_of(PROMPT, now=0.0))
     assert decisions[-1].reason is Reason.MISS
     loads = [0, 0, 0]
@@ -466,3 +472,54 @@ def test_on_long_chains_depths_are_found_to_within_a_64th(depths: dict[str, int]
     assert set(got) == set(depths)
     for url, d in depths.items():
         assert d - n // 64 <= got[url] <= d
+
+
+def test_a_new_prefixs_first_request_sent_without_a_chain_holds_its_burst_together() -> None:
+    """A new prefix's first request goes at once as `prefix` while its full encode runs; the
+    requests after it have chains but no engine has events for them yet: they follow the first
+    one instead of paying its cold prefill again on the least loaded engine."""
+    policy, decisions = silent_fleet()
+    chunks = tuple(range(1000, 1016))  # the prompt's 16 leading chunk hashes
+    first = policy.choose(eps(0, 0, 0), RouteKey("m", prefix=chunks, now=0.0))
+    assert first is not None and decisions[-1].reason is Reason.FALLBACK
+    loads = [0, 0, 0]
+    loads[int(first.url[-1])] = 2
+    chained = RouteKey("m", prefix=chunks, chain=key_of([*PROMPT, 7]).chain, now=0.5)
+    assert policy.choose(eps(*loads), chained) == EndpointState(first.url, True, inflight=2)
+    assert decisions[-1].reason is Reason.PREDICTED
+    assert decisions[-1].cached_tokens == len(PROMPT) - BS  # all but the last block
+    # A prompt sharing only some of the leading chunks is credited with what they cover (64
+    # tokens a chunk): too little to be worth a busier engine's stalled batch.
+    other = key_of([5] * len(PROMPT)).chain  # (no blocks in common with the chains before)
+    partial = RouteKey("m", prefix=(*chunks[:4], 1), chain=other, now=0.6)
+    assert policy.choose(eps(*loads), partial) != EndpointState(first.url, True, inflight=2)
+    assert decisions[-1].reason is Reason.BALANCE and decisions[-1].cached_tokens == 0
+    # Once the guess has expired (the engine's events have long arrived) it counts no more.
+    later = RouteKey("m", prefix=chunks, chain=key_of([*PROMPT, 8]).chain, now=10.0)
+    assert policy.choose(eps(*loads), later) != EndpointState(first.url, True, inflight=2)
+    assert decisions[-1].reason is Reason.MISS
+
+
+def test_a_prompt_without_a_chain_stays_with_its_prefix_within_the_overload_bound() -> None:
+    """A request that found the chain pool busy goes without a chain: it stays on the engine its
+    leading chunks went to up to the kv policy's overload bound (max(least + 8, 2 x mean)), not
+    the prefix policy's tighter guard (least + 8 for 16 chunks), then moves."""
+    decisions: list[KvDecision] = []
+    policy = KvAffinity(KvIndex())
+    policy.observe = decisions.append
+    chunks = tuple(range(2000, 2016))
+    first = policy.choose(eps(0, 0, 0), RouteKey("m", prefix=chunks, now=0.0))
+    assert first is not None
+    mine = int(first.url[-1])
+
+    def loads(n: int) -> list[EndpointState]:
+        return eps(*[n if i == mine else 6 for i in range(3)])
+
+    # 16 > 6 + 8 (the prefix guard) but <= 2 x mean (18.7): it stays
+    assert policy.choose(loads(16), RouteKey("m", prefix=chunks, now=0.1)) == loads(16)[mine]
+    assert policy.choose(loads(30), RouteKey("m", prefix=chunks, now=0.2)) != loads(30)[mine]
+    assert [d.reason for d in decisions] == [Reason.FALLBACK] * 3
+    # Plain prefix routing would have moved it at 16 already.
+    prefix = PrefixAffinity()
+    prefix.learn(chunks, first.url)
+    assert prefix.choose(loads(16), RouteKey("m", prefix=chunks)) != loads(16)[mine]

@@ -21,7 +21,7 @@ import hashlib
 import math
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -343,6 +343,20 @@ class PrefixAffinity:
         self, healthy: list[EndpointState], prefix: tuple[int, ...]
     ) -> EndpointState | None:
         """The endpoint holding the longest indexed prefix, if it is not too loaded."""
+        found = self.holder(healthy, prefix)
+        if found is None:
+            return None
+        match, matched = found
+        least = min(load_score(e) for e in healthy)
+        saved = matched * self.chunk_tokens
+        slack = max(self.abs_slack, saved / self.queue_tokens, self.rel_slack * least)
+        return match if load_score(match) <= least + slack else None
+
+    def holder(
+        self, healthy: Sequence[EndpointState], prefix: tuple[int, ...]
+    ) -> tuple[EndpointState, int] | None:
+        """The endpoint the longest indexed prefix of `prefix` was last sent to, with the number
+        of chunks matched, whatever its load."""
         if not prefix:
             return None
         by_url = {e.url: e for e in healthy}
@@ -350,10 +364,7 @@ class PrefixAffinity:
             url = self._index.get(prefix[matched - 1])
             match = None if url is None else by_url.get(url)
             if match is not None:
-                least = min(load_score(e) for e in healthy)
-                saved = matched * self.chunk_tokens
-                slack = max(self.abs_slack, saved / self.queue_tokens, self.rel_slack * least)
-                return match if load_score(match) <= least + slack else None
+                return match, matched
         return None
 
     def learn(self, prefix: tuple[int, ...], url: str) -> None:
@@ -447,6 +458,11 @@ class KvAffinity:
         self.abs_slack = abs_slack
         self.rel_slack = rel_slack
         self.predictions = predictions if predictions is not None else Predictions()
+        # Requests routed without a chain (`_fallback`: a new prefix's first request goes at
+        # once while its full encode runs), by their prefix chunk hashes: the requests after it
+        # have chains, and without this guess they would go wherever is least loaded and pay
+        # the same cold prefill again before the first one's events arrive.
+        self._unchained = Predictions()
         self.observe: Callable[[KvDecision], None] | None = None
         # The data-parallel rank the last decision pins (KvDecision.dp_rank), for the caller
         # to send as `X-data-parallel-rank`; None: no pin.
@@ -469,6 +485,8 @@ class KvAffinity:
         if not held and not any(index.tracks(u) for u in urls):
             return self._fallback(healthy, key)  # none of them sends events
         guessed = self.predictions.match(chain.blocks, urls, key.now)
+        if key.prefix and len(self._unchained):
+            self._guess_unchained(guessed, key.prefix, chain, urls, key.now)
         chosen, reason, cached = self._decide(healthy, chain, held, guessed)
         self.predictions.record(chain.blocks, chosen.url, key.now)
         self._prefix.learn(key.prefix, chosen.url)  # for when the events stop
@@ -492,19 +510,7 @@ class KvAffinity:
         # to a probe interval old) when those are more. Summing the two counts this router's
         # requests twice, and a scrape taken during one long prefill step (a burst of
         # `waiting`) would repel the engine's prefixes until the next scrape.
-        ahead = [
-            e.inflight if e.inflight > (queued := e.running + e.waiting) else queued
-            for e in healthy
-        ]
-        # the KV term (at most KV_WEIGHT) only separates engines with equal counts
-        loads = [n + KV_WEIGHT * e.kv_usage for n, e in zip(ahead, healthy, strict=True)]
-        least = min(loads)
-        # The overload bound, as consistent hashing with bounded loads has it (Mirrokni et al.):
-        # up to (1 + rel_slack) x the fleet's mean load, or abs_slack over the least loaded.
-        # Against the mean, not the least loaded engine (the minimum of noisy counts): when the
-        # whole fleet is busy (a cold start's prefills), shedding a hit only adds a prefill to
-        # an engine as busy.
-        limit = max(least + self.abs_slack, (1.0 + self.rel_slack) * sum(loads) / len(loads))
+        ahead, loads, limit = self._loads(healthy)
         # A prefill runs in the engine's steps, so every request in its batch waits for it: the
         # uncached tokens count once for this request and once for each request already there.
         # As if nothing were cached...
@@ -535,6 +541,22 @@ class KvAffinity:
             reason = Reason.HIT
         return chosen, reason, cached
 
+    def _loads(self, healthy: list[EndpointState]) -> tuple[list[int], list[float], float]:
+        """Requests at each engine, each one's load, and the overload bound."""
+        ahead = [
+            e.inflight if e.inflight > (queued := e.running + e.waiting) else queued
+            for e in healthy
+        ]
+        # the KV term (at most KV_WEIGHT) only separates engines with equal counts
+        loads = [n + KV_WEIGHT * e.kv_usage for n, e in zip(ahead, healthy, strict=True)]
+        # The overload bound, as consistent hashing with bounded loads has it (Mirrokni et al.):
+        # up to (1 + rel_slack) x the fleet's mean load, or abs_slack over the least loaded.
+        # Against the mean, not the least loaded engine (the minimum of noisy counts): when the
+        # whole fleet is busy (a cold start's prefills), shedding a hit only adds a prefill to
+        # an engine as busy.
+        limit = max(min(loads) + self.abs_slack, (1.0 + self.rel_slack) * sum(loads) / len(loads))
+        return ahead, loads, limit
+
     @staticmethod
     def _cheapest(
         healthy: list[EndpointState],
@@ -554,8 +576,46 @@ class KvAffinity:
             return tied[0]
         return min(tied, key=lambda e: _tiebreak(seed, e.url))
 
+    def _guess_unchained(
+        self,
+        guessed: dict[str, int],
+        prefix: tuple[int, ...],
+        chain: Chain,
+        urls: Collection[str],
+        now: float,
+    ) -> None:
+        """Add to `guessed` the engines this prompt's leading chunks were just sent to without a
+        chain. One that got every chunk hashed (the prompt's first 16 chunks, or all of a
+        shorter one) is credited with the whole chain: the prompts then share their first 4 KB
+        or more, and a prefix-repetition burst shares all but its suffix (whose last block the
+        credit leaves out). Fewer chunks are credited with what they cover, at the prefix
+        policy's `PREFIX_CHUNK_TOKENS` a chunk. A guess: the cost model weighs it against load,
+        and it lives only until the first request's events have surely arrived."""
+        whole = len(chain.blocks) - 1
+        for url, chunks in self._unchained.match(prefix, urls, now).items():
+            if chunks == len(prefix):
+                blocks = whole
+            else:
+                blocks = min(whole, int(chunks * PREFIX_CHUNK_TOKENS) // chain.block_size)
+            if blocks > guessed.get(url, 0):
+                guessed[url] = blocks
+
     def _fallback(self, healthy: list[EndpointState], key: RouteKey) -> EndpointState | None:
-        chosen = self._prefix.choose(healthy, key)
+        # A prompt without a chain whose leading chunks went to an engine before (a request
+        # that found the chain pool busy, mostly) stays there within this policy's overload
+        # bound, not within the prefix policy's tighter load guard: elsewhere it would pay a
+        # cold prefill on a fleet this busy.
+        chosen: EndpointState | None = None
+        found = self._prefix.holder(healthy, key.prefix)
+        if found is not None:
+            _, loads, limit = self._loads(healthy)
+            if loads[healthy.index(found[0])] <= limit:
+                chosen = found[0]
+                self._prefix.learn(key.prefix, chosen.url)
+        if chosen is None:
+            chosen = self._prefix.choose(healthy, key)
+        if chosen is not None and key.prefix:
+            self._unchained.record(key.prefix, chosen.url, key.now)
         if self.observe is not None:
             tokens = key.chain.tokens if key.chain is not None else 0
             self.observe(KvDecision(key.model, Reason.FALLBACK, 0, tokens))
