@@ -7,9 +7,13 @@ Reads the engines and their KV-event publishers from the fleet's endpoints.json,
    `vfleet router` with that policy in front of all engines (with --kv-events for kv), runs
    `vllm bench serve --dataset-name prefix_repetition` at the rate, and reads the engines'
    prefix-cache counters before and after;
-2. TTFT and TPOT at 4 req/s on 3,000-token prompts, direct to one engine against a router in
-   front of that engine alone, interleaved (direct, router, direct, router ...);
-3. writes report.md: the table, kv's ratios to the others, and issue 11's targets.
+2. TTFT and TPOT at 4 req/s on 3,000-token prompts, direct to one engine against a `kv`
+   router in front of that engine alone, interleaved (direct, router, direct, router ...): random
+   prompts (each one new: the router routes it at once and encodes it in the background), then
+   prompts sharing 4 prefixes (the router computes each one's chain before routing it);
+3. writes report.md: the table, kv's ratios to the others, issue 11's targets, and each kv
+   router's decisions by reason, its requests' chain outcomes and the KV-event purges its log
+   reported (what to look at when kv falls behind).
 
 Stdlib only (it runs where vLLM runs); `vfleet` must be importable by this python.
 usage: kv_routing.py --run-dir RUN --model MODEL_DIR --served NAME --out DIR
@@ -32,6 +36,10 @@ from typing import Any
 
 START_S = 60.0
 COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total")
+KV_FAMILIES = (
+    ("vfleet_router_kv_decisions_total", "reason", "reasons"),
+    ("vfleet_router_kv_chains_total", "outcome", "chains"),
+)
 
 
 def free_port() -> int:
@@ -65,6 +73,24 @@ def counters(urls: list[str]) -> dict[str, float]:
     return out
 
 
+def kv_counts(router: Router) -> dict[str, Any]:
+    """A kv router's decisions by reason, chains by outcome (its /metrics, summed over models)
+    and the KV-event purges its log reported so far."""
+    out: dict[str, Any] = {"reasons": {}, "chains": {}}
+    status, body = http(router.url + "/metrics")
+    if status == 200:
+        for line in body.decode().splitlines():
+            for family, label, key in KV_FAMILIES:
+                if line.startswith(family + "{") and f'{label}="' in line:
+                    value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+                    got = out[key]
+                    got[value] = got.get(value, 0.0) + float(line.rpartition(" ")[2])
+    router.log.flush()
+    text = router.log_path.read_text(errors="replace")
+    out["purges"] = text.count("entries are purged")
+    return out
+
+
 def reset_caches(urls: list[str]) -> None:
     """Empty every engine's prefix cache (vLLM refuses while blocks are in use: retry)."""
     for url in urls:
@@ -88,7 +114,8 @@ class Router:
             argv += ["--backend", f"{e['url']}={','.join(e['models'])}"]
             if policy == "kv" and e.get("kv_events"):
                 argv += ["--kv-events", f"{e['url']}={e['kv_events']}"]
-        self.log = (out / f"router-{name}.log").open("ab")
+        self.log_path = out / f"router-{name}.log"
+        self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_S
         while http(self.url + "/ready", timeout=2)[0] != 200:
@@ -125,11 +152,13 @@ def bench(args: argparse.Namespace, url: str, name: str, extra: list[str]) -> di
     return json.loads((results / f"{name}.json").read_text())  # type: ignore[no-any-return]
 
 
-def prefix_repetition(rate: float, prompts: int) -> list[str]:
+def prefix_repetition(
+    rate: float, prompts: int, prefixes: int = 32, output_len: int = 96
+) -> list[str]:
     return [
-        *("--dataset-name", "prefix_repetition", "--prefix-repetition-num-prefixes", "32"),
+        *("--dataset-name", "prefix_repetition", "--prefix-repetition-num-prefixes", str(prefixes)),
         *("--prefix-repetition-prefix-len", "3000", "--prefix-repetition-suffix-len", "128"),
-        *("--prefix-repetition-output-len", "96", "--num-prompts", str(prompts)),
+        *("--prefix-repetition-output-len", str(output_len), "--num-prompts", str(prompts)),
         *("--request-rate", f"{rate:g}"),
     ]
 
@@ -190,10 +219,15 @@ def report(rows: dict[str, dict[str, Any]], rates: list[float], policies: list[s
                 f"- {rate:g} req/s, kv/{other}: TTFT p90 {ratios[0]}, TPOT p50 {ratios[1]}, "
                 f"served {ratios[2]}, hit rate {ratios[3]}"
             )
-    direct = [r for k, r in rows.items() if k.startswith("direct-")]
-    routed = [r for k, r in rows.items() if k.startswith("routed-")]
-    if direct and routed:
-        out += ["", "4 req/s, 3,000-token prompts, 64 output tokens, one engine:", ""]
+    for data, what in (
+        ("random", "random prompts (each one new)"),
+        ("shared", "prompts sharing 4 prefixes"),
+    ):
+        direct = [r for k, r in rows.items() if k.startswith(f"direct-{data}-")]
+        routed = [r for k, r in rows.items() if k.startswith(f"routed-{data}-")]
+        if not (direct and routed):
+            continue
+        out += ["", f"4 req/s, 3,000-token {what}, 64 output tokens, one engine, kv router:", ""]
         for d, r in zip(direct, routed, strict=False):
             (d_ttft, r_ttft), (d_tpot, r_tpot) = (
                 (d[k][0], r[k][0]) for k in ("ttft_ms", "tpot_ms")
@@ -202,6 +236,13 @@ def report(rows: dict[str, dict[str, Any]], rates: list[float], policies: list[s
                 f"- direct TTFT p50 {fmt(d_ttft, 2)} ms, TPOT p50 {fmt(d_tpot, 3)} ms | router "
                 f"TTFT p50 {fmt(r_ttft, 2)} ms, TPOT p50 {fmt(r_tpot, 3)} ms | added TTFT "
                 f"{_diff(r_ttft, d_ttft)} ms, TPOT ratio {_ratio(r_tpot, d_tpot)}"
+            )
+    kv_rows = [(k, r["kv"]) for k, r in rows.items() if "kv" in r]
+    if kv_rows:
+        out += ["", "kv routers: decisions by reason | requests' chains by outcome | purges:", ""]
+        for k, kv in kv_rows:
+            out.append(
+                f"- {k}: {_counts(kv['reasons'])} | {_counts(kv['chains'])} | {kv['purges']}"
             )
     low = rows.get(f"kv-{rates[0]:g}")
     if low is not None:
@@ -213,6 +254,10 @@ def report(rows: dict[str, dict[str, Any]], rates: list[float], policies: list[s
             f"{fmt(low['ttft_ms'][2], 0)}; TPOT <= 8 ms: {fmt(low['tpot_ms'][0])}",
         ]
     return "\n".join(out)
+
+
+def _counts(counts: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(counts.items())) or "-"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -256,23 +301,32 @@ def main() -> int:
                 before = counters(urls)
                 result = bench(args, router.url, name, prefix_repetition(rate, n))
                 rows[name] = row(name, result, before, counters(urls))
+                if policy == "kv":
+                    rows[name]["kv"] = kv_counts(router)
             finally:
                 router.stop()
             print(json.dumps(rows[name]), flush=True)
     one = engines[:1]
     router = Router(out, "one-engine", "kv", one)
-    random = [
-        *("--dataset-name", "random", "--random-input-len", "3000", "--random-output-len", "64"),
-        *("--num-prompts", str(args.direct_prompts), "--request-rate", "4"),
-    ]
+    datasets = {
+        "random": [
+            *("--dataset-name", "random", "--random-input-len", "3000"),
+            *("--random-output-len", "64", "--num-prompts", str(args.direct_prompts)),
+            *("--request-rate", "4"),
+        ],
+        "shared": prefix_repetition(4, args.direct_prompts, prefixes=4, output_len=64),
+    }
     try:
         for rep in range(1, args.direct_reps + 1):
-            for kind, url in (("direct", one[0]["url"]), ("routed", router.url)):
-                reset_caches([one[0]["url"]])
-                before = counters([one[0]["url"]])
-                result = bench(args, url, f"{kind}-{rep}", random)
-                rows[f"{kind}-{rep}"] = row(kind, result, before, counters([one[0]["url"]]))
-                print(json.dumps(rows[f"{kind}-{rep}"]), flush=True)
+            for data, extra in datasets.items():
+                for kind, url in (("direct", one[0]["url"]), ("routed", router.url)):
+                    name = f"{kind}-{data}-{rep}"
+                    reset_caches([one[0]["url"]])
+                    before = counters([one[0]["url"]])
+                    result = bench(args, url, name, extra)
+                    rows[name] = row(kind, result, before, counters([one[0]["url"]]))
+                    print(json.dumps(rows[name]), flush=True)
+        rows["one-engine-kv"] = {"name": "one-engine", "kv": kv_counts(router)}
     finally:
         router.stop()
     (out / "rows.json").write_text(json.dumps(rows, indent=1))

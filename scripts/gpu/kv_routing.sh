@@ -4,8 +4,9 @@
 # kv) with 3,500 KV blocks (56k tokens); then kv_routing.py puts a fresh router with each of
 # round_robin / prefix / kv in front of them and runs `vllm bench serve --dataset-name
 # prefix_repetition` (32 prefixes x 3,000 tokens, 128-token suffixes, 96 output tokens) at 64,
-# 96 and 128 req/s, emptying the engines' prefix caches before every run; then a 4 req/s
-# 3,000-token direct-vs-router TTFT/TPOT comparison; then `vfleet down`. About 9 minutes on an
+# 96 and 128 req/s, emptying the engines' prefix caches before every run; then 4 req/s
+# 3,000-token direct-vs-router TTFT/TPOT comparisons (random prompts, then prompts sharing 4
+# prefixes); then `vfleet down`. About 10 minutes on an
 # H200: `vfleet up` 4-5 (the first vLLM start compiles for ~90 s, the others reuse the compile
 # cache), each `vllm bench serve` ~10 s to start plus its run. Results: OUTDIR/report.md.
 # Works wherever `vllm` runs and vfleet is importable by python3 (installed, or PYTHONPATH=src).
