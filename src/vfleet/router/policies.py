@@ -478,12 +478,15 @@ class KvAffinity:
             return None
         chain = key.chain
         index = self.index
-        if chain is None or not chain.blocks or index is None:
-            return self._fallback(healthy, key)
+        if index is None:
+            return self._fallback(healthy, key, followed=False)
+        if chain is None or not chain.blocks:
+            followed = any(index.tracks(e.url) for e in healthy)
+            return self._fallback(healthy, key, followed)
         urls = {e.url for e in healthy}
         held = index.match(chain.blocks, urls)
         if not held and not any(index.tracks(u) for u in urls):
-            return self._fallback(healthy, key)  # none of them sends events
+            return self._fallback(healthy, key, followed=False)  # none of them sends events
         guessed = self.predictions.match(chain.blocks, urls, key.now)
         if key.prefix and len(self._unchained):
             self._guess_unchained(guessed, key.prefix, chain, urls, key.now)
@@ -600,7 +603,13 @@ class KvAffinity:
             if blocks > guessed.get(url, 0):
                 guessed[url] = blocks
 
-    def _fallback(self, healthy: list[EndpointState], key: RouteKey) -> EndpointState | None:
+    def _fallback(
+        self, healthy: list[EndpointState], key: RouteKey, followed: bool
+    ) -> EndpointState | None:
+        """Route as `prefix`; `followed`: some engine's events are followed (this request has
+        no chain of its own), else the policy is plain `prefix` (a model without events)."""
+        if not followed:
+            return self._as_prefix(self._prefix.choose(healthy, key), key)
         # A prompt without a chain whose leading chunks went to an engine before (a request
         # that found the chain pool busy, mostly) stays there within this policy's overload
         # bound, not within the prefix policy's tighter load guard: elsewhere it would pay a
@@ -616,6 +625,9 @@ class KvAffinity:
             chosen = self._prefix.choose(healthy, key)
         if chosen is not None and key.prefix:
             self._unchained.record(key.prefix, chosen.url, key.now)
+        return self._as_prefix(chosen, key)
+
+    def _as_prefix(self, chosen: EndpointState | None, key: RouteKey) -> EndpointState | None:
         if self.observe is not None:
             tokens = key.chain.tokens if key.chain is not None else 0
             self.observe(KvDecision(key.model, Reason.FALLBACK, 0, tokens))
