@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kv_routing import Proc, spawn, tokenizer_dir, wait_ready
-from vfleet.bench import runner, workloads
+from vfleet.bench import promtext, runner, workloads
 from vfleet.bench.stats import Record, Slo
 from vfleet.http import client as http_client
 from vfleet.local.gpus import free_ports
@@ -70,15 +70,11 @@ def ms(v: float | None) -> str:
 
 async def chains(url: str) -> dict[str, float]:
     """The router's kv chain outcomes (vfleet_router_kv_chains_total), summed over models."""
-    out: dict[str, float] = {}
     with contextlib.suppress(OSError, ValueError):
         resp = await http_client.get(url, "/metrics", 5.0)
-        for line in resp.body.decode().splitlines():
-            if line.startswith("vfleet_router_kv_chains_total{"):
-                labels, _, value = line.rpartition(" ")
-                outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
-                out[outcome] = out.get(outcome, 0.0) + float(value)
-    return out
+        text = resp.body.decode("utf-8", "replace")
+        return promtext.by_label(text, "vfleet_router_kv_chains_total", "outcome")
+    return {}
 
 
 async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:

@@ -248,15 +248,10 @@ async def kv_chains(url: str) -> dict[str, float]:
 
 async def _counted(url: str, family: str, label: str) -> dict[str, float]:
     """{label value: count} of one counter family in `url`'s /metrics, summed over the rest."""
-    out: dict[str, float] = {}
     with contextlib.suppress(OSError, ValueError):
         resp = await http_client.get(url, "/metrics", 5.0)
-        for line in resp.body.decode().splitlines():
-            if line.startswith(family + "{") and f'{label}="' in line:
-                labels, _, value = line.rpartition(" ")
-                key = labels.split(f'{label}="', 1)[1].split('"', 1)[0]
-                out[key] = out.get(key, 0.0) + float(value)
-    return out
+        return promtext.by_label(resp.body.decode("utf-8", "replace"), family, label)
+    return {}
 
 
 async def sample_queues(engines: list[Proc], samples: list[list[tuple[float, float]]]) -> None:

@@ -234,6 +234,22 @@ def test_engine_metrics_of_a_real_vllm_scrape() -> None:
     assert "vllm:prefix_cache_queries_total" in got
 
 
+def test_a_counter_family_is_summed_by_one_label() -> None:
+    text = (
+        "# TYPE vfleet_router_kv_decisions_total counter\n"
+        'vfleet_router_kv_decisions_total{model="a",reason="hit"} 5.0\n'
+        'vfleet_router_kv_decisions_total{model="b",reason="hit"} 2.0\n'
+        'vfleet_router_kv_decisions_total{reason="miss",model="a"} 1.0 1700000000\n'
+        'vfleet_router_kv_decisions_total{model="a",subreason="x"} 9.0\n'
+        'vfleet_router_kv_decisions_totally{reason="hit"} 7.0\n'
+        'vfleet_router_kv_chains_total{outcome="busy"} 3.0\n'
+    )
+    got = promtext.by_label(text, "vfleet_router_kv_decisions_total", "reason")
+    assert got == {"hit": 7.0, "miss": 1.0}
+    assert promtext.by_label(text, "vfleet_router_kv_chains_total", "outcome") == {"busy": 3.0}
+    assert promtext.by_label(text, "vfleet_router_requests_total", "upstream") == {}
+
+
 def test_compare_table_has_ratios_against_the_first_run() -> None:
     a = {"completed": 10, "request_throughput": 2.0, "ttft_s": {"p50": 0.1}}
     b = {"completed": 10, "request_throughput": 3.0, "ttft_s": {"p50": 0.05}}

@@ -15,7 +15,8 @@ Reads the engines and their KV-event publishers from the fleet's endpoints.json,
    router's decisions by reason, its requests' chain outcomes and the KV-event purges its log
    reported (what to look at when kv falls behind).
 
-Stdlib only (it runs where vLLM runs); `vfleet` must be importable by this python.
+Stdlib and vfleet only (it runs where vLLM runs): `vfleet` must be importable by this
+python.
 usage: kv_routing.py --run-dir RUN --model MODEL_DIR --served NAME --out DIR
        [--rates 64,96,128] [--prompts 1280,768,768] [--policies round_robin,prefix,kv]
        [--direct-prompts 40] [--direct-reps 1]
@@ -33,6 +34,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from vfleet.bench import promtext
 
 START_S = 60.0
 COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total")
@@ -76,15 +79,11 @@ def counters(urls: list[str]) -> dict[str, float]:
 def kv_counts(router: Router) -> dict[str, Any]:
     """A kv router's decisions by reason, chains by outcome (its /metrics, summed over models)
     and the KV-event purges its log reported so far."""
-    out: dict[str, Any] = {"reasons": {}, "chains": {}}
     status, body = http(router.url + "/metrics")
-    if status == 200:
-        for line in body.decode().splitlines():
-            for family, label, key in KV_FAMILIES:
-                if line.startswith(family + "{") and f'{label}="' in line:
-                    value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
-                    got = out[key]
-                    got[value] = got.get(value, 0.0) + float(line.rpartition(" ")[2])
+    text = body.decode("utf-8", "replace") if status == 200 else ""
+    out: dict[str, Any] = {
+        key: promtext.by_label(text, family, label) for family, label, key in KV_FAMILIES
+    }
     router.log.flush()
     text = router.log_path.read_text(errors="replace")
     out["purges"] = text.count("entries are purged")

@@ -42,6 +42,29 @@ def parse(text: str, wanted: Iterable[str] = WANTED) -> dict[str, float]:
     return out
 
 
+def by_label(text: str, family: str, label: str) -> dict[str, float]:
+    """{value of `label`: sum of `family`'s samples with that value} in Prometheus text, summed
+    over the other labels; samples without `label` are left out (e.g. a router's
+    `vfleet_router_kv_decisions_total` by `reason`)."""
+    head = family + "{"
+    keys = ("{" + label + '="', "," + label + '="')
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(head) or len(line) > MAX_LINE:
+            continue
+        labels, _, value = line.rpartition("}")
+        found = next((labels.find(k) + len(k) for k in keys if k in labels), -1)
+        if found < 0:
+            continue
+        try:
+            v = float(value.split()[0])
+        except (ValueError, IndexError):
+            continue
+        name = labels[found:].split('"', 1)[0]
+        out[name] = out.get(name, 0.0) + v
+    return out
+
+
 def add(total: dict[str, float], more: Mapping[str, float]) -> None:
     for k, v in more.items():
         total[k] = total.get(k, 0.0) + v
