@@ -188,6 +188,14 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 5.0, interval_s: floa
         time.sleep(interval_s)
 
 
+def free_port() -> int:
+    """A loopback port free a moment ago, for a process that must be told its port up front
+    (another process may take it in between; the tests that use it start at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def raw_socket(url: str, timeout_s: float = TIMEOUT_S) -> socket.socket:
     return socket.create_connection(_address(url), timeout=timeout_s)
 

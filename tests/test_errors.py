@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import SimProcess, start_router, start_sim
-from httpclient import Client, http_request, request, wait_for
+from httpclient import Client, free_port, http_request, request, wait_for
 from vfleet import errors
 
 # The vocabulary as documented in vfleet/errors.py, by HTTP status.
@@ -99,12 +99,6 @@ class _Resetting(BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def routers() -> Iterator[tuple[str, str]]:
     """(a router with every kind of engine, a router with an API key and a rate limit)."""
@@ -123,7 +117,7 @@ def routers() -> Iterator[tuple[str, str]]:
             "--backend",
             f"http://127.0.0.1:{resetting.server_address[1]}=reset",
             "--backend",
-            f"http://127.0.0.1:{_free_port()}=dead",
+            f"http://127.0.0.1:{free_port()}=dead",
             "--model-hold",
             "dead=0",
             "--first-byte-timeout",

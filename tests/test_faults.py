@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import SimProcess, start_sim
-from httpclient import request
+from httpclient import free_port, request
 
 COMPLETION = {"prompt": "Hello, fault injection.", "max_tokens": 4, "ignore_eos": True}
 SimFactory = Callable[..., SimProcess]
@@ -24,12 +24,6 @@ SimFactory = Callable[..., SimProcess]
 
 def complete(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     return request(url, "POST", "/v1/completions", COMPLETION, timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def assert_internal_error(status: int, body: bytes) -> None:

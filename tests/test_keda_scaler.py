@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import SimProcess
-from httpclient import raw_socket, request, wait_for
+from httpclient import free_port, raw_socket, request, wait_for
 from kubefake import FakeKube
 from vfleet.router.keda import externalscaler_pb2 as pb
 from vfleet.router.keda import externalscaler_pb2_grpc as pb_grpc
@@ -174,7 +174,7 @@ def test_metrics_sum_the_demand_of_peered_routers(
     workers: str, sim_factory: Factory, router_factory: Factory, channels: Stubs, held: Held
 ) -> None:
     sim = sim_factory("--model", "warm", "--profile", "instant")
-    port_b = _free_port()
+    port_b = free_port()
     a = _router(
         router_factory,
         sim,
@@ -250,7 +250,7 @@ def test_a_peer_that_does_not_answer_is_skipped(
     sim_factory: Factory, router_factory: Factory, channels: Stubs, held: Held
 ) -> None:
     sim = sim_factory("--model", "warm", "--profile", "instant")
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     router = _router(router_factory, sim, "--peer", dead)
     stub = channels(router)
     held(router, "cold")
@@ -317,12 +317,6 @@ def test_peers_need_a_keda_port(router_factory: Factory) -> None:
         router_factory(
             "--backend", "http://127.0.0.1:1", "--peer", "http://127.0.0.1:2", timeout_s=10
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- pure parts ------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ As in vLLM, an endpoint without `*` is connected to, so each test binds its own 
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from conftest import DATA, SimProcess, start_sim
-from httpclient import request
+from httpclient import free_port, request
 
 SAMPLE = json.loads((DATA / "kv_events_sample.json").read_text())
 END_SEQ = b"\xff" * 8
@@ -83,12 +82,6 @@ def test_sample_schema_is_what_vllm_documents() -> None:
 
 
 # -- plumbing --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def complete(url: str, prompt: str, max_tokens: int = 3) -> dict[str, Any]:

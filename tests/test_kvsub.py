@@ -8,7 +8,6 @@ the event loop, and follows every data-parallel rank of an engine."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import msgpack
 import pytest
 import zmq
 
+from httpclient import free_port
 from vfleet.kvsub import KvFeed, decode
 from vfleet.router.kvindex import Applied, KvIndex, chain_hashes
 from vfleet.router.kvwire import Publisher, replay_endpoint
@@ -25,12 +25,6 @@ from vfleet.sim.kvcache import BlockRemoved, BlockStored
 from vfleet.sim.kvevents import KVEventsConfig, ZmqPublisher, encode_batch
 
 URL = "http://127.0.0.1:1"  # the engine's URL as the router lists it (never dialled here)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -24,7 +24,16 @@ import openai
 import pytest
 
 from conftest import SimProcess, start_router, start_sim
-from httpclient import SSE, Client, Response, http_request, metric_value, raw_socket, wait_for
+from httpclient import (
+    SSE,
+    Client,
+    Response,
+    free_port,
+    http_request,
+    metric_value,
+    raw_socket,
+    wait_for,
+)
 
 Factory = Callable[..., SimProcess]
 
@@ -161,12 +170,6 @@ def read_events(sock: socket.socket, n: int) -> bytes:
         assert chunk, f"stream closed early: {got!r}"
         got += chunk
     return got
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bearer(key: str) -> dict[str, str]:

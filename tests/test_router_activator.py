@@ -16,16 +16,10 @@ from typing import Any
 import openai
 
 from conftest import SimProcess
-from httpclient import Client, http_request, metric_value, raw_socket, wait_for
+from httpclient import Client, free_port, http_request, metric_value, raw_socket, wait_for
 
 Factory = Callable[..., SimProcess]
 HOLD = {"model": "cold", "prompt": "hello", "max_tokens": 2}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_endpoints(path: Path, entries: list[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SimProcess
-from httpclient import Client, http_request, metric_value, raw_socket, wait_for
+from httpclient import Client, free_port, http_request, metric_value, raw_socket, wait_for
 from vfleet.router.activator import FULL, HELD, WOKE, Activator, HoldLimits
 from vfleet.router.demand import HELD as HELD_COUNT
 from vfleet.router.demand import INFLIGHT, REQUESTS, Demand, DemandTable
@@ -219,12 +219,6 @@ def test_every_request_leaves_exactly_once(ops: list[str]) -> None:
 
 
 # -- GET /vfleet/demand, end to end -------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demand(url: str, query: str = "", timeout_s: float = 10.0) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import SimProcess, start_sim
-from httpclient import Client, wait_for
+from httpclient import Client, free_port, wait_for
 from kubefake import FakeKube
 from vfleet.router.config import RouterConfig
 from vfleet.router.kubepods import PodEndpoint
@@ -356,12 +355,6 @@ def test_host_and_port_of_an_endpoint_url(url: str, expected: tuple[str, int]) -
 
 
 # -- the API server misbehaves ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_unreachable_api_server_keeps_the_router_up_and_retrying(

@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from conftest import SimProcess, run_vfleet, start_sim
-from httpclient import wait_for
+from httpclient import free_port, wait_for
 from kubefake import FakeKube
 from tlskit import Pair, TlsRouter, TlsRouters, issue, make_ca, make_pair, replace
 from vfleet.router.keda import externalscaler_pb2 as pb
@@ -40,12 +40,6 @@ def _issued(ca_name: str) -> tuple[Pair, bytes]:
     """A leaf for 127.0.0.1 and NAME issued by a new CA: (leaf chain + key, the CA's PEM)."""
     ca = make_ca(ca_name)
     return issue(ca, NAME, dns=[NAME]), ca.pem
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +116,7 @@ def test_replicas_sharing_a_self_signed_certificate_sum_their_demand_over_https(
     routers: Start, hold: Callable[[TlsRouter, Pair], None], metric: Callable[[TlsRouter], float]
 ) -> None:
     shared = make_pair("router")
-    port_b = _free_port()
+    port_b = free_port()
     a = routers("a", shared, peers=[f"https://127.0.0.1:{port_b}"])
     b = routers("b", shared, port=port_b, peers=[f"https://127.0.0.1:{a.port}"])
     hold(a, shared)

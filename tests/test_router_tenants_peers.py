@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from conftest import SimProcess, start_router, start_sim
-from httpclient import Client, wait_for
+from httpclient import Client, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -41,12 +41,6 @@ keys:
 """
 ASK: Any = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
 MAX_TRIES = 80  # requests sent to exhaust a budget, at most
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +63,7 @@ def pair(tmp_path: Path, sim: SimProcess) -> Iterator[Pair]:
     started: list[SimProcess] = []
 
     def start(b_workers: int = 1) -> tuple[SimProcess, SimProcess]:
-        ports = _free_port(), _free_port()
+        ports = free_port(), free_port()
         common = ("--backend", sim.url, "--tenants-file", str(tenants))
         common += ("--admin-key-file", str(admin), "--health-interval", "0.2")
         common += tuple(a for p in ports for a in ("--peer", f"http://127.0.0.1:{p}"))
@@ -201,7 +195,7 @@ def test_a_replica_whose_peer_never_answers_keeps_to_its_share(
     tenants, admin = tmp_path / "tenants.yaml", tmp_path / "admin.txt"
     tenants.write_text(TENANTS)
     admin.write_text(ADMIN + "\n")
-    nobody = f"http://127.0.0.1:{_free_port()}"
+    nobody = f"http://127.0.0.1:{free_port()}"
     router = start_router(
         *("--backend", sim.url, "--tenants-file", str(tenants)),
         *("--admin-key-file", str(admin), "--peer", nobody),
@@ -238,7 +232,7 @@ def test_peers_found_in_kubernetes_share_the_budget_and_set_the_replica_count(
     labels = {"app.kubernetes.io/name": "vfleet", "app.kubernetes.io/component": "router"}
     common = ("--backend", sim.url, "--tenants-file", str(tenants), "--admin-key-file", str(admin))
     with FakeKube() as kube:
-        peer = start_router(*common, "--peer", f"http://127.0.0.1:{_free_port()}")
+        peer = start_router(*common, "--peer", f"http://127.0.0.1:{free_port()}")
         me = start_router(
             *common,
             *("--k8s-api-url", kube.url, "--k8s-selector", "app.kubernetes.io/component=engine"),

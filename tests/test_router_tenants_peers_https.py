@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import SimProcess, start_sim
-from httpclient import wait_for
+from httpclient import free_port, wait_for
 from tlskit import Pair, TlsRouter, client_context, make_pair, start_tls_router, write_pair
 
 pytestmark = pytest.mark.timeout(150)
@@ -23,12 +22,6 @@ pytestmark = pytest.mark.timeout(150)
 ADMIN = "sk-admin-peers-tls"
 TENANTS = "keys:\n  - {name: tokens, key: sk-tokens, tokens_per_day: 1000}\n"
 ASK: Any = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +75,7 @@ def start(tmp_path: Path, sim: SimProcess) -> Iterator[Any]:
 
 def test_replicas_sharing_a_certificate_share_a_budget_over_https(start: Any) -> None:
     shared = make_pair("router")
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     a = start("a", shared, port_a, port_b)
     b = start("b", shared, port_b, port_a)
     for router in (a, b):
@@ -108,7 +101,7 @@ def test_replicas_sharing_a_certificate_share_a_budget_over_https(start: Any) ->
 
 def test_a_peer_with_another_certificate_is_not_counted(start: Any) -> None:
     mine, other = make_pair("mine"), make_pair("other")
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     a = start("a", mine, port_a, port_b)
     b = start("b", other, port_b, port_a)
     assert _https(b, other, "GET", "/vfleet/usage", ADMIN)[0] == 200  # B answers its own

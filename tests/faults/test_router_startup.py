@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import SimProcess, start_ready, start_router, start_sim
-from httpclient import Client, metric_value, wait_for
+from httpclient import Client, free_port, metric_value, wait_for
 from test_local_up import SEED_004, Up, start_up
 
 COMPLETION = {"model": "demo", "prompt": "hi", "max_tokens": 2, "ignore_eos": True}
@@ -31,13 +30,6 @@ def sims() -> Iterator[list[SimProcess]]:
         if sp.proc.poll() is None:
             os.kill(sp.proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         sp.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Load:
@@ -81,7 +73,7 @@ class Load:
 
 
 def test_a_restarted_router_answers_no_503(sims: list[SimProcess]) -> None:
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
