@@ -13,7 +13,8 @@
 # usage: kv_routing.sh MODEL_DIR OUTDIR
 # env:   GPU (0), GPU_SHARE (0.15 per engine), KV_BLOCKS (3500), ROUTER_PORT (8000),
 #        VLLM_EXTRA (more `vllm serve` flags, e.g. "--enforce-eager" to start faster),
-#        RATES (64,96,128), PROMPTS (1280,768,768: per rate), DIRECT_PROMPTS (40),
+#        RATES (64,96,128), PROMPTS (1280,768,768: per rate), POLICIES (round_robin,prefix,kv),
+#        DIRECT_PROMPTS (40),
 #        DIRECT_REPS (1: direct/router pairs)
 set -euo pipefail
 MODEL="${1:?model dir (e.g. make_model.py --kind qwen3 output)}"; OUT="${2:?output dir}"
@@ -52,6 +53,7 @@ cp "$OUT/run/endpoints.json" "$OUT/endpoints.json"
 rc=0
 python3 "$HERE/kv_routing.py" --run-dir "$OUT/run" --model "$MODEL" --served qwen3-rand \
   --out "$OUT" --rates "${RATES:-64,96,128}" --prompts "${PROMPTS:-1280,768,768}" \
+  --policies "${POLICIES:-round_robin,prefix,kv}" \
   --direct-prompts "${DIRECT_PROMPTS:-40}" --direct-reps "${DIRECT_REPS:-1}" 2>&1 \
   | tee "$OUT/kv_routing.txt" || rc=$?
 python3 -m vfleet down --run-dir "$OUT/run" | tee -a "$OUT/kv_routing.txt"
