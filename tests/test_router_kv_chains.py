@@ -1,6 +1,7 @@
 """`vfleet_router_kv_chains_total` end to end: a router with `--policy kv` in front of a
 simulator publishing KV events counts, per request, whether it routed with a KV-block chain
-(`cached`, `computed`) or why it went without one (here `no_prompt`: a list of prompts)."""
+(`cached`, `computed`) or why it went without one (here `no_prompt`: a list of prompts), and
+times in `vfleet_router_kv_chain_wait_seconds` the wait of those that waited for one."""
 
 from __future__ import annotations
 
@@ -43,3 +44,12 @@ def test_each_request_is_counted_by_whether_it_had_a_chain(
     # Every request the policy prepared is counted once, under exactly one outcome.
     decisions = series(client, "vfleet_router_kv_decisions_total", "reason")
     assert sum(after.values()) == sum(decisions.values())
+
+    # Each request that waited for its chain was timed once (cached and no_prompt went at once;
+    # busy may have waited in the queue first, or not).
+    wait = "vfleet_router_kv_chain_wait_seconds"
+    timed = series(client, wait + "_count", "model").get("demo", 0.0)
+    waited = sum(after.get(o, 0.0) for o in ("computed", "background", "timeout", "failed"))
+    assert 0 < waited <= timed <= waited + after.get("busy", 0.0), (timed, after)
+    assert series(client, wait + "_bucket", "le").get("+Inf") == timed
+    assert 0 < series(client, wait + "_sum", "model")["demo"] < timed * 0.05  # each under 50 ms

@@ -12,8 +12,9 @@ Reads the engines and their KV-event publishers from the fleet's endpoints.json,
    prompts (each one new: the router routes it at once and encodes it in the background), then
    prompts sharing 4 prefixes (the router computes each one's chain before routing it);
 3. writes report.md: the table, kv's ratios to the others, issue 11's targets, and each kv
-   router's decisions by reason, its requests' chain outcomes and the KV-event purges its log
-   reported (what to look at when kv falls behind).
+   router's decisions by reason, its requests' chain outcomes, the KV-event purges its log
+   reported and how long requests waited for their chains (what to look at when kv falls
+   behind, or adds to TTFT).
 
 Stdlib and vfleet only (it runs where vLLM runs): `vfleet` must be importable by this
 python.
@@ -84,10 +85,27 @@ def kv_counts(router: Router) -> dict[str, Any]:
     out: dict[str, Any] = {
         key: promtext.by_label(text, family, label) for family, label, key in KV_FAMILIES
     }
+    out["wait"] = chain_wait(text)
     router.log.flush()
     text = router.log_path.read_text(errors="replace")
     out["purges"] = text.count("entries are purged")
     return out
+
+
+def chain_wait(text: str) -> str:
+    """What the requests that waited for their chain waited (the router's
+    vfleet_router_kv_chain_wait_seconds, summed over models): their count, mean and the share
+    within 2 ms (an incremental encode) and within 10 ms."""
+    name = "vfleet_router_kv_chain_wait_seconds"
+    count = sum(promtext.by_label(text, name + "_count", "model").values())
+    if not count:
+        return "none waited"
+    total = sum(promtext.by_label(text, name + "_sum", "model").values())
+    le = promtext.by_label(text, name + "_bucket", "le")
+    within = ", ".join(
+        f"{le.get(b, 0.0) / count:.0%} <= {ms} ms" for b, ms in (("0.002", 2), ("0.01", 10))
+    )
+    return f"{count:.0f} waited, mean {total / count * 1000:.2f} ms, {within}"
 
 
 def reset_caches(urls: list[str]) -> None:
@@ -238,10 +256,15 @@ def report(rows: dict[str, dict[str, Any]], rates: list[float], policies: list[s
             )
     kv_rows = [(k, r["kv"]) for k, r in rows.items() if "kv" in r]
     if kv_rows:
-        out += ["", "kv routers: decisions by reason | requests' chains by outcome | purges:", ""]
+        out += [
+            "",
+            "kv routers: decisions by reason | requests' chains by outcome | purges | chain waits:",
+            "",
+        ]
         for k, kv in kv_rows:
             out.append(
-                f"- {k}: {_counts(kv['reasons'])} | {_counts(kv['chains'])} | {kv['purges']}"
+                f"- {k}: {_counts(kv['reasons'])} | {_counts(kv['chains'])} | {kv['purges']} | "
+                f"{kv.get('wait', '-')}"
             )
     low = rows.get(f"kv-{rates[0]:g}")
     if low is not None:

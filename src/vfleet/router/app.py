@@ -207,6 +207,7 @@ def build_router(
     router_metrics = RouterMetrics(metrics, demand.table)
     if kv is not None:
         kv.count = router_metrics.kv_chain
+        kv.waited = router_metrics.kv_chain_wait
     router = Router(
         registry=registry,
         pool=pool,

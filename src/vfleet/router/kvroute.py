@@ -79,6 +79,10 @@ OUTCOMES: Final = (
 )
 
 
+def _no_wait(model: str, seconds: float) -> None:
+    pass
+
+
 def _no_count(model: str, outcome: str) -> None:
     pass
 
@@ -105,6 +109,7 @@ class KvRouting:
         self._asking: set[str] = set()
         # (model, one of OUTCOMES) per request prepared; the router sets its metrics' counter
         self.count: Callable[[str, str], None] = _no_count
+        self.waited: Callable[[str, float], None] = _no_wait  # model, seconds (metrics)
 
     def set_publishers(self, publishers: Mapping[str, str | Publisher]) -> None:
         """Subscribe to exactly these engines' publishers (url -> ZMQ endpoint, or a
@@ -187,6 +192,7 @@ class KvRouting:
             done = True
             timer.cancel()
             self.count(key.model, outcome)
+            self.waited(key.model, self.loop.time() - key.now)
             then(key if chain is None else dataclasses.replace(key, chain=chain))
 
         def computed(fut: asyncio.Future[Chain | None]) -> None:

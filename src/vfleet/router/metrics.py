@@ -61,6 +61,9 @@ HOLD_BUCKETS = (
     300.0,
     600.0,
 )
+# How long a request the kv policy prepared waited for its KV-block chain: from well under a
+# millisecond (an incremental encode) to the router's wait bound (kvroute.CHAIN_WAIT_S).
+CHAIN_WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 # Family ids in the shared table (0 means a free slot).
@@ -87,6 +90,7 @@ SPANS: Final = 18  # trace spans by outcome (exported, dropped, failed): router.
 # the rows' sum is how many workers hold it there (router.ejection's `shown`)
 BREAKER_STATES: Final = 19
 KV_CHAINS: Final = 20  # requests the kv policy prepared, by (model, outcome): router.kvroute
+KV_CHAIN_WAIT: Final = 21  # seconds those that waited for their chain waited, by model
 # Families whose values say what a worker holds now, not what it counted: zeroed in the row of a
 # worker that exited (router.app's wait_workers), so a dead worker's open breakers do not linger.
 WORKER_GAUGES: Final = frozenset({BREAKER_STATES})
@@ -112,6 +116,7 @@ WIDTHS: Final[dict[int, int]] = {
     SPANS: 1,
     BREAKER_STATES: 1,
     KV_CHAINS: 1,
+    KV_CHAIN_WAIT: -(len(CHAIN_WAIT_BUCKETS) + 2),
 }
 NO_ENDPOINT: Final = "-"  # the upstream label of requests the router answered itself
 # The label naming an engine (its URL). Not `endpoint`: the Prometheus Operator gives every
@@ -242,6 +247,7 @@ class RouterMetrics:
         self.kv_chains: SharedCounter[tuple[str, str]] = SharedCounter(
             row, KV_CHAINS, _kv_chain_labels
         )
+        self.kv_chain_seconds = HistogramFamily(row, KV_CHAIN_WAIT, CHAIN_WAIT_BUCKETS, "model")
         # Every endpoint choice, by (model, policy, reason): router.proxy counts it.
         self.routing_decisions: SharedCounter[tuple[str, str, str]] = SharedCounter(
             row, ROUTING_DECISIONS, _decision_labels
@@ -281,6 +287,10 @@ class RouterMetrics:
     def kv_chain(self, model: str, outcome: str) -> None:
         """Count one request the kv policy prepared, by outcome (router.kvroute.OUTCOMES)."""
         self.kv_chains.inc((model, outcome))
+
+    def kv_chain_wait(self, model: str, seconds: float) -> None:
+        """A request the kv policy prepared waited `seconds` for its chain (router.kvroute)."""
+        self.kv_chain_seconds.observe(model, seconds)
 
     def breaker_event(self, url: str, event: str) -> None:
         """Count one circuit breaker event of an endpoint (router.ejection)."""
@@ -372,6 +382,14 @@ class RouterMetrics:
             "Requests the kv policy prepared, by model and outcome: cached or computed (routed "
             "with a KV-block chain), or why none (then routed as prefix).",
             sums[KV_CHAINS],
+        )
+        _histogram(
+            out,
+            "kv_chain_wait_seconds",
+            "Seconds requests the kv policy prepared waited for their KV-block chain, by model "
+            "(those routed at once, with a cached chain or none, are not counted).",
+            CHAIN_WAIT_BUCKETS,
+            sums[KV_CHAIN_WAIT],
         )
         _counter(
             out,
