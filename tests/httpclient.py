@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from vfleet.local.gpus import free_ports
+
 TIMEOUT_S = 10.0
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -191,9 +193,7 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 5.0, interval_s: floa
 def free_port() -> int:
     """A loopback port free a moment ago, for a process that must be told its port up front
     (another process may take it in between; the tests that use it start at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def raw_socket(url: str, timeout_s: float = TIMEOUT_S) -> socket.socket:

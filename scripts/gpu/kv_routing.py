@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vfleet.bench import promtext
+from vfleet.local.gpus import free_ports
 
 START_S = 60.0
 COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total")
@@ -44,12 +44,6 @@ KV_FAMILIES = (
     ("vfleet_router_kv_decisions_total", "reason", "reasons"),
     ("vfleet_router_kv_chains_total", "outcome", "chains"),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(url: str, method: str = "GET", timeout: float = 5.0) -> tuple[int, bytes]:
@@ -123,7 +117,7 @@ def reset_caches(urls: list[str]) -> None:
 
 class Router:
     def __init__(self, out: Path, name: str, policy: str, engines: list[dict[str, Any]]) -> None:
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "vfleet", "router", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port), "--policy", policy]
@@ -264,7 +258,7 @@ def report(rows: dict[str, dict[str, Any]], rates: list[float], policies: list[s
         for k, kv in kv_rows:
             out.append(
                 f"- {k}: {_counts(kv['reasons'])} | {_counts(kv['chains'])} | {kv['purges']} | "
-                f"{kv.get('wait', '-')}"
+                f"{kv['wait']}"
             )
     low = rows.get(f"kv-{rates[0]:g}")
     if low is not None:
