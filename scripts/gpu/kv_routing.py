@@ -8,9 +8,11 @@ Reads the engines and their KV-event publishers from the fleet's endpoints.json,
    `vllm bench serve --dataset-name prefix_repetition` at the rate, and reads the engines'
    prefix-cache counters before and after;
 2. TTFT and TPOT at 4 req/s on 3,000-token prompts, direct to one engine against a `kv`
-   router in front of that engine alone, interleaved (direct, router, direct, router ...): random
-   prompts (each one new: the router routes it at once and encodes it in the background), then
-   prompts sharing 4 prefixes (the router computes each one's chain before routing it);
+   router in front of that engine alone (one router per dataset), interleaved (direct,
+   router, direct, router ...): random prompts (each one new: the router routes it at once
+   and encodes it in the background), then prompts sharing 4 prefixes (the router computes
+   each one's chain before routing it), and these through a round_robin router (no chain:
+   what forwarding alone costs);
 3. writes report.md: the table, kv's ratios to the others, issue 11's targets, and each kv
    router's decisions by reason, its requests' chain outcomes, the KV-event purges its log
    reported and how long requests waited for their chains (what to look at when kv falls
@@ -235,19 +237,21 @@ def report(rows: dict[str, dict[str, Any]], rates: list[float], policies: list[s
         ("shared", "prompts sharing 4 prefixes"),
     ):
         direct = [r for k, r in rows.items() if k.startswith(f"direct-{data}-")]
-        routed = [r for k, r in rows.items() if k.startswith(f"routed-{data}-")]
-        if not (direct and routed):
-            continue
-        out += ["", f"4 req/s, 3,000-token {what}, 64 output tokens, one engine, kv router:", ""]
-        for d, r in zip(direct, routed, strict=False):
-            (d_ttft, r_ttft), (d_tpot, r_tpot) = (
-                (d[k][0], r[k][0]) for k in ("ttft_ms", "tpot_ms")
-            )
-            out.append(
-                f"- direct TTFT p50 {fmt(d_ttft, 2)} ms, TPOT p50 {fmt(d_tpot, 3)} ms | router "
-                f"TTFT p50 {fmt(r_ttft, 2)} ms, TPOT p50 {fmt(r_tpot, 3)} ms | added TTFT "
-                f"{_diff(r_ttft, d_ttft)} ms, TPOT ratio {_ratio(r_tpot, d_tpot)}"
-            )
+        for kind, router in (("routed", "kv router"), ("plain", "round_robin router")):
+            routed = [r for k, r in rows.items() if k.startswith(f"{kind}-{data}-")]
+            if not (direct and routed):
+                continue
+            out += ["", f"4 req/s, 3,000-token {what}, 64 output tokens, one engine, {router}:"]
+            out.append("")
+            for d, r in zip(direct, routed, strict=False):
+                (d_ttft, r_ttft), (d_tpot, r_tpot) = (
+                    (d[k][0], r[k][0]) for k in ("ttft_ms", "tpot_ms")
+                )
+                out.append(
+                    f"- direct TTFT p50 {fmt(d_ttft, 2)} ms, TPOT p50 {fmt(d_tpot, 3)} ms | "
+                    f"router TTFT p50 {fmt(r_ttft, 2)} ms, TPOT p50 {fmt(r_tpot, 3)} ms | "
+                    f"added TTFT {_diff(r_ttft, d_ttft)} ms, TPOT ratio {_ratio(r_tpot, d_tpot)}"
+                )
     kv_rows = [(k, r["kv"]) for k, r in rows.items() if "kv" in r]
     if kv_rows:
         out += [
@@ -323,7 +327,6 @@ def main() -> int:
                 router.stop()
             print(json.dumps(rows[name]), flush=True)
     one = engines[:1]
-    router = Router(out, "one-engine", "kv", one)
     datasets = {
         "random": [
             *("--dataset-name", "random", "--random-input-len", "3000"),
@@ -332,19 +335,29 @@ def main() -> int:
         ],
         "shared": prefix_repetition(4, args.direct_prompts, prefixes=4, output_len=64),
     }
+    # one router per dataset, kept over the repetitions, so that its chain waits are that
+    # dataset's alone
+    routers = {data: Router(out, f"one-engine-{data}", "kv", one) for data in datasets}
+    # and a round_robin router (no chain) on the shared prompts: what forwarding alone adds
+    plain = Router(out, "one-engine-plain", "round_robin", one)
     try:
         for rep in range(1, args.direct_reps + 1):
             for data, extra in datasets.items():
-                for kind, url in (("direct", one[0]["url"]), ("routed", router.url)):
+                kinds = [("direct", one[0]["url"]), ("routed", routers[data].url)]
+                if data == "shared":
+                    kinds.append(("plain", plain.url))
+                for kind, url in kinds:
                     name = f"{kind}-{data}-{rep}"
                     reset_caches([one[0]["url"]])
                     before = counters([one[0]["url"]])
                     result = bench(args, url, name, extra)
                     rows[name] = row(kind, result, before, counters([one[0]["url"]]))
                     print(json.dumps(rows[name]), flush=True)
-        rows["one-engine-kv"] = {"name": "one-engine", "kv": kv_counts(router)}
+        for data, router in routers.items():
+            rows[f"one-engine-{data}"] = {"name": f"one-engine-{data}", "kv": kv_counts(router)}
     finally:
-        router.stop()
+        for router in (*routers.values(), plain):
+            router.stop()
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     text = report(rows, rates, policies)
     (out / "report.md").write_text(text + "\n")
