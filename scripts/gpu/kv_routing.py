@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -243,6 +244,8 @@ def report(rows: dict[str, dict[str, Any]], rates: list[float], policies: list[s
                 continue
             out += ["", f"4 req/s, 3,000-token {what}, 64 output tokens, one engine, {router}:"]
             out.append("")
+            added: list[float] = []
+            tpots: list[float] = []
             for d, r in zip(direct, routed, strict=False):
                 (d_ttft, r_ttft), (d_tpot, r_tpot) = (
                     (d[k][0], r[k][0]) for k in ("ttft_ms", "tpot_ms")
@@ -251,6 +254,16 @@ def report(rows: dict[str, dict[str, Any]], rates: list[float], policies: list[s
                     f"- direct TTFT p50 {fmt(d_ttft, 2)} ms, TPOT p50 {fmt(d_tpot, 3)} ms | "
                     f"router TTFT p50 {fmt(r_ttft, 2)} ms, TPOT p50 {fmt(r_tpot, 3)} ms | "
                     f"added TTFT {_diff(r_ttft, d_ttft)} ms, TPOT ratio {_ratio(r_tpot, d_tpot)}"
+                )
+                if None not in (d_ttft, r_ttft, d_tpot, r_tpot) and d_tpot:
+                    added.append(r_ttft - d_ttft)
+                    tpots.append(r_tpot / d_tpot)
+            if len(added) > 1:  # one pair is within the host's run-to-run spread: look at these
+                out.append(
+                    f"- median of {len(added)} pairs: added TTFT "
+                    f"{statistics.median(added):+.2f} ms (range {min(added):+.2f} to "
+                    f"{max(added):+.2f}), TPOT ratio {statistics.median(tpots):.2f} (range "
+                    f"{min(tpots):.2f} to {max(tpots):.2f})"
                 )
     kv_rows = [(k, r["kv"]) for k, r in rows.items() if "kv" in r]
     if kv_rows:

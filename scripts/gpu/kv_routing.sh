@@ -6,7 +6,7 @@
 # prefix_repetition` (32 prefixes x 3,000 tokens, 128-token suffixes, 96 output tokens) at 64,
 # 96 and 128 req/s, emptying the engines' prefix caches before every run; then 4 req/s
 # 3,000-token direct-vs-router TTFT/TPOT comparisons (random prompts, then prompts sharing 4
-# prefixes); then `vfleet down`. About 10 minutes on an
+# prefixes, these also through a round_robin router); then `vfleet down`. About 10 minutes on an
 # H200: `vfleet up` 4-5 (the first vLLM start compiles for ~90 s, the others reuse the compile
 # cache), each `vllm bench serve` ~10 s to start plus its run. Results: OUTDIR/report.md.
 # Works wherever `vllm` runs and vfleet is importable by python3 (installed, or PYTHONPATH=src).
@@ -15,7 +15,8 @@
 #        VLLM_EXTRA (more `vllm serve` flags, e.g. "--enforce-eager" to start faster),
 #        RATES (64,96,128), PROMPTS (1280,768,768: per rate), POLICIES (round_robin,prefix,kv),
 #        DIRECT_PROMPTS (40),
-#        DIRECT_REPS (1: direct/router pairs)
+#        DIRECT_REPS (1: direct/router pairs; one pair varies by a few ms on an H100, so
+#        use 2 or more to read the 2 ms / 3% targets from the pairs' median)
 set -euo pipefail
 MODEL="${1:?model dir (e.g. make_model.py --kind qwen3 output)}"; OUT="${2:?output dir}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
