@@ -70,9 +70,11 @@ async def probe_due(
         else:
             ep.mark_down(now, interval_s)
         if was != ep.healthy:
-            log.warning("endpoint %s is %s", ep.url, "up" if ep.healthy else "down")
-            if ep.healthy:
+            if ep.healthy:  # coming up is the normal course; going down is what to look at
+                log.info("endpoint %s is up", ep.url)
                 up.append(ep)
+            else:
+                log.warning("endpoint %s is down", ep.url)
     return up
 
 
@@ -226,6 +228,6 @@ class FastProber(ProbeTasks):
         if ep.healthy:
             return False
         ep.mark_up(time.monotonic(), self.interval_s)
-        log.warning("endpoint %s is up", ep.url)
+        log.info("endpoint %s is up", ep.url)
         self.on_up(ep)
         return True
