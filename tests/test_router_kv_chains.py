@@ -52,4 +52,4 @@ def test_each_request_is_counted_by_whether_it_had_a_chain(
     waited = sum(after.get(o, 0.0) for o in ("computed", "background", "timeout", "failed"))
     assert 0 < waited <= timed <= waited + after.get("busy", 0.0), (timed, after)
     assert series(client, wait + "_bucket", "le").get("+Inf") == timed
-    assert 0 < series(client, wait + "_sum", "model")["demo"] < timed * 0.05  # each under 50 ms
+    assert 0 < series(client, wait + "_sum", "model")["demo"] < timed * 0.05  # mean under 50 ms
